@@ -1,0 +1,167 @@
+"""Pure E- and M-steps of EM for the Gaussian mixture, all five covariance types.
+
+The E-step takes its log densities from :func:`ppl_mixtures.models.gmm.log_joint` (the same
+code the Pyro model is tested against) and returns *sufficient statistics*, so that streaming
+and distributed EM can add them up over batches or ranks before one M-step.
+
+Second moments are accumulated about the current means (``shift``) rather than about the
+origin: near convergence the new means hardly move, so ``S/N_k - m m^T`` loses no digits even
+in float32 when clusters lie far from the origin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ppl_mixtures.models.gmm import DIAGONAL_TYPES, GMMParams, _row_chunks, log_joint
+
+#: Floor on each component's total responsibility, as scikit-learn adds (10 * eps).
+_NK_FLOOR_FACTOR = 10.0
+
+
+@dataclass
+class GMMStats:
+    """Sufficient statistics of one E-step (sums over samples, so they add across batches).
+
+    Attributes
+    ----------
+    n_samples : float
+        Number of samples summed.
+    log_likelihood : Tensor, scalar
+        ``sum_n log p(x_n | theta)`` at the parameters of the E-step.
+    resp_sum : Tensor, shape (K,)
+        ``N_k = sum_n r_nk``.
+    first_moment : Tensor, shape (K, D)
+        ``sum_n r_nk (x_n - shift_k)``.
+    second_moment : Tensor
+        ``sum_n r_nk (x_n - shift_k)(x_n - shift_k)^T``, shape (K, D, D), for tied and full;
+        its diagonal only, shape (K, D), for the diagonal types.
+    shift : Tensor, shape (K, D)
+        The means of the E-step's parameters, about which moments are taken.
+    """
+
+    n_samples: float
+    log_likelihood: Tensor
+    resp_sum: Tensor
+    first_moment: Tensor
+    second_moment: Tensor
+    shift: Tensor
+
+    def __add__(self, other: GMMStats) -> GMMStats:
+        return GMMStats(
+            self.n_samples + other.n_samples,
+            self.log_likelihood + other.log_likelihood,
+            self.resp_sum + other.resp_sum,
+            self.first_moment + other.first_moment,
+            self.second_moment + other.second_moment,
+            self.shift,
+        )
+
+
+def responsibilities(x: Tensor, params: GMMParams) -> tuple[Tensor, Tensor]:
+    """Posterior probabilities of the components (seed 001, eq. 17).
+
+    Returns
+    -------
+    resp : Tensor, shape (n_samples, n_components)
+    sample_log_likelihood : Tensor, shape (n_samples,)
+    """
+    joint = log_joint(x, params)
+    norm = torch.logsumexp(joint, dim=-1)
+    return torch.exp(joint - norm[:, None]), norm
+
+
+def moments(x: Tensor, resp: Tensor, shift: Tensor, full: bool) -> tuple[Tensor, Tensor]:
+    """Weighted first and second moments of ``x`` about ``shift``, chunked over rows.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, D)
+    resp : Tensor, shape (N, K)
+    shift : Tensor, shape (K, D)
+    full : bool
+        Whole (K, D, D) second moments when True, their diagonals (K, D) otherwise.
+    """
+    n_components, n_features = shift.shape
+    first = x.new_zeros(n_components, n_features)
+    second = x.new_zeros((n_components, n_features, n_features) if full else (n_components, n_features))
+    for rows in _row_chunks(x.shape[0], n_components, n_features):
+        diff = x[rows][None, :, :] - shift[:, None, :]  # (K, n, D)
+        weighted = diff * resp[rows].T[:, :, None]
+        first += weighted.sum(1)
+        second += weighted.transpose(1, 2) @ diff if full else (weighted * diff).sum(1)
+    return first, second
+
+
+def e_step(x: Tensor, params: GMMParams) -> GMMStats:
+    """E-step: responsibilities at ``params``, reduced to sufficient statistics.
+
+    Parameters
+    ----------
+    x : Tensor, shape (n_samples, n_features)
+    params : GMMParams
+
+    Returns
+    -------
+    GMMStats
+    """
+    resp, sample_ll = responsibilities(x, params)
+    full = params.covariance_type not in DIAGONAL_TYPES
+    first, second = moments(x, resp, params.means, full)
+    return GMMStats(float(x.shape[0]), sample_ll.sum(), resp.sum(0), first, second, params.means)
+
+
+def m_step(stats: GMMStats, covariance_type: str, reg_covar: float = 1e-6) -> GMMParams:
+    """M-step: the parameters that maximise the expected complete log-likelihood.
+
+    Seed 001's updates: ``pi_k = N_k / N``, ``mu_k = sum_n r_nk x_n / N_k`` and the
+    responsibility-weighted covariance under each constraint; ``reg_covar`` is added to every
+    variance so that no component can shrink onto a single point (the singularity of
+    seed 001, section 2).
+
+    Parameters
+    ----------
+    stats : GMMStats
+    covariance_type : str
+    reg_covar : float
+        Non-negative value added to the diagonal of every covariance.
+
+    Returns
+    -------
+    GMMParams
+    """
+    eps = torch.finfo(stats.resp_sum.dtype).eps
+    resp_sum = stats.resp_sum + _NK_FLOOR_FACTOR * eps
+    weights = resp_sum / resp_sum.sum()
+    offset = stats.first_moment / resp_sum[:, None]  # new mean - shift, (K, D)
+    means = stats.shift + offset
+    if covariance_type in DIAGONAL_TYPES:
+        central = stats.second_moment / resp_sum[:, None] - offset.square()  # (K, D)
+        if covariance_type == "diag":
+            covariances = central + reg_covar
+        elif covariance_type == "spherical":
+            covariances = central.mean(-1) + reg_covar
+        else:  # tied_diag
+            covariances = (resp_sum[:, None] * central).sum(0) / resp_sum.sum() + reg_covar
+        return GMMParams(weights, means, covariances.clamp_min(reg_covar or eps), covariance_type)
+    central = stats.second_moment / resp_sum[:, None, None] - offset[:, :, None] * offset[:, None, :]
+    if covariance_type == "tied":
+        central = (resp_sum[:, None, None] * central).sum(0) / resp_sum.sum()
+    central = 0.5 * (central + central.transpose(-1, -2))
+    eye = torch.eye(central.shape[-1], dtype=central.dtype, device=central.device)
+    return GMMParams(weights, means, central + reg_covar * eye, covariance_type)
+
+
+def params_from_responsibilities(
+    x: Tensor, resp: Tensor, covariance_type: str, reg_covar: float = 1e-6
+) -> GMMParams:
+    """Initial parameters from (hard or soft) responsibilities: one M-step."""
+    n_components = resp.shape[1]
+    shift = x.mean(0).expand(n_components, -1)
+    full = covariance_type not in DIAGONAL_TYPES
+    first, second = moments(x, resp, shift, full)
+    stats = GMMStats(float(x.shape[0]), x.new_zeros(()), resp.sum(0), first, second, shift)
+    return m_step(stats, covariance_type, reg_covar)

@@ -1,0 +1,21 @@
+"""Shared test set-up: float64 on CPU, validation on, a clean param store and fixed seeds."""
+
+import os
+
+import pyro
+import pytest
+import torch
+
+os.environ.setdefault("PPL_MIXTURES_SMOKE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(autouse=True)
+def _pyro_setup():
+    torch.set_default_dtype(torch.float64)
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    yield
+    pyro.clear_param_store()
+    torch.set_default_dtype(torch.float32)

@@ -1,0 +1,134 @@
+"""The Pyro GMM against scipy, and the identity -ELBO(MAP guide) == EM log-likelihood + log prior."""
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import TraceEnum_ELBO
+from scipy.stats import invgamma, multivariate_normal
+
+from ppl_mixtures.inference.em import gmm as em_gmm
+from ppl_mixtures.models import gmm
+from ppl_mixtures.models.priors import default_gmm_priors
+
+N, D, K = 40, 3, 4
+
+
+def random_params(covariance_type: str, seed: int = 0) -> gmm.GMMParams:
+    g = torch.Generator().manual_seed(seed)
+    factor = torch.randn(K, D, D, generator=g)
+    full = factor @ factor.transpose(-1, -2) + 0.5 * torch.eye(D)
+    covariances = {
+        "spherical": torch.rand(K, generator=g) + 0.5,
+        "diag": torch.rand(K, D, generator=g) + 0.5,
+        "tied_diag": torch.rand(D, generator=g) + 0.5,
+        "tied": full[0],
+        "full": full,
+    }[covariance_type]
+    weights = torch.softmax(torch.randn(K, generator=g), 0)
+    return gmm.GMMParams(weights, 3 * torch.randn(K, D, generator=g), covariances, covariance_type)
+
+
+@pytest.fixture
+def data():
+    return torch.randn(N, D, generator=torch.Generator().manual_seed(1)) * 2.0
+
+
+@pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+def test_component_log_prob_matches_scipy(covariance_type, data):
+    params = random_params(covariance_type)
+    ours = gmm.component_log_prob(data, params).numpy()
+    covs = gmm.covariance_matrices(params).numpy()
+    expected = np.stack(
+        [multivariate_normal(params.means[k].numpy(), covs[k]).logpdf(data.numpy()) for k in range(K)],
+        axis=1,
+    )
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+def test_float32_far_from_origin_keeps_precision(covariance_type, data):
+    params = random_params(covariance_type)
+    shift = 1e3
+    far = gmm.GMMParams(params.weights, params.means + shift, params.covariances, covariance_type)
+    reference = gmm.component_log_prob(data, params)
+    ours = gmm.component_log_prob((data + shift).float(), far.to(torch.float32))
+    np.testing.assert_allclose(ours.double().numpy(), reference.numpy(), atol=2e-3)
+
+
+@pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+def test_enumerated_elbo_equals_em_log_likelihood_plus_log_prior(covariance_type, data):
+    """The spine: -TraceEnum_ELBO loss with the MAP guide == EM log-likelihood + log prior."""
+    params = random_params(covariance_type)
+    model = gmm.GaussianMixtureModel(K, D, covariance_type, default_gmm_priors(data, K, covariance_type))
+    guide = gmm.map_guide(model, params)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).loss(model, guide, data)
+    em_ll = em_gmm.e_step(data, params).log_likelihood
+    expected = float(em_ll + model.log_prior(params))
+    assert -loss == pytest.approx(expected, rel=1e-12, abs=1e-9)
+
+
+def test_log_prior_matches_scipy_for_diag(data):
+    params = random_params("diag")
+    priors = default_gmm_priors(data, K, "diag")
+    model = gmm.GaussianMixtureModel(K, D, "diag", priors)
+    loc, scale = priors["means"].base_dist.loc.numpy(), priors["means"].base_dist.scale.numpy()
+    ig = priors["variances"].base_dist
+    from scipy.stats import dirichlet, norm
+
+    expected = (
+        dirichlet(np.ones(K)).logpdf(params.weights.numpy())
+        + norm(loc, scale).logpdf(params.means.numpy()).sum()
+        + invgamma(ig.concentration.numpy(), scale=ig.rate.numpy()).logpdf(params.covariances.numpy()).sum()
+    )
+    assert float(model.log_prior(params)) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+def test_sites_round_trip(covariance_type):
+    params = random_params(covariance_type)
+    back = gmm.sites_to_params(gmm.params_to_sites(params), covariance_type)
+    torch.testing.assert_close(back.covariances, params.covariances)
+
+
+@pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+def test_model_samples_have_right_shapes_and_guide_median_is_init(covariance_type, data):
+    model = gmm.GaussianMixtureModel(K, D, covariance_type, default_gmm_priors(data, K, covariance_type))
+    assert model(n_samples=7).shape == (7, D)
+    params = random_params(covariance_type)
+    for make in (gmm.map_guide, gmm.mean_field_guide):
+        pyro.clear_param_store()
+        guide = make(model, params)
+        guide(data)
+        back = gmm.guide_params(guide, covariance_type)
+        torch.testing.assert_close(back.means, params.means)
+        torch.testing.assert_close(back.covariances, params.covariances)
+
+
+def test_subsample_scales_likelihood(data):
+    params = random_params("diag")
+    model = gmm.GaussianMixtureModel(K, D, "diag", default_gmm_priors(data, K, "diag"))
+    guide = gmm.map_guide(model, params)
+    rows = torch.arange(10)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).loss(model, guide, data, subsample=rows)
+    batch_ll = gmm.log_likelihood(data[rows], params).sum() * (N / 10)
+    assert -loss == pytest.approx(float(batch_ll + model.log_prior(params)), rel=1e-12)
+
+
+def test_user_prior_replaces_default(data):
+    priors = default_gmm_priors(data, K, "diag")
+    priors["means"] = dist.Normal(0.0, 5.0)
+    model = gmm.GaussianMixtureModel(K, D, "diag", priors)
+    trace = pyro.poutine.trace(model).get_trace(data)
+    assert trace.nodes["means"]["value"].shape == (K, D)
+    with pytest.raises(ValueError, match="prior for site 'means'"):
+        priors["means"] = dist.Normal(torch.zeros(D + 1), 1.0)
+        pyro.poutine.trace(gmm.GaussianMixtureModel(K, D, "diag", priors)).get_trace(data)
+
+
+def test_bad_model_arguments(data):
+    with pytest.raises(ValueError, match="covariance_type"):
+        gmm.GaussianMixtureModel(K, D, "banana", {})
+    with pytest.raises(ValueError, match="missing"):
+        gmm.GaussianMixtureModel(K, D, "full", {"weights": dist.Dirichlet(torch.ones(K))})
