@@ -1,0 +1,433 @@
+"""One stochastic variational inference (SVI) trainer for every model of the zoo.
+
+A model is a callable ``model(x, subsample=None, **kwargs)`` with an attribute
+``max_plate_nesting``; it opens ``pyro.plate("data", x.shape[0], subsample=subsample)``, so that
+when a LongTensor of row indices is passed as ``subsample`` Pyro scales the likelihood by
+``N / batch_size``. Discrete sites carry ``infer={"enumerate": "parallel"}`` and are summed out by
+the default loss, :class:`~pyro.infer.TraceEnum_ELBO`. The guide has the model's signature.
+
+:class:`SVITrainer` owns what is common to every model: the optimiser, minibatches drawn from its
+own random generator, early stopping, a progress bar, atomic checkpoints and exact resumption.
+It moves nothing between devices: the data and the parameters decide (CPU or CUDA, any dtype).
+
+Example
+-------
+>>> trainer = SVITrainer(model, guide, lr=0.05, batch_size=256, max_steps=2000)  # doctest: +SKIP
+>>> result = trainer.fit(x)  # doctest: +SKIP
+>>> result.history[-1], result.converged  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyro
+import pyro.optim
+import torch
+from pyro.infer import SVI, TraceEnum_ELBO
+from pyro.infer.elbo import ELBO
+from pyro.optim import PyroOptim
+from torch import Tensor
+
+from ppl_mixtures._progress import progress_bar
+
+#: Optimisers selectable by name; any other :class:`pyro.optim.PyroOptim` may be passed as is.
+OPTIMIZERS: dict[str, Callable[[dict], PyroOptim]] = {
+    "adam": pyro.optim.Adam,
+    "clipped_adam": pyro.optim.ClippedAdam,
+}
+#: Settings that must match between a checkpoint and the trainer resuming from it.
+_RESUME_SETTINGS = ("optimizer", "lr", "batch_size", "num_particles", "ema_decay")
+#: Guards the relative change of the smoothed loss against division by zero.
+_EPS = 1e-12
+
+
+@dataclass
+class SVIResult:
+    """What one call to :meth:`SVITrainer.fit` returns.
+
+    Attributes
+    ----------
+    history : list of float, length n_steps
+        The loss of every step since the start of training (resumed steps included): the
+        negative ELBO estimate returned by ``SVI.step``, which Pyro scales to the full data set
+        when minibatching, divided by the number of samples N. It is a per-sample negative ELBO
+        and, for a minibatch, an unbiased estimate of the full-data value at that step's
+        parameters.
+    n_steps : int
+        Number of SVI steps taken since the start of training.
+    converged : bool
+        True when early stopping fired (see :class:`SVITrainer`), False when ``max_steps`` ran out.
+    seconds : float
+        Wall-clock seconds spent in this call to ``fit``.
+    """
+
+    history: list[float]
+    n_steps: int
+    converged: bool
+    seconds: float
+
+
+@dataclass
+class _Progress:
+    """Counters of a run; all of them go into the checkpoint."""
+
+    step: int = 0
+    history: list[float] = field(default_factory=list)
+    loss_ema: float | None = None
+    stalled_checks: int = 0
+    converged: bool = False
+
+
+class _EpochSampler:
+    """Random permutations of ``range(num_samples)``, one per epoch, cut into batches.
+
+    Every row is seen once per epoch; the last batch of an epoch is smaller when ``batch_size``
+    does not divide ``num_samples``. Randomness comes from the sampler's own CPU generator, so
+    that drawing batches leaves the global random state alone.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.permutation: Tensor | None = None
+        self.cursor = 0
+
+    def next_batch(self, device: torch.device) -> Tensor:
+        """Row indices of the next batch, LongTensor of shape (<= batch_size,) on ``device``."""
+        if self.permutation is None or self.cursor >= self.num_samples:
+            self.permutation = torch.randperm(self.num_samples, generator=self.generator)
+            self.cursor = 0
+        batch = self.permutation[self.cursor : self.cursor + self.batch_size]
+        self.cursor += batch.shape[0]
+        return batch.to(device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.get_state(),
+            "permutation": self.permutation,
+            "cursor": self.cursor,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"].cpu())
+        permutation = state["permutation"]
+        self.permutation = None if permutation is None else permutation.cpu()
+        self.cursor = state["cursor"]
+
+
+def _rng_state() -> dict[str, Any]:
+    """Pyro's RNG states (torch CPU, python, numpy), plus every CUDA device's when present."""
+    state = pyro.util.get_rng_state()
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`_rng_state`; byte tensors may come back on the data's device."""
+    pyro.util.set_rng_state({**state, "torch": state["torch"].cpu()})
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class SVITrainer:
+    """Fit a guide to a model by SVI, for any model of the zoo.
+
+    Parameters
+    ----------
+    model, guide : callable
+        ``model(x, subsample=None, **model_kwargs)`` with an attribute ``max_plate_nesting``, and
+        a guide of the same signature (an autoguide over the model with its discrete sites
+        hidden, or a hand-written one).
+    optimizer : {"adam", "clipped_adam"} or pyro.optim.PyroOptim, default "adam"
+        A name builds the Pyro optimiser with learning rate ``lr`` afresh at each ``fit``; an
+        instance is used as given (``lr`` is then ignored) and its per-parameter state is reset
+        at each ``fit``, then restored from the checkpoint on resume.
+    lr : float, default 0.01
+        Learning rate of a named optimiser.
+    loss : pyro.infer.elbo.ELBO, optional
+        Defaults to ``TraceEnum_ELBO(max_plate_nesting=model.max_plate_nesting,
+        num_particles=num_particles, strict_enumeration_warning=False)``.
+    num_particles : int, default 1
+        Particles of the default loss (ignored when ``loss`` is given).
+    batch_size : int, optional
+        Rows per step. None, or a value >= N, trains on the full batch. Otherwise each step
+        passes ``subsample=`` the next slice of an epoch-wise random permutation of the rows
+        (drawn from the trainer's own generator) and the full ``x``; the model indexes it.
+    max_steps : int, default 1000
+        Total number of steps of the run, counted from its start (a resumed run continues up
+        to it).
+    tol : float, default 1e-5
+        Early-stopping threshold on the relative change of the smoothed loss; ``tol <= 0``
+        disables early stopping.
+    patience : int, default 20
+        Consecutive steps below ``tol`` needed to stop.
+    ema_decay : float, default 0.9
+        Decay ``d`` of the exponential moving average of the loss.
+    progress : bool, default True
+        Show a tqdm bar with the loss; it is never shown when stderr is not a terminal.
+    checkpoint_path : str or os.PathLike, optional
+        Where to write checkpoints; None writes none.
+    checkpoint_every : int, default 100
+        Steps between checkpoints; one is also written at the end of ``fit``.
+    seed : int, optional
+        When given, a fresh ``fit`` calls ``pyro.set_rng_seed(seed)`` (global torch, python and
+        numpy RNGs, which sampling guides use) and seeds the batch generator with it. When None,
+        the batch generator is seeded from the global torch RNG, so ``pyro.set_rng_seed`` before
+        ``fit`` makes the run reproducible too.
+
+    Notes
+    -----
+    **Early stopping.** With the per-sample losses ``l_t`` of :attr:`SVIResult.history`, the
+    moving average is ``m_1 = l_1`` and ``m_t = d m_{t-1} + (1 - d) l_t``. From step 2 on, every
+    step is a check: it *stalls* when ``|m_{t-1} - m_t| / (|m_t| + 1e-12) < tol``, and any other
+    step resets the count of consecutive stalls. The run stops, with ``converged=True``, when that
+    count reaches ``patience``.
+
+    **Checkpoints.** A checkpoint is a dict written with :func:`torch.save` to
+    ``checkpoint_path + ".tmp"`` and moved onto ``checkpoint_path`` with :func:`os.replace`,
+    so the file on disk is always a complete checkpoint. It holds the step, the history, the
+    early-stopping counters and ``converged``, the whole Pyro param store, the optimiser state,
+    the batch generator's state and current permutation, the global RNG states and the
+    trainer's settings. It is read with ``torch.load(..., weights_only=False)``: load only
+    checkpoints you wrote yourself.
+
+    **Resumption.** ``fit(x, resume=True)`` restores all of that and continues from the stored
+    step up to ``max_steps``: training 2n steps at once gives the same parameters and history,
+    bit for bit, as n steps, a stop, and a resumed run to 2n, full batch or minibatch. A
+    checkpoint that has converged is returned as is. With no checkpoint on disk, ``fit`` starts
+    afresh.
+
+    **Device and dtype.** Nothing is moved: the model and guide create their parameters from
+    the data, batch indices are put on ``x.device``, and a checkpoint is loaded onto
+    ``x.device``.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        guide: Callable[..., Any],
+        *,
+        optimizer: str | PyroOptim = "adam",
+        lr: float = 0.01,
+        loss: ELBO | None = None,
+        num_particles: int = 1,
+        batch_size: int | None = None,
+        max_steps: int = 1000,
+        tol: float = 1e-5,
+        patience: int = 20,
+        ema_decay: float = 0.9,
+        progress: bool = True,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        checkpoint_every: int = 100,
+        seed: int | None = None,
+    ) -> None:
+        if isinstance(optimizer, str) and optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer={optimizer!r} is not known; use one of {sorted(OPTIMIZERS)} "
+                "or pass a pyro.optim.PyroOptim instance."
+            )
+        self.model = model
+        self.guide = guide
+        self.optimizer = optimizer
+        self.lr = lr
+        self.num_particles = num_particles
+        self.loss = loss if loss is not None else self._default_loss(model, num_particles)
+        self.batch_size = batch_size
+        self.max_steps = max_steps
+        self.tol = tol
+        self.patience = patience
+        self.ema_decay = ema_decay
+        self.progress = progress
+        self.checkpoint_path = None if checkpoint_path is None else os.fspath(checkpoint_path)
+        self.checkpoint_every = checkpoint_every
+        self.seed = seed
+
+    @staticmethod
+    def _default_loss(model: Callable[..., Any], num_particles: int) -> ELBO:
+        return TraceEnum_ELBO(
+            max_plate_nesting=getattr(model, "max_plate_nesting", float("inf")),
+            num_particles=num_particles,
+            strict_enumeration_warning=False,
+        )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The trainer's settings, as stored in checkpoints."""
+        optimizer = self.optimizer
+        return {
+            "optimizer": optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "num_particles": self.num_particles,
+            "ema_decay": self.ema_decay,
+            "max_steps": self.max_steps,
+            "tol": self.tol,
+            "patience": self.patience,
+            "checkpoint_every": self.checkpoint_every,
+            "seed": self.seed,
+        }
+
+    def fit(self, x: Tensor, resume: bool = False, **model_kwargs: Any) -> SVIResult:
+        """Run SVI steps until early stopping or ``max_steps``.
+
+        Without ``resume`` (or without a checkpoint on disk) the run starts at step 0, with a
+        fresh history and optimiser state, from the parameters the param store holds: the
+        guide's initial values after ``pyro.clear_param_store()``, the last fit's otherwise.
+
+        Parameters
+        ----------
+        x : Tensor, shape (n_samples, ...)
+            The full data set; minibatches are chosen by row index and passed as ``subsample``.
+        resume : bool, default False
+            Continue from ``checkpoint_path`` when that file exists (see Notes of the class).
+        **model_kwargs
+            Passed to the model and the guide at every step.
+
+        Returns
+        -------
+        SVIResult
+
+        Raises
+        ------
+        FloatingPointError
+            When a step's loss is NaN or infinite; the last checkpoint on disk stays valid.
+        """
+        num_samples = x.shape[0]
+        self._optim = self._fresh_optimizer()
+        svi = SVI(self.model, self.guide, self._optim, loss=self.loss)
+        path = self.checkpoint_path
+        if resume and path is not None and os.path.exists(path):
+            self._restore(
+                torch.load(path, map_location=x.device, weights_only=False), x, model_kwargs
+            )
+        else:
+            self._start(num_samples)
+        state = self._state
+        saved_step = state.step
+        started = time.perf_counter()
+        with progress_bar(self.max_steps, self.progress, "SVI") as bar:
+            bar.update(state.step)
+            while state.step < self.max_steps and not state.converged:
+                subsample = None if self._sampler is None else self._sampler.next_batch(x.device)
+                loss = svi.step(x, subsample=subsample, **model_kwargs) / num_samples
+                self._record(loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.5g}", refresh=False)
+                if path is not None and state.step % self.checkpoint_every == 0:
+                    self._save_checkpoint()
+                    saved_step = state.step
+        if path is not None and saved_step != state.step:
+            self._save_checkpoint()
+        return SVIResult(
+            history=list(state.history),
+            n_steps=state.step,
+            converged=state.converged,
+            seconds=time.perf_counter() - started,
+        )
+
+    def evaluate_loss(self, x: Tensor, **model_kwargs: Any) -> float:
+        """Full-data loss per sample, without gradients: the loss of ``history`` on all of ``x``.
+
+        Parameters
+        ----------
+        x : Tensor, shape (n_samples, ...)
+
+        Returns
+        -------
+        float
+            ``loss(model, guide, x, subsample=None) / n_samples``; for a point-mass guide with
+            enumerated discrete sites, minus the log joint density of the data and the
+            global sites, per sample.
+        """
+        with torch.no_grad():
+            loss = self.loss.loss(self.model, self.guide, x, subsample=None, **model_kwargs)
+        return loss / x.shape[0]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _fresh_optimizer(self) -> PyroOptim:
+        if isinstance(self.optimizer, str):
+            return OPTIMIZERS[self.optimizer]({"lr": self.lr})
+        self.optimizer.optim_objs.clear()
+        self.optimizer.grad_clip.clear()
+        return self.optimizer
+
+    def _start(self, num_samples: int) -> None:
+        if self.seed is not None:
+            pyro.set_rng_seed(self.seed)
+            sampler_seed = self.seed
+        else:
+            sampler_seed = int(torch.randint(2**62, ()).item())
+        full_batch = self.batch_size is None or self.batch_size >= num_samples
+        self._sampler = (
+            None if full_batch else _EpochSampler(num_samples, self.batch_size, sampler_seed)
+        )
+        self._state = _Progress()
+
+    def _restore(self, checkpoint: dict[str, Any], x: Tensor, model_kwargs: dict[str, Any]) -> None:
+        stored = checkpoint["config"]
+        changed = [k for k in _RESUME_SETTINGS if stored.get(k) != self.config[k]]
+        if changed:
+            warnings.warn(
+                f"resuming with settings that differ from the checkpoint's: {changed}; "
+                "the run will not match an uninterrupted one.",
+                stacklevel=3,
+            )
+        self._start(x.shape[0])
+        # An autoguide builds its parameters on its first call, which may draw random numbers
+        # (e.g. init_to_median); call it now, then overwrite parameters and RNG states.
+        warmup = None
+        if self._sampler is not None:
+            warmup = torch.arange(self._sampler.batch_size, device=x.device)
+        with torch.no_grad():
+            self.guide(x, subsample=warmup, **model_kwargs)
+        pyro.get_param_store().set_state(checkpoint["param_store"])
+        self._optim.set_state(checkpoint["optimizer"])  # consumed lazily at each param's first step
+        if self._sampler is not None and checkpoint["sampler"] is not None:
+            self._sampler.load_state_dict(checkpoint["sampler"])
+        _set_rng_state(checkpoint["rng"])
+        self._state = _Progress(**checkpoint["progress"])
+
+    def _record(self, loss: float) -> None:
+        state = self._state
+        state.step += 1
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"SVI loss is {loss} at step {state.step}. Lower the learning rate "
+                f"(lr={self.lr}) or start from a better initialisation (e.g. k-means means, "
+                "sensible scales); check the data for extreme values."
+            )
+        state.history.append(loss)
+        previous = state.loss_ema
+        state.loss_ema = (
+            loss if previous is None else self.ema_decay * previous + (1 - self.ema_decay) * loss
+        )
+        if previous is None or self.tol <= 0:
+            return
+        relative_change = abs(previous - state.loss_ema) / (abs(state.loss_ema) + _EPS)
+        state.stalled_checks = state.stalled_checks + 1 if relative_change < self.tol else 0
+        state.converged = state.stalled_checks >= self.patience
+
+    def _save_checkpoint(self) -> None:
+        state = self._state
+        checkpoint = {
+            "step": state.step,
+            "progress": asdict(state),
+            "param_store": pyro.get_param_store().get_state(),
+            "optimizer": self._optim.get_state(),
+            "sampler": None if self._sampler is None else self._sampler.state_dict(),
+            "rng": _rng_state(),
+            "config": self.config,
+        }
+        temporary = self.checkpoint_path + ".tmp"
+        torch.save(checkpoint, temporary)
+        os.replace(temporary, self.checkpoint_path)
