@@ -132,3 +132,17 @@ def test_bad_model_arguments(data):
         gmm.GaussianMixtureModel(K, D, "banana", {})
     with pytest.raises(ValueError, match="missing"):
         gmm.GaussianMixtureModel(K, D, "full", {"weights": dist.Dirichlet(torch.ones(K))})
+
+
+@pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+def test_one_feature_identity(covariance_type):
+    """D = 1 has no correlations: the model drops the LKJ site and the identity still holds."""
+    x = torch.randn(30, 1, generator=torch.Generator().manual_seed(2))
+    cov = {"spherical": torch.ones(2), "diag": torch.ones(2, 1), "tied_diag": torch.ones(1),
+           "tied": torch.ones(1, 1) * 2, "full": torch.ones(2, 1, 1) * 0.5}[covariance_type]
+    params = gmm.GMMParams(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0], [1.0]]), cov,
+                           covariance_type)
+    model = gmm.GaussianMixtureModel(2, 1, covariance_type, default_gmm_priors(x, 2, covariance_type))
+    loss = TraceEnum_ELBO(max_plate_nesting=1).loss(model, gmm.map_guide(model, params), x)
+    expected = gmm.log_likelihood(x, params).sum() + model.log_prior(params)
+    assert -loss == pytest.approx(float(expected), rel=1e-12)

@@ -141,6 +141,27 @@ def cholesky_factors(params: GMMParams) -> Tensor:
     return factors
 
 
+def whitening(params: GMMParams) -> tuple[Tensor, Tensor]:
+    """Inverse Cholesky factors ``L^-1`` and ``log |Sigma^-1|`` of a tied or full mixture.
+
+    The D x D factorisations run in float64 whatever the data's dtype (they are cheap next to
+    the N x K x D work), so float32 fits with many features and near-singular covariances
+    stay finite; the results come back in the parameters' dtype.
+
+    Returns
+    -------
+    inverse_factors : Tensor, shape (D, D) for tied, (K, D, D) for full
+    log_det_precision : Tensor, shape () for tied, (K,) for full
+    """
+    dtype = params.covariances.dtype
+    wide = params.to(torch.float64) if dtype != torch.float64 else params
+    factors = cholesky_factors(wide)
+    eye = torch.eye(params.n_features, dtype=torch.float64, device=factors.device)
+    inverse_factors = torch.linalg.solve_triangular(factors, eye, upper=False)
+    log_det = -2.0 * factors.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return inverse_factors.to(dtype), log_det.to(dtype)
+
+
 def _row_chunks(n_rows: int, n_components: int, n_features: int) -> list[slice]:
     """Row slices so that one chunk's (rows, K, D) intermediate stays near 256k elements.
 
@@ -180,10 +201,7 @@ def component_log_prob(x: Tensor, params: GMMParams) -> Tensor:
         ).clamp_min(0.0)
         log_det = precisions.log().sum(-1)  # log |Sigma_k^-1|
         return 0.5 * (log_det - log_2pi - mahalanobis)
-    factors = cholesky_factors(params)
-    eye = torch.eye(n_features, dtype=x.dtype, device=x.device)
-    inverse_factors = torch.linalg.solve_triangular(factors, eye, upper=False)  # L^-1
-    log_det = -2.0 * factors.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    inverse_factors, log_det = whitening(params)
     if params.covariance_type == "tied":
         whitened_means = mc @ inverse_factors.T  # (K, D)
         out = []
@@ -249,7 +267,8 @@ def params_to_sites(params: GMMParams) -> dict[str, Tensor]:
     inv_std = variances.rsqrt()
     correlation = params.covariances * inv_std[..., :, None] * inv_std[..., None, :]
     sites["variances"] = variances
-    sites["corr_cholesky"] = torch.linalg.cholesky(correlation)
+    if params.n_features > 1:
+        sites["corr_cholesky"] = torch.linalg.cholesky(correlation)
     return sites
 
 
@@ -259,8 +278,11 @@ def sites_to_params(sites: dict[str, Tensor], covariance_type: str) -> GMMParams
     if covariance_type in DIAGONAL_TYPES:
         covariances = variances
     else:
-        scale_tril = variances.sqrt()[..., :, None] * sites["corr_cholesky"]
-        covariances = scale_tril @ scale_tril.transpose(-1, -2)
+        if "corr_cholesky" in sites:
+            scale_tril = variances.sqrt()[..., :, None] * sites["corr_cholesky"]
+            covariances = scale_tril @ scale_tril.transpose(-1, -2)
+        else:  # D = 1
+            covariances = variances[..., None]
     return GMMParams(sites["weights"], sites["means"], covariances, covariance_type)
 
 
@@ -321,12 +343,17 @@ class GaussianMixtureModel:
         self.n_features = n_features
         self.covariance_type = covariance_type
         needed = [s for s in GMM_GLOBAL_SITES if s != "corr_cholesky"]
-        if covariance_type in ("tied", "full"):
+        if self._has_correlations:
             needed.append("corr_cholesky")
         missing = [s for s in needed if s not in priors]
         if missing:
             raise ValueError(f"priors is missing {missing}; start from default_gmm_priors(...)")
         self.priors = priors
+
+    @property
+    def _has_correlations(self) -> bool:
+        """Tied and full covariances carry a correlation site, unless D = 1 (nothing to correlate)."""
+        return self.covariance_type in ("tied", "full") and self.n_features > 1
 
     def _variance_event_shape(self) -> tuple[int, ...]:
         return () if self.covariance_type == "spherical" else (self.n_features,)
@@ -344,11 +371,11 @@ class GaussianMixtureModel:
             )
             if not tied:
                 sites["variances"] = pyro.sample("variances", variance_prior)
-                if self.covariance_type == "full":
+                if self.covariance_type == "full" and self._has_correlations:
                     sites["corr_cholesky"] = pyro.sample("corr_cholesky", corr_prior)
         if tied:
             sites["variances"] = pyro.sample("variances", variance_prior)
-            if self.covariance_type == "tied":
+            if self.covariance_type == "tied" and self._has_correlations:
                 sites["corr_cholesky"] = pyro.sample("corr_cholesky", corr_prior)
         return sites
 
@@ -366,6 +393,9 @@ class GaussianMixtureModel:
             if self.covariance_type == "spherical":
                 scale = scale[..., None]
             return dist.Normal(loc, scale.expand(loc.shape)).to_event(1)
+        if not self._has_correlations:  # D = 1: the scale is the standard deviation
+            scale_tril = component_variances.sqrt()[..., None]
+            return dist.MultivariateNormal(loc, scale_tril=scale_tril)
         corr = sites["corr_cholesky"]
         if self.covariance_type == "full":
             corr = Vindex(corr)[..., assignment, :, :]

@@ -52,7 +52,7 @@ def default_gmm_priors(
         data variance)``; its mode ``rate / (concentration + 1)`` keeps variances off zero.
     correlation_concentration : float
         LKJ concentration on the correlation Cholesky factor (1 = uniform over
-        correlation matrices); used by ``"tied"`` and ``"full"`` only.
+        correlation matrices); used by ``"tied"`` and ``"full"`` only, when D > 1.
 
     Returns
     -------
@@ -74,7 +74,7 @@ def default_gmm_priors(
     priors["variances"] = dist.InverseGamma(
         torch.full_like(rate, variance_concentration), rate
     ).to_event(rate.dim())
-    if covariance_type in ("tied", "full"):
+    if covariance_type in ("tied", "full") and n_features > 1:
         priors["corr_cholesky"] = dist.LKJCholesky(
             n_features, torch.tensor(correlation_concentration, dtype=x.dtype, device=x.device)
         )

@@ -152,7 +152,35 @@ def m_step(stats: GMMStats, covariance_type: str, reg_covar: float = 1e-6) -> GM
         central = (resp_sum[:, None, None] * central).sum(0) / resp_sum.sum()
     central = 0.5 * (central + central.transpose(-1, -2))
     eye = torch.eye(central.shape[-1], dtype=central.dtype, device=central.device)
-    return GMMParams(weights, means, central + reg_covar * eye, covariance_type)
+    covariances = ensure_positive_definite(central + reg_covar * eye)
+    return GMMParams(weights, means, covariances, covariance_type)
+
+
+def ensure_positive_definite(covariances: Tensor, max_tries: int = 6) -> Tensor:
+    """Add the least jitter, in powers of ten, that makes every matrix factorisable.
+
+    In float32 a rank-deficient component (fewer points than features) comes out of the
+    M-step with eigenvalues a few rounding errors below zero, more than a small ``reg_covar``
+    can lift. Each failing matrix gets ``10^j * D * eps * mean(diag)`` added to its diagonal,
+    starting from j = 0, until its Cholesky factorisation (in float64) succeeds; matrices that
+    factorise are returned untouched.
+
+    Parameters
+    ----------
+    covariances : Tensor, shape (..., D, D)
+    """
+    n_features = covariances.shape[-1]
+    eye = torch.eye(n_features, dtype=covariances.dtype, device=covariances.device)
+    scale = covariances.diagonal(dim1=-2, dim2=-1).mean(-1).abs().clamp_min(1e-30)
+    jitter_unit = n_features * torch.finfo(covariances.dtype).eps * scale
+    for attempt in range(max_tries + 1):
+        info = torch.linalg.cholesky_ex(covariances.double())[1]
+        failing = info != 0
+        if not bool(failing.any()) or attempt == max_tries:
+            return covariances
+        jitter = torch.where(failing, jitter_unit * 10.0**attempt, torch.zeros_like(scale))
+        covariances = covariances + jitter[..., None, None] * eye
+    return covariances
 
 
 def params_from_responsibilities(

@@ -1,0 +1,511 @@
+"""scikit-learn style estimators over the zoo's Pyro models.
+
+Each estimator validates its input once, here, builds the Pyro model of
+:mod:`ppl_mixtures.models`, and fits it with the inference path named by ``inference``.
+Fitted attributes are NumPy arrays, as in scikit-learn; ``params_`` keeps the tensors on
+their device.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import TraceEnum_ELBO
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ppl_mixtures import metrics
+from ppl_mixtures.inference.em import gmm as em_gmm
+from ppl_mixtures.inference.em import run_em
+from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities, resolve_generator
+from ppl_mixtures.inference.svi import SVITrainer
+from ppl_mixtures.models import gmm
+from ppl_mixtures.models.priors import default_gmm_priors
+
+INFERENCE_METHODS = ("em", "svi")
+GUIDES = ("map", "mean_field")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_DEFAULT_MAX_ITER = {"em": 100, "svi": 1000}
+_DEFAULT_TOL = {"em": 1e-3, "svi": 1e-5}
+
+
+def resolve_dtype(dtype: Any, data_dtype: np.dtype) -> torch.dtype:
+    """``dtype`` argument -> torch dtype; None follows the data (float32 stays float32)."""
+    if dtype is None:
+        return torch.float32 if data_dtype == np.float32 else torch.float64
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    if dtype in (np.float32, np.float64):
+        return _DTYPES[np.dtype(dtype).name]
+    raise ValueError(f"dtype={dtype!r} is not supported; use None, 'float32' or 'float64'")
+
+
+def resolve_device(device: Any) -> torch.device:
+    """``device`` argument -> torch device; ``"auto"`` picks CUDA when it is available."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a device; use 'auto', 'cpu' or 'cuda'") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return resolved
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+    return int(value)
+
+
+def _check_nonnegative(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{name}={value!r} must be a non-negative number")
+    return float(value)
+
+
+class GaussianMixture(DensityMixin, BaseEstimator):
+    """Gaussian mixture fitted by EM or by SVI over one Pyro model.
+
+    Parameters
+    ----------
+    n_components : int, default 1
+        Number of mixture components K.
+    covariance_type : {"full", "tied", "diag", "tied_diag", "spherical"}, default "full"
+        The covariance constraint (seed 001): ``full`` one matrix per component, ``tied`` one
+        matrix shared, ``diag`` one diagonal per component, ``tied_diag`` one diagonal shared,
+        ``spherical`` one variance per component.
+    inference : {"em", "svi"}, default "em"
+        ``"em"``: maximum likelihood by expectation-maximisation (scikit-learn's algorithm).
+        ``"svi"``: stochastic variational inference with ``TraceEnum_ELBO`` over the Pyro model
+        (assignments summed out), with a MAP or mean-field guide (``guide``).
+    n_init : int, default 1
+        Restarts; the one with the best final objective is kept.
+    max_iter : int, optional
+        EM iterations (default 100) or SVI steps (default 1000).
+    tol : float, optional
+        EM: stop when the mean log-likelihood per sample changes by less (default 1e-3).
+        SVI: relative change of the smoothed loss (default 1e-5), see
+        :class:`~ppl_mixtures.inference.svi.SVITrainer`.
+    reg_covar : float, default 1e-6
+        Added to every variance by EM's M-step and at initialisation.
+    init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default "kmeans"
+        How initial responsibilities are drawn.
+    weights_init : array-like, shape (n_components,), optional
+    means_init : array-like, shape (n_components, n_features), optional
+    precisions_init : array-like, optional
+        Initial precisions (inverse covariances), shaped as ``covariances_``.
+    priors : dict of str to pyro.distributions.Distribution, optional
+        Replace some of the default priors of
+        :func:`~ppl_mixtures.models.priors.default_gmm_priors` (used by SVI; EM is maximum
+        likelihood and ignores them).
+    guide : {"map", "mean_field"}, default "map"
+        SVI guide over the global sites: point masses (MAP) or independent Normals.
+    lr : float, default 0.05
+        SVI learning rate (Adam).
+    batch_size : int, optional
+        SVI minibatch size; None trains on the full data.
+    random_state : int, RandomState, Generator or None
+        Seeds initialisation and SVI.
+    device : str, default "auto"
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    dtype : {None, "float32", "float64"} or torch dtype
+        None follows the data: float32 arrays are fitted in float32, all else in float64.
+    progress : bool, default True
+        Progress bars (only shown on a terminal).
+    checkpoint_path : str, optional
+        SVI checkpoint file; with ``resume=True`` in :meth:`fit` training continues from it.
+
+    Attributes
+    ----------
+    weights_ : ndarray, shape (n_components,)
+    means_ : ndarray, shape (n_components, n_features)
+    covariances_ : ndarray
+        spherical (K,), diag (K, D), tied_diag (D,), tied (D, D), full (K, D, D).
+    precisions_, precisions_cholesky_ : ndarray
+        Inverses of ``covariances_`` and their Cholesky factors, as in scikit-learn.
+    converged_ : bool
+    n_iter_ : int
+    history_ : list of float
+        Per EM iteration: mean log-likelihood per sample. Per SVI step: loss per sample.
+    lower_bound_ : float
+        Mean log-likelihood per sample of the fitted parameters.
+    params_ : GMMParams
+        The fitted tensors, on ``device``.
+    model_ : GaussianMixtureModel
+        The Pyro model (call it with data, condition it, trace it).
+    guide_ : AutoDelta or AutoNormal
+        The Pyro guide: the trained one for SVI, a MAP guide at the EM estimate otherwise.
+        Its values live in the Pyro param store state ``param_store_state_``: use them inside
+        ``with pyro.get_param_store().scope(est.param_store_state_):``.
+    n_features_in_ : int
+    fit_seconds_ : float
+    """
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        covariance_type: str = "full",
+        inference: str = "em",
+        n_init: int = 1,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        reg_covar: float = 1e-6,
+        init_params: str = "kmeans",
+        weights_init: Any = None,
+        means_init: Any = None,
+        precisions_init: Any = None,
+        priors: dict | None = None,
+        guide: str = "map",
+        lr: float = 0.05,
+        batch_size: int | None = None,
+        random_state: Any = None,
+        device: str = "auto",
+        dtype: Any = None,
+        progress: bool = True,
+        checkpoint_path: str | None = None,
+    ) -> None:
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.inference = inference
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.priors = priors
+        self.guide = guide
+        self.lr = lr
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.progress = progress
+        self.checkpoint_path = checkpoint_path
+
+    # ----------------------------------------------------------------------------- validation
+
+    def _check_arguments(self) -> None:
+        _check_int(self.n_components, "n_components", 1)
+        _check_int(self.n_init, "n_init", 1)
+        if self.max_iter is not None:
+            _check_int(self.max_iter, "max_iter", 1)
+        if self.tol is not None:
+            _check_nonnegative(self.tol, "tol")
+        _check_nonnegative(self.reg_covar, "reg_covar")
+        if self.covariance_type not in gmm.COVARIANCE_TYPES:
+            raise ValueError(
+                f"covariance_type={self.covariance_type!r} is not supported; use one of "
+                f"{gmm.COVARIANCE_TYPES}"
+            )
+        if self.inference not in INFERENCE_METHODS:
+            raise ValueError(
+                f"inference={self.inference!r} is not supported for GaussianMixture; use one "
+                f"of {INFERENCE_METHODS}"
+            )
+        if self.init_params not in INIT_METHODS:
+            raise ValueError(f"init_params={self.init_params!r} is not one of {INIT_METHODS}")
+        if self.guide not in GUIDES:
+            raise ValueError(f"guide={self.guide!r} is not one of {GUIDES}")
+        if self.batch_size is not None:
+            _check_int(self.batch_size, "batch_size", 1)
+        if not (isinstance(self.lr, numbers.Real) and self.lr > 0):
+            raise ValueError(f"lr={self.lr!r} must be a positive number")
+        if self.priors is not None and not isinstance(self.priors, dict):
+            raise TypeError("priors must be a dict of site name -> pyro distribution, or None")
+
+    def _validate_x(self, X: Any, reset: bool) -> torch.Tensor:
+        X = validate_data(
+            self, X, reset=reset, dtype=[np.float64, np.float32], ensure_min_samples=1
+        )
+        if reset:
+            self._dtype = resolve_dtype(self.dtype, X.dtype)
+            self._device = resolve_device(self.device)
+        # np.require copies only read-only arrays (torch cannot share their memory)
+        return torch.as_tensor(np.require(X, requirements="W"), dtype=self._dtype).to(self._device)
+
+    def _check_init_arrays(self, n_features: int) -> dict[str, torch.Tensor]:
+        """Validate ``weights_init``, ``means_init`` and ``precisions_init`` against K and D."""
+        k, d = self.n_components, n_features
+        shapes = {
+            "spherical": (k,), "diag": (k, d), "tied_diag": (d,), "tied": (d, d),
+            "full": (k, d, d),
+        }
+        expected = {
+            "weights_init": (k,), "means_init": (k, d),
+            "precisions_init": shapes[self.covariance_type],
+        }
+        out = {}
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            array = np.asarray(value, dtype=np.float64)
+            if array.shape != shape:
+                raise ValueError(
+                    f"{name} has shape {array.shape}; expected {shape} for n_components={k}, "
+                    f"n_features={d}, covariance_type={self.covariance_type!r}"
+                )
+            if not np.all(np.isfinite(array)):
+                raise ValueError(f"{name} contains NaN or inf")
+            out[name] = torch.as_tensor(array, dtype=self._dtype, device=self._device)
+        weights = out.get("weights_init")
+        if weights is not None and (
+            bool((weights < 0).any()) or abs(float(weights.sum()) - 1.0) > 1e-6
+        ):
+            raise ValueError("weights_init must be non-negative and sum to 1")
+        precisions = out.get("precisions_init")
+        if precisions is not None:
+            out["precisions_init"] = self._precisions_to_covariances(precisions)
+        return out
+
+    def _precisions_to_covariances(self, precisions: torch.Tensor) -> torch.Tensor:
+        if self.covariance_type in gmm.DIAGONAL_TYPES:
+            if bool((precisions <= 0).any()):
+                raise ValueError("precisions_init must be positive")
+            return precisions.reciprocal()
+        if not torch.allclose(precisions, precisions.transpose(-1, -2), atol=1e-8, rtol=1e-6):
+            raise ValueError("precisions_init must be symmetric")
+        factors, info = torch.linalg.cholesky_ex(precisions)
+        if bool((info != 0).any()):
+            raise ValueError("precisions_init must be positive definite")
+        return torch.cholesky_inverse(factors)
+
+    # ------------------------------------------------------------------------------- fitting
+
+    def _initial_params(self, x: torch.Tensor, generator: torch.Generator,
+                        given: dict[str, torch.Tensor]) -> gmm.GMMParams:
+        if len(given) == 3:  # every initial value given: nothing to draw
+            return gmm.GMMParams(given["weights_init"], given["means_init"],
+                                 given["precisions_init"], self.covariance_type)
+        resp = initial_responsibilities(x, self.n_components, self.init_params, generator)
+        params = em_gmm.params_from_responsibilities(x, resp, self.covariance_type, self.reg_covar)
+        return gmm.GMMParams(
+            given.get("weights_init", params.weights),
+            given.get("means_init", params.means),
+            given.get("precisions_init", params.covariances),
+            self.covariance_type,
+        )
+
+    def fit(self, X: Any, y: Any = None, *, resume: bool = False) -> GaussianMixture:
+        """Fit the mixture to ``X``.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+        y : ignored
+        resume : bool, default False
+            SVI only: continue from ``checkpoint_path`` when it exists.
+
+        Returns
+        -------
+        self
+        """
+        self._check_arguments()
+        x = self._validate_x(X, reset=True)
+        if x.shape[0] < self.n_components:
+            raise ValueError(
+                f"n_samples={x.shape[0]} should be >= n_components={self.n_components}; "
+                "pass more samples or lower n_components"
+            )
+        given = self._check_init_arrays(x.shape[1])
+        generator = resolve_generator(self.random_state, x.device)
+        self._max_iter = self.max_iter or _DEFAULT_MAX_ITER[self.inference]
+        self._tol = self.tol if self.tol is not None else _DEFAULT_TOL[self.inference]
+        priors = default_gmm_priors(x, self.n_components, self.covariance_type)
+        priors.update(self.priors or {})
+        self.model_ = gmm.GaussianMixtureModel(
+            self.n_components, x.shape[1], self.covariance_type, priors
+        )
+        start = time.perf_counter()
+        with pyro.get_param_store().scope() as state:
+            if self.inference == "em":
+                self._fit_em(x, generator, given)
+            else:
+                self._fit_svi(x, generator, given, resume)
+        self.param_store_state_ = state
+        self.fit_seconds_ = time.perf_counter() - start
+        self._set_fitted(self.params_)
+        self.lower_bound_ = float(gmm.log_likelihood(x, self.params_).mean())
+        return self
+
+    def _fit_em(self, x: torch.Tensor, generator: torch.Generator, given: dict) -> None:
+        result = run_em(
+            x,
+            init_params=lambda _: self._initial_params(x, generator, given),
+            e_step=em_gmm.e_step,
+            m_step=lambda stats: em_gmm.m_step(stats, self.covariance_type, self.reg_covar),
+            n_init=self.n_init,
+            max_iter=self._max_iter,
+            tol=self._tol,
+            progress=self.progress,
+            desc="GMM EM",
+        )
+        self.params_ = result.params
+        self.converged_ = result.converged
+        self.n_iter_ = result.n_iter
+        self.history_ = result.history
+        self.guide_ = gmm.map_guide(self.model_, self.params_)
+        self.guide_(x[:1])  # creates the guide's (global) parameters at the EM estimate
+
+    def _fit_svi(self, x: torch.Tensor, generator: torch.Generator, given: dict,
+                 resume: bool) -> None:
+        make_guide = gmm.map_guide if self.guide == "map" else gmm.mean_field_guide
+        best = None
+        for index in range(self.n_init):
+            pyro.clear_param_store()
+            guide = make_guide(self.model_, self._initial_params(x, generator, given))
+            checkpoint = self.checkpoint_path
+            if checkpoint is not None and self.n_init > 1:
+                checkpoint = f"{checkpoint}.init{index}"
+            trainer = SVITrainer(
+                self.model_, guide, lr=self.lr, batch_size=self.batch_size,
+                max_steps=self._max_iter, tol=self._tol, progress=self.progress,
+                checkpoint_path=checkpoint,
+                seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+            )
+            result = trainer.fit(x, resume=resume)
+            loss = trainer.evaluate_loss(x)
+            if best is None or loss < best[0]:
+                best = (loss, guide, result, pyro.get_param_store().get_state())
+        _, guide, result, state = best
+        pyro.get_param_store().set_state(state)
+        self.guide_ = guide
+        self.params_ = gmm.guide_params(guide, self.covariance_type)
+        self.converged_ = result.converged
+        self.n_iter_ = result.n_steps
+        self.history_ = result.history
+
+    def _set_fitted(self, params: gmm.GMMParams) -> None:
+        def to_numpy(t: torch.Tensor) -> np.ndarray:
+            return t.detach().cpu().numpy()
+
+        self.weights_ = to_numpy(params.weights)
+        self.means_ = to_numpy(params.means)
+        self.covariances_ = to_numpy(params.covariances)
+        if self.covariance_type in gmm.DIAGONAL_TYPES:
+            self.precisions_ = 1.0 / self.covariances_
+            self.precisions_cholesky_ = np.sqrt(self.precisions_)
+        else:
+            self.precisions_ = np.linalg.inv(self.covariances_)
+            # scikit-learn's convention: P with P P^T = Sigma^-1, upper triangular.
+            factors = np.linalg.cholesky(self.covariances_)
+            eye = np.eye(factors.shape[-1])
+            self.precisions_cholesky_ = np.swapaxes(np.linalg.solve(factors, eye), -1, -2)
+
+    # ---------------------------------------------------------------------------- prediction
+
+    def _fitted_x(self, X: Any) -> torch.Tensor:
+        check_is_fitted(self, "params_", msg="This GaussianMixture is not fitted yet; call fit(X) first.")
+        return self._validate_x(X, reset=False)
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Log-likelihood ``log p(x_n)`` of every sample, shape (n_samples,)."""
+        x = self._fitted_x(X)
+        with torch.no_grad():
+            return gmm.log_likelihood(x, self.params_).cpu().numpy()
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood per sample (scikit-learn's meaning)."""
+        return float(self.score_samples(X).mean())
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Responsibilities ``p(assignment = k | x_n)``, shape (n_samples, n_components)."""
+        x = self._fitted_x(X)
+        with torch.no_grad():
+            return em_gmm.responsibilities(x, self.params_)[0].cpu().numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Most probable component of every sample, shape (n_samples,)."""
+        return self.predict_proba(X).argmax(axis=1)
+
+    def _n_parameters(self) -> int:
+        return metrics.n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion ``-2 log L + p log N`` (lower is better)."""
+        total = float(self.score_samples(X).sum())
+        return metrics.bic(total, self._n_parameters(), len(np.asarray(X)))
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
+        total = float(self.score_samples(X).sum())
+        return metrics.aic(total, self._n_parameters(), len(np.asarray(X)))
+
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n_samples`` from the fitted mixture.
+
+        Returns
+        -------
+        X : ndarray, shape (n_samples, n_features)
+        y : ndarray, shape (n_samples,)
+            The component of each draw.
+        """
+        check_is_fitted(self, "params_", msg="This GaussianMixture is not fitted yet; call fit(X) first.")
+        _check_int(n_samples, "n_samples", 1)
+        generator = resolve_generator(self.random_state, self.params_.means.device)
+        with torch.no_grad():
+            x, labels = gmm.sample(self.params_, n_samples, generator)
+        return x.cpu().numpy(), labels.cpu().numpy()
+
+    def elbo_loss(self, X: Any) -> float:
+        """``TraceEnum_ELBO`` loss of the fitted model and guide on ``X`` (sum over samples)."""
+        x = self._fitted_x(X)
+        with pyro.get_param_store().scope(self.param_store_state_):
+            loss = TraceEnum_ELBO(max_plate_nesting=1).loss(self.model_, self.guide_, x)
+        return float(loss)
+
+    # ------------------------------------------------------------------------------ save/load
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the estimator (arguments and fitted tensors) to ``path`` with ``torch.save``."""
+        check_is_fitted(self, "params_", msg="This GaussianMixture is not fitted yet; call fit(X) first.")
+        fitted = {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+        for name in ("model_", "guide_", "params_"):
+            fitted.pop(name)
+        payload = {
+            "class": type(self).__name__,
+            "arguments": self.get_params(),
+            "fitted": fitted,
+            "params": {k: v.detach().cpu() for k, v in self.params_.tensors().items()},
+            "dtype": self._dtype,
+            "priors": self.model_.priors,
+        }
+        tmp = f"{os.fspath(path)}.tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str = "auto") -> GaussianMixture:
+        """Read an estimator written by :meth:`save` (a pickle: load only files you trust)."""
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        if payload.get("class") != cls.__name__:
+            raise ValueError(f"{path} holds a {payload.get('class')!r}, not a {cls.__name__}")
+        est = cls(**{**payload["arguments"], "device": device})
+        for name, value in payload["fitted"].items():
+            setattr(est, name, value)
+        est._dtype = payload["dtype"]
+        est._device = resolve_device(device)
+        tensors = {k: v.to(est._device) for k, v in payload["params"].items()}
+        est.params_ = gmm.GMMParams(covariance_type=est.covariance_type, **tensors)
+        est.model_ = gmm.GaussianMixtureModel(
+            est.n_components, est.n_features_in_, est.covariance_type, payload["priors"]
+        )
+        with pyro.get_param_store().scope() as state:
+            est.guide_ = gmm.map_guide(est.model_, est.params_)
+            est.guide_(n_samples=1)
+        est.param_store_state_ = state
+        return est
