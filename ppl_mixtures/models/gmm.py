@@ -204,20 +204,16 @@ def component_log_prob(x: Tensor, params: GMMParams) -> Tensor:
     inverse_factors, log_det = whitening(params)
     if params.covariance_type == "tied":
         whitened_means = mc @ inverse_factors.T  # (K, D)
-        out = []
-        for rows in _row_chunks(x.shape[0], n_components, n_features):
-            whitened = xc[rows] @ inverse_factors.T  # (n, D)
-            out.append((whitened[:, None, :] - whitened_means).square().sum(-1))
-        mahalanobis = torch.cat(out)
+        stacked = inverse_factors.T
     else:
         whitened_means = (inverse_factors @ mc[:, :, None]).squeeze(-1)  # (K, D)
+        # all K whitening maps side by side: one (n, D) @ (D, K*D) product per chunk
         stacked = inverse_factors.transpose(-1, -2).permute(1, 0, 2).reshape(n_features, -1)
-        out = []
-        for rows in _row_chunks(x.shape[0], n_components, n_features):
-            whitened = (xc[rows] @ stacked).view(-1, n_components, n_features)
-            out.append((whitened - whitened_means).square().sum(-1))
-        mahalanobis = torch.cat(out)
-    return 0.5 * (log_det - log_2pi - mahalanobis)
+    distance = x.new_empty(x.shape[0], n_components)
+    for rows in _row_chunks(x.shape[0], n_components, n_features):
+        whitened = (xc[rows] @ stacked).view(-1, stacked.shape[1] // n_features, n_features)
+        torch.linalg.vector_norm(whitened - whitened_means, dim=-1, out=distance[rows])
+    return 0.5 * (log_det - log_2pi - distance.square_())
 
 
 def log_joint(x: Tensor, params: GMMParams) -> Tensor:
