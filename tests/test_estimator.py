@@ -189,3 +189,16 @@ def test_predict_wrong_number_of_features(blobs):
 def test_not_fitted(method, blobs):
     with pytest.raises(NotFittedError, match="call fit"):
         getattr(GaussianMixture(2), method)(blobs[0])
+
+
+@pytest.mark.parametrize("batch_size", [None, 200])
+def test_svi_resume_equals_uninterrupted(blobs, tmp_path, batch_size):
+    X, _ = blobs
+    common = dict(inference="svi", random_state=3, tol=0, progress=False, batch_size=batch_size)
+    straight = GaussianMixture(3, max_iter=60, **common).fit(X)
+    path = str(tmp_path / "ckpt.pt")
+    GaussianMixture(3, max_iter=30, checkpoint_path=path, **common).fit(X)
+    resumed = GaussianMixture(3, max_iter=60, checkpoint_path=path, **common).fit(X, resume=True)
+    assert resumed.n_iter_ == 60
+    np.testing.assert_array_equal(resumed.means_, straight.means_)
+    np.testing.assert_array_equal(resumed.history_, straight.history_)

@@ -1,0 +1,404 @@
+"""Command line interface: ``ppl-mixtures fit gmm ...``.
+
+Fits a model to a built-in data set or a ``.csv`` / ``.npy`` file, prints a summary and writes
+into ``--out``:
+
+``model.pt``
+    The fitted estimator (:meth:`~ppl_mixtures.estimators.GaussianMixture.save`).
+``summary.json``
+    The numbers of the printed summary.
+``clusters.png``, ``history.png``
+    :func:`~ppl_mixtures.plotting.plot_clusters` and :func:`~ppl_mixtures.plotting.plot_history`.
+``checkpoint.pt``
+    SVI only: the trainer's checkpoint, from which ``--resume`` continues.
+
+Exit codes: 0 on success, 2 for bad input (arguments, data, files), 1 when fitting fails.
+Errors are printed as one line, ``ppl-mixtures: error: ...``, without a traceback.
+
+Run ``ppl-mixtures --help`` or ``python -m ppl_mixtures.cli --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from ppl_mixtures._version import __version__
+from ppl_mixtures.datasets import BUILTIN_DATASETS, COVARIANCE_TYPES
+
+__all__ = ["build_parser", "main"]
+
+PROG = "ppl-mixtures"
+#: Exit code for bad input, as argparse uses for bad arguments.
+EXIT_USAGE = 2
+#: Exit code when a valid run fails (a diverging fit, an unwritable output folder).
+EXIT_FAILURE = 1
+#: K when neither --n-components nor labels say it.
+DEFAULT_N_COMPONENTS = 3
+
+_GMM_INFERENCE = ("em", "svi")
+_HISTORY_LABELS = {
+    "em": ("iteration", "mean log-likelihood per sample"),
+    "svi": ("step", "loss per sample (negative ELBO / N)"),
+}
+
+
+class CLIError(Exception):
+    """Bad input found after parsing; printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line: ``prog: error: message``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument types
+# ---------------------------------------------------------------------------------------------
+
+
+def _integer(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _real(*, positive: bool) -> Callable[[str], float]:
+    bound = "> 0" if positive else ">= 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------------------------
+
+
+def _common_fit_options() -> argparse.ArgumentParser:
+    """Options shared by every ``fit`` model: data, K, budget, seed, device, outputs."""
+    parent = argparse.ArgumentParser(add_help=False)
+    data = parent.add_argument_group("data")
+    data.add_argument(
+        "--data", default="gmm", metavar="NAME|PATH",
+        help=f"built-in data set ({', '.join(BUILTIN_DATASETS)}) or a .csv / .npy file "
+        "(default: gmm, a synthetic 3-component mixture with known labels)",
+    )
+    data.add_argument(
+        "--label-column", metavar="COL",
+        help="CSV only: column holding known labels, by header name or integer index",
+    )
+    data.add_argument(
+        "--labels", metavar="PATH", help="NPY only: a .npy file holding the known labels",
+    )
+    fitting = parent.add_argument_group("fitting")
+    fitting.add_argument(
+        "--n-components", "-k", type=_integer(1), metavar="K",
+        help=f"number of components (default: the number of distinct known labels, else "
+        f"{DEFAULT_N_COMPONENTS})",
+    )
+    fitting.add_argument(
+        "--max-iter", type=_integer(1), metavar="N",
+        help="EM iterations or SVI steps (default: the estimator's, 100 for EM, 1000 for SVI)",
+    )
+    fitting.add_argument(
+        "--tol", type=_real(positive=False), help="convergence tolerance (default: the estimator's)",
+    )
+    fitting.add_argument(
+        "--n-init", type=_integer(1), default=1, metavar="N",
+        help="restarts; the best is kept (default: 1)",
+    )
+    fitting.add_argument(
+        "--seed", type=_integer(0), default=0, metavar="S", help="random seed (default: 0)",
+    )
+    fitting.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N",
+    )
+    fitting.add_argument(
+        "--dtype", choices=("float32", "float64"),
+        help="floating point precision (default: the data's, float64)",
+    )
+    output = parent.add_argument_group("output")
+    output.add_argument(
+        "--out", type=Path, metavar="DIR",
+        help="output folder, created when missing (default: runs/<model>)",
+    )
+    output.add_argument(
+        "--resume", action="store_true",
+        help="SVI only: continue from DIR/checkpoint.pt (--max-iter counts all steps)",
+    )
+    output.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="hide progress bars",
+    )
+    return parent
+
+
+def _add_gmm_parser(models: Any, common: argparse.ArgumentParser) -> None:
+    parser = models.add_parser(
+        "gmm", parents=[common], help="Gaussian mixture (EM or SVI)",
+        description="Fit a Gaussian mixture by EM or by SVI over the same Pyro model.",
+    )
+    gmm = parser.add_argument_group("Gaussian mixture")
+    gmm.add_argument(
+        "--covariance-type", choices=COVARIANCE_TYPES, default="full",
+        help="covariance constraint (default: full)",
+    )
+    gmm.add_argument(
+        "--inference", choices=_GMM_INFERENCE, default="em",
+        help="expectation-maximisation or stochastic variational inference (default: em)",
+    )
+    gmm.add_argument(
+        "--batch-size", type=_integer(1), metavar="B",
+        help="SVI minibatch size (default: full batch)",
+    )
+    gmm.add_argument(
+        "--lr", type=_real(positive=True), default=0.05, help="SVI learning rate (default: 0.05)",
+    )
+    parser.set_defaults(run=_fit_gmm, model="gmm")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ppl-mixtures`` argument parser, with one sub-command per action and model.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Parsed arguments carry ``run``, the function that executes the command.
+    """
+    parser = _Parser(
+        prog=PROG,
+        description="Mixture models in Pyro: fit, evaluate and plot from the command line.",
+        epilog=f"Example: {PROG} fit gmm --data wine --out runs/wine",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(
+        title="commands", dest="command", metavar="COMMAND", required=True,
+        parser_class=_Parser,
+    )
+    fit = commands.add_parser(
+        "fit", help="fit a model, print a summary, write model, summary and plots",
+        description="Fit a model and write model.pt, summary.json, clusters.png and "
+        "history.png into --out.",
+    )
+    models = fit.add_subparsers(
+        title="models", dest="model", metavar="MODEL", required=True, parser_class=_Parser,
+    )
+    _add_gmm_parser(models, _common_fit_options())
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# fit
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None]:
+    from ppl_mixtures.datasets import load_dataset
+
+    suffix = Path(args.data).suffix.lower()
+    options: dict[str, Any] = {}
+    if args.label_column is not None:
+        if suffix != ".csv":
+            raise CLIError("--label-column applies to .csv files only")
+        column = args.label_column
+        options["label_column"] = int(column) if column.lstrip("-").isdigit() else column
+    if args.labels is not None:
+        if suffix != ".npy":
+            raise CLIError("--labels applies to .npy files only")
+        options["labels_path"] = args.labels
+    return load_dataset(args.data, **options)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.resume and args.inference != "svi":
+        raise CLIError("--resume applies to --inference svi only (EM runs are not checkpointed)")
+
+
+def _label_scores(labels: np.ndarray | None, predicted: np.ndarray) -> dict[str, float | None]:
+    if labels is None:
+        return {"ari": None, "nmi": None, "cluster_accuracy": None}
+    from ppl_mixtures import metrics
+
+    return {
+        "ari": float(metrics.adjusted_rand_score(labels, predicted)),
+        "nmi": float(metrics.normalized_mutual_info_score(labels, predicted)),
+        "cluster_accuracy": metrics.cluster_accuracy(labels, predicted),
+    }
+
+
+def _summary(
+    args: argparse.Namespace, est: Any, X: np.ndarray, labels: np.ndarray | None,
+    predicted: np.ndarray,
+) -> dict[str, Any]:
+    """The numbers of a fitted run, as printed and written to ``summary.json``."""
+    return {
+        "model": args.model,
+        "dataset": str(args.data),
+        "n_samples": int(X.shape[0]),
+        "n_features": int(X.shape[1]),
+        "n_components": int(est.n_components),
+        "covariance_type": est.covariance_type,
+        "inference": est.inference,
+        "converged": bool(est.converged_),
+        "n_iter": int(est.n_iter_),
+        "mean_log_likelihood": est.score(X),
+        "bic": est.bic(X),
+        "aic": est.aic(X),
+        **_label_scores(labels, predicted),
+        "seconds": float(est.fit_seconds_),
+        "seed": args.seed,
+        "device": str(est.params_.means.device),
+        "dtype": str(est.params_.means.dtype).removeprefix("torch."),
+        "version": __version__,
+    }
+
+
+def _format_summary(summary: dict[str, Any], out: Path) -> str:
+    steps = "steps" if summary["inference"] == "svi" else "iterations"
+    rows = [
+        ("dataset", summary["dataset"]),
+        ("samples (N)", summary["n_samples"]),
+        ("features (D)", summary["n_features"]),
+        ("components (K)", summary["n_components"]),
+        ("covariance type", summary["covariance_type"]),
+        ("inference", summary["inference"]),
+        ("converged", "yes" if summary["converged"] else "no"),
+        (steps, summary["n_iter"]),
+        ("mean log-likelihood", f"{summary['mean_log_likelihood']:.4f}"),
+        ("BIC", f"{summary['bic']:.2f}"),
+        ("AIC", f"{summary['aic']:.2f}"),
+    ]
+    if summary["ari"] is not None:
+        rows += [
+            ("ARI", f"{summary['ari']:.4f}"),
+            ("NMI", f"{summary['nmi']:.4f}"),
+            ("cluster accuracy", f"{summary['cluster_accuracy']:.4f}"),
+        ]
+    rows += [("seconds", f"{summary['seconds']:.2f}"), ("outputs", str(out))]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _save_plots(args: argparse.Namespace, est: Any, X: np.ndarray, predicted: np.ndarray,
+                out: Path) -> None:
+    from ppl_mixtures.models.gmm import covariance_matrices
+    from ppl_mixtures.plotting import _pyplot, plot_clusters, plot_history
+
+    plt = _pyplot()
+    covariances = covariance_matrices(est.params_).detach().cpu().numpy()
+    fig = plot_clusters(
+        X, predicted, means=est.means_, covariances=covariances,
+        title=f"GMM ({est.covariance_type}, {est.inference}) on {Path(args.data).name}: "
+        f"K={est.n_components}",
+    )
+    fig.savefig(out / "clusters.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    xlabel, ylabel = _HISTORY_LABELS[est.inference]
+    fig = plot_history(est.history_, xlabel=xlabel, ylabel=ylabel, title="training history")
+    fig.savefig(out / "history.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _fit_gmm(args: argparse.Namespace) -> int:
+    """``ppl-mixtures fit gmm``: fit, print the summary, write the outputs."""
+    _check_options(args)
+    X, labels = _load_data(args)
+    if args.n_components is not None:
+        n_components = args.n_components
+    elif labels is not None:
+        n_components = len(np.unique(labels))
+    else:
+        n_components = DEFAULT_N_COMPONENTS
+    out = args.out if args.out is not None else Path("runs") / args.model
+    checkpoint = out / "checkpoint.pt"
+    if args.resume and not checkpoint.exists():
+        print(f"{PROG}: note: no checkpoint at {checkpoint}; starting afresh", file=sys.stderr)
+
+    from ppl_mixtures.estimators import GaussianMixture
+
+    est = GaussianMixture(
+        n_components, covariance_type=args.covariance_type, inference=args.inference,
+        n_init=args.n_init, max_iter=args.max_iter, tol=args.tol, lr=args.lr,
+        batch_size=args.batch_size, random_state=args.seed, device=args.device,
+        dtype=args.dtype, progress=args.progress,
+        checkpoint_path=str(checkpoint) if args.inference == "svi" else None,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    est.fit(X, resume=args.resume)
+    predicted = est.predict(X)
+    summary = _summary(args, est, X, labels, predicted)
+    est.save(out / "model.pt")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _save_plots(args, est, X, predicted, out)
+    print(_format_summary(summary, out))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def _fail(message: Any, code: int) -> int:
+    text = " ".join(str(message).split()) or "unknown error"
+    print(f"{PROG}: error: {text}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line interface.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name; ``sys.argv[1:]`` by default.
+
+    Returns
+    -------
+    int
+        The exit code: 0 on success, 2 for bad input, 1 when a valid run fails.
+        ``--help`` and ``--version`` exit through ``SystemExit(0)``, argument errors through
+        ``SystemExit(2)``, as with any argparse program.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except FileNotFoundError as error:
+        missing = error.filename
+        return _fail(f"file not found: {missing}" if missing else error, EXIT_USAGE)
+    except (CLIError, ValueError, TypeError) as error:
+        return _fail(error, EXIT_USAGE)
+    except (OSError, FloatingPointError) as error:
+        return _fail(error, EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,275 @@
+"""Figures for fitted mixtures: clusters in a principal-component plane and training curves.
+
+Matplotlib is imported inside the functions, so ``import ppl_mixtures.plotting`` stays light;
+without a display the non-interactive ``Agg`` backend is selected. The functions return the
+:class:`~matplotlib.figure.Figure` and never call ``plt.show``: save it with ``fig.savefig`` or
+let a notebook display it, and close it with ``plt.close(fig)`` when done.
+
+``plot_clusters``
+    Scatter of the data in the plane of its first two principal components, coloured by
+    cluster, with each component's 2-sigma ellipse (its covariance projected onto that plane).
+``plot_history``
+    The objective per EM iteration or SVI step.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_clusters", "plot_history", "principal_plane"]
+
+#: Ellipses are drawn at this many standard deviations along each principal axis.
+ELLIPSE_N_STD = 2.0
+#: Colour map for clusters; component k and the points predicted as k share a colour.
+_COLORMAP = "tab10"
+
+
+def _pyplot() -> Any:
+    """Import ``matplotlib.pyplot``, choosing ``Agg`` first when there is no display."""
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+        headless = sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        )
+        if headless:
+            import matplotlib
+
+            matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _as_array(values: Any, name: str) -> np.ndarray:
+    """A float64 NumPy array from an array-like or a torch tensor (detached, on the CPU)."""
+    if hasattr(values, "detach") and hasattr(values, "cpu"):
+        values = values.detach().cpu().numpy()
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be numeric: {error}") from error
+
+
+def _figure_and_axes(ax: Axes | None) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 5.0))
+    return fig, ax
+
+
+def principal_plane(X: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and projection of the plane in which :func:`plot_clusters` draws ``X``.
+
+    Parameters
+    ----------
+    X : array-like, shape (n_samples, n_features)
+
+    Returns
+    -------
+    center : ndarray, shape (n_features,)
+        The mean of ``X``.
+    projection : ndarray, shape (n_features, 2)
+        Columns spanning the plane: the first two principal directions (right singular
+        vectors of the centred data) when ``n_features > 2``; the identity when
+        ``n_features == 2``; ``[[1, 0]]`` when ``n_features == 1``, which puts the data on a
+        horizontal strip at height zero. Plane coordinates are ``(X - center) @ projection``.
+    """
+    X = _as_array(X, "X")
+    center = X.mean(axis=0)
+    n_features = X.shape[1]
+    if n_features <= 2:
+        return center, np.eye(n_features, 2)
+    _, _, right_vectors = np.linalg.svd(X - center, full_matrices=False)
+    return center, right_vectors[:2].T
+
+
+def _label_colors(labels: np.ndarray) -> np.ndarray:
+    """Colour index of every point.
+
+    Non-negative integer labels (component indices) keep their value as colour index, so that
+    points predicted as component k share the colour of ellipse k; other labels (strings,
+    floats) are numbered in sorted order.
+    """
+    if np.issubdtype(labels.dtype, np.integer) and labels.min() >= 0:
+        return labels.astype(np.int64)
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
+
+def _check_components(
+    means: Any, covariances: Any, n_features: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if means is None:
+        if covariances is not None:
+            raise ValueError("covariances were given without means; pass both")
+        return None, None
+    means = _as_array(means, "means")
+    if means.ndim != 2 or means.shape[1] != n_features:
+        raise ValueError(
+            f"means has shape {means.shape}; expected (n_components, {n_features}) to match X"
+        )
+    if covariances is None:
+        return means, None
+    covariances = _as_array(covariances, "covariances")
+    shape = (means.shape[0], n_features, n_features)
+    if covariances.shape == shape[1:]:  # one tied matrix
+        covariances = np.broadcast_to(covariances, shape)
+    if covariances.shape != shape:
+        raise ValueError(
+            f"covariances has shape {covariances.shape}; expected {shape} (one full matrix "
+            "per component; expand other covariance types first, e.g. with "
+            "ppl_mixtures.models.gmm.covariance_matrices)"
+        )
+    return means, covariances
+
+
+def _ellipse(center: np.ndarray, covariance: np.ndarray, color: Any) -> Any:
+    """The ``ELLIPSE_N_STD``-sigma ellipse of a 2-D Gaussian as a matplotlib patch."""
+    from matplotlib.patches import Ellipse
+
+    variances, axes = np.linalg.eigh(covariance)  # ascending eigenvalues
+    major = axes[:, 1]
+    width, height = 2.0 * ELLIPSE_N_STD * np.sqrt(np.clip(variances[::-1], 0.0, None))
+    angle = float(np.degrees(np.arctan2(major[1], major[0])))
+    return Ellipse(
+        xy=tuple(center), width=width, height=height, angle=angle,
+        facecolor="none", edgecolor=color, linewidth=2.0,
+    )
+
+
+def plot_clusters(
+    X: Any,
+    labels: Any,
+    *,
+    means: Any = None,
+    covariances: Any = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Scatter the data in its first principal-component plane, coloured by cluster.
+
+    With ``means`` (and ``covariances``), each component's mean is marked and its 2-sigma
+    ellipse is drawn: with ``W`` the (D, 2) projection of :func:`principal_plane`, component k
+    is shown as the Gaussian of mean ``W^T (mu_k - center)`` and covariance ``W^T Sigma_k W``,
+    the exact distribution of the projected points of that component.
+
+    Parameters
+    ----------
+    X : array-like or Tensor, shape (n_samples, n_features)
+        The data; a 1-D array is read as one feature. One feature is drawn on a horizontal
+        strip (its ellipses are flat), two are drawn as they are, more are projected.
+    labels : array-like, shape (n_samples,)
+        Cluster of every point (e.g. ``estimator.predict(X)``) or known classes.
+    means : array-like, shape (n_components, n_features), optional
+    covariances : array-like, shape (n_components, n_features, n_features) or (D, D), optional
+        Full covariance matrices (a single (D, D) matrix is shared by all components). Needs
+        ``means``.
+    ax : matplotlib Axes, optional
+        Draw into these axes; by default a new figure is created.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure holding the axes (``ax.figure`` when ``ax`` was given). It is not shown.
+
+    Raises
+    ------
+    ValueError
+        If the shapes of ``X``, ``labels``, ``means`` and ``covariances`` do not agree.
+    """
+    X = _as_array(X, "X")
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"X has shape {X.shape}; expected a non-empty (n_samples, n_features)")
+    labels = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels)
+    if labels.shape != (X.shape[0],):
+        raise ValueError(f"labels has shape {labels.shape}; expected ({X.shape[0]},) to match X")
+    means, covariances = _check_components(means, covariances, X.shape[1])
+
+    center, projection = principal_plane(X)
+    points = (X - center) @ projection
+    color_index = _label_colors(labels)
+    fig, ax = _figure_and_axes(ax)
+    colormap = _pyplot().get_cmap(_COLORMAP)
+    ax.scatter(
+        points[:, 0], points[:, 1], c=colormap(color_index % colormap.N), s=8, alpha=0.6,
+        linewidths=0,
+    )
+    if means is not None:
+        projected_means = (means - center) @ projection
+        for k, mean in enumerate(projected_means):
+            color = colormap(k % colormap.N)
+            ax.plot(mean[0], mean[1], marker="x", color="black", markersize=9, mew=2)
+            if covariances is not None:
+                ax.add_patch(_ellipse(mean, projection.T @ covariances[k] @ projection, color))
+    n_features = X.shape[1]
+    if n_features == 1:
+        ax.set_xlabel("x1")
+        ax.set_yticks([])
+    else:
+        axis_name = "x" if n_features == 2 else "PC"
+        ax.set_xlabel(f"{axis_name}1")
+        ax.set_ylabel(f"{axis_name}2")
+    if title is not None:
+        ax.set_title(title)
+    ax.autoscale_view()
+    return fig
+
+
+def plot_history(
+    history: Sequence[float] | np.ndarray,
+    *,
+    ylabel: str,
+    xlabel: str = "iteration",
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Plot the training objective per EM iteration or SVI step.
+
+    Parameters
+    ----------
+    history : sequence of float, length n_iter
+        E.g. ``estimator.history_``: mean log-likelihood per sample (EM) or loss per sample
+        (SVI).
+    ylabel : str
+        What the values are, e.g. ``"mean log-likelihood per sample"``.
+    xlabel : str, default "iteration"
+        ``"step"`` suits SVI.
+    ax : matplotlib Axes, optional
+        Draw into these axes; by default a new figure is created.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure, with one line: ``history[i]`` at x = i + 1. It is not shown.
+
+    Raises
+    ------
+    ValueError
+        If ``history`` is not a non-empty 1-D sequence of numbers.
+    """
+    values = _as_array(history, "history")
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"history has shape {values.shape}; expected a non-empty 1-D sequence")
+    fig, ax = _figure_and_axes(ax)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.plot(np.arange(1, values.size + 1), values, linewidth=1.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    return fig
