@@ -146,3 +146,18 @@ def test_one_feature_identity(covariance_type):
     loss = TraceEnum_ELBO(max_plate_nesting=1).loss(model, gmm.map_guide(model, params), x)
     expected = gmm.log_likelihood(x, params).sum() + model.log_prior(params)
     assert -loss == pytest.approx(float(expected), rel=1e-12)
+
+
+@pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+def test_fast_observation_equals_pyro_native_distributions(covariance_type, data):
+    """The observation site scored by component_log_prob equals Pyro's Normal/MVN path."""
+    params = random_params(covariance_type)
+    model = gmm.GaussianMixtureModel(K, D, covariance_type, default_gmm_priors(data, K, covariance_type))
+    sites = gmm.params_to_sites(params)
+    assignment = torch.arange(K)[:, None]  # as under parallel enumeration
+    fast = model._observation(sites, assignment).log_prob(data)
+    batched = {name: value[None] for name, value in sites.items()}  # forces the Vindex path
+    native = model._observation(batched, assignment).log_prob(data)
+    torch.testing.assert_close(fast, native.reshape(fast.shape), rtol=1e-10, atol=1e-10)
+    draws = model._observation(sites, torch.zeros(5000, dtype=torch.long)).sample()
+    torch.testing.assert_close(draws.mean(0), params.means[0], atol=0.15, rtol=0)

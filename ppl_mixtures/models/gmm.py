@@ -209,11 +209,11 @@ def component_log_prob(x: Tensor, params: GMMParams) -> Tensor:
         whitened_means = (inverse_factors @ mc[:, :, None]).squeeze(-1)  # (K, D)
         # all K whitening maps side by side: one (n, D) @ (D, K*D) product per chunk
         stacked = inverse_factors.transpose(-1, -2).permute(1, 0, 2).reshape(n_features, -1)
-    distance = x.new_empty(x.shape[0], n_components)
+    distances = []  # autograd-friendly: no out= or in-place ops, so SVI can use it too
     for rows in _row_chunks(x.shape[0], n_components, n_features):
         whitened = (xc[rows] @ stacked).view(-1, stacked.shape[1] // n_features, n_features)
-        torch.linalg.vector_norm(whitened - whitened_means, dim=-1, out=distance[rows])
-    return 0.5 * (log_det - log_2pi - distance.square_())
+        distances.append(torch.linalg.vector_norm(whitened - whitened_means, dim=-1))
+    return 0.5 * (log_det - log_2pi - torch.cat(distances).square())
 
 
 def log_joint(x: Tensor, params: GMMParams) -> Tensor:
@@ -292,6 +292,51 @@ def _site_distribution(prior: dist.Distribution, event_shape: tuple[int, ...], n
         f"prior for site {name!r} has batch_shape {tuple(prior.batch_shape)} and event_shape "
         f"{tuple(prior.event_shape)}; expected a scalar distribution or event_shape {event_shape}"
     )
+
+
+class ComponentObservation(dist.TorchDistribution):
+    """``x | assignment ~ N(mu_assignment, Sigma_assignment)`` scored by :func:`component_log_prob`.
+
+    The observation site of :class:`GaussianMixtureModel`. ``log_prob`` evaluates the (N, K)
+    table of every sample under every component once, with the same helper as EM's E-step,
+    and picks the entries named by ``assignment``; under parallel enumeration
+    (``assignment`` of shape (K, 1)) that is the whole table, so the enumerated ELBO costs a
+    few matrix products instead of a (K, N, D) elementwise graph.
+
+    Parameters
+    ----------
+    params : GMMParams
+        Unbatched parameters (weights are not used).
+    assignment : Tensor of long
+        Component of each observation; any shape that broadcasts with the data's (N,).
+    """
+
+    arg_constraints: dict = {}
+    support = dist.constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, params: GMMParams, assignment: Tensor, validate_args=None) -> None:
+        self.params = params
+        self.assignment = assignment
+        super().__init__(assignment.shape, params.means.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return ComponentObservation(self.params, self.assignment.expand(batch_shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        table = component_log_prob(value.reshape(-1, value.shape[-1]), self.params)
+        table = table.reshape(value.shape[:-1] + table.shape[-1:])  # (..., N, K)
+        rows = torch.arange(value.shape[-2], device=value.device)
+        return Vindex(table)[..., rows, self.assignment]
+
+    def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        labels = self.assignment.expand(shape)
+        factors = cholesky_factors(self.params)
+        factors = factors if factors.dim() == 2 else factors[labels]
+        means = self.params.means
+        noise = torch.randn(shape + means.shape[-1:], dtype=means.dtype, device=means.device)
+        return means[labels] + (factors @ noise[..., None]).squeeze(-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,6 +421,9 @@ class GaussianMixtureModel:
         return sites
 
     def _observation(self, sites: dict[str, Tensor], assignment: Tensor) -> dist.Distribution:
+        if sites["means"].dim() == 2:  # the usual case: one value of every global site
+            return ComponentObservation(sites_to_params(sites, self.covariance_type), assignment)
+        # globals with extra batch dims (vectorised particles, parallel Predictive)
         loc = Vindex(sites["means"])[..., assignment, :]
         variances = sites["variances"]
         if self.covariance_type in TIED_TYPES:
