@@ -9,71 +9,33 @@ their device.
 from __future__ import annotations
 
 import numbers
-import os
-import time
 from typing import Any
 
 import numpy as np
 import pyro
 import torch
 from pyro.infer import TraceEnum_ELBO
-from sklearn.base import BaseEstimator, DensityMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ppl_mixtures import metrics
+from ppl_mixtures._estimator_base import (
+    MixtureEstimator,
+    check_int,
+    check_nonnegative,
+)
 from ppl_mixtures.inference.em import gmm as em_gmm
 from ppl_mixtures.inference.em import run_em
-from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities, resolve_generator
+from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities
 from ppl_mixtures.inference.svi import SVITrainer
 from ppl_mixtures.models import gmm
 from ppl_mixtures.models.priors import default_gmm_priors
 
 INFERENCE_METHODS = ("em", "svi")
 GUIDES = ("map", "mean_field")
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _DEFAULT_MAX_ITER = {"em": 100, "svi": 1000}
 _DEFAULT_TOL = {"em": 1e-3, "svi": 1e-5}
 
 
-def resolve_dtype(dtype: Any, data_dtype: np.dtype) -> torch.dtype:
-    """``dtype`` argument -> torch dtype; None follows the data (float32 stays float32)."""
-    if dtype is None:
-        return torch.float32 if data_dtype == np.float32 else torch.float64
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return _DTYPES[dtype]
-    if dtype in (np.float32, np.float64):
-        return _DTYPES[np.dtype(dtype).name]
-    raise ValueError(f"dtype={dtype!r} is not supported; use None, 'float32' or 'float64'")
-
-
-def resolve_device(device: Any) -> torch.device:
-    """``device`` argument -> torch device; ``"auto"`` picks CUDA when it is available."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device={device!r} is not a device; use 'auto', 'cpu' or 'cuda'") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'")
-    return resolved
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-    return int(value)
-
-
-def _check_nonnegative(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-        raise ValueError(f"{name}={value!r} must be a non-negative number")
-    return float(value)
-
-
-class GaussianMixture(DensityMixin, BaseEstimator):
+class GaussianMixture(MixtureEstimator):
     """Gaussian mixture fitted by EM or by SVI over one Pyro model.
 
     Parameters
@@ -199,13 +161,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # ----------------------------------------------------------------------------- validation
 
     def _check_arguments(self) -> None:
-        _check_int(self.n_components, "n_components", 1)
-        _check_int(self.n_init, "n_init", 1)
+        check_int(self.n_components, "n_components", 1)
+        check_int(self.n_init, "n_init", 1)
         if self.max_iter is not None:
-            _check_int(self.max_iter, "max_iter", 1)
+            check_int(self.max_iter, "max_iter", 1)
         if self.tol is not None:
-            _check_nonnegative(self.tol, "tol")
-        _check_nonnegative(self.reg_covar, "reg_covar")
+            check_nonnegative(self.tol, "tol")
+        check_nonnegative(self.reg_covar, "reg_covar")
         if self.covariance_type not in gmm.COVARIANCE_TYPES:
             raise ValueError(
                 f"covariance_type={self.covariance_type!r} is not supported; use one of "
@@ -221,21 +183,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.guide not in GUIDES:
             raise ValueError(f"guide={self.guide!r} is not one of {GUIDES}")
         if self.batch_size is not None:
-            _check_int(self.batch_size, "batch_size", 1)
+            check_int(self.batch_size, "batch_size", 1)
         if not (isinstance(self.lr, numbers.Real) and self.lr > 0):
             raise ValueError(f"lr={self.lr!r} must be a positive number")
         if self.priors is not None and not isinstance(self.priors, dict):
             raise TypeError("priors must be a dict of site name -> pyro distribution, or None")
-
-    def _validate_x(self, X: Any, reset: bool) -> torch.Tensor:
-        X = validate_data(
-            self, X, reset=reset, dtype=[np.float64, np.float32], ensure_min_samples=1
-        )
-        if reset:
-            self._dtype = resolve_dtype(self.dtype, X.dtype)
-            self._device = resolve_device(self.device)
-        # np.require copies only read-only arrays (torch cannot share their memory)
-        return torch.as_tensor(np.require(X, requirements="W"), dtype=self._dtype).to(self._device)
 
     def _check_init_arrays(self, n_features: int) -> dict[str, torch.Tensor]:
         """Validate ``weights_init``, ``means_init`` and ``precisions_init`` against K and D."""
@@ -300,29 +252,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             self.covariance_type,
         )
 
-    def fit(self, X: Any, y: Any = None, *, resume: bool = False) -> GaussianMixture:
-        """Fit the mixture to ``X``.
-
-        Parameters
-        ----------
-        X : array-like, shape (n_samples, n_features)
-        y : ignored
-        resume : bool, default False
-            SVI only: continue from ``checkpoint_path`` when it exists.
-
-        Returns
-        -------
-        self
-        """
-        self._check_arguments()
-        x = self._validate_x(X, reset=True)
-        if x.shape[0] < self.n_components:
-            raise ValueError(
-                f"n_samples={x.shape[0]} should be >= n_components={self.n_components}; "
-                "pass more samples or lower n_components"
-            )
+    def _fit(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
         given = self._check_init_arrays(x.shape[1])
-        generator = resolve_generator(self.random_state, x.device)
         self._max_iter = self.max_iter or _DEFAULT_MAX_ITER[self.inference]
         self._tol = self.tol if self.tol is not None else _DEFAULT_TOL[self.inference]
         priors = default_gmm_priors(x, self.n_components, self.covariance_type)
@@ -330,17 +261,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.model_ = gmm.GaussianMixtureModel(
             self.n_components, x.shape[1], self.covariance_type, priors
         )
-        start = time.perf_counter()
-        with pyro.get_param_store().scope() as state:
-            if self.inference == "em":
-                self._fit_em(x, generator, given)
-            else:
-                self._fit_svi(x, generator, given, resume)
-        self.param_store_state_ = state
-        self.fit_seconds_ = time.perf_counter() - start
-        self._set_fitted(self.params_)
-        self.lower_bound_ = float(gmm.log_likelihood(x, self.params_).mean())
-        return self
+        if self.inference == "em":
+            self._fit_em(x, generator, given)
+        else:
+            self._fit_svi(x, generator, given, resume)
 
     def _fit_em(self, x: torch.Tensor, generator: torch.Generator, given: dict) -> None:
         result = run_em(
@@ -389,7 +313,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.n_iter_ = result.n_steps
         self.history_ = result.history
 
-    def _set_fitted(self, params: gmm.GMMParams) -> None:
+    def _set_fitted(self) -> None:
+        params = self.params_
+
         def to_numpy(t: torch.Tensor) -> np.ndarray:
             return t.detach().cpu().numpy()
 
@@ -408,58 +334,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # ---------------------------------------------------------------------------- prediction
 
-    def _fitted_x(self, X: Any) -> torch.Tensor:
-        check_is_fitted(self, "params_", msg="This GaussianMixture is not fitted yet; call fit(X) first.")
-        return self._validate_x(X, reset=False)
-
-    def score_samples(self, X: Any) -> np.ndarray:
-        """Log-likelihood ``log p(x_n)`` of every sample, shape (n_samples,)."""
-        x = self._fitted_x(X)
-        with torch.no_grad():
-            return gmm.log_likelihood(x, self.params_).cpu().numpy()
-
-    def score(self, X: Any, y: Any = None) -> float:
-        """Mean log-likelihood per sample (scikit-learn's meaning)."""
-        return float(self.score_samples(X).mean())
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Responsibilities ``p(assignment = k | x_n)``, shape (n_samples, n_components)."""
-        x = self._fitted_x(X)
-        with torch.no_grad():
-            return em_gmm.responsibilities(x, self.params_)[0].cpu().numpy()
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Most probable component of every sample, shape (n_samples,)."""
-        return self.predict_proba(X).argmax(axis=1)
+    def _log_joint(self, x: torch.Tensor) -> torch.Tensor:
+        return gmm.log_joint(x, self.params_)
 
     def _n_parameters(self) -> int:
         return metrics.n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
 
-    def bic(self, X: Any) -> float:
-        """Bayesian information criterion ``-2 log L + p log N`` (lower is better)."""
-        total = float(self.score_samples(X).sum())
-        return metrics.bic(total, self._n_parameters(), len(np.asarray(X)))
-
-    def aic(self, X: Any) -> float:
-        """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
-        total = float(self.score_samples(X).sum())
-        return metrics.aic(total, self._n_parameters(), len(np.asarray(X)))
-
-    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``n_samples`` from the fitted mixture.
-
-        Returns
-        -------
-        X : ndarray, shape (n_samples, n_features)
-        y : ndarray, shape (n_samples,)
-            The component of each draw.
-        """
-        check_is_fitted(self, "params_", msg="This GaussianMixture is not fitted yet; call fit(X) first.")
-        _check_int(n_samples, "n_samples", 1)
-        generator = resolve_generator(self.random_state, self.params_.means.device)
-        with torch.no_grad():
-            x, labels = gmm.sample(self.params_, n_samples, generator)
-        return x.cpu().numpy(), labels.cpu().numpy()
+    def _sample_tensors(self, n_samples: int, generator: torch.Generator):
+        return gmm.sample(self.params_, n_samples, generator)
 
     def elbo_loss(self, X: Any) -> float:
         """``TraceEnum_ELBO`` loss of the fitted model and guide on ``X`` (sum over samples)."""
@@ -470,42 +352,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------------------ save/load
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the estimator (arguments and fitted tensors) to ``path`` with ``torch.save``."""
-        check_is_fitted(self, "params_", msg="This GaussianMixture is not fitted yet; call fit(X) first.")
-        fitted = {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
-        for name in ("model_", "guide_", "params_"):
-            fitted.pop(name)
-        payload = {
-            "class": type(self).__name__,
-            "arguments": self.get_params(),
-            "fitted": fitted,
-            "params": {k: v.detach().cpu() for k, v in self.params_.tensors().items()},
-            "dtype": self._dtype,
-            "priors": self.model_.priors,
-        }
-        tmp = f"{os.fspath(path)}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+    def _param_tensors(self) -> dict[str, torch.Tensor]:
+        return self.params_.tensors()
 
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str = "auto") -> GaussianMixture:
-        """Read an estimator written by :meth:`save` (a pickle: load only files you trust)."""
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        if payload.get("class") != cls.__name__:
-            raise ValueError(f"{path} holds a {payload.get('class')!r}, not a {cls.__name__}")
-        est = cls(**{**payload["arguments"], "device": device})
-        for name, value in payload["fitted"].items():
-            setattr(est, name, value)
-        est._dtype = payload["dtype"]
-        est._device = resolve_device(device)
-        tensors = {k: v.to(est._device) for k, v in payload["params"].items()}
-        est.params_ = gmm.GMMParams(covariance_type=est.covariance_type, **tensors)
-        est.model_ = gmm.GaussianMixtureModel(
-            est.n_components, est.n_features_in_, est.covariance_type, payload["priors"]
+    def _restore(self, payload: dict) -> None:
+        self.params_ = gmm.GMMParams(covariance_type=self.covariance_type, **payload["params"])
+        self.model_ = gmm.GaussianMixtureModel(
+            self.n_components, self.n_features_in_, self.covariance_type, payload["priors"]
         )
-        with pyro.get_param_store().scope() as state:
-            est.guide_ = gmm.map_guide(est.model_, est.params_)
-            est.guide_(n_samples=1)
-        est.param_store_state_ = state
-        return est
+        self.guide_ = gmm.map_guide(self.model_, self.params_)
+        self.guide_(n_samples=1)

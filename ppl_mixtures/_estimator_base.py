@@ -1,0 +1,205 @@
+"""The base of the zoo's scikit-learn style estimators: validation, scoring, save/load.
+
+A subclass fits one model family. It implements ``_check_arguments``, ``_fit(x, generator,
+resume)`` (setting ``params_``, ``model_``, ``guide_``, ``converged_``, ``n_iter_``,
+``history_``), ``_log_joint(x)`` (the (N, C) table ``log p(x_n, cluster c)``, whose softmax is
+``predict_proba`` and whose logsumexp is ``score_samples``), ``_n_parameters``,
+``_sample_tensors(n, generator)``, ``_set_fitted`` (the NumPy attributes) and the two
+save/load hooks ``_param_tensors`` / ``_restore(payload)``.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ppl_mixtures import metrics
+from ppl_mixtures.inference.init import resolve_generator
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_dtype(dtype: Any, data_dtype: np.dtype) -> torch.dtype:
+    """``dtype`` argument -> torch dtype; None follows the data (float32 stays float32)."""
+    if dtype is None:
+        return torch.float32 if data_dtype == np.float32 else torch.float64
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    if dtype in (np.float32, np.float64):
+        return _DTYPES[np.dtype(dtype).name]
+    raise ValueError(f"dtype={dtype!r} is not supported; use None, 'float32' or 'float64'")
+
+
+def resolve_device(device: Any) -> torch.device:
+    """``device`` argument -> torch device; ``"auto"`` picks CUDA when it is available."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a device; use 'auto', 'cpu' or 'cuda'") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return resolved
+
+
+def check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+    return int(value)
+
+
+def check_nonnegative(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{name}={value!r} must be a non-negative number")
+    return float(value)
+
+
+class MixtureEstimator(DensityMixin, BaseEstimator):
+    """Common machinery of the mixture estimators (see the module docstring for the hooks)."""
+
+    def _n_clusters(self) -> int:
+        return self.n_components
+
+    def _validate_x(self, X: Any, reset: bool) -> torch.Tensor:
+        X = validate_data(
+            self, X, reset=reset, dtype=[np.float64, np.float32], ensure_min_samples=1
+        )
+        if reset:
+            self._dtype = resolve_dtype(self.dtype, X.dtype)
+            self._device = resolve_device(self.device)
+        # np.require copies only read-only arrays (torch cannot share their memory)
+        return torch.as_tensor(np.require(X, requirements="W"), dtype=self._dtype).to(self._device)
+
+    def fit(self, X: Any, y: Any = None, *, resume: bool = False):
+        """Fit the model to ``X``.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+        y : ignored
+        resume : bool, default False
+            SVI only: continue from ``checkpoint_path`` when it exists.
+
+        Returns
+        -------
+        self
+        """
+        self._check_arguments()
+        x = self._validate_x(X, reset=True)
+        if x.shape[0] < self._n_clusters():
+            raise ValueError(
+                f"n_samples={x.shape[0]} should be >= n_components={self._n_clusters()}; "
+                "pass more samples or lower n_components"
+            )
+        generator = resolve_generator(self.random_state, x.device)
+        start = time.perf_counter()
+        with pyro.get_param_store().scope() as state:
+            self._fit(x, generator, resume)
+        self.param_store_state_ = state
+        self.fit_seconds_ = time.perf_counter() - start
+        self._set_fitted()
+        with torch.no_grad():
+            self.lower_bound_ = float(torch.logsumexp(self._log_joint(x), -1).mean())
+        return self
+
+    def _fitted_x(self, X: Any) -> torch.Tensor:
+        self._check_fitted()
+        return self._validate_x(X, reset=False)
+
+    def _check_fitted(self) -> None:
+        check_is_fitted(
+            self, "params_",
+            msg=f"This {type(self).__name__} is not fitted yet; call fit(X) first.",
+        )
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Log-likelihood ``log p(x_n)`` of every sample, shape (n_samples,)."""
+        x = self._fitted_x(X)
+        with torch.no_grad():
+            return torch.logsumexp(self._log_joint(x), -1).cpu().numpy()
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood per sample (scikit-learn's meaning)."""
+        return float(self.score_samples(X).mean())
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Posterior cluster probabilities, shape (n_samples, n_clusters)."""
+        x = self._fitted_x(X)
+        with torch.no_grad():
+            return torch.softmax(self._log_joint(x), -1).cpu().numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Most probable cluster of every sample, shape (n_samples,)."""
+        return self.predict_proba(X).argmax(axis=1)
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion ``-2 log L + p log N`` (lower is better)."""
+        total = float(self.score_samples(X).sum())
+        return metrics.bic(total, self._n_parameters(), len(np.asarray(X)))
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
+        total = float(self.score_samples(X).sum())
+        return metrics.aic(total, self._n_parameters(), len(np.asarray(X)))
+
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n_samples`` from the fitted model.
+
+        Returns
+        -------
+        X : ndarray, shape (n_samples, n_features)
+        y : ndarray, shape (n_samples,)
+            The cluster of each draw.
+        """
+        self._check_fitted()
+        check_int(n_samples, "n_samples", 1)
+        generator = resolve_generator(self.random_state, self._device)
+        with torch.no_grad():
+            x, labels = self._sample_tensors(n_samples, generator)
+        return x.cpu().numpy(), labels.cpu().numpy()
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the estimator (arguments and fitted tensors) to ``path`` with ``torch.save``."""
+        self._check_fitted()
+        fitted = {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+        for name in ("model_", "guide_", "params_"):
+            fitted.pop(name, None)
+        payload = {
+            "class": type(self).__name__,
+            "arguments": self.get_params(),
+            "fitted": fitted,
+            "params": {k: v.detach().cpu() for k, v in self._param_tensors().items()},
+            "dtype": self._dtype,
+            "priors": getattr(self.model_, "priors", None),
+        }
+        tmp = f"{os.fspath(path)}.tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str = "auto"):
+        """Read an estimator written by :meth:`save` (a pickle: load only files you trust)."""
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        if payload.get("class") != cls.__name__:
+            raise ValueError(f"{path} holds a {payload.get('class')!r}, not a {cls.__name__}")
+        est = cls(**{**payload["arguments"], "device": device})
+        for name, value in payload["fitted"].items():
+            setattr(est, name, value)
+        est._dtype = payload["dtype"]
+        est._device = resolve_device(device)
+        payload["params"] = {k: v.to(est._device) for k, v in payload["params"].items()}
+        with pyro.get_param_store().scope() as state:
+            est._restore(payload)
+        est.param_store_state_ = state
+        return est
