@@ -5,6 +5,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
@@ -202,3 +204,30 @@ def test_svi_resume_equals_uninterrupted(blobs, tmp_path, batch_size):
     assert resumed.n_iter_ == 60
     np.testing.assert_array_equal(resumed.means_, straight.means_)
     np.testing.assert_array_equal(resumed.history_, straight.history_)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n_samples=st.integers(1, 12),
+    n_features=st.integers(1, 4),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    position=st.integers(0, 10_000),
+)
+def test_hypothesis_nonfinite_input_always_raises_value_error(n_samples, n_features, bad,
+                                                              position):
+    X = np.random.default_rng(position).normal(size=(n_samples, n_features))
+    X.flat[position % X.size] = bad
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        GaussianMixture(1, progress=False).fit(X)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("inference", ["em", "svi"])
+def test_cuda_fit_matches_cpu(blobs, inference):
+    X, _ = blobs
+    kwargs = dict(inference=inference, random_state=0, progress=False, max_iter=50,
+                  init_params="random_from_data")
+    cpu = GaussianMixture(3, device="cpu", **kwargs).fit(X)
+    gpu = GaussianMixture(3, device="cuda", **kwargs).fit(X)
+    assert gpu.params_.means.is_cuda
+    assert abs(gpu.score(X) - cpu.score(X)) < 1e-3
