@@ -203,13 +203,13 @@ def plot_clusters(
     colormap = _pyplot().get_cmap(_COLORMAP)
     ax.scatter(
         points[:, 0], points[:, 1], c=colormap(color_index % colormap.N), s=8, alpha=0.6,
-        linewidths=0,
+        linewidths=0, zorder=2.5,  # above the ellipses, which are flat lines when D == 1
     )
     if means is not None:
         projected_means = (means - center) @ projection
         for k, mean in enumerate(projected_means):
             color = colormap(k % colormap.N)
-            ax.plot(mean[0], mean[1], marker="x", color="black", markersize=9, mew=2)
+            ax.plot(mean[0], mean[1], marker="x", color="black", markersize=9, mew=2, zorder=3)
             if covariances is not None:
                 ax.add_patch(_ellipse(mean, projection.T @ covariances[k] @ projection, color))
     n_features = X.shape[1]
