@@ -5,12 +5,13 @@ The public API is imported lazily so that ``import ppl_mixtures`` stays light.
 
 from ppl_mixtures._version import __version__
 
-__all__ = ["GaussianMixture", "__version__"]
+_ESTIMATORS = ("GaussianMixture", "MixtureOfFactorAnalyzers")
+__all__ = [*_ESTIMATORS, "__version__"]
 
 
 def __getattr__(name: str):
-    if name == "GaussianMixture":
-        from ppl_mixtures.estimators import GaussianMixture
+    if name in _ESTIMATORS:
+        from ppl_mixtures import estimators
 
-        return GaussianMixture
+        return getattr(estimators, name)
     raise AttributeError(f"module 'ppl_mixtures' has no attribute {name!r}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numbers
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ppl_mixtures import metrics
 from ppl_mixtures.inference.init import resolve_generator
+from ppl_mixtures.inference.svi import SVITrainer
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -112,6 +114,44 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         with torch.no_grad():
             self.lower_bound_ = float(torch.logsumexp(self._log_joint(x), -1).mean())
         return self
+
+    def _fit_svi_restarts(self, x: torch.Tensor, generator: torch.Generator, resume: bool,
+                          make_guide: Callable[[], Any]) -> tuple[Any, Any]:
+        """SVI from ``n_init`` starts; keep the guide with the lowest final loss.
+
+        ``make_guide()`` builds a fresh guide at a new initial point (it may draw from
+        ``generator``). Each start checkpoints to ``checkpoint_path`` (suffixed ``.initN`` when
+        ``n_init > 1``). Sets ``guide_``, ``converged_``, ``n_iter_``, ``history_`` and leaves
+        the winning guide's values in the current Pyro param store.
+
+        Returns
+        -------
+        guide, SVIResult
+        """
+        best = None
+        for index in range(self.n_init):
+            pyro.clear_param_store()
+            guide = make_guide()
+            checkpoint = self.checkpoint_path
+            if checkpoint is not None and self.n_init > 1:
+                checkpoint = f"{checkpoint}.init{index}"
+            trainer = SVITrainer(
+                self.model_, guide, lr=self.lr, batch_size=self.batch_size,
+                max_steps=self._max_iter, tol=self._tol, progress=self.progress,
+                checkpoint_path=checkpoint,
+                seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+            )
+            result = trainer.fit(x, resume=resume)
+            loss = trainer.evaluate_loss(x)
+            if best is None or loss < best[0]:
+                best = (loss, guide, result, pyro.get_param_store().get_state())
+        _, guide, result, state = best
+        pyro.get_param_store().set_state(state)
+        self.guide_ = guide
+        self.converged_ = result.converged
+        self.n_iter_ = result.n_steps
+        self.history_ = result.history
+        return guide, result
 
     def _fitted_x(self, X: Any) -> torch.Tensor:
         self._check_fitted()

@@ -25,7 +25,6 @@ from ppl_mixtures._estimator_base import (
 from ppl_mixtures.inference.em import gmm as em_gmm
 from ppl_mixtures.inference.em import run_em
 from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities
-from ppl_mixtures.inference.svi import SVITrainer
 from ppl_mixtures.models import gmm
 from ppl_mixtures.models.priors import default_gmm_priors
 
@@ -288,30 +287,11 @@ class GaussianMixture(MixtureEstimator):
     def _fit_svi(self, x: torch.Tensor, generator: torch.Generator, given: dict,
                  resume: bool) -> None:
         make_guide = gmm.map_guide if self.guide == "map" else gmm.mean_field_guide
-        best = None
-        for index in range(self.n_init):
-            pyro.clear_param_store()
-            guide = make_guide(self.model_, self._initial_params(x, generator, given))
-            checkpoint = self.checkpoint_path
-            if checkpoint is not None and self.n_init > 1:
-                checkpoint = f"{checkpoint}.init{index}"
-            trainer = SVITrainer(
-                self.model_, guide, lr=self.lr, batch_size=self.batch_size,
-                max_steps=self._max_iter, tol=self._tol, progress=self.progress,
-                checkpoint_path=checkpoint,
-                seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
-            )
-            result = trainer.fit(x, resume=resume)
-            loss = trainer.evaluate_loss(x)
-            if best is None or loss < best[0]:
-                best = (loss, guide, result, pyro.get_param_store().get_state())
-        _, guide, result, state = best
-        pyro.get_param_store().set_state(state)
-        self.guide_ = guide
+        guide, _ = self._fit_svi_restarts(
+            x, generator, resume,
+            lambda: make_guide(self.model_, self._initial_params(x, generator, given)),
+        )
         self.params_ = gmm.guide_params(guide, self.covariance_type)
-        self.converged_ = result.converged
-        self.n_iter_ = result.n_steps
-        self.history_ = result.history
 
     def _set_fitted(self) -> None:
         params = self.params_
@@ -362,3 +342,9 @@ class GaussianMixture(MixtureEstimator):
         )
         self.guide_ = gmm.map_guide(self.model_, self.params_)
         self.guide_(n_samples=1)
+
+
+# The other families' estimators live beside their models' code; this module is the facade.
+from ppl_mixtures.estimators_mfa import MixtureOfFactorAnalyzers  # noqa: E402
+
+__all__ = ["GaussianMixture", "MixtureOfFactorAnalyzers"]

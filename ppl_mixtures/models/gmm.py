@@ -45,6 +45,7 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
 from pyro.ops.indexing import Vindex
 from torch import Tensor
 
+from ppl_mixtures.models._observation import TableObservation
 from ppl_mixtures.models.priors import GMM_GLOBAL_SITES, default_gmm_priors
 
 COVARIANCE_TYPES = ("spherical", "diag", "tied_diag", "tied", "full")
@@ -294,48 +295,23 @@ def _site_distribution(prior: dist.Distribution, event_shape: tuple[int, ...], n
     )
 
 
-class ComponentObservation(dist.TorchDistribution):
+class ComponentObservation(TableObservation):
     """``x | assignment ~ N(mu_assignment, Sigma_assignment)`` scored by :func:`component_log_prob`.
 
-    The observation site of :class:`GaussianMixtureModel`. ``log_prob`` evaluates the (N, K)
-    table of every sample under every component once, with the same helper as EM's E-step,
-    and picks the entries named by ``assignment``; under parallel enumeration
-    (``assignment`` of shape (K, 1)) that is the whole table, so the enumerated ELBO costs a
-    few matrix products instead of a (K, N, D) elementwise graph.
-
-    Parameters
-    ----------
-    params : GMMParams
-        Unbatched parameters (weights are not used).
-    assignment : Tensor of long
-        Component of each observation; any shape that broadcasts with the data's (N,).
+    The observation site of :class:`GaussianMixtureModel` (see
+    :class:`~ppl_mixtures.models._observation.TableObservation`): the enumerated ELBO costs a
+    few matrix products with EM's own helper instead of a (K, N, D) elementwise graph.
     """
 
-    arg_constraints: dict = {}
-    support = dist.constraints.real_vector
-    has_rsample = False
+    def _table(self, x: Tensor) -> Tensor:
+        return component_log_prob(x, self.params)
 
-    def __init__(self, params: GMMParams, assignment: Tensor, validate_args=None) -> None:
-        self.params = params
-        self.assignment = assignment
-        super().__init__(assignment.shape, params.means.shape[-1:], validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return ComponentObservation(self.params, self.assignment.expand(batch_shape))
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        table = component_log_prob(value.reshape(-1, value.shape[-1]), self.params)
-        table = table.reshape(value.shape[:-1] + table.shape[-1:])  # (..., N, K)
-        rows = torch.arange(value.shape[-2], device=value.device)
-        return Vindex(table)[..., rows, self.assignment]
-
-    def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
-        shape = torch.Size(sample_shape) + self.batch_shape
-        labels = self.assignment.expand(shape)
+    def _draw(self, labels: Tensor) -> Tensor:
         factors = cholesky_factors(self.params)
         factors = factors if factors.dim() == 2 else factors[labels]
         means = self.params.means
-        noise = torch.randn(shape + means.shape[-1:], dtype=means.dtype, device=means.device)
+        noise = torch.randn(labels.shape + means.shape[-1:], dtype=means.dtype,
+                            device=means.device)
         return means[labels] + (factors @ noise[..., None]).squeeze(-1)
 
 
@@ -422,8 +398,18 @@ class GaussianMixtureModel:
 
     def _observation(self, sites: dict[str, Tensor], assignment: Tensor) -> dist.Distribution:
         if sites["means"].dim() == 2:  # the usual case: one value of every global site
-            return ComponentObservation(sites_to_params(sites, self.covariance_type), assignment)
-        # globals with extra batch dims (vectorised particles, parallel Predictive)
+            params = sites_to_params(sites, self.covariance_type)
+            return ComponentObservation(params, assignment, self.n_features)
+        # globals with extra batch dims (vectorised particles, parallel Predictive): those dims
+        # sit left of the plate dim that "components" and "data" share, so open a data dim
+        # left of the components dim of every per-component site before indexing
+        sites = dict(sites)
+        sites["means"] = sites["means"].unsqueeze(-3)
+        if self.covariance_type not in TIED_TYPES:
+            spherical = self.covariance_type == "spherical"
+            sites["variances"] = sites["variances"].unsqueeze(-2 if spherical else -3)
+            if self._has_correlations:
+                sites["corr_cholesky"] = sites["corr_cholesky"].unsqueeze(-4)
         loc = Vindex(sites["means"])[..., assignment, :]
         variances = sites["variances"]
         if self.covariance_type in TIED_TYPES:
@@ -479,13 +465,19 @@ def _globals_only(model: GaussianMixtureModel) -> Callable:
     return poutine.block(model, hide=list(model.discrete_sites))
 
 
+def _copies(params: GMMParams) -> dict[str, Tensor]:
+    """Site values detached from ``params``: the param store would otherwise alias them and
+    the optimiser would update the caller's tensors in place."""
+    return {name: value.detach().clone() for name, value in params_to_sites(params).items()}
+
+
 def map_guide(model: GaussianMixtureModel, init_params: GMMParams) -> AutoDelta:
     """Point masses on the global sites (MAP), started at ``init_params``.
 
     ``-TraceEnum_ELBO`` with this guide equals ``log p(x | theta) + log p(theta)`` at the
     guide's values: the assignment sites are summed out exactly by enumeration.
     """
-    return AutoDelta(_globals_only(model), init_loc_fn=init_to_value(values=params_to_sites(init_params)))
+    return AutoDelta(_globals_only(model), init_loc_fn=init_to_value(values=_copies(init_params)))
 
 
 def mean_field_guide(
@@ -494,7 +486,7 @@ def mean_field_guide(
     """Independent Normals on the unconstrained global sites, centred at ``init_params``."""
     return AutoNormal(
         _globals_only(model),
-        init_loc_fn=init_to_value(values=params_to_sites(init_params)),
+        init_loc_fn=init_to_value(values=_copies(init_params)),
         init_scale=init_scale,
     )
 

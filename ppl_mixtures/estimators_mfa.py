@@ -1,0 +1,299 @@
+"""scikit-learn style estimator for the mixture of factor analysers (seed 000, section 1).
+
+:class:`MixtureOfFactorAnalyzers` builds the collapsed Pyro model of
+:mod:`ppl_mixtures.models.mfa` and fits it by EM (Ghahramani & Hinton's algorithm,
+:mod:`ppl_mixtures.inference.em.mfa`) or by SVI with a MAP guide; both paths score data with
+the same low-rank helper, so ``score``, ``predict_proba`` and ``bic`` mean the same after
+either.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import TraceEnum_ELBO
+from sklearn.base import TransformerMixin
+
+from ppl_mixtures._estimator_base import MixtureEstimator, check_int, check_nonnegative
+from ppl_mixtures.inference.em import mfa as em_mfa
+from ppl_mixtures.inference.em import run_em
+from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities
+from ppl_mixtures.models import mfa
+
+INFERENCE_METHODS = ("em", "svi")
+_DEFAULT_MAX_ITER = {"em": 200, "svi": 1000}
+_DEFAULT_TOL = {"em": 1e-3, "svi": 1e-5}
+
+
+def n_parameters(n_components: int, n_features: int, n_factors: int) -> int:
+    """Free parameters of a mixture of factor analysers.
+
+    ``K - 1`` weights + ``K D`` means + ``K (D r - r (r - 1) / 2)`` loadings (each
+    ``Lambda_g`` is determined up to an r x r rotation, which removes ``r (r - 1) / 2``) +
+    ``K D`` noise variances.
+
+    Parameters
+    ----------
+    n_components, n_features, n_factors : int
+        K, D and r.
+
+    Returns
+    -------
+    int
+    """
+    k, d, r = n_components, n_features, n_factors
+    return (k - 1) + k * d + k * (d * r - r * (r - 1) // 2) + k * d
+
+
+class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
+    """Mixture of factor analysers fitted by EM or by SVI over one Pyro model.
+
+    Each component is a factor analyser ``x = eta_g + Lambda_g z + u`` with
+    ``z ~ N(0, I_r)`` and ``u ~ N(0, diag(psi_g))``, i.e. a Gaussian with the low-rank plus
+    diagonal covariance ``Lambda_g Lambda_g^T + diag(psi_g)``: ``K (D r + 2 D)`` parameters
+    instead of the full GMM's ``K D (D + 3) / 2``. It is also a scikit-learn transformer:
+    :meth:`transform` (and ``fit_transform``) give factor scores.
+
+    Parameters
+    ----------
+    n_components : int, default 1
+        Number of components K.
+    n_factors : int, default 1
+        Latent dimension r, ``1 <= r < n_features``.
+    inference : {"em", "svi"}, default "em"
+        ``"em"``: maximum likelihood by Ghahramani & Hinton's EM (monotone).
+        ``"svi"``: MAP by stochastic variational inference with ``TraceEnum_ELBO`` over the
+        collapsed Pyro model (assignments enumerated, factors integrated out).
+    n_init : int, default 1
+        Restarts; the one with the best final objective is kept.
+    max_iter : int, optional
+        EM iterations (default 200) or SVI steps (default 1000).
+    tol : float, optional
+        EM: stop when the mean log-likelihood per sample changes by less (default 1e-3).
+        SVI: relative change of the smoothed loss (default 1e-5).
+    init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default "kmeans"
+        Initial responsibilities; the parameters then come from a weighted PPCA per component.
+    reg_covar : float, default 1e-6
+        Floor on every noise variance (EM) and added at initialisation.
+    priors : dict of str to pyro.distributions.Distribution, optional
+        Replace some of :func:`~ppl_mixtures.models.mfa.default_mfa_priors` (used by SVI; EM
+        is maximum likelihood and ignores them).
+    lr : float, default 0.05
+        SVI learning rate (Adam).
+    batch_size : int, optional
+        SVI minibatch size; None trains on the full data.
+    random_state : int, RandomState, Generator or None
+    device : str, default "auto"
+    dtype : {None, "float32", "float64"} or torch dtype
+        None follows the data.
+    progress : bool, default True
+    checkpoint_path : str, optional
+        SVI checkpoint file; with ``resume=True`` in :meth:`fit` training continues from it.
+
+    Attributes
+    ----------
+    weights_ : ndarray, shape (n_components,)
+    means_ : ndarray, shape (n_components, n_features)
+    loadings_ : ndarray, shape (n_components, n_features, n_factors)
+    noise_variance_ : ndarray, shape (n_components, n_features)
+    covariances_ : ndarray, shape (n_components, n_features, n_features)
+        Dense ``Lambda_g Lambda_g^T + diag(psi_g)``.
+    converged_, n_iter_, history_, lower_bound_, n_features_in_, fit_seconds_
+        As for :class:`~ppl_mixtures.estimators.GaussianMixture`.
+    params_ : MFAParams
+    model_ : MixtureOfFactorAnalyzersModel
+        The collapsed Pyro model.
+    guide_ : AutoDelta
+        MAP guide (trained by SVI, or at the EM estimate); its values live in
+        ``param_store_state_``.
+    """
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        n_factors: int = 1,
+        *,
+        inference: str = "em",
+        n_init: int = 1,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        init_params: str = "kmeans",
+        reg_covar: float = 1e-6,
+        priors: dict | None = None,
+        lr: float = 0.05,
+        batch_size: int | None = None,
+        random_state: Any = None,
+        device: str = "auto",
+        dtype: Any = None,
+        progress: bool = True,
+        checkpoint_path: str | None = None,
+    ) -> None:
+        self.n_components = n_components
+        self.n_factors = n_factors
+        self.inference = inference
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init_params = init_params
+        self.reg_covar = reg_covar
+        self.priors = priors
+        self.lr = lr
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.progress = progress
+        self.checkpoint_path = checkpoint_path
+
+    # ----------------------------------------------------------------------------- validation
+
+    def _check_arguments(self) -> None:
+        check_int(self.n_components, "n_components", 1)
+        check_int(self.n_factors, "n_factors", 1)
+        check_int(self.n_init, "n_init", 1)
+        if self.max_iter is not None:
+            check_int(self.max_iter, "max_iter", 1)
+        if self.tol is not None:
+            check_nonnegative(self.tol, "tol")
+        check_nonnegative(self.reg_covar, "reg_covar")
+        if self.inference not in INFERENCE_METHODS:
+            raise ValueError(
+                f"inference={self.inference!r} is not supported for MixtureOfFactorAnalyzers; "
+                f"use one of {INFERENCE_METHODS}"
+            )
+        if self.init_params not in INIT_METHODS:
+            raise ValueError(f"init_params={self.init_params!r} is not one of {INIT_METHODS}")
+        if self.batch_size is not None:
+            check_int(self.batch_size, "batch_size", 1)
+        if not (isinstance(self.lr, numbers.Real) and self.lr > 0):
+            raise ValueError(f"lr={self.lr!r} must be a positive number")
+        if self.priors is not None and not isinstance(self.priors, dict):
+            raise TypeError("priors must be a dict of site name -> pyro distribution, or None")
+
+    def _check_n_factors(self, n_features: int) -> None:
+        if self.n_factors >= n_features:
+            raise ValueError(
+                f"n_factors={self.n_factors} must be < n_features={n_features}: a factor "
+                "analyser needs fewer factors than features; lower n_factors (or use "
+                "GaussianMixture with covariance_type='full')"
+            )
+
+    # ------------------------------------------------------------------------------- fitting
+
+    def _initial_params(self, x: torch.Tensor, generator: torch.Generator) -> mfa.MFAParams:
+        resp = initial_responsibilities(x, self.n_components, self.init_params, generator)
+        return em_mfa.params_from_responsibilities(x, resp, self.n_factors, self.reg_covar)
+
+    def _build_model(self, priors: dict) -> mfa.MixtureOfFactorAnalyzersModel:
+        return mfa.MixtureOfFactorAnalyzersModel(
+            self.n_components, self.n_features_in_, self.n_factors, priors
+        )
+
+    def _fit(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
+        self._check_n_factors(x.shape[1])
+        self._max_iter = self.max_iter or _DEFAULT_MAX_ITER[self.inference]
+        self._tol = self.tol if self.tol is not None else _DEFAULT_TOL[self.inference]
+        priors = mfa.default_mfa_priors(x, self.n_components, self.n_factors)
+        priors.update(self.priors or {})
+        self.model_ = self._build_model(priors)
+        if self.inference == "em":
+            self._fit_em(x, generator)
+        else:
+            self._fit_svi(x, generator, resume)
+
+    def _fit_em(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        result = run_em(
+            x,
+            init_params=lambda _: self._initial_params(x, generator),
+            e_step=em_mfa.e_step,
+            m_step=lambda stats: em_mfa.m_step(stats, self.reg_covar),
+            n_init=self.n_init,
+            max_iter=self._max_iter,
+            tol=self._tol,
+            progress=self.progress,
+            desc="MFA EM",
+        )
+        self.params_ = result.params
+        self.converged_ = result.converged
+        self.n_iter_ = result.n_iter
+        self.history_ = result.history
+        self.guide_ = mfa.map_guide(self.model_, self.params_)
+        self.guide_(x[:1])  # creates the guide's (global) parameters at the EM estimate
+
+    def _fit_svi(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
+        guide, _ = self._fit_svi_restarts(
+            x, generator, resume,
+            lambda: mfa.map_guide(self.model_, self._initial_params(x, generator)),
+        )
+        self.params_ = mfa.guide_params(guide)
+
+    def _set_fitted(self) -> None:
+        params = self.params_
+
+        def to_numpy(t: torch.Tensor) -> np.ndarray:
+            return t.detach().cpu().numpy()
+
+        self.weights_ = to_numpy(params.weights)
+        self.means_ = to_numpy(params.means)
+        self.loadings_ = to_numpy(params.loadings)
+        self.noise_variance_ = to_numpy(params.noise_variances)
+        self.covariances_ = to_numpy(mfa.covariance_matrices(params))
+
+    # ---------------------------------------------------------------------------- prediction
+
+    def _log_joint(self, x: torch.Tensor) -> torch.Tensor:
+        return mfa.log_joint(x, self.params_)
+
+    def _n_parameters(self) -> int:
+        return n_parameters(self.n_components, self.n_features_in_, self.n_factors)
+
+    def _sample_tensors(self, n_samples: int, generator: torch.Generator):
+        return mfa.sample(self.params_, n_samples, generator)
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Factor scores: ``E[z | x_n, g_n]`` under each sample's most probable component.
+
+        The factor spaces of different components are unrelated (each ``Lambda_g`` is
+        defined up to its own rotation), so a responsibility-weighted average of scores would
+        mix incomparable coordinates; the scores of the MAP component are returned instead.
+        Use :func:`ppl_mixtures.models.mfa.posterior_factors` for every component's.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray, shape (n_samples, n_factors)
+        """
+        x = self._fitted_x(X)
+        with torch.no_grad():
+            log_prob, factor_means, _ = mfa.component_terms(x, self.params_)
+            best = (log_prob + self.params_.weights.log()).argmax(-1)
+            rows = torch.arange(x.shape[0], device=x.device)
+            return factor_means[rows, best].cpu().numpy()
+
+    def elbo_loss(self, X: Any) -> float:
+        """``TraceEnum_ELBO`` loss of the fitted model and guide on ``X`` (sum over samples)."""
+        x = self._fitted_x(X)
+        with pyro.get_param_store().scope(self.param_store_state_), torch.no_grad():
+            loss = TraceEnum_ELBO(max_plate_nesting=1).loss(self.model_, self.guide_, x)
+        return float(loss)
+
+    # ------------------------------------------------------------------------------ save/load
+
+    def _param_tensors(self) -> dict[str, torch.Tensor]:
+        return self.params_.tensors()
+
+    def _restore(self, payload: dict) -> None:
+        self.params_ = mfa.MFAParams(**payload["params"])
+        self.model_ = self._build_model(payload["priors"])
+        self.guide_ = mfa.map_guide(self.model_, self.params_)
+        self.guide_(n_samples=1)
+
+
+__all__ = ["MixtureOfFactorAnalyzers", "n_parameters"]

@@ -1,0 +1,242 @@
+"""Pure E- and M-steps of EM for the mixture of factor analysers.
+
+The algorithm is the exact EM of Ghahramani & Hinton (1996, "The EM algorithm for mixtures of
+factor analyzers") for the model of seed 000, section 1: the complete data are the
+assignments *and* the factors, and the E-step takes *expectations* of the factors
+(``E[z | x_n, g]`` and ``E[z z^T | x_n, g]``), never samples. Each iteration therefore
+maximises a lower bound that touches the log-likelihood at the current parameters, so the
+observed-data log-likelihood ``l_o(theta; x)`` never decreases (the shared loop checks it).
+
+The M-step updates the loadings and the mean of each component jointly, as one augmented
+matrix ``[Lambda_g, eta_g]`` regressed on ``[z; 1]``, then the noise variances; it is the
+exact maximiser of the expected complete log-likelihood subject to ``psi_gd >= floor``
+(the expected complete log-likelihood is unimodal in each ``psi_gd`` and the regression does
+not depend on ``psi``), so the floor against singular components keeps EM monotone.
+
+The E-step takes its densities and factor posteriors from
+:func:`ppl_mixtures.models.mfa.component_terms`, the helper the Pyro model scores with,
+and returns additive sufficient statistics (moments about the current means, as in
+:mod:`ppl_mixtures.inference.em.gmm`), so batches can be summed before one M-step.
+No D x D matrix is formed, except in :func:`params_from_responsibilities` (initialisation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from ppl_mixtures.inference.em.gmm import moments
+from ppl_mixtures.models.mfa import MFAParams, component_terms
+
+#: Pseudo-weight, in units of the dtype's eps, given to every component (as scikit-learn's
+#: 10 * eps floor on N_k): a pseudo-point at the current mean with prior factor moments,
+#: which keeps the M-step's (r + 1) x (r + 1) systems positive definite for empty components.
+_NK_FLOOR_FACTOR = 10.0
+
+
+@dataclass
+class MFAStats:
+    """Sufficient statistics of one E-step (sums over samples, so they add across batches).
+
+    With responsibilities ``h_ng``, factor posteriors ``E[z | x_n, g]`` and the shift
+    ``s_g`` (the E-step's means):
+
+    Attributes
+    ----------
+    n_samples : float
+        Number of samples summed.
+    log_likelihood : Tensor, scalar
+        ``sum_n log f(x_n; theta)`` at the parameters of the E-step.
+    resp_sum : Tensor, shape (K,)
+        ``N_g = sum_n h_ng``.
+    first_moment : Tensor, shape (K, D)
+        ``sum_n h_ng (x_n - s_g)``.
+    second_moment : Tensor, shape (K, D)
+        ``sum_n h_ng (x_n - s_g)^2`` (elementwise; only the diagonal is needed).
+    cross_moment : Tensor, shape (K, D, r)
+        ``sum_n h_ng (x_n - s_g) E[z | x_n, g]^T``.
+    factor_sum : Tensor, shape (K, r)
+        ``sum_n h_ng E[z | x_n, g]``.
+    factor_second_moment : Tensor, shape (K, r, r)
+        ``sum_n h_ng E[z z^T | x_n, g]``.
+    shift : Tensor, shape (K, D)
+        The means of the E-step's parameters.
+    """
+
+    n_samples: float
+    log_likelihood: Tensor
+    resp_sum: Tensor
+    first_moment: Tensor
+    second_moment: Tensor
+    cross_moment: Tensor
+    factor_sum: Tensor
+    factor_second_moment: Tensor
+    shift: Tensor
+
+    def __add__(self, other: MFAStats) -> MFAStats:
+        summed = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in fields(self) if f.name != "shift"
+        }
+        return MFAStats(shift=self.shift, **summed)
+
+
+def responsibilities(x: Tensor, params: MFAParams) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Posterior of the components and of the factors.
+
+    Returns
+    -------
+    resp : Tensor, shape (n_samples, n_components)
+        ``h_ng = p(g | x_n)``.
+    sample_log_likelihood : Tensor, shape (n_samples,)
+    factor_means : Tensor, shape (n_samples, n_components, n_factors)
+        ``E[z | x_n, g]``.
+    factor_covariances : Tensor, shape (n_components, n_factors, n_factors)
+        ``Cov[z | x_n, g]``.
+    """
+    log_prob, factor_means, factor_covariances = component_terms(x, params)
+    joint = log_prob + params.weights.log()
+    norm = torch.logsumexp(joint, dim=-1)
+    return torch.exp(joint - norm[:, None]), norm, factor_means, factor_covariances
+
+
+def e_step(x: Tensor, params: MFAParams) -> MFAStats:
+    """E-step: expected sufficient statistics of the complete data (assignments and factors).
+
+    Parameters
+    ----------
+    x : Tensor, shape (n_samples, n_features)
+    params : MFAParams
+
+    Returns
+    -------
+    MFAStats
+    """
+    n_samples, n_features = x.shape
+    n_components, n_factors = params.n_components, params.n_factors
+    resp, sample_ll, factor_means, factor_covariances = responsibilities(x, params)
+    first, second = moments(x, resp, params.means, full=False)
+    weighted_factors = resp[..., None] * factor_means  # (N, K, r)
+    factor_sum = weighted_factors.sum(0)
+    resp_sum = resp.sum(0)
+    # sum_n h (x_n - s_g) E[z]^T as one (D, N) @ (N, K r) product about the centre c, then
+    # moved to s_g: subtract (s_g - c) sum_n h E[z]^T
+    center = params.means.mean(0)
+    cross = ((x - center).T @ weighted_factors.reshape(n_samples, -1)).view(
+        n_features, n_components, n_factors
+    ).permute(1, 0, 2) - (params.means - center)[:, :, None] * factor_sum[:, None, :]
+    factor_second = (
+        resp_sum[:, None, None] * factor_covariances
+        + weighted_factors.permute(1, 2, 0) @ factor_means.permute(1, 0, 2)
+    )
+    return MFAStats(
+        float(n_samples), sample_ll.sum(), resp_sum, first, second, cross, factor_sum,
+        factor_second, params.means,
+    )
+
+
+def m_step(stats: MFAStats, reg_covar: float = 1e-6) -> MFAParams:
+    """M-step of Ghahramani & Hinton's EM, vectorised over components.
+
+    With ``x'_n = x_n - s_g`` and the augmented factor ``z~ = [z; 1]``::
+
+        pi_g            = N_g / N
+        [Lambda_g, c_g] = (sum_n h_ng x'_n E[z~]^T) (sum_n h_ng E[z~ z~^T])^-1
+        eta_g           = s_g + c_g
+        psi_g           = max(floor, diag(sum_n h_ng x'_n x'_n^T - [Lambda_g, c_g]
+                                          sum_n h_ng E[z~] x'_n^T) / N_g)
+
+    The (r + 1) x (r + 1) systems are solved by Cholesky in float64.
+
+    Parameters
+    ----------
+    stats : MFAStats
+    reg_covar : float, default 1e-6
+        Floor on every noise variance (the singularity of a component collapsing onto an
+        affine subspace); ``0`` falls back to ``sqrt(tiny)`` of the dtype.
+
+    Returns
+    -------
+    MFAParams
+    """
+    dtype = stats.resp_sum.dtype
+    floor = max(reg_covar, torch.finfo(dtype).tiny ** 0.5)
+    pseudo = _NK_FLOOR_FACTOR * torch.finfo(dtype).eps
+    resp_sum = (stats.resp_sum + pseudo).to(torch.float64)
+    n_factors = stats.factor_sum.shape[-1]
+    eye = torch.eye(n_factors, dtype=torch.float64, device=resp_sum.device)
+    factor_sum = stats.factor_sum.to(torch.float64)
+    gram = torch.cat(
+        [
+            torch.cat([stats.factor_second_moment.to(torch.float64) + pseudo * eye,
+                       factor_sum[:, :, None]], dim=-1),
+            torch.cat([factor_sum[:, None, :], resp_sum[:, None, None]], dim=-1),
+        ],
+        dim=-2,
+    )  # sum_n h E[z~ z~^T], (K, r + 1, r + 1)
+    cross = torch.cat(
+        [stats.cross_moment, stats.first_moment[:, :, None]], dim=-1
+    ).to(torch.float64)  # sum_n h x' E[z~]^T, (K, D, r + 1)
+    augmented = torch.cholesky_solve(
+        cross.transpose(-1, -2), torch.linalg.cholesky(gram)
+    ).transpose(-1, -2)  # [Lambda_g, c_g], (K, D, r + 1)
+    residual = stats.second_moment.to(torch.float64) - (augmented * cross).sum(-1)
+    noise_variances = (residual / resp_sum[:, None]).clamp_min(floor)
+    augmented = augmented.to(dtype)
+    return MFAParams(
+        weights=(resp_sum / resp_sum.sum()).to(dtype),
+        means=stats.shift + augmented[..., n_factors],
+        loadings=augmented[..., :n_factors].contiguous(),
+        noise_variances=noise_variances.to(dtype),
+    )
+
+
+def params_from_responsibilities(
+    x: Tensor, resp: Tensor, n_factors: int, reg_covar: float = 1e-6
+) -> MFAParams:
+    """Initial parameters from (hard or soft) responsibilities: weighted PPCA per component.
+
+    Each component's weighted covariance ``S_g`` (D x D, formed only here) is eigendecomposed;
+    ``Lambda_g = U_r (L_r - sigma^2 I)^(1/2)`` from its top r eigenpairs, with ``sigma^2`` the
+    mean of the other eigenvalues (Tipping & Bishop's PPCA estimate), and
+    ``psi_g = max(diag(S_g - Lambda_g Lambda_g^T), 0) + reg_covar``.
+
+    Parameters
+    ----------
+    x : Tensor, shape (n_samples, n_features)
+    resp : Tensor, shape (n_samples, n_components)
+    n_factors : int
+        ``1 <= r < n_features``.
+    reg_covar : float, default 1e-6
+
+    Returns
+    -------
+    MFAParams
+    """
+    n_components = resp.shape[1]
+    dtype = x.dtype
+    shift = x.mean(0).expand(n_components, -1)
+    first, second = moments(x, resp, shift, full=True)
+    resp_sum = resp.sum(0) + _NK_FLOOR_FACTOR * torch.finfo(dtype).eps
+    offset = first / resp_sum[:, None]
+    central = (second / resp_sum[:, None, None]).to(torch.float64) - (
+        offset[:, :, None] * offset[:, None, :]
+    ).to(torch.float64)
+    eigenvalues, eigenvectors = torch.linalg.eigh(0.5 * (central + central.transpose(-1, -2)))
+    eigenvalues = eigenvalues.clamp_min(0.0)  # ascending
+    sigma2 = eigenvalues[..., :-n_factors].mean(-1, keepdim=True)
+    top = (eigenvalues[..., -n_factors:] - sigma2).clamp_min(0.0).sqrt()
+    loadings = (eigenvectors[..., -n_factors:] * top[:, None, :]).flip(-1)  # largest first
+    residual = central.diagonal(dim1=-2, dim2=-1) - loadings.square().sum(-1)
+    noise_variances = residual.clamp_min(0.0) + max(reg_covar, torch.finfo(dtype).tiny ** 0.5)
+    return MFAParams(
+        weights=resp_sum / resp_sum.sum(),
+        means=shift + offset,
+        loadings=loadings.to(dtype).contiguous(),
+        noise_variances=noise_variances.to(dtype),
+    )
+
+
+__all__ = ["MFAStats", "e_step", "m_step", "params_from_responsibilities", "responsibilities"]

@@ -1,0 +1,598 @@
+"""The mixture of factor analysers (MFA): parameters, deterministic helpers, Pyro model, guides.
+
+Generative model (seed 000, section 1, with its names: G = K components, J = D features,
+R = r factors, eta = means, Lambda = loadings, psi = noise variances, pi = weights)::
+
+    weights            ~ Dirichlet(alpha)                      site "weights",         (K,)
+    means[g]           ~ Normal(m0, s0)                        site "means",           (K, D)
+    loadings[g]        ~ Normal(0, l0)                         site "loadings",        (K, D, r)
+    noise_variances[g] ~ InverseGamma(a, b)                    site "noise_variances", (K, D)
+    assignment[n]      ~ Categorical(weights)  (enumerated)    site "assignment",      (N,)
+    z[n]               ~ N(0, I_r)             (latent form)   site "z",               (N, r)
+    obs[n] = means[g] + loadings[g] z[n] + u[n],   u[n] ~ N(0, diag(noise_variances[g]))
+                                                               site "obs",             (N, D)
+
+Integrating ``z`` out gives the Gaussian mixture of seed 000, section 1,
+``f(x) = sum_g pi_g N(x; eta_g, Sigma_g)`` with ``Sigma_g = Lambda_g Lambda_g^T + psi_g``.
+The Pyro model comes in two forms of the same generative code:
+
+``"collapsed"``
+    ``z`` integrated out: ``obs`` is scored by :func:`component_log_prob`, the very helper
+    EM's E-step uses (:mod:`ppl_mixtures.inference.em.mfa`), so that ``-TraceEnum_ELBO``
+    with :func:`map_guide` equals the EM log-likelihood plus the log prior.
+``"latent"``
+    ``z`` is a sampled site of the data plate and ``obs | z, g ~ N(eta_g + Lambda_g z, psi_g)``;
+    its guide (:class:`LatentFactorGuide`) holds one Gaussian ``q(z_n)`` per data point, and
+    its ELBO is a lower bound of the collapsed log joint.
+
+Densities use the low-rank structure of ``Sigma_g`` (Woodbury identity and matrix
+determinant lemma with one r x r Cholesky factor per component); no D x D matrix is formed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoDelta, init_to_value
+from pyro.ops.indexing import Vindex
+from torch import Tensor
+
+from ppl_mixtures.models._observation import TableObservation
+from ppl_mixtures.models.gmm import _site_distribution
+
+#: Names of the global sites of the MFA, in the order the model samples them.
+MFA_GLOBAL_SITES = ("weights", "means", "loadings", "noise_variances")
+#: The two forms of :class:`MixtureOfFactorAnalyzersModel`.
+FORMS = ("collapsed", "latent")
+
+
+@dataclass
+class MFAParams:
+    """Parameters of a mixture of factor analysers.
+
+    Attributes
+    ----------
+    weights : Tensor, shape (n_components,)
+        Mixing proportions ``pi``, positive, summing to one.
+    means : Tensor, shape (n_components, n_features)
+        Component means ``eta_g``.
+    loadings : Tensor, shape (n_components, n_features, n_factors)
+        Loading matrices ``Lambda_g``.
+    noise_variances : Tensor, shape (n_components, n_features)
+        Diagonals of ``psi_g``, positive.
+    """
+
+    weights: Tensor
+    means: Tensor
+    loadings: Tensor
+    noise_variances: Tensor
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def n_factors(self) -> int:
+        return self.loadings.shape[-1]
+
+    def to(self, *args, **kwargs) -> MFAParams:
+        """Move every tensor, as ``Tensor.to`` does."""
+        return MFAParams(**{name: t.to(*args, **kwargs) for name, t in self.tensors().items()})
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic helpers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Capacitance:
+    """Per-component r x r quantities of the Woodbury form of ``Sigma_g^-1``.
+
+    Attributes
+    ----------
+    precision_loadings : Tensor, shape (K, D, r)
+        ``psi_g^-1 Lambda_g``.
+    cholesky : Tensor, shape (K, r, r)
+        Lower Cholesky factor ``C_g`` of the capacitance ``M_g = I_r + Lambda_g^T psi_g^-1
+        Lambda_g`` (its eigenvalues are >= 1, so it always factorises).
+    log_det : Tensor, shape (K,)
+        ``log |Sigma_g| = sum_d log psi_gd + log |M_g|`` (matrix determinant lemma).
+    """
+
+    precision_loadings: Tensor
+    cholesky: Tensor
+    log_det: Tensor
+
+
+def _capacitance(params: MFAParams) -> _Capacitance:
+    """The r x r factorisations, in float64 whatever the parameters' dtype (they are cheap)."""
+    dtype = params.loadings.dtype
+    noise = params.noise_variances.to(torch.float64)
+    loadings = params.loadings.to(torch.float64)
+    precision_loadings = loadings / noise[..., None]
+    eye = torch.eye(params.n_factors, dtype=torch.float64, device=loadings.device)
+    cholesky = torch.linalg.cholesky(eye + loadings.transpose(-1, -2) @ precision_loadings)
+    log_det = noise.log().sum(-1) + 2.0 * cholesky.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return _Capacitance(precision_loadings.to(dtype), cholesky.to(dtype), log_det.to(dtype))
+
+
+def component_terms(
+    x: Tensor, params: MFAParams, posterior: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Log densities of every sample under every component, and the factors' posteriors.
+
+    With ``b_ng = Lambda_g^T psi_g^-1 (x_n - eta_g)`` and ``M_g = C_g C_g^T`` (see
+    :class:`_Capacitance`), the Woodbury identity gives the Mahalanobis distance under
+    ``Sigma_g = Lambda_g Lambda_g^T + psi_g`` (seed 000, section 1) as
+    ``(x - eta)^T psi^-1 (x - eta) - |C_g^-1 b_ng|^2``, and the posterior of the factors is
+    ``z | x_n, g ~ N(M_g^-1 b_ng, M_g^-1)``. Everything is vectorised over samples and
+    components: one (N, D) @ (D, K r) product and K batched r x r triangular solves.
+    Distances are taken about the mean of the component means, so float32 data far from the
+    origin keeps its digits.
+
+    Parameters
+    ----------
+    x : Tensor, shape (n_samples, n_features)
+    params : MFAParams
+    posterior : bool, default True
+        Also return the posterior moments of the factors.
+
+    Returns
+    -------
+    log_prob : Tensor, shape (n_samples, n_components)
+        ``log N(x_n | eta_g, Sigma_g)``.
+    posterior_means : Tensor, shape (n_samples, n_components, n_factors), or None
+        ``E[z | x_n, g]``.
+    posterior_covariances : Tensor, shape (n_components, n_factors, n_factors), or None
+        ``Cov[z | x_n, g] = M_g^-1`` (the same for every sample).
+    """
+    n_components, n_features = params.means.shape
+    n_factors = params.n_factors
+    center = params.means.mean(0)
+    xc, mc = x - center, params.means - center
+    precisions = params.noise_variances.reciprocal()  # (K, D)
+    diagonal_distances = (
+        (xc * xc) @ precisions.T - 2.0 * xc @ (mc * precisions).T + (mc * mc * precisions).sum(-1)
+    )  # (N, K): (x - eta)^T psi^-1 (x - eta)
+    cap = _capacitance(params)
+    stacked = cap.precision_loadings.permute(1, 0, 2).reshape(n_features, n_components * n_factors)
+    offsets = (mc[:, None, :] @ cap.precision_loadings).squeeze(-2)  # (K, r)
+    scores = (xc @ stacked).view(-1, n_components, n_factors) - offsets  # b, (N, K, r)
+    whitened = torch.linalg.solve_triangular(
+        cap.cholesky, scores.permute(1, 2, 0), upper=False
+    )  # C^-1 b, (K, r, N)
+    mahalanobis = (diagonal_distances - whitened.square().sum(-2).T).clamp_min(0.0)
+    log_prob = -0.5 * (n_features * math.log(2 * math.pi) + cap.log_det + mahalanobis)
+    if not posterior:
+        return log_prob, None, None
+    posterior_means = torch.linalg.solve_triangular(
+        cap.cholesky.transpose(-1, -2), whitened, upper=True
+    ).permute(2, 0, 1)  # M^-1 b, (N, K, r)
+    return log_prob, posterior_means, torch.cholesky_inverse(cap.cholesky)
+
+
+def component_log_prob(x: Tensor, params: MFAParams) -> Tensor:
+    """``log N(x_n | eta_g, Lambda_g Lambda_g^T + psi_g)``, shape (n_samples, n_components).
+
+    The low-rank evaluation of :func:`component_terms`; differentiable (SVI uses it).
+
+    Parameters
+    ----------
+    x : Tensor, shape (n_samples, n_features)
+    params : MFAParams
+    """
+    return component_terms(x, params, posterior=False)[0]
+
+
+def log_joint(x: Tensor, params: MFAParams) -> Tensor:
+    """``log pi_g + log f_g(x_n)``, shape (n_samples, n_components).
+
+    Its ``logsumexp`` over components is each sample's term of the observed-data
+    log-likelihood ``l_o(theta; x)`` (seed 000, section 1), its softmax the responsibilities.
+    """
+    return component_log_prob(x, params) + params.weights.log()
+
+
+def log_likelihood(x: Tensor, params: MFAParams) -> Tensor:
+    """Marginal log-likelihood ``log f(x_n; theta)`` of every sample, shape (n_samples,)."""
+    return torch.logsumexp(log_joint(x, params), dim=-1)
+
+
+def covariance_matrices(params: MFAParams) -> Tensor:
+    """Dense ``Sigma_g = Lambda_g Lambda_g^T + psi_g``, shape (K, D, D) (for tests and plots)."""
+    loadings = params.loadings
+    return loadings @ loadings.transpose(-1, -2) + torch.diag_embed(params.noise_variances)
+
+
+def posterior_factors(x: Tensor, params: MFAParams) -> tuple[Tensor, Tensor]:
+    """Posterior of the factors given a sample and its component.
+
+    Returns
+    -------
+    means : Tensor, shape (n_samples, n_components, n_factors)
+        ``E[z | x_n, g] = M_g^-1 Lambda_g^T psi_g^-1 (x_n - eta_g)``.
+    covariances : Tensor, shape (n_components, n_factors, n_factors)
+        ``Cov[z | x_n, g] = M_g^-1 = (I_r + Lambda_g^T psi_g^-1 Lambda_g)^-1``.
+    """
+    _, means, covariances = component_terms(x, params)
+    return means, covariances
+
+
+def sample(
+    params: MFAParams, n_samples: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Draw from the mixture by the generative process of seed 000, section 1.
+
+    Returns
+    -------
+    x : Tensor, shape (n_samples, n_features)
+    labels : Tensor of long, shape (n_samples,)
+    """
+    like = params.means
+    labels = torch.multinomial(params.weights, n_samples, replacement=True, generator=generator)
+    factors = torch.randn(
+        n_samples, params.n_factors, generator=generator, dtype=like.dtype, device=like.device
+    )
+    noise = torch.randn(
+        n_samples, params.n_features, generator=generator, dtype=like.dtype, device=like.device
+    )
+    return _generate(params, labels, factors, noise), labels
+
+
+def _generate(params: MFAParams, labels: Tensor, factors: Tensor, noise: Tensor) -> Tensor:
+    """``x = eta_g + Lambda_g z + psi_g^(1/2) e``: labels (...,), factors (..., r), noise (..., D)."""
+    loadings = params.loadings[labels]
+    return (
+        params.means[labels]
+        + (loadings @ factors[..., None]).squeeze(-1)
+        + params.noise_variances[labels].sqrt() * noise
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Priors and Pyro sites <-> parameters
+# ---------------------------------------------------------------------------------------------
+
+
+def default_mfa_priors(
+    x: Tensor,
+    n_components: int,
+    n_factors: int,
+    *,
+    weight_concentration: float = 1.0,
+    mean_scale_factor: float = 3.0,
+    loading_scale_factor: float = 1.0,
+    variance_concentration: float = 1.0,
+    variance_rate_factor: float = 0.01,
+) -> dict[str, dist.Distribution]:
+    """Weakly informative, data-scaled priors for :class:`MixtureOfFactorAnalyzersModel`.
+
+    Parameters
+    ----------
+    x : Tensor, shape (n_samples, n_features)
+        The data; only its per-feature mean and variance are used, and its dtype and device.
+    n_components, n_factors : int
+    weight_concentration : float
+        Symmetric Dirichlet concentration on the weights (1 = flat on the simplex).
+    mean_scale_factor : float
+        Each mean is ``Normal(data mean, mean_scale_factor * data std)`` per feature.
+    loading_scale_factor : float
+        Each loading ``Lambda_g[d, j]`` is ``Normal(0, loading_scale_factor * data std_d)``.
+    variance_concentration, variance_rate_factor : float
+        Each noise variance is ``InverseGamma(variance_concentration, variance_rate_factor *
+        data variance)``, whose mode is away from zero (no collapse onto a subspace).
+
+    Returns
+    -------
+    dict[str, pyro.distributions.Distribution]
+        One prior per name of :data:`MFA_GLOBAL_SITES`, for one component's value (the model
+        expands it over the components plate); on ``x``'s device and dtype.
+    """
+    n_features = x.shape[-1]
+    data_mean = x.mean(0)
+    data_var = x.var(0) if x.shape[0] > 1 else torch.ones_like(data_mean)
+    data_var = data_var.clamp_min(torch.finfo(x.dtype).tiny ** 0.5)
+    data_std = data_var.sqrt()
+    concentration = torch.full(
+        (n_components,), weight_concentration, dtype=x.dtype, device=x.device
+    )
+    loading_scale = (loading_scale_factor * data_std)[:, None].expand(n_features, n_factors)
+    rate = variance_rate_factor * data_var
+    return {
+        "weights": dist.Dirichlet(concentration),
+        "means": dist.Normal(data_mean, mean_scale_factor * data_std).to_event(1),
+        "loadings": dist.Normal(torch.zeros_like(loading_scale), loading_scale).to_event(2),
+        "noise_variances": dist.InverseGamma(
+            torch.full_like(rate, variance_concentration), rate
+        ).to_event(1),
+    }
+
+
+def params_to_sites(params: MFAParams) -> dict[str, Tensor]:
+    """The values of the model's global sites that correspond to ``params``."""
+    return params.tensors()
+
+
+def sites_to_params(sites: dict[str, Tensor]) -> MFAParams:
+    """Inverse of :func:`params_to_sites`."""
+    return MFAParams(**{name: sites[name] for name in MFA_GLOBAL_SITES})
+
+
+class FactorAnalyzerObservation(TableObservation):
+    """``x | assignment ~ N(eta_g, Lambda_g Lambda_g^T + psi_g)`` scored by :func:`component_log_prob`.
+
+    The observation site of the collapsed :class:`MixtureOfFactorAnalyzersModel` (see
+    :class:`~ppl_mixtures.models._observation.TableObservation`).
+    """
+
+    def _table(self, x: Tensor) -> Tensor:
+        return component_log_prob(x, self.params)
+
+    def _draw(self, labels: Tensor) -> Tensor:
+        like = self.params.means
+        factors = torch.randn(labels.shape + (self.params.n_factors,), dtype=like.dtype,
+                              device=like.device)
+        noise = torch.randn(labels.shape + like.shape[-1:], dtype=like.dtype, device=like.device)
+        return _generate(self.params, labels, factors, noise)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pyro model and guides
+# ---------------------------------------------------------------------------------------------
+
+
+class MixtureOfFactorAnalyzersModel:
+    """The MFA as a Pyro model with an enumerated ``"assignment"`` site, in two forms.
+
+    Parameters
+    ----------
+    n_components, n_features, n_factors : int
+        K, D and r (``1 <= r < D`` is the estimator's rule; the model only needs r >= 1).
+    priors : dict[str, Distribution]
+        One prior per name of :data:`MFA_GLOBAL_SITES`; start from :func:`default_mfa_priors`.
+        A scalar distribution is broadcast over a site's per-component shape.
+    form : {"collapsed", "latent"}, default "collapsed"
+        ``"collapsed"`` integrates the factors out; ``"latent"`` samples them at site ``"z"``.
+
+    Notes
+    -----
+    Call it as ``model(x)`` with data of shape (N, D), ``model(x, subsample=idx)`` to condition
+    on rows ``idx`` with the likelihood scaled by ``N / len(idx)``, or ``model(n_samples=N)``
+    to draw from the prior predictive. ``max_plate_nesting`` is 1. Sites: ``"weights"``,
+    ``"means"``, ``"loadings"``, ``"noise_variances"``, ``"assignment"``, ``"z"`` (latent form)
+    and ``"obs"``; plates ``"components"`` and ``"data"``.
+    """
+
+    max_plate_nesting = 1
+    discrete_sites = ("assignment",)
+
+    def __init__(
+        self,
+        n_components: int,
+        n_features: int,
+        n_factors: int,
+        priors: dict[str, dist.Distribution],
+        form: str = "collapsed",
+    ) -> None:
+        if form not in FORMS:
+            raise ValueError(f"form={form!r} is not one of {FORMS}")
+        missing = [s for s in MFA_GLOBAL_SITES if s not in priors]
+        if missing:
+            raise ValueError(f"priors is missing {missing}; start from default_mfa_priors(...)")
+        self.n_components = n_components
+        self.n_features = n_features
+        self.n_factors = n_factors
+        self.priors = priors
+        self.form = form
+
+    @property
+    def local_sites(self) -> tuple[str, ...]:
+        """Sites of the data plate that a guide over the global sites must not see."""
+        return ("assignment", "z") if self.form == "latent" else ("assignment",)
+
+    def _sample_globals(self) -> dict[str, Tensor]:
+        shapes = {
+            "means": (self.n_features,),
+            "loadings": (self.n_features, self.n_factors),
+            "noise_variances": (self.n_features,),
+        }
+        sites = {"weights": pyro.sample("weights", self.priors["weights"])}
+        with pyro.plate("components", self.n_components):
+            for name, shape in shapes.items():
+                sites[name] = pyro.sample(
+                    name, _site_distribution(self.priors[name], shape, name)
+                )
+        return sites
+
+    def _collapsed_observation(self, sites: dict[str, Tensor], assignment: Tensor):
+        if sites["means"].dim() == 2:  # the usual case: one value of every global site
+            return FactorAnalyzerObservation(sites_to_params(sites), assignment, self.n_features)
+        # globals with extra batch dims (vectorised particles, parallel Predictive): those dims
+        # sit left of the components dim, which the data plate shares, so open a data dim
+        return dist.LowRankMultivariateNormal(
+            Vindex(sites["means"].unsqueeze(-3))[..., assignment, :],
+            Vindex(sites["loadings"].unsqueeze(-4))[..., assignment, :, :],
+            Vindex(sites["noise_variances"].unsqueeze(-3))[..., assignment, :],
+        )
+
+    def _latent_observation(self, sites: dict[str, Tensor], assignment: Tensor):
+        like = sites["means"]
+        factors = pyro.sample(
+            "z",
+            dist.Normal(like.new_zeros(self.n_factors), like.new_ones(self.n_factors)).to_event(1),
+        )  # (n, r)
+        loadings = Vindex(sites["loadings"])[..., assignment, :, :]  # (..., n, D, r)
+        loc = Vindex(sites["means"])[..., assignment, :] + (loadings @ factors[..., None]).squeeze(-1)
+        scale = Vindex(sites["noise_variances"])[..., assignment, :].sqrt()
+        return dist.Normal(loc, scale).to_event(1)
+
+    def __call__(
+        self,
+        x: Tensor | None = None,
+        subsample: Tensor | None = None,
+        n_samples: int | None = None,
+    ) -> Tensor:
+        """Run the model; returns the observations (sampled when ``x`` is None)."""
+        if x is None and n_samples is None:
+            raise ValueError("pass data x of shape (N, D) or n_samples to sample from the prior")
+        sites = self._sample_globals()
+        size = x.shape[0] if x is not None else n_samples
+        with pyro.plate("data", size, subsample=subsample):
+            assignment = pyro.sample(
+                "assignment",
+                dist.Categorical(sites["weights"]),
+                infer={"enumerate": "parallel"},
+            )
+            if self.form == "collapsed":
+                observation = self._collapsed_observation(sites, assignment)
+            else:
+                observation = self._latent_observation(sites, assignment)
+            observed = None if x is None else (x if subsample is None else x[subsample])
+            return pyro.sample("obs", observation, obs=observed)
+
+    def log_prior(self, params: MFAParams) -> Tensor:
+        """``log p(theta)`` of the global sites at ``params`` (a scalar)."""
+        conditioned = poutine.condition(self._sample_globals, data=params_to_sites(params))
+        trace = poutine.trace(conditioned).get_trace()
+        return sum(site["fn"].log_prob(site["value"]).sum() for site in trace.nodes.values()
+                   if site["type"] == "sample")
+
+
+def _globals_only(model: MixtureOfFactorAnalyzersModel) -> Callable:
+    return poutine.block(model, hide=list(model.local_sites))
+
+
+def map_guide(model: MixtureOfFactorAnalyzersModel, init_params: MFAParams) -> AutoDelta:
+    """Point masses on the global sites (MAP), started at ``init_params``.
+
+    For the collapsed form, ``-TraceEnum_ELBO`` with this guide equals
+    ``log p(x | theta) + log p(theta)`` at the guide's values: the assignments are summed
+    out exactly by enumeration and the factors are integrated out analytically. The guide
+    starts from copies of ``init_params``, which training leaves untouched.
+    """
+    # copies: the param store would otherwise alias (and the optimiser update in place) the
+    # caller's tensors for the unconstrained sites
+    values = {name: t.detach().clone() for name, t in params_to_sites(init_params).items()}
+    return AutoDelta(_globals_only(model), init_loc_fn=init_to_value(values=values))
+
+
+class LatentFactorGuide:
+    """Guide of the latent form: MAP globals and one full-covariance Gaussian ``q(z_n)`` per row.
+
+    ``q(theta, z) = delta(theta) prod_n N(z_n | m_n, S_n S_n^T)`` with ``m_n`` (N, r) and lower
+    triangular ``S_n`` (N, r, r) held as Pyro params ``"LatentFactorGuide.z_loc"`` and
+    ``"LatentFactorGuide.z_scale_tril"``, indexed by the rows of a subsample. ``q(z_n)`` does
+    not depend on the assignment, which the model enumerates; the ELBO is therefore a lower
+    bound of the collapsed ``log p(x | theta) + log p(theta)`` that is tight when each row's
+    component is certain and ``q(z_n) = p(z_n | x_n, g_n)`` (local parameters are the simplest
+    guide that can reach that; an amortised encoder would trade exactness for speed).
+
+    Parameters
+    ----------
+    model : MixtureOfFactorAnalyzersModel
+        A model of form ``"latent"``.
+    init_params : MFAParams
+        Initial values of the global sites.
+    x : Tensor, shape (n_samples, n_features), optional
+        When given, ``q(z_n)`` starts at the exact posterior ``p(z_n | x_n, g)`` of the most
+        probable component under ``init_params``; otherwise at the prior ``N(0, I_r)``.
+    """
+
+    def __init__(
+        self,
+        model: MixtureOfFactorAnalyzersModel,
+        init_params: MFAParams,
+        x: Tensor | None = None,
+    ) -> None:
+        if model.form != "latent":
+            raise ValueError("LatentFactorGuide needs a model of form 'latent'; use map_guide")
+        self.model = model
+        self.global_guide = map_guide(model, init_params)
+        self._init_locals = None if x is None else _posterior_under_best(x, init_params)
+
+    def _local_params(self, n_samples: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        n_factors = self.model.n_factors
+        if self._init_locals is not None:
+            loc_init, tril_init = self._init_locals
+        else:
+            loc_init = like.new_zeros(n_samples, n_factors)
+            tril_init = torch.eye(n_factors, dtype=like.dtype, device=like.device).expand(
+                n_samples, n_factors, n_factors
+            )
+        loc = pyro.param("LatentFactorGuide.z_loc", lambda: loc_init.detach().clone())
+        scale_tril = pyro.param(
+            "LatentFactorGuide.z_scale_tril",
+            lambda: tril_init.detach().clone(),
+            constraint=dist.constraints.lower_cholesky,
+        )
+        return loc, scale_tril
+
+    def __call__(
+        self,
+        x: Tensor | None = None,
+        subsample: Tensor | None = None,
+        n_samples: int | None = None,
+    ) -> dict[str, Tensor]:
+        sites = self.global_guide(x, subsample=subsample, n_samples=n_samples)
+        size = x.shape[0] if x is not None else n_samples
+        loc, scale_tril = self._local_params(size, sites["means"])
+        with pyro.plate("data", size, subsample=subsample) as rows:
+            sites["z"] = pyro.sample(
+                "z", dist.MultivariateNormal(loc[rows], scale_tril=scale_tril[rows])
+            )
+        return sites
+
+    def median(self) -> dict[str, Tensor]:
+        """Values of the global sites."""
+        return self.global_guide.median()
+
+
+def _posterior_under_best(x: Tensor, params: MFAParams) -> tuple[Tensor, Tensor]:
+    """Mean (N, r) and Cholesky factor (N, r, r) of ``p(z_n | x_n, g_n)``, g_n most probable."""
+    with torch.no_grad():
+        log_prob, means, covariances = component_terms(x, params)
+        best = (log_prob + params.weights.log()).argmax(-1)
+        rows = torch.arange(x.shape[0], device=x.device)
+        return means[rows, best], torch.linalg.cholesky(covariances)[best]
+
+
+def guide_params(guide: AutoDelta | LatentFactorGuide) -> MFAParams:
+    """The global parameters held by a guide (its point masses)."""
+    with torch.no_grad():
+        return sites_to_params(guide.median())
+
+
+__all__ = [
+    "FORMS",
+    "MFA_GLOBAL_SITES",
+    "FactorAnalyzerObservation",
+    "LatentFactorGuide",
+    "MFAParams",
+    "MixtureOfFactorAnalyzersModel",
+    "component_log_prob",
+    "component_terms",
+    "covariance_matrices",
+    "default_mfa_priors",
+    "guide_params",
+    "log_joint",
+    "log_likelihood",
+    "map_guide",
+    "params_to_sites",
+    "posterior_factors",
+    "sample",
+    "sites_to_params",
+]
