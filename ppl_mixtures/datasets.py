@@ -19,6 +19,7 @@ Sources
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 from collections.abc import Sequence
 from os import PathLike
@@ -28,6 +29,9 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = [
+    "load_mnist_idx",
+    "make_pinwheel",
+    "read_idx",
     "BUILTIN_DATASETS",
     "COVARIANCE_TYPES",
     "load_csv",
@@ -726,3 +730,185 @@ def load_dataset(
         f"Unknown data set {str(name_or_path)!r}: expected one of {BUILTIN_DATASETS} or the "
         "path of an existing .csv or .npy file."
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# GMVAE data (seed 002, section 4): the pinwheel and MNIST IDX files
+# ---------------------------------------------------------------------------------------------
+
+#: IDX element types: the third magic byte -> big-endian NumPy dtype.
+IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def _non_negative(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or value < 0:
+        raise ValueError(f"{name}={value!r} must be a non-negative number")
+    return float(value)
+
+
+def make_pinwheel(
+    n_per_class: int = 400,
+    n_classes: int = 5,
+    radial_std: float = 0.3,
+    tangential_std: float = 0.05,
+    rate: float = 0.25,
+    random_state: int | np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pinwheel data: ``n_classes`` curved arms in the plane (seed 002, section 4.1).
+
+    Each point starts at ``(1 + radial_std * e1, tangential_std * e2)`` with ``e ~ N(0, I)``,
+    and is rotated by the angle ``2 pi c / n_classes + rate * exp(radius)``, where ``c`` is its
+    arm and ``radius`` its first coordinate: arms further out are twisted more, which bends
+    them into spirals. Points are returned in random order.
+
+    Parameters
+    ----------
+    n_per_class : int, default 400
+        Points per arm.
+    n_classes : int, default 5
+        Number of arms.
+    radial_std, tangential_std : float
+        Spread along and across an arm before twisting.
+    rate : float, default 0.25
+        Strength of the twist.
+    random_state : int, numpy.random.Generator or None
+
+    Returns
+    -------
+    X : ndarray of float64, shape (n_per_class * n_classes, 2)
+    y : ndarray of int64, shape (n_per_class * n_classes,)
+        The arm of every point, in {0, ..., n_classes - 1}.
+    """
+    n_per_class = _check_positive_int(n_per_class, "n_per_class")
+    n_classes = _check_positive_int(n_classes, "n_classes")
+    radial_std = _non_negative(radial_std, "radial_std")
+    tangential_std = _non_negative(tangential_std, "tangential_std")
+    rate = _non_negative(rate, "rate")
+    rng = np.random.default_rng(random_state)
+    labels = np.repeat(np.arange(n_classes), n_per_class)
+    offsets = rng.standard_normal((labels.size, 2)) * np.array([radial_std, tangential_std])
+    radius = 1.0 + offsets[:, 0]
+    points = np.column_stack([radius, offsets[:, 1]])
+    angles = 2.0 * np.pi * labels / n_classes + rate * np.exp(radius)
+    cos, sin = np.cos(angles), np.sin(angles)
+    rotated = np.column_stack(
+        [cos * points[:, 0] - sin * points[:, 1], sin * points[:, 0] + cos * points[:, 1]]
+    )
+    order = rng.permutation(labels.size)
+    return rotated[order], labels[order].astype(np.int64)
+
+
+def _read_bytes(path: PathType) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX file {path} does not exist")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            return handle.read()
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path} could not be read as an IDX file: {err}") from err
+
+
+def read_idx(path: PathType) -> np.ndarray:
+    """Read one IDX file (plain or gzipped) into an array of its native shape.
+
+    The format: two zero bytes, one byte for the element type (see :data:`IDX_DTYPES`), one
+    byte for the number of dimensions ``d``, then ``d`` big-endian unsigned 32-bit sizes, then
+    the elements in big-endian C order.
+
+    Parameters
+    ----------
+    path : str or PathLike
+
+    Returns
+    -------
+    ndarray, shape (n_0, ..., n_{d-1})
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` is not a file.
+    ValueError
+        When the file is not IDX: bad magic number, unknown type code, truncated header, or a
+        data length that does not match the header's sizes.
+    """
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise ValueError(f"{path} is too short to be an IDX file ({len(data)} bytes)")
+    if data[0] != 0 or data[1] != 0:
+        raise ValueError(
+            f"{path} has magic number 0x{data[:4].hex()}; an IDX file starts with two zero bytes"
+        )
+    type_code, n_dims = data[2], data[3]
+    if type_code not in IDX_DTYPES:
+        known = ", ".join(f"0x{code:02X}" for code in IDX_DTYPES)
+        raise ValueError(f"{path} has IDX type code 0x{type_code:02X}; expected one of {known}")
+    header_end = 4 + 4 * n_dims
+    if len(data) < header_end:
+        raise ValueError(f"{path} is truncated: its header announces {n_dims} dimensions")
+    shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=n_dims, offset=4))
+    dtype = IDX_DTYPES[type_code]
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) - header_end != expected:
+        raise ValueError(
+            f"{path} holds {len(data) - header_end} bytes of data; its header {shape} of "
+            f"{dtype.name} needs {expected}"
+        )
+    return np.frombuffer(data, dtype=dtype, offset=header_end).reshape(shape).astype(
+        dtype.newbyteorder("=")
+    )
+
+
+def load_mnist_idx(
+    images_path: PathType, labels_path: PathType | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """MNIST (or any IDX image set) from files the user already has.
+
+    Parameters
+    ----------
+    images_path : str or PathLike
+        IDX file of images, shape (n_samples, rows, cols) or (n_samples, n_features), e.g.
+        ``train-images-idx3-ubyte`` or its ``.gz``.
+    labels_path : str or PathLike, optional
+        IDX file of labels, shape (n_samples,), e.g. ``train-labels-idx1-ubyte``.
+
+    Returns
+    -------
+    X : ndarray of float64, shape (n_samples, rows * cols)
+        Pixels flattened row by row; unsigned bytes are divided by 255 so that they lie in
+        [0, 1], other types are returned as they are (as float64).
+    y : ndarray of int64, shape (n_samples,), or None when ``labels_path`` is None
+
+    Raises
+    ------
+    ValueError
+        For a malformed IDX file (see :func:`read_idx`), images with fewer than 2 dimensions,
+        labels that are not 1-D, or label and image counts that differ.
+    """
+    images = read_idx(images_path)
+    if images.ndim < 2:
+        raise ValueError(
+            f"{images_path} holds an array of shape {images.shape}; images need at least 2 "
+            "dimensions (n_samples, ...). Is it a labels file?"
+        )
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    X = images.reshape(images.shape[0], -1).astype(np.float64) / scale
+    if labels_path is None:
+        return X, None
+    labels = read_idx(labels_path)
+    if labels.ndim != 1:
+        raise ValueError(f"{labels_path} holds shape {labels.shape}; labels must be 1-D")
+    if labels.shape[0] != X.shape[0]:
+        raise ValueError(
+            f"{images_path} has {X.shape[0]} images but {labels_path} has {labels.shape[0]} "
+            "labels"
+        )
+    return X, labels.astype(np.int64)

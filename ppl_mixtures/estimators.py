@@ -345,6 +345,7 @@ class GaussianMixture(MixtureEstimator):
 
 
 # The other families' estimators live beside their models' code; this module is the facade.
+from ppl_mixtures.estimators_gmvae import GMVAE  # noqa: E402
 from ppl_mixtures.estimators_mfa import MixtureOfFactorAnalyzers  # noqa: E402
 
-__all__ = ["GaussianMixture", "MixtureOfFactorAnalyzers"]
+__all__ = ["GMVAE", "GaussianMixture", "MixtureOfFactorAnalyzers"]

@@ -1,0 +1,360 @@
+"""scikit-learn style estimator for the Gaussian mixture VAE (seed 002).
+
+:class:`GMVAE` builds the networks and the Pyro model of :mod:`ppl_mixtures.models.gmvae` and
+fits them with :class:`~ppl_mixtures.inference.svi.SVITrainer` (``TraceEnum_ELBO``, Adam,
+minibatches, checkpoints). Unlike the other mixtures its likelihood is intractable:
+``score_samples`` is a Monte Carlo estimate of the ELBO, a lower bound of ``log p(y)``, and
+``bic``/``aic`` are not defined.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from torch import nn
+
+from ppl_mixtures._estimator_base import MixtureEstimator, check_int, check_nonnegative
+from ppl_mixtures.inference.init import resolve_generator
+from ppl_mixtures.inference.svi import SVITrainer
+from ppl_mixtures.models import gmvae
+
+TRANSFORM_LATENTS = ("x", "w")
+_NETWORK_NAMES = ("encoder", "prior_net", "decoder")
+
+
+class GMVAE(MixtureEstimator):
+    """Gaussian mixture variational autoencoder: deep clustering by SVI (seed 002).
+
+    Parameters
+    ----------
+    n_components : int, default 10
+        Number of clusters K.
+    preset : {"synthetic", "mnist_mlp"}, default "synthetic"
+        Network sizes from the seed's appendix (see :data:`ppl_mixtures.models.gmvae.PRESETS`);
+        the arguments below override parts of it.
+    latent_dim : int, optional
+        Dimension of x (the clustered latent); default from ``preset``.
+    w_dim : int, optional
+        Dimension of w; default from ``preset``.
+    hidden_dims : tuple of int, optional
+        Hidden widths of the encoder and of the decoder; default from ``preset``.
+    prior_hidden_dims : tuple of int, optional
+        Hidden widths of the conditional prior network; default from ``preset``.
+    networks : dict of str to torch.nn.Module, optional
+        User modules replacing presets, keyed ``"encoder"``, ``"prior_net"``, ``"decoder"``
+        (contract in :mod:`ppl_mixtures.models.gmvae`). They are deep-copied at ``fit``.
+    likelihood : {"gaussian", "bernoulli"}, default "gaussian"
+        p(y | x), eq. (1d). Bernoulli needs data in [0, 1].
+    z_inference : {"enumerate", "closed_form"}, default "enumerate"
+        ``"enumerate"``: z summed out exactly by ``TraceEnum_ELBO``. ``"closed_form"``: the
+        four-term ELBO of eq. (4) with the z-posterior p(z | x, w), which admits ``free_bits``
+        and ``z_prior_weight``.
+    free_bits : float, default 0.0
+        lambda of eq. (7): the z-prior term is ``-max(lambda, KL(p(z|x,w) || p(z)))``. Needs
+        ``z_inference="closed_form"`` when positive.
+    z_prior_weight : float, default 1.0
+        Weight of the z-prior term (``"closed_form"`` only).
+    num_particles : int, default 1
+        Monte Carlo samples M of (x, w) per data point and step.
+    max_epochs : int, default 100
+        Passes over the data; SVI steps = ``max_epochs * ceil(n_samples / batch_size)``.
+    batch_size : int, default 128
+    lr : float, default 1e-3
+        Adam learning rate (the seed uses 1e-4).
+    tol : float, default 0.0
+        Early stopping of the trainer (relative change of the smoothed loss); 0 disables it.
+    device : str, default "auto"
+    dtype : {"float32", "float64", None}, default "float32"
+        None follows the data.
+    random_state : int, RandomState, Generator or None
+        Seeds the network initialisation and the SVI run.
+    progress : bool, default True
+    checkpoint_path : str, optional
+        SVI checkpoint; ``fit(X, resume=True)`` continues from it.
+
+    Attributes
+    ----------
+    networks_ : GMVAENetworks
+        The trained networks.
+    model_ : GMVAEModel
+        The Pyro model; ``guide_`` is its guide ``model_.guide``.
+    params_ : dict of str to Tensor
+        The networks' parameters.
+    history_ : list of float
+        Loss (negative objective per sample) at every SVI step.
+    n_iter_ : int
+        SVI steps taken. ``converged_`` is True when early stopping fired.
+    lower_bound_ : float
+        Mean ELBO per sample on the training data (:meth:`score`).
+    n_features_in_, fit_seconds_
+    """
+
+    def __init__(
+        self,
+        n_components: int = 10,
+        *,
+        preset: str = "synthetic",
+        latent_dim: int | None = None,
+        w_dim: int | None = None,
+        hidden_dims: tuple[int, ...] | None = None,
+        prior_hidden_dims: tuple[int, ...] | None = None,
+        networks: dict[str, nn.Module] | None = None,
+        likelihood: str = "gaussian",
+        z_inference: str = "enumerate",
+        free_bits: float = 0.0,
+        z_prior_weight: float = 1.0,
+        num_particles: int = 1,
+        max_epochs: int = 100,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        tol: float = 0.0,
+        device: str = "auto",
+        dtype: Any = "float32",
+        random_state: Any = None,
+        progress: bool = True,
+        checkpoint_path: str | None = None,
+    ) -> None:
+        self.n_components = n_components
+        self.preset = preset
+        self.latent_dim = latent_dim
+        self.w_dim = w_dim
+        self.hidden_dims = hidden_dims
+        self.prior_hidden_dims = prior_hidden_dims
+        self.networks = networks
+        self.likelihood = likelihood
+        self.z_inference = z_inference
+        self.free_bits = free_bits
+        self.z_prior_weight = z_prior_weight
+        self.num_particles = num_particles
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.tol = tol
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+        self.progress = progress
+        self.checkpoint_path = checkpoint_path
+
+    # ----------------------------------------------------------------------------- validation
+
+    def _check_arguments(self) -> None:
+        check_int(self.n_components, "n_components", 1)
+        check_int(self.num_particles, "num_particles", 1)
+        check_int(self.max_epochs, "max_epochs", 1)
+        check_int(self.batch_size, "batch_size", 1)
+        for name in ("latent_dim", "w_dim"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, 1)
+        for name in ("hidden_dims", "prior_hidden_dims"):
+            value = getattr(self, name)
+            if value is not None:
+                for width in value:
+                    check_int(width, f"every entry of {name}", 1)
+        check_nonnegative(self.free_bits, "free_bits")
+        check_nonnegative(self.z_prior_weight, "z_prior_weight")
+        check_nonnegative(self.tol, "tol")
+        choices = {
+            "preset": tuple(gmvae.PRESETS),
+            "likelihood": gmvae.LIKELIHOODS,
+            "z_inference": gmvae.Z_INFERENCE,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        if self.z_inference == "enumerate" and (self.free_bits > 0 or self.z_prior_weight != 1):
+            raise ValueError(
+                "free_bits and z_prior_weight act on the closed-form z-prior term; pass "
+                "z_inference='closed_form' to use them"
+            )
+        if not (isinstance(self.lr, numbers.Real) and self.lr > 0):
+            raise ValueError(f"lr={self.lr!r} must be a positive number")
+        unknown = set(self.networks or {}) - set(_NETWORK_NAMES)
+        if unknown:
+            raise ValueError(f"networks has unknown keys {sorted(unknown)}; use {_NETWORK_NAMES}")
+        for name, module in (self.networks or {}).items():
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"networks[{name!r}] must be a torch.nn.Module")
+
+    def _architecture(self) -> gmvae.Architecture:
+        base = gmvae.PRESETS[self.preset]
+        hidden = tuple(self.hidden_dims) if self.hidden_dims is not None else None
+        return gmvae.Architecture(
+            x_dim=self.latent_dim or base.x_dim,
+            w_dim=self.w_dim or base.w_dim,
+            encoder_hidden=hidden if hidden is not None else base.encoder_hidden,
+            prior_hidden=(
+                tuple(self.prior_hidden_dims) if self.prior_hidden_dims is not None
+                else base.prior_hidden
+            ),
+            decoder_hidden=hidden if hidden is not None else base.decoder_hidden,
+        )
+
+    def _build(self, n_features: int) -> gmvae.GMVAENetworks:
+        user = {k: copy.deepcopy(v) for k, v in (self.networks or {}).items()}
+        networks = gmvae.GMVAENetworks(
+            n_features, self.n_components, self._architecture(), self.likelihood, **user
+        )
+        networks = networks.to(device=self._device, dtype=self._dtype)
+        self.networks_ = networks
+        self.model_ = gmvae.GMVAEModel(
+            networks, self.z_inference, self.free_bits, self.z_prior_weight
+        )
+        self.guide_ = self.model_.guide
+        return networks
+
+    # ------------------------------------------------------------------------------- fitting
+
+    def fit(self, X: Any, y: Any = None, *, resume: bool = False) -> GMVAE:
+        """Train the networks by SVI on ``X``; ``lower_bound_`` is then the mean ELBO.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+        y : ignored
+        resume : bool, default False
+            Continue from ``checkpoint_path`` when it exists.
+
+        Returns
+        -------
+        self
+        """
+        super().fit(X, resume=resume)
+        self.lower_bound_ = self.score(X)
+        return self
+
+    def _fit(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
+        if self.likelihood == "bernoulli" and bool(((x < 0) | (x > 1)).any()):
+            raise ValueError("likelihood='bernoulli' needs X in [0, 1]; rescale X first")
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        pyro.set_rng_seed(seed)  # the networks' initial weights
+        self._build(x.shape[1])
+        steps_per_epoch = math.ceil(x.shape[0] / self.batch_size)
+        trainer = SVITrainer(
+            self.model_, self.guide_, lr=self.lr, num_particles=self.num_particles,
+            batch_size=self.batch_size, max_steps=self.max_epochs * steps_per_epoch,
+            tol=self.tol, progress=self.progress, checkpoint_path=self.checkpoint_path,
+            seed=seed,
+        )
+        result = trainer.fit(x, resume=resume)
+        self.model_._register()  # bind the modules to the param store's final tensors
+        self.params_ = {k: v.detach() for k, v in self.networks_.named_parameters()}
+        self.history_ = result.history
+        self.n_iter_ = result.n_steps
+        self.converged_ = result.converged
+
+    def _set_fitted(self) -> None:
+        """Nothing to convert: the fitted attributes are the networks and the history."""
+
+    # ---------------------------------------------------------------------------- prediction
+
+    def _log_joint(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p(z = k) + log p(x_bar | w_bar, z = k)``, shape (N, K), at the encoder's means."""
+        return gmvae.cluster_log_joint(self.networks_, x)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Cluster probabilities ``p(z | x_bar, w_bar)``, shape (n_samples, n_components).
+
+        The z-posterior of eq. (3) evaluated at the means ``x_bar``, ``w_bar`` of the
+        encoder's q(x | y), q(w | y); :meth:`predict` is its argmax.
+        """
+        return super().predict_proba(X)
+
+    def transform(self, X: Any, latent: str = "x") -> np.ndarray:
+        """Posterior means of a latent under the encoder.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+        latent : {"x", "w"}, default "x"
+            ``"x"``: mean of q(x | y), shape (n_samples, latent_dim), the space where the
+            clusters live. ``"w"``: mean of q(w | y), shape (n_samples, w_dim).
+
+        Returns
+        -------
+        ndarray
+        """
+        if latent not in TRANSFORM_LATENTS:
+            raise ValueError(f"latent={latent!r} is not one of {TRANSFORM_LATENTS}")
+        x = self._fitted_x(X)
+        with torch.no_grad():
+            x_loc, _, w_loc, _ = self.networks_.encode(x)
+        return (x_loc if latent == "x" else w_loc).cpu().numpy()
+
+    def score_samples(self, X: Any, num_particles: int | None = None) -> np.ndarray:
+        """Monte Carlo ELBO of every sample, a lower bound of ``log p(y_n)``; shape (n_samples,).
+
+        The ELBO with z summed out (no free bits, prior weight 1), whatever the training
+        objective, averaged over ``num_particles`` draws of (x, w) (default: the estimator's).
+        Draws come from the global torch RNG.
+        """
+        x = self._fitted_x(X)
+        particles = num_particles or self.num_particles
+        with torch.no_grad():
+            return gmvae.elbo_per_sample(self.networks_, x, particles).cpu().numpy()
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean ELBO per sample (a lower bound of the mean log-likelihood, not the likelihood)."""
+        return float(self.score_samples(X).mean())
+
+    def bic(self, X: Any) -> float:
+        raise NotImplementedError(
+            "GMVAE has no tractable likelihood and no meaningful parameter count; compare "
+            "models with score(X) (the ELBO) on held-out data instead of bic"
+        )
+
+    def aic(self, X: Any) -> float:
+        raise NotImplementedError(
+            "GMVAE has no tractable likelihood and no meaningful parameter count; compare "
+            "models with score(X) (the ELBO) on held-out data instead of aic"
+        )
+
+    def _n_parameters(self) -> int:
+        return sum(p.numel() for p in self.networks_.parameters())
+
+    def sample(
+        self, n_samples: int = 1, component: int | None = None, observation: str = "sample"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Draw from the generative model, eqs. (1a-1d).
+
+        Parameters
+        ----------
+        n_samples : int, default 1
+        component : int, optional
+            Draw every sample from this cluster (the seed's Fig. 5a); None draws z uniformly.
+        observation : {"sample", "mean"}, default "sample"
+            Draws of y, or the mean of p(y | x) (pixel probabilities for Bernoulli).
+
+        Returns
+        -------
+        X : ndarray, shape (n_samples, n_features)
+        z : ndarray of int64, shape (n_samples,)
+        """
+        self._check_fitted()
+        check_int(n_samples, "n_samples", 1)
+        if component is not None and not 0 <= check_int(component, "component", 0) < (
+            self.n_components
+        ):
+            raise ValueError(f"component={component} must be below n_components")
+        if observation not in ("sample", "mean"):
+            raise ValueError(f"observation={observation!r} is not 'sample' or 'mean'")
+        generator = resolve_generator(self.random_state, self._device)
+        with torch.no_grad():
+            y, z = gmvae.sample(self.networks_, n_samples, component, generator, observation)
+        return y.cpu().numpy(), z.cpu().numpy()
+
+    # ------------------------------------------------------------------------------ save/load
+
+    def _param_tensors(self) -> dict[str, torch.Tensor]:
+        return self.params_
+
+    def _restore(self, payload: dict) -> None:
+        networks = self._build(self.n_features_in_)
+        networks.load_state_dict(payload["params"])
+        self.params_ = {k: v.detach() for k, v in networks.named_parameters()}

@@ -1,0 +1,509 @@
+"""The Gaussian mixture variational autoencoder (GMVAE): networks, helpers, Pyro model and guide.
+
+Generative model (seed 002, eqs. 1a-1d), with the seed's names (y data, x and w continuous
+latents, z the cluster)::
+
+    w[n]   ~ N(0, I_{Dw})                                         site "w",   (N, Dw)
+    z[n]   ~ Categorical(1/K)            (enumerated)             site "z",   (N,)
+    x[n]   ~ N(mu_z(w[n]; beta), diag sigma^2_z(w[n]; beta))      site "x",   (N, Dx)
+    y[n]   ~ Bernoulli(mu(x[n]; theta))                           site "obs", (N, D)
+           or N(mu(x[n]; theta), diag sigma^2(x[n]; theta))
+
+One network (the *conditional prior* network, beta) maps ``w`` to all K means and variances at
+once. The recognition model (eq. 3's mean-field family) is ``q(x | y) q(w | y)``, two Gaussians
+whose parameters come from one shared encoder (seed Table A.1). The z-posterior is not a
+variational factor: it is ``p(z | x, w)`` in closed form (eq. 3).
+
+Two ways of treating z give two selectable objectives (``z_inference``):
+
+``"enumerate"`` (default)
+    ``z`` is a discrete site with ``infer={"enumerate": "parallel"}``; ``TraceEnum_ELBO`` sums
+    it out exactly, so the ``x`` site is scored by ``log p(x | w) = logsumexp_k [log pi_k +
+    log N(x | mu_k(w), sigma_k(w))]``.
+``"closed_form"``
+    The four-term ELBO of eq. (4): no ``z`` site; the ``x`` site is scored by the conditional
+    prior term ``sum_k p(z=k | x, w) log N(x | mu_k(w), sigma_k(w))`` (eq. 5, evaluated at the
+    sampled ``x`` rather than with the analytic Gaussian KL), and a factor ``"z_prior"`` adds
+    ``-z_prior_weight * max(free_bits, KL(p(z | x, w) || p(z)))`` (the z-prior term, eqs. 6-7,
+    the *free bits* or minimum-information constraint). The max is taken per data point and
+    per Monte Carlo sample of (x, w).
+
+With ``free_bits=0`` and ``z_prior_weight=1`` the two objectives are equal sample by sample,
+since ``sum_k r_k [log pi_k + log p(x | z=k, w) - log r_k] = log p(x | w)`` for
+``r = p(z | x, w)``; the tests hold this identity in float64.
+
+Network contract
+----------------
+:class:`GMVAENetworks` holds three ``torch.nn.Module`` s; any user module with these shapes
+can replace a preset one (images are flattened: ``D`` is the number of pixels).
+
+- ``encoder``: (..., D) -> (..., 2 Dx + 2 Dw), read as ``[x_loc, x_log_var, w_loc, w_log_var]``.
+- ``prior_net``: (..., Dw) -> (..., 2 K Dx), read as ``[means (K Dx), log_vars (K Dx)]``.
+- ``decoder``: (..., Dx) -> (..., D) Bernoulli logits, or (..., 2 D) ``[loc, log_var]``.
+  The Bernoulli likelihood accepts grey levels in [0, 1] (scored by the binary cross-entropy).
+
+Variances are exponentiated log-variances (seed Table A.1: "we exponentiate the variance
+components"), with the log-variance clamped to ``[-LOG_VAR_BOUND, LOG_VAR_BOUND]``.
+
+The networks are registered with ``pyro.module(..., update_module_params=True)`` at every call
+of the model and the guide, so their parameters live in the Pyro param store: the SVI trainer's
+checkpoints hold them and a restored param store is re-bound to the modules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.ops.indexing import Vindex
+from torch import Tensor, nn
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+Z_INFERENCE = ("enumerate", "closed_form")
+#: Bound on every log-variance a network outputs (numerical safety, documented above).
+LOG_VAR_BOUND = 15.0
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Sizes of the three MLPs (seed Tables A.1-A.3).
+
+    Attributes
+    ----------
+    x_dim, w_dim : int
+        Dimensions ``Dx`` of x and ``Dw`` of w.
+    encoder_hidden : tuple of int
+        Hidden widths of the shared encoder of q(x | y), q(w | y) (ReLU).
+    prior_hidden : tuple of int
+        Hidden widths of the conditional prior network p(x | w, z) (Tanh).
+    decoder_hidden : tuple of int
+        Hidden widths of the observation network p(y | x) (ReLU).
+    """
+
+    x_dim: int
+    w_dim: int
+    encoder_hidden: tuple[int, ...]
+    prior_hidden: tuple[int, ...]
+    decoder_hidden: tuple[int, ...]
+
+
+#: Presets from the seed's appendix. ``"synthetic"`` is the pinwheel network exactly;
+#: ``"mnist_mlp"`` keeps the MNIST sizes (Dx=200, Dw=150, 500 hidden units) with fully connected
+#: layers in place of the convolutions and without batch normalisation.
+PRESETS: dict[str, Architecture] = {
+    "synthetic": Architecture(2, 2, (120, 120), (120,), (120, 120)),
+    "mnist_mlp": Architecture(200, 150, (500,), (500,), (500,)),
+}
+
+
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, activation: type[nn.Module]) -> nn.Module:
+    """A fully connected network ``in_dim -> hidden... -> out_dim`` with ``activation`` between."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    for size in hidden:
+        layers += [nn.Linear(width, size), activation()]
+        width = size
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+def _split_gaussian(raw: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """Split (..., 2 dim) into a location and a scale ``exp(log_var / 2)``, each (..., dim)."""
+    loc, log_var = raw[..., :dim], raw[..., dim:]
+    return loc, torch.exp(0.5 * log_var.clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND))
+
+
+class GMVAENetworks(nn.Module):
+    """The recognition, conditional prior and observation networks of a GMVAE.
+
+    Parameters
+    ----------
+    data_dim : int
+        Number of features D of y.
+    n_components : int
+        Number of clusters K.
+    architecture : Architecture
+        Sizes of the preset MLPs (and ``x_dim``, ``w_dim`` for user modules).
+    likelihood : {"bernoulli", "gaussian"}
+        Observation model p(y | x), eq. (1d).
+    encoder, prior_net, decoder : torch.nn.Module, optional
+        User modules following the contract of the module docstring; None builds the MLP.
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        n_components: int,
+        architecture: Architecture,
+        likelihood: str = "gaussian",
+        encoder: nn.Module | None = None,
+        prior_net: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        arch = architecture
+        self.data_dim, self.n_components, self.likelihood = data_dim, n_components, likelihood
+        self.x_dim, self.w_dim = arch.x_dim, arch.w_dim
+        out = data_dim if likelihood == "bernoulli" else 2 * data_dim
+        self.encoder = encoder or mlp(
+            data_dim, arch.encoder_hidden, 2 * (arch.x_dim + arch.w_dim), nn.ReLU
+        )
+        self.prior_net = prior_net or mlp(
+            arch.w_dim, arch.prior_hidden, 2 * n_components * arch.x_dim, nn.Tanh
+        )
+        self.decoder = decoder or mlp(arch.x_dim, arch.decoder_hidden, out, nn.ReLU)
+
+    def encode(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Parameters of q(x | y) and q(w | y) (seed Table A.1).
+
+        Parameters
+        ----------
+        y : Tensor, shape (..., D)
+
+        Returns
+        -------
+        x_loc, x_scale : Tensor, shape (..., Dx)
+        w_loc, w_scale : Tensor, shape (..., Dw)
+        """
+        raw = self.encoder(y)
+        x_raw, w_raw = raw[..., : 2 * self.x_dim], raw[..., 2 * self.x_dim :]
+        return (*_split_gaussian(x_raw, self.x_dim), *_split_gaussian(w_raw, self.w_dim))
+
+    def conditional_prior(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """All K components of p(x | w, z) in one forward pass (eq. 1c, seed Table A.2).
+
+        Parameters
+        ----------
+        w : Tensor, shape (..., Dw)
+
+        Returns
+        -------
+        means, scales : Tensor, shape (..., K, Dx)
+        """
+        raw = self.prior_net(w)
+        size = self.n_components * self.x_dim
+        shape = (*raw.shape[:-1], self.n_components, self.x_dim)
+        means = raw[..., :size].reshape(shape)
+        log_vars = raw[..., size:].reshape(shape).clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND)
+        return means, torch.exp(0.5 * log_vars)
+
+    def observation(self, x: Tensor) -> dist.Distribution:
+        """p(y | x) (eq. 1d) with event shape (D,) and batch shape ``x.shape[:-1]``."""
+        raw = self.decoder(x)
+        if self.likelihood == "bernoulli":
+            # Grey levels in [0, 1] are scored by the cross-entropy -BCE(y, sigmoid(raw)), as
+            # the seed does for MNIST; the support check would reject non-binary y.
+            return dist.Bernoulli(logits=raw, validate_args=False).to_event(1)
+        return dist.Normal(*_split_gaussian(raw, self.data_dim)).to_event(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def component_log_prob(x: Tensor, means: Tensor, scales: Tensor) -> Tensor:
+    """``log N(x | mu_k(w), diag sigma_k^2(w))`` for every component (eq. 1c).
+
+    Parameters
+    ----------
+    x : Tensor, shape (..., Dx)
+    means, scales : Tensor, shape (..., K, Dx)
+
+    Returns
+    -------
+    Tensor, shape (..., K)
+    """
+    return dist.Normal(means, scales).log_prob(x.unsqueeze(-2)).sum(-1)
+
+
+def z_posterior_logits(x: Tensor, means: Tensor, scales: Tensor) -> Tensor:
+    """Log of the z-posterior ``p(z = k | x, w)`` in closed form (eq. 3), uniform pi.
+
+    Parameters
+    ----------
+    x : Tensor, shape (..., Dx)
+    means, scales : Tensor, shape (..., K, Dx)
+
+    Returns
+    -------
+    Tensor, shape (..., K)
+        Normalised log-probabilities.
+    """
+    return torch.log_softmax(component_log_prob(x, means, scales), dim=-1)
+
+
+def z_prior_kl(log_posterior: Tensor) -> Tensor:
+    """``KL(p(z | x, w) || Cat(1/K))``, the z-prior term's KL (eqs. 4 and 6).
+
+    Parameters
+    ----------
+    log_posterior : Tensor, shape (..., K)
+
+    Returns
+    -------
+    Tensor, shape (...)
+    """
+    n_components = log_posterior.shape[-1]
+    return (log_posterior.exp() * (log_posterior + math.log(n_components))).sum(-1)
+
+
+class ExpectedComponentLogProb(TorchDistribution):
+    """The distribution of the ``x`` site under ``z_inference="closed_form"``.
+
+    Its (unnormalised) ``log_prob(x)`` is the conditional prior term of eq. (5) at one sample,
+    ``sum_k p(z=k | x, w) log N(x | mu_k(w), sigma_k(w))``; ``sample`` draws from the uniform
+    mixture ``p(x | w)``.
+
+    Parameters
+    ----------
+    means, scales : Tensor, shape (..., K, Dx)
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, means: Tensor, scales: Tensor, validate_args: bool | None = None) -> None:
+        self.means, self.scales = means, scales
+        super().__init__(means.shape[:-2], means.shape[-1:], validate_args=False)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        log_probs = component_log_prob(x, self.means, self.scales)
+        return (torch.softmax(log_probs, dim=-1) * log_probs).sum(-1)
+
+    def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
+        mixture = dist.MixtureSameFamily(
+            dist.Categorical(logits=torch.zeros(self.means.shape[:-1], dtype=self.means.dtype,
+                                                device=self.means.device)),
+            dist.Normal(self.means, self.scales).to_event(1),
+        )
+        return mixture.sample(torch.Size(sample_shape))
+
+
+def conditional_prior_objective(
+    x: Tensor,
+    means: Tensor,
+    scales: Tensor,
+    z_inference: str = "enumerate",
+    free_bits: float = 0.0,
+    z_prior_weight: float = 1.0,
+) -> Tensor:
+    """What the model contributes for ``x`` given ``w``: ``log p(x | w)`` or its eq. (4) form.
+
+    Parameters
+    ----------
+    x : Tensor, shape (..., Dx)
+    means, scales : Tensor, shape (..., K, Dx)
+    z_inference : {"enumerate", "closed_form"}
+    free_bits, z_prior_weight : float
+        Only for ``"closed_form"``: the threshold lambda of eq. (7) and the weight of the
+        z-prior term.
+
+    Returns
+    -------
+    Tensor, shape (...)
+        ``"enumerate"``: ``logsumexp_k log N(x | mu_k, sigma_k) - log K`` (z summed out).
+        ``"closed_form"``: ``sum_k r_k log N(x | mu_k, sigma_k) - weight * max(lambda, KL(r ||
+        1/K))`` with ``r = p(z | x, w)`` (eqs. 3-7); equal to the former when lambda = 0 and
+        weight = 1.
+    """
+    log_probs = component_log_prob(x, means, scales)
+    if z_inference == "enumerate":
+        return torch.logsumexp(log_probs, -1) - math.log(log_probs.shape[-1])
+    log_posterior = torch.log_softmax(log_probs, -1)
+    conditional = (log_posterior.exp() * log_probs).sum(-1)
+    kl = z_prior_kl(log_posterior)
+    return conditional - z_prior_weight * kl.clamp(min=free_bits)
+
+
+def elbo_per_sample(
+    networks: GMVAENetworks,
+    y: Tensor,
+    num_particles: int = 1,
+    z_inference: str = "enumerate",
+    free_bits: float = 0.0,
+    z_prior_weight: float = 1.0,
+) -> Tensor:
+    """The GMVAE objective per data point in plain torch (eq. 4), averaged over M particles.
+
+    Draws ``w`` then ``x`` from the guide for each particle, in the order the Pyro guide does,
+    so that with the same random state it reproduces the Pyro loss exactly.
+
+    Parameters
+    ----------
+    networks : GMVAENetworks
+    y : Tensor, shape (N, D)
+    num_particles : int
+        Monte Carlo samples M of (x, w) per data point.
+    z_inference, free_bits, z_prior_weight
+        As in :func:`conditional_prior_objective`; the defaults give the ELBO, a lower bound
+        of ``log p(y)``.
+
+    Returns
+    -------
+    Tensor, shape (N,)
+    """
+    x_loc, x_scale, w_loc, w_scale = networks.encode(y)
+    q_w = dist.Normal(w_loc, w_scale).to_event(1)
+    q_x = dist.Normal(x_loc, x_scale).to_event(1)
+    prior_w = dist.Normal(torch.zeros_like(w_loc), torch.ones_like(w_scale)).to_event(1)
+    total = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
+    for _ in range(num_particles):
+        w = q_w.rsample()
+        x = q_x.rsample()
+        means, scales = networks.conditional_prior(w)
+        total = total + (
+            networks.observation(x).log_prob(y)
+            + conditional_prior_objective(x, means, scales, z_inference, free_bits, z_prior_weight)
+            + prior_w.log_prob(w)
+            - q_x.log_prob(x)
+            - q_w.log_prob(w)
+        )
+    return total / num_particles
+
+
+def cluster_log_joint(networks: GMVAENetworks, y: Tensor) -> Tensor:
+    """``log pi_k + log N(x_bar | mu_k(w_bar), sigma_k(w_bar))`` at the encoder's means.
+
+    ``x_bar`` and ``w_bar`` are the means of q(x | y) and q(w | y); the softmax over k is the
+    z-posterior of eq. (3) at those points.
+
+    Parameters
+    ----------
+    networks : GMVAENetworks
+    y : Tensor, shape (N, D)
+
+    Returns
+    -------
+    Tensor, shape (N, K)
+    """
+    x_loc, _, w_loc, _ = networks.encode(y)
+    means, scales = networks.conditional_prior(w_loc)
+    return component_log_prob(x_loc, means, scales) - math.log(networks.n_components)
+
+
+def sample(
+    networks: GMVAENetworks,
+    n_samples: int,
+    component: int | None = None,
+    generator: torch.Generator | None = None,
+    observation: str = "sample",
+) -> tuple[Tensor, Tensor]:
+    """Ancestral samples of eqs. (1a-1d).
+
+    Parameters
+    ----------
+    networks : GMVAENetworks
+    n_samples : int
+    component : int, optional
+        Fix z to this cluster (the seed's Fig. 5a rows); None draws z ~ Cat(1/K).
+    generator : torch.Generator, optional
+    observation : {"sample", "mean"}
+        Return draws of y, or the mean of p(y | x) (pixel probabilities for Bernoulli).
+
+    Returns
+    -------
+    y : Tensor, shape (n_samples, D)
+    z : Tensor, shape (n_samples,)
+    """
+    param = next(networks.parameters())
+    options = {"dtype": param.dtype, "device": param.device}
+    w = torch.randn(n_samples, networks.w_dim, generator=generator, **options)
+    if component is None:
+        z = torch.randint(networks.n_components, (n_samples,), generator=generator,
+                          device=param.device)
+    else:
+        z = torch.full((n_samples,), component, dtype=torch.long, device=param.device)
+    means, scales = networks.conditional_prior(w)
+    index = torch.arange(n_samples, device=param.device)
+    noise = torch.randn(n_samples, networks.x_dim, generator=generator, **options)
+    x = means[index, z] + scales[index, z] * noise
+    raw = networks.decoder(x)
+    if networks.likelihood == "bernoulli":
+        probs = torch.sigmoid(raw)
+        if observation == "mean":
+            return probs, z
+        return torch.bernoulli(probs, generator=generator), z
+    loc, scale = _split_gaussian(raw, networks.data_dim)
+    if observation == "mean":
+        return loc, z
+    return loc + scale * torch.randn(loc.shape, generator=generator, **options), z
+
+
+# ---------------------------------------------------------------------------------------------
+# Pyro model and guide
+# ---------------------------------------------------------------------------------------------
+
+
+class GMVAEModel:
+    """The GMVAE as a Pyro model ``model(y, subsample=None)`` with its guide ``model.guide``.
+
+    Parameters
+    ----------
+    networks : GMVAENetworks
+    z_inference : {"enumerate", "closed_form"}, default "enumerate"
+        See the module docstring.
+    free_bits : float, default 0.0
+        Threshold lambda of the z-prior term, eq. (7) (``"closed_form"`` only).
+    z_prior_weight : float, default 1.0
+        Weight of the z-prior term (``"closed_form"`` only).
+    name : str, default "gmvae"
+        Prefix of the networks' parameters in the Pyro param store.
+
+    Sites: ``"w"`` (N, Dw), ``"z"`` (N,) enumerated (``"enumerate"`` only), ``"x"`` (N, Dx),
+    ``"z_prior"`` factor (``"closed_form"`` only), ``"obs"`` (N, D).
+    """
+
+    max_plate_nesting = 1
+
+    def __init__(
+        self,
+        networks: GMVAENetworks,
+        z_inference: str = "enumerate",
+        free_bits: float = 0.0,
+        z_prior_weight: float = 1.0,
+        name: str = "gmvae",
+    ) -> None:
+        self.networks = networks
+        self.z_inference = z_inference
+        self.free_bits = free_bits
+        self.z_prior_weight = z_prior_weight
+        self.name = name
+
+    def _register(self) -> GMVAENetworks:
+        return pyro.module(self.name, self.networks, update_module_params=True)
+
+    def __call__(self, y: Tensor, subsample: Tensor | None = None) -> None:
+        """The generative model, eqs. (1a-1d), over the rows ``subsample`` of ``y`` (N, D)."""
+        networks = self._register()
+        w_dim, n_components = networks.w_dim, networks.n_components
+        with pyro.plate("data", y.shape[0], subsample=subsample) as index:
+            batch = y[index]
+            zeros = batch.new_zeros(w_dim)
+            w = pyro.sample("w", dist.Normal(zeros, 1.0).expand([len(index), w_dim]).to_event(1))
+            means, scales = networks.conditional_prior(w)
+            if self.z_inference == "enumerate":
+                z = pyro.sample(
+                    "z",
+                    dist.Categorical(logits=batch.new_zeros(n_components)),
+                    infer={"enumerate": "parallel"},
+                )
+                loc, scale = Vindex(means)[..., z, :], Vindex(scales)[..., z, :]
+                x = pyro.sample("x", dist.Normal(loc, scale).to_event(1))
+            else:
+                x = pyro.sample("x", ExpectedComponentLogProb(means, scales))
+                kl = z_prior_kl(z_posterior_logits(x, means, scales))
+                pyro.factor("z_prior", -self.z_prior_weight * kl.clamp(min=self.free_bits))
+            pyro.sample("obs", networks.observation(x), obs=batch)
+
+    def guide(self, y: Tensor, subsample: Tensor | None = None) -> None:
+        """The recognition model q(w | y) q(x | y) (eq. 3's family, seed Table A.1)."""
+        networks = self._register()
+        with pyro.plate("data", y.shape[0], subsample=subsample) as index:
+            x_loc, x_scale, w_loc, w_scale = networks.encode(y[index])
+            pyro.sample("w", dist.Normal(w_loc, w_scale).to_event(1))
+            pyro.sample("x", dist.Normal(x_loc, x_scale).to_event(1))
