@@ -1,4 +1,4 @@
-"""Command line interface: ``ppl-mixtures fit gmm ...``.
+"""Command line interface: ``ppl-mixtures fit gmm|mfa ...``.
 
 Fits a model to a built-in data set or a ``.csv`` / ``.npy`` file, prints a summary and writes
 into ``--out``:
@@ -183,6 +183,31 @@ def _add_gmm_parser(models: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=_fit_gmm, model="gmm")
 
 
+def _add_mfa_parser(models: Any, common: argparse.ArgumentParser) -> None:
+    parser = models.add_parser(
+        "mfa", parents=[common], help="mixture of factor analysers (EM or SVI)",
+        description="Fit a mixture of factor analysers (x = eta_g + Lambda_g z + u) by EM or "
+        "by SVI over the same (collapsed) Pyro model.",
+    )
+    mfa = parser.add_argument_group("mixture of factor analysers")
+    mfa.add_argument(
+        "--n-factors", type=_integer(1), default=2, metavar="R",
+        help="latent factors per component, < number of features (default: 2)",
+    )
+    mfa.add_argument(
+        "--inference", choices=_GMM_INFERENCE, default="em",
+        help="expectation-maximisation or stochastic variational inference (default: em)",
+    )
+    mfa.add_argument(
+        "--batch-size", type=_integer(1), metavar="B",
+        help="SVI minibatch size (default: full batch)",
+    )
+    mfa.add_argument(
+        "--lr", type=_real(positive=True), default=0.05, help="SVI learning rate (default: 0.05)",
+    )
+    parser.set_defaults(run=_fit_gmm, model="mfa")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ppl-mixtures`` argument parser, with one sub-command per action and model.
 
@@ -210,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         title="models", dest="model", metavar="MODEL", required=True, parser_class=_Parser,
     )
     _add_gmm_parser(models, _common_fit_options())
+    _add_mfa_parser(models, _common_fit_options())
     return parser
 
 
@@ -263,7 +289,8 @@ def _summary(
         "n_samples": int(X.shape[0]),
         "n_features": int(X.shape[1]),
         "n_components": int(est.n_components),
-        "covariance_type": est.covariance_type,
+        "covariance_type": getattr(est, "covariance_type", None),
+        "n_factors": getattr(est, "n_factors", None),
         "inference": est.inference,
         "converged": bool(est.converged_),
         "n_iter": int(est.n_iter_),
@@ -286,7 +313,8 @@ def _format_summary(summary: dict[str, Any], out: Path) -> str:
         ("samples (N)", summary["n_samples"]),
         ("features (D)", summary["n_features"]),
         ("components (K)", summary["n_components"]),
-        ("covariance type", summary["covariance_type"]),
+        ("covariance type" if summary["n_factors"] is None else "factors",
+         summary["covariance_type"] or summary["n_factors"]),
         ("inference", summary["inference"]),
         ("converged", "yes" if summary["converged"] else "no"),
         (steps, summary["n_iter"]),
@@ -311,11 +339,15 @@ def _save_plots(args: argparse.Namespace, est: Any, X: np.ndarray, predicted: np
     from ppl_mixtures.plotting import _pyplot, plot_clusters, plot_history
 
     plt = _pyplot()
-    covariances = covariance_matrices(est.params_).detach().cpu().numpy()
+    if args.model == "gmm":
+        covariances = covariance_matrices(est.params_).detach().cpu().numpy()
+        kind = f"GMM ({est.covariance_type}, {est.inference})"
+    else:
+        covariances = est.covariances_
+        kind = f"MFA (r={est.n_factors}, {est.inference})"
     fig = plot_clusters(
         X, predicted, means=est.means_, covariances=covariances,
-        title=f"GMM ({est.covariance_type}, {est.inference}) on {Path(args.data).name}: "
-        f"K={est.n_components}",
+        title=f"{kind} on {Path(args.data).name}: K={est.n_components}",
     )
     fig.savefig(out / "clusters.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -326,7 +358,7 @@ def _save_plots(args: argparse.Namespace, est: Any, X: np.ndarray, predicted: np
 
 
 def _fit_gmm(args: argparse.Namespace) -> int:
-    """``ppl-mixtures fit gmm``: fit, print the summary, write the outputs."""
+    """``ppl-mixtures fit gmm|mfa``: fit, print the summary, write the outputs."""
     _check_options(args)
     X, labels = _load_data(args)
     if args.n_components is not None:
@@ -340,15 +372,18 @@ def _fit_gmm(args: argparse.Namespace) -> int:
     if args.resume and not checkpoint.exists():
         print(f"{PROG}: note: no checkpoint at {checkpoint}; starting afresh", file=sys.stderr)
 
-    from ppl_mixtures.estimators import GaussianMixture
+    from ppl_mixtures.estimators import GaussianMixture, MixtureOfFactorAnalyzers
 
-    est = GaussianMixture(
-        n_components, covariance_type=args.covariance_type, inference=args.inference,
-        n_init=args.n_init, max_iter=args.max_iter, tol=args.tol, lr=args.lr,
-        batch_size=args.batch_size, random_state=args.seed, device=args.device,
+    common = dict(
+        inference=args.inference, n_init=args.n_init, max_iter=args.max_iter, tol=args.tol,
+        lr=args.lr, batch_size=args.batch_size, random_state=args.seed, device=args.device,
         dtype=args.dtype, progress=args.progress,
         checkpoint_path=str(checkpoint) if args.inference == "svi" else None,
     )
+    if args.model == "gmm":
+        est = GaussianMixture(n_components, covariance_type=args.covariance_type, **common)
+    else:
+        est = MixtureOfFactorAnalyzers(n_components, n_factors=args.n_factors, **common)
     out.mkdir(parents=True, exist_ok=True)
     est.fit(X, resume=args.resume)
     predicted = est.predict(X)
