@@ -13,7 +13,7 @@ from ppl_mixtures.datasets import make_gmm
 
 OUTPUTS = ("model.pt", "summary.json", "clusters.png", "history.png")
 SUMMARY_KEYS = {
-    "model", "dataset", "n_samples", "n_features", "n_components", "covariance_type",
+    "model", "dataset", "n_samples", "n_features", "n_components", "covariance_type", "n_factors",
     "inference", "converged", "n_iter", "mean_log_likelihood", "bic", "aic", "ari", "nmi",
     "cluster_accuracy", "seconds", "seed", "device", "dtype", "version",
 }
