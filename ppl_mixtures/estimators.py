@@ -25,13 +25,14 @@ from ppl_mixtures._estimator_base import (
 from ppl_mixtures.inference.em import gmm as em_gmm
 from ppl_mixtures.inference.em import run_em
 from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities
+from ppl_mixtures.inference.mcmc import align_components, run_nuts, split_r_hat
 from ppl_mixtures.models import gmm
 from ppl_mixtures.models.priors import default_gmm_priors
 
-INFERENCE_METHODS = ("em", "svi")
+INFERENCE_METHODS = ("em", "svi", "nuts")
 GUIDES = ("map", "mean_field")
-_DEFAULT_MAX_ITER = {"em": 100, "svi": 1000}
-_DEFAULT_TOL = {"em": 1e-3, "svi": 1e-5}
+_DEFAULT_MAX_ITER = {"em": 100, "svi": 1000, "nuts": 200}
+_DEFAULT_TOL = {"em": 1e-3, "svi": 1e-5, "nuts": 0.0}
 
 
 class GaussianMixture(MixtureEstimator):
@@ -45,14 +46,19 @@ class GaussianMixture(MixtureEstimator):
         The covariance constraint (seed 001): ``full`` one matrix per component, ``tied`` one
         matrix shared, ``diag`` one diagonal per component, ``tied_diag`` one diagonal shared,
         ``spherical`` one variance per component.
-    inference : {"em", "svi"}, default "em"
+    inference : {"em", "svi", "nuts"}, default "em"
         ``"em"``: maximum likelihood by expectation-maximisation (scikit-learn's algorithm).
         ``"svi"``: stochastic variational inference with ``TraceEnum_ELBO`` over the Pyro model
         (assignments summed out), with a MAP or mean-field guide (``guide``).
+        ``"nuts"``: NUTS over the global sites with the assignments summed out, started at a
+        k-means initial point; for small data (it costs a full-data gradient per leapfrog
+        step). Draws are relabelled to the starting components (``posterior_samples_``) and
+        ``params_`` holds the posterior means of weights, means and covariances.
     n_init : int, default 1
         Restarts; the one with the best final objective is kept.
     max_iter : int, optional
-        EM iterations (default 100) or SVI steps (default 1000).
+        EM iterations (default 100), SVI steps (default 1000) or NUTS draws per chain
+        (default 200).
     tol : float, optional
         EM: stop when the mean log-likelihood per sample changes by less (default 1e-3).
         SVI: relative change of the smoothed loss (default 1e-5), see
@@ -85,6 +91,10 @@ class GaussianMixture(MixtureEstimator):
         Progress bars (only shown on a terminal).
     checkpoint_path : str, optional
         SVI checkpoint file; with ``resume=True`` in :meth:`fit` training continues from it.
+    num_warmup : int, default 200
+        NUTS warm-up steps per chain.
+    num_chains : int, default 1
+        NUTS chains (run one after the other).
 
     Attributes
     ----------
@@ -98,6 +108,12 @@ class GaussianMixture(MixtureEstimator):
     n_iter_ : int
     history_ : list of float
         Per EM iteration: mean log-likelihood per sample. Per SVI step: loss per sample.
+        Per NUTS draw: mean log-likelihood per sample at that draw.
+    posterior_samples_ : dict of str to ndarray
+        NUTS only: the draws of every global site, chains concatenated, relabelled.
+    r_hat_ : dict of str to ndarray
+        NUTS only: split-R-hat of every site (after relabelling); ``converged_`` is
+        ``max r_hat < 1.1``.
     lower_bound_ : float
         Mean log-likelihood per sample of the fitted parameters.
     params_ : GMMParams
@@ -135,6 +151,8 @@ class GaussianMixture(MixtureEstimator):
         dtype: Any = None,
         progress: bool = True,
         checkpoint_path: str | None = None,
+        num_warmup: int = 200,
+        num_chains: int = 1,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -156,6 +174,8 @@ class GaussianMixture(MixtureEstimator):
         self.dtype = dtype
         self.progress = progress
         self.checkpoint_path = checkpoint_path
+        self.num_warmup = num_warmup
+        self.num_chains = num_chains
 
     # ----------------------------------------------------------------------------- validation
 
@@ -262,8 +282,10 @@ class GaussianMixture(MixtureEstimator):
         )
         if self.inference == "em":
             self._fit_em(x, generator, given)
-        else:
+        elif self.inference == "svi":
             self._fit_svi(x, generator, given, resume)
+        else:
+            self._fit_nuts(x, generator, given)
 
     def _fit_em(self, x: torch.Tensor, generator: torch.Generator, given: dict) -> None:
         result = run_em(
@@ -292,6 +314,37 @@ class GaussianMixture(MixtureEstimator):
             lambda: make_guide(self.model_, self._initial_params(x, generator, given)),
         )
         self.params_ = gmm.guide_params(guide, self.covariance_type)
+
+    def _fit_nuts(self, x: torch.Tensor, generator: torch.Generator, given: dict) -> None:
+        check_int(self.num_warmup, "num_warmup", 0)
+        check_int(self.num_chains, "num_chains", 1)
+        start = self._initial_params(x, generator, given)
+        mcmc = run_nuts(
+            self.model_, x, gmm.params_to_sites(start), num_samples=self._max_iter,
+            num_warmup=self.num_warmup, num_chains=self.num_chains, progress=self.progress,
+            seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+        )
+        per_component = ["weights", "means"]
+        if self.covariance_type not in gmm.TIED_TYPES:
+            sites = gmm.params_to_sites(start)
+            per_component += [s for s in ("variances", "corr_cholesky") if s in sites]
+        samples, _ = align_components(mcmc.get_samples(), start.means, per_component)
+        draws = [gmm.sites_to_params({k: v[i] for k, v in samples.items()}, self.covariance_type)
+                 for i in range(samples["means"].shape[0])]
+        self.params_ = gmm.GMMParams(
+            torch.stack([d.weights for d in draws]).mean(0),
+            torch.stack([d.means for d in draws]).mean(0),
+            torch.stack([d.covariances for d in draws]).mean(0),
+            self.covariance_type,
+        )
+        self.posterior_samples_ = {k: v.detach().cpu().numpy() for k, v in samples.items()}
+        self.r_hat_ = {k: split_r_hat(v) for k, v in self.posterior_samples_.items()}
+        self.converged_ = bool(max(float(np.nanmax(r)) for r in self.r_hat_.values()) < 1.1)
+        self.n_iter_ = self._max_iter
+        with torch.no_grad():
+            self.history_ = [float(gmm.log_likelihood(x, d).mean()) for d in draws]
+        self.guide_ = gmm.map_guide(self.model_, self.params_)
+        self.guide_(x[:1])
 
     def _set_fitted(self) -> None:
         params = self.params_

@@ -1,0 +1,139 @@
+"""NUTS over the global sites of a model whose discrete sites are enumerated.
+
+Pyro's ``NUTS`` sums out every site marked ``infer={"enumerate": "parallel"}`` (the mixtures'
+assignments), so the chain moves over the continuous globals only. Mixture posteriors are
+symmetric under relabelling of components; :func:`align_components` permutes each draw's
+components to match a reference (Hungarian matching of the means), so that summaries and
+``r_hat`` compare like with like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import MCMC, NUTS
+from pyro.infer.autoguide import init_to_value
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from ppl_mixtures._progress import progress_enabled
+
+
+def run_nuts(
+    model: Callable,
+    x: Tensor,
+    init_sites: dict[str, Tensor],
+    *,
+    num_samples: int = 200,
+    num_warmup: int = 200,
+    num_chains: int = 1,
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 10,
+    seed: int | None = None,
+    progress: bool = True,
+) -> MCMC:
+    """Run NUTS on ``model(x)`` from ``init_sites``; enumerated sites are summed out.
+
+    Parameters
+    ----------
+    model : callable
+        A zoo model with attribute ``max_plate_nesting``.
+    x : Tensor, shape (n_samples, n_features)
+    init_sites : dict of str to Tensor
+        Starting values of the global sites (e.g. an EM or k-means estimate), which keeps
+        every chain near one labelling of the components.
+    num_samples, num_warmup, num_chains : int
+        Draws kept per chain, warm-up (adaptation) steps per chain, and chains (run one after
+        the other on CPU).
+    target_accept_prob, max_tree_depth
+        NUTS settings.
+    seed : int, optional
+        Seeds Pyro's global RNGs before sampling.
+    progress : bool
+        Show Pyro's progress bar (only on a terminal).
+
+    Returns
+    -------
+    pyro.infer.MCMC
+        Call ``get_samples(group_by_chain=...)`` and ``diagnostics()`` on it.
+    """
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    kernel = NUTS(
+        model,
+        max_plate_nesting=model.max_plate_nesting,
+        init_strategy=init_to_value(values={k: v.detach() for k, v in init_sites.items()}),
+        target_accept_prob=target_accept_prob,
+        max_tree_depth=max_tree_depth,
+        jit_compile=False,
+    )
+    mcmc = MCMC(
+        kernel,
+        num_samples=num_samples,
+        warmup_steps=num_warmup,
+        num_chains=num_chains,
+        mp_context=None,
+        disable_progbar=not progress_enabled(progress),
+    )
+    mcmc.run(x)
+    return mcmc
+
+
+def align_components(
+    samples: dict[str, Tensor],
+    reference_means: Tensor,
+    component_sites: Sequence[str],
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Relabel every draw so that its components match ``reference_means``.
+
+    For each draw, the permutation minimising the summed squared distance between its means
+    and the reference means (Hungarian algorithm) is applied to every per-component site.
+
+    Parameters
+    ----------
+    samples : dict of str to Tensor
+        Draws with a leading draw dim, e.g. ``means`` of shape (S, K, D).
+    reference_means : Tensor, shape (K, D)
+    component_sites : sequence of str
+        Sites whose dim after the draw dim indexes components (``weights``, ``means``,
+        per-component ``variances`` ...).
+
+    Returns
+    -------
+    aligned : dict of str to Tensor
+    permutations : Tensor of long, shape (S, K)
+        ``aligned[site][s] = samples[site][s][permutations[s]]``.
+    """
+    means = samples["means"]
+    cost = torch.cdist(reference_means.expand(means.shape[0], -1, -1), means).square()
+    permutations = torch.stack([
+        torch.as_tensor(linear_sum_assignment(c.detach().cpu().numpy())[1]) for c in cost
+    ]).to(means.device)
+    draws = torch.arange(means.shape[0], device=means.device)[:, None]
+    aligned = dict(samples)
+    for name in component_sites:
+        aligned[name] = samples[name][draws, permutations]
+    return aligned, permutations
+
+
+def split_r_hat(draws: np.ndarray) -> np.ndarray:
+    """Split-R-hat over the first axis (draws of one chain, or chains concatenated).
+
+    Parameters
+    ----------
+    draws : ndarray, shape (S, ...)
+
+    Returns
+    -------
+    ndarray, shape (...)
+    """
+    half = draws.shape[0] // 2
+    chains = np.stack([draws[:half], draws[half: 2 * half]])  # (2, half, ...)
+    within = chains.var(axis=1, ddof=1).mean(0)
+    between = half * chains.mean(axis=1).var(axis=0, ddof=1)
+    pooled = (half - 1) / half * within + between / half
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(np.where(within > 0, pooled / within, 1.0))
