@@ -51,6 +51,12 @@ class GMVAE(MixtureEstimator):
         (contract in :mod:`ppl_mixtures.models.gmvae`). They are deep-copied at ``fit``.
     likelihood : {"gaussian", "bernoulli"}, default "gaussian"
         p(y | x), eq. (1d). Bernoulli needs data in [0, 1].
+    observation_variance : float or None, default 0.01
+        Gaussian likelihood: the fixed variance of p(y | x) as a fraction of the data's mean
+        per-feature variance (``observation_scale_`` holds the resulting standard deviation).
+        None learns it, which on low-dimensional data lets the decoder explain y alone and
+        collapses every point into one cluster (measured on pinwheel: ARI 0.0 learned,
+        0.975-0.985 fixed at 0.01-0.05 of the data variance).
     z_inference : {"enumerate", "closed_form"}, default "enumerate"
         ``"enumerate"``: z summed out exactly by ``TraceEnum_ELBO``. ``"closed_form"``: the
         four-term ELBO of eq. (4) with the z-posterior p(z | x, w), which admits ``free_bits``
@@ -106,6 +112,7 @@ class GMVAE(MixtureEstimator):
         prior_hidden_dims: tuple[int, ...] | None = None,
         networks: dict[str, nn.Module] | None = None,
         likelihood: str = "gaussian",
+        observation_variance: float | None = 0.01,
         z_inference: str = "enumerate",
         free_bits: float = 0.0,
         z_prior_weight: float = 1.0,
@@ -128,6 +135,7 @@ class GMVAE(MixtureEstimator):
         self.prior_hidden_dims = prior_hidden_dims
         self.networks = networks
         self.likelihood = likelihood
+        self.observation_variance = observation_variance
         self.z_inference = z_inference
         self.free_bits = free_bits
         self.z_prior_weight = z_prior_weight
@@ -158,6 +166,13 @@ class GMVAE(MixtureEstimator):
                 for width in value:
                     check_int(width, f"every entry of {name}", 1)
         check_nonnegative(self.free_bits, "free_bits")
+        if self.observation_variance is not None and not (
+            isinstance(self.observation_variance, numbers.Real) and self.observation_variance > 0
+        ):
+            raise ValueError(
+                f"observation_variance={self.observation_variance!r} must be a positive number "
+                "or None (learned)"
+            )
         check_nonnegative(self.z_prior_weight, "z_prior_weight")
         check_nonnegative(self.tol, "tol")
         choices = {
@@ -199,7 +214,8 @@ class GMVAE(MixtureEstimator):
     def _build(self, n_features: int) -> gmvae.GMVAENetworks:
         user = {k: copy.deepcopy(v) for k, v in (self.networks or {}).items()}
         networks = gmvae.GMVAENetworks(
-            n_features, self.n_components, self._architecture(), self.likelihood, **user
+            n_features, self.n_components, self._architecture(), self.likelihood, **user,
+            observation_scale=self.observation_scale_,
         )
         networks = networks.to(device=self._device, dtype=self._dtype)
         self.networks_ = networks
@@ -234,6 +250,10 @@ class GMVAE(MixtureEstimator):
             raise ValueError("likelihood='bernoulli' needs X in [0, 1]; rescale X first")
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         pyro.set_rng_seed(seed)  # the networks' initial weights
+        self.observation_scale_ = None
+        if self.likelihood == "gaussian" and self.observation_variance is not None:
+            data_variance = float(x.var(0).mean()) if x.shape[0] > 1 else 1.0
+            self.observation_scale_ = math.sqrt(self.observation_variance * data_variance)
         self._build(x.shape[1])
         steps_per_epoch = math.ceil(x.shape[0] / self.batch_size)
         trainer = SVITrainer(

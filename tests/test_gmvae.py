@@ -176,10 +176,10 @@ def test_random_state_reproducible():
 # ------------------------------------------------------------------------------- pinwheel
 
 
-def _pinwheel_ari(max_epochs: int, seed: int) -> float:
-    X, y = make_pinwheel(400, random_state=0)
-    est = GMVAE(5, z_inference="closed_form", free_bits=1.0, max_epochs=max_epochs,
-                batch_size=100, lr=1e-3, random_state=seed, progress=False).fit(X)
+def _pinwheel_ari(n_per_class: int, seed: int, **kwargs) -> float:
+    X, y = make_pinwheel(n_per_class, random_state=0)
+    est = GMVAE(5, batch_size=100, lr=3e-3, max_epochs=60, random_state=seed, progress=False,
+                **kwargs).fit(X)
     return adjusted_rand_score(y, est.predict(X))
 
 
@@ -187,15 +187,20 @@ def test_training_raises_the_elbo_on_pinwheel():
     X, _ = make_pinwheel(100, random_state=0)
     short = GMVAE(5, max_epochs=1, batch_size=100, random_state=0, progress=False).fit(X)
     longer = GMVAE(5, max_epochs=15, batch_size=100, random_state=0, progress=False).fit(X)
-    assert longer.score(X) > short.score(X) + 0.05  # measured +0.11
+    assert longer.score(X) > short.score(X) + 1.0  # measured -96.7 -> -2.8 per sample
+
+
+def test_pinwheel_clusters_fast():
+    # 500 points, 60 epochs: measured ARI 0.935 / 0.920 / 0.909 for seeds 0 / 1 / 2
+    assert _pinwheel_ari(100, seed=0) > 0.8
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="open: every pinwheel run measured so far put all points in one "
-                   "cluster (ARI 0.0, the seed's over-regularisation); see the session note",
-                   strict=False)
-def test_pinwheel_ari():
-    assert max(_pinwheel_ari(max_epochs=100, seed=seed) for seed in range(3)) >= 0.9
+@pytest.mark.parametrize("kwargs", [{}, {"z_inference": "closed_form", "free_bits": 1.6}])
+def test_pinwheel_ari(kwargs):
+    # 2000 points: measured ARI 0.978 / 0.961 / 0.978 (enumerate), 0.990 / 0.977 / 0.986
+    # (closed form, free bits 1.6) for seeds 0 / 1 / 2
+    assert min(_pinwheel_ari(400, seed=seed, **kwargs) for seed in range(2)) >= 0.9
 
 
 def test_make_pinwheel_shapes_and_determinism():
