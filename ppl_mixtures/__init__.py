@@ -5,7 +5,7 @@ The public API is imported lazily so that ``import ppl_mixtures`` stays light.
 
 from ppl_mixtures._version import __version__
 
-_ESTIMATORS = ("GMVAE", "GaussianMixture", "MixtureOfFactorAnalyzers")
+_ESTIMATORS = ("DeepGaussianMixture", "GMVAE", "GaussianMixture", "MixtureOfFactorAnalyzers")
 __all__ = [*_ESTIMATORS, "__version__"]
 
 

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = [
+    "make_dgmm",
     "load_mnist_idx",
     "make_pinwheel",
     "read_idx",
@@ -912,3 +913,7 @@ def load_mnist_idx(
             "labels"
         )
     return X, labels.astype(np.int64)
+
+
+# The deep Gaussian mixture simulator (seed 000, section 3.1) lives beside, numpy only.
+from ppl_mixtures.datasets_dgmm import make_dgmm  # noqa: E402

@@ -398,7 +398,8 @@ class GaussianMixture(MixtureEstimator):
 
 
 # The other families' estimators live beside their models' code; this module is the facade.
+from ppl_mixtures.estimators_dgmm import DeepGaussianMixture  # noqa: E402
 from ppl_mixtures.estimators_gmvae import GMVAE  # noqa: E402
 from ppl_mixtures.estimators_mfa import MixtureOfFactorAnalyzers  # noqa: E402
 
-__all__ = ["GMVAE", "GaussianMixture", "MixtureOfFactorAnalyzers"]
+__all__ = ["GMVAE", "DeepGaussianMixture", "GaussianMixture", "MixtureOfFactorAnalyzers"]

@@ -120,7 +120,8 @@ def test_not_fitted_and_clone():
 @pytest.mark.parametrize(
     "kwargs",
     [dict(n_components=0), dict(likelihood="poisson"), dict(z_inference="gibbs"),
-     dict(free_bits=0.5), dict(networks={"body": torch.nn.Linear(2, 2)}), dict(lr=0)],
+     dict(free_bits=0.5), dict(networks={"body": torch.nn.Linear(2, 2)}), dict(lr=0),
+     dict(observation_variance=0.0), dict(observation_variance="small")],
 )
 def test_bad_arguments(kwargs):
     X, _ = make_pinwheel(10, random_state=0)
@@ -165,6 +166,15 @@ def test_user_networks_and_bernoulli():
     assert est.networks_.encoder is not encoder  # the user's module is left untouched
     samples, _ = est.sample(3)
     assert set(np.unique(samples)) <= {0.0, 1.0}
+
+
+def test_learned_observation_variance():
+    """observation_variance=None: the decoder outputs a mean and a log-variance per feature."""
+    est, X = _fitted(observation_variance=None)
+    assert est.observation_scale_ is None and est.networks_.decoder[-1].out_features == 4
+    samples, _ = est.sample(3)
+    means, _ = est.sample(3, observation="mean")
+    assert samples.shape == means.shape == (3, 2) and np.isfinite(est.score(X))
 
 
 def test_random_state_reproducible():

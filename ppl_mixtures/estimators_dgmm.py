@@ -1,0 +1,345 @@
+"""scikit-learn style estimator for the deep Gaussian mixture (seed 000, section 2).
+
+:class:`DeepGaussianMixture` builds the Pyro model of :mod:`ppl_mixtures.models.dgmm` and fits
+it by exact EM (:mod:`ppl_mixtures.inference.em.dgmm`) or by SVI. Clusters are the *paths*
+of the network (the global GMM of eq. 3), numbered row-major with ``s_1`` slowest.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import TraceEnum_ELBO
+
+from ppl_mixtures._estimator_base import MixtureEstimator, check_int, check_nonnegative
+from ppl_mixtures.inference.em import dgmm as em_dgmm
+from ppl_mixtures.inference.em import run_em
+from ppl_mixtures.inference.init import INIT_METHODS
+from ppl_mixtures.models import dgmm
+
+INFERENCE_METHODS = ("em", "svi")
+_DEFAULT_MAX_ITER = {"em": 500, "svi": 2000}
+_DEFAULT_TOL = {"em": 1e-5, "svi": 1e-6}
+
+
+def n_parameters(n_features: int, n_components: Sequence[int], n_factors: Sequence[int]) -> int:
+    """Free parameters of a DGMM, after removing its known continuous symmetries.
+
+    Per layer l (p_0 = D, p_l = r_l): ``G_l - 1`` weights, ``G_l p_{l-1}`` intercepts,
+    ``G_l p_{l-1} r_l`` loadings and ``G_l p_{l-1}`` noise variances. Then subtract:
+
+    - last layer: ``G_h r_h (r_h - 1) / 2``, since only ``Lambda^(h)_g Lambda^(h)_g^T`` enters
+      the likelihood (eq. 6), each ``Lambda^(h)_g`` is defined up to its own rotation (the MFA
+      count of each last-layer component);
+    - each intermediate score z^(l), ``l < h``: ``2 r_l``, for a shift ``z -> z + c`` (absorbed by
+      ``eta^(l+1) += c``, ``eta^(l) -= Lambda^(l) c``) and a per-coordinate scale ``z -> D z``
+      (absorbed by ``Lambda^(l) D^-1`` and ``D eta^(l+1), D Lambda^(l+1), D^2 Psi^(l+1)``).
+      An intermediate rotation is not a symmetry: it would make ``Psi^(l+1)`` non-diagonal.
+
+    (The deepgmm package subtracts ``r_l (r_l - 1) / 2`` per component of every layer instead;
+    BIC values are therefore not comparable with the paper's to the unit.)
+
+    Parameters
+    ----------
+    n_features : int
+    n_components, n_factors : sequence of int, length h
+
+    Returns
+    -------
+    int
+    """
+    widths = [n_features, *n_factors]
+    count = 0
+    for layer, size in enumerate(n_components):
+        width, rank = widths[layer], widths[layer + 1]
+        count += (size - 1) + size * width * (rank + 2)
+    r_top = n_factors[-1]
+    count -= n_components[-1] * r_top * (r_top - 1) // 2
+    count -= sum(2 * r for r in n_factors[:-1])
+    return count
+
+
+def _as_int_tuple(value: Any, name: str) -> tuple[int, ...]:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        items = tuple(value)
+    except TypeError as err:
+        raise ValueError(f"{name}={value!r} must be a sequence of positive integers") from err
+    if not items:
+        raise ValueError(f"{name}={value!r} must hold one entry per layer (at least one)")
+    for item in items:
+        check_int(item, name + " entries", 1)
+    return tuple(int(item) for item in items)
+
+
+class DeepGaussianMixture(MixtureEstimator):
+    """Deep Gaussian mixture (stacked mixtures of factor analysers) fitted by EM or SVI.
+
+    Layers ``l = 1..h``: ``z^(l-1) = eta^(l)_{s_l} + Lambda^(l)_{s_l} z^(l) + u^(l)`` with
+    ``x = z^(0)`` and ``z^(h) ~ N(0, I)`` (seed 000, eq. 1). Marginally a Gaussian mixture over
+    the ``P = prod_l G_l`` paths (eqs. 3-6); :meth:`predict` returns the path.
+
+    Parameters
+    ----------
+    n_components : sequence of int, default (3, 3, 2)
+        ``(G_1, ..., G_h)``: components per layer.
+    n_factors : sequence of int, default (11, 6, 2)
+        ``(r_1, ..., r_h)``, strictly decreasing and below ``n_features``.
+    inference : {"em", "svi"}, default "em"
+        ``"em"``: exact monotone EM over all layers (expectations, not sampled scores; see
+        :mod:`ppl_mixtures.inference.em.dgmm`). ``"svi"``: MAP by ``TraceEnum_ELBO`` over the
+        Pyro model (layers' labels enumerated).
+    form : {"collapsed", "latent"}, default "collapsed"
+        SVI only: scores integrated out, or sampled with a local Gaussian guide
+        (:class:`~ppl_mixtures.models.dgmm.LatentScoreGuide`; a lower bound, for small data).
+    n_init : int, default 1
+        Restarts from independent initialisations; the best final objective is kept.
+    max_iter : int, optional
+        EM iterations (default 500) or SVI steps (default 2000).
+    tol : float, optional
+        EM: change of the mean log-likelihood per sample (default 1e-5). SVI: relative change
+        of the smoothed loss (default 1e-6).
+    init : {"kmeans", "random", "k-means++", "random_from_data"}, default "kmeans"
+        Layer-wise start (:func:`~ppl_mixtures.inference.em.dgmm.initial_params`): cluster the
+        layer's input with this method, fit a PPCA per cluster, pass the scores up.
+    reg_covar : float, default 1e-6
+        Floor on every noise variance (EM).
+    priors : dict of str to Distribution, optional
+        Replace some of :func:`~ppl_mixtures.models.dgmm.default_dgmm_priors` (SVI; EM is
+        maximum likelihood).
+    lr : float, default 0.01
+        SVI learning rate (Adam).
+    batch_size : int, optional
+        SVI minibatch size.
+    random_state, device, dtype, progress, checkpoint_path
+        As for :class:`~ppl_mixtures.estimators.GaussianMixture`.
+
+    Attributes
+    ----------
+    weights_ : ndarray, shape (P,)
+        Path weights (eq. 4), path order.
+    means_ : ndarray, shape (P, n_features)
+    covariances_ : ndarray, shape (P, n_features, n_features)
+        Path moments (eqs. 5-6).
+    layer_weights_, eta_, loadings_, noise_variances_ : list of ndarray
+        Per-layer parameters (shapes of :class:`~ppl_mixtures.models.dgmm.DGMMParams`).
+    converged_, n_iter_, history_, lower_bound_, n_features_in_, fit_seconds_
+        As for :class:`~ppl_mixtures.estimators.GaussianMixture`; ``history_`` holds the mean
+        log-likelihood per EM iteration or the loss per sample of each SVI step.
+    params_ : DGMMParams
+    model_ : DeepGaussianMixtureModel
+    guide_ : AutoDelta or LatentScoreGuide
+    """
+
+    def __init__(
+        self,
+        n_components: Sequence[int] = (3, 3, 2),
+        n_factors: Sequence[int] = (11, 6, 2),
+        *,
+        inference: str = "em",
+        form: str = "collapsed",
+        n_init: int = 1,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        init: str = "kmeans",
+        reg_covar: float = 1e-6,
+        priors: dict | None = None,
+        lr: float = 0.01,
+        batch_size: int | None = None,
+        random_state: Any = None,
+        device: str = "auto",
+        dtype: Any = None,
+        progress: bool = True,
+        checkpoint_path: str | None = None,
+    ) -> None:
+        self.n_components = n_components
+        self.n_factors = n_factors
+        self.inference = inference
+        self.form = form
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init = init
+        self.reg_covar = reg_covar
+        self.priors = priors
+        self.lr = lr
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.progress = progress
+        self.checkpoint_path = checkpoint_path
+
+    # ----------------------------------------------------------------------------- validation
+
+    def _n_clusters(self) -> int:
+        return math.prod(_as_int_tuple(self.n_components, "n_components"))
+
+    def _check_arguments(self) -> None:
+        components = _as_int_tuple(self.n_components, "n_components")
+        factors = _as_int_tuple(self.n_factors, "n_factors")
+        if len(components) != len(factors):
+            raise ValueError(
+                f"n_components={components} and n_factors={factors} must have the same "
+                "length: one number of components and one factor dimension per layer"
+            )
+        if any(factors[k] <= factors[k + 1] for k in range(len(factors) - 1)):
+            raise ValueError(
+                f"n_factors={factors} must be strictly decreasing (r_1 > r_2 > ... > r_h): "
+                "each layer reduces the dimension of the one below"
+            )
+        check_int(self.n_init, "n_init", 1)
+        if self.max_iter is not None:
+            check_int(self.max_iter, "max_iter", 1)
+        if self.tol is not None:
+            check_nonnegative(self.tol, "tol")
+        check_nonnegative(self.reg_covar, "reg_covar")
+        if self.inference not in INFERENCE_METHODS:
+            raise ValueError(
+                f"inference={self.inference!r} is not supported for DeepGaussianMixture; use "
+                f"one of {INFERENCE_METHODS}"
+            )
+        if self.form not in dgmm.FORMS:
+            raise ValueError(f"form={self.form!r} is not one of {dgmm.FORMS}")
+        if self.form == "latent" and self.inference != "svi":
+            raise ValueError("form='latent' needs inference='svi' (EM integrates the scores)")
+        if self.init not in INIT_METHODS:
+            raise ValueError(f"init={self.init!r} is not one of {INIT_METHODS}")
+        if self.batch_size is not None:
+            check_int(self.batch_size, "batch_size", 1)
+        if not (isinstance(self.lr, numbers.Real) and self.lr > 0):
+            raise ValueError(f"lr={self.lr!r} must be a positive number")
+        if self.priors is not None and not isinstance(self.priors, dict):
+            raise TypeError("priors must be a dict of site name -> pyro distribution, or None")
+        self._components, self._factors = components, factors
+
+    def _check_n_features(self, n_features: int) -> None:
+        if self._factors[0] >= n_features:
+            raise ValueError(
+                f"n_factors[0]={self._factors[0]} must be < n_features={n_features} "
+                "(n_features > r_1 > ... > r_h); lower n_factors"
+            )
+
+    # ------------------------------------------------------------------------------- fitting
+
+    def _initial_params(self, x: torch.Tensor, generator: torch.Generator) -> dgmm.DGMMParams:
+        return em_dgmm.initial_params(x, self._components, self._factors, self.init, generator,
+                                      self.reg_covar)
+
+    def _build_model(self, priors: dict) -> dgmm.DeepGaussianMixtureModel:
+        return dgmm.DeepGaussianMixtureModel(self._components, self._factors,
+                                             self.n_features_in_, priors, form=self.form)
+
+    def _fit(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
+        self._check_n_features(x.shape[1])
+        self._max_iter = self.max_iter or _DEFAULT_MAX_ITER[self.inference]
+        self._tol = self.tol if self.tol is not None else _DEFAULT_TOL[self.inference]
+        priors = dgmm.default_dgmm_priors(x, self._components, self._factors)
+        priors.update(self.priors or {})
+        self.model_ = self._build_model(priors)
+        if self.inference == "em":
+            self._fit_em(x, generator)
+        else:
+            self._fit_svi(x, generator, resume)
+
+    def _fit_em(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        result = run_em(
+            x,
+            init_params=lambda _: self._initial_params(x, generator),
+            e_step=em_dgmm.e_step,
+            m_step=lambda stats: em_dgmm.m_step(stats, self.reg_covar),
+            n_init=self.n_init,
+            max_iter=self._max_iter,
+            tol=self._tol,
+            progress=self.progress,
+            desc="DGMM EM",
+        )
+        self.params_ = result.params
+        self.converged_ = result.converged
+        self.n_iter_ = result.n_iter
+        self.history_ = result.history
+        self.restart_log_likelihoods_ = result.restart_log_likelihoods
+        self.guide_ = dgmm.map_guide(self.model_, self.params_)
+        self.guide_(x[:1])  # creates the guide's (global) parameters at the EM estimate
+
+    def _make_guide(self, x: torch.Tensor, generator: torch.Generator):
+        start = self._initial_params(x, generator)
+        if self.form == "latent":
+            return dgmm.LatentScoreGuide(self.model_, start, x)
+        return dgmm.map_guide(self.model_, start)
+
+    def _fit_svi(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
+        if self.form == "latent" and self.batch_size is not None:
+            raise ValueError("form='latent' keeps one local Gaussian per row; use batch_size=None")
+        guide, _ = self._fit_svi_restarts(x, generator, resume,
+                                          lambda: self._make_guide(x, generator))
+        self.params_ = dgmm.guide_params(guide, len(self._components))
+
+    def _set_fitted(self) -> None:
+        def to_numpy(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+            return [t.detach().cpu().numpy() for t in tensors]
+
+        params = self.params_
+        with torch.no_grad():
+            log_weights, means, covariances = dgmm.path_moments(params)
+        self.weights_ = log_weights.exp().cpu().numpy()
+        self.means_ = means.cpu().numpy()
+        self.covariances_ = covariances.cpu().numpy()
+        self.layer_weights_ = to_numpy(params.weights)
+        self.eta_ = to_numpy(params.eta)
+        self.loadings_ = to_numpy(params.loadings)
+        self.noise_variances_ = to_numpy(params.noise_variances)
+
+    # ---------------------------------------------------------------------------- prediction
+
+    def _log_joint(self, x: torch.Tensor) -> torch.Tensor:
+        return dgmm.log_joint(x, self.params_)
+
+    def _n_parameters(self) -> int:
+        return n_parameters(self.n_features_in_, self._components, self._factors)
+
+    def _sample_tensors(self, n_samples: int, generator: torch.Generator):
+        return dgmm.sample(self.params_, n_samples, generator)
+
+    def predict_layers(self, X: Any) -> np.ndarray:
+        """Per-layer labels ``(s_1, ..., s_h)`` of each sample's most probable path.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of int, shape (n_samples, h)
+        """
+        paths = torch.as_tensor(self.predict(X))
+        return dgmm.layer_labels(paths, self._components).numpy()
+
+    def elbo_loss(self, X: Any) -> float:
+        """``TraceEnum_ELBO`` loss of the fitted model and guide on ``X`` (sum over samples)."""
+        x = self._fitted_x(X)
+        with pyro.get_param_store().scope(self.param_store_state_), torch.no_grad():
+            loss = TraceEnum_ELBO(max_plate_nesting=1).loss(self.model_, self.guide_, x)
+        return float(loss)
+
+    # ------------------------------------------------------------------------------ save/load
+
+    def _param_tensors(self) -> dict[str, torch.Tensor]:
+        return self.params_.tensors()
+
+    def _restore(self, payload: dict) -> None:
+        self._check_arguments()
+        self.params_ = dgmm.sites_to_params(payload["params"], len(self._components))
+        self.model_ = self._build_model(payload["priors"])
+        self.guide_ = dgmm.map_guide(self.model_, self.params_)
+        self.guide_(n_samples=1)
+
+
+__all__ = ["DeepGaussianMixture", "n_parameters"]

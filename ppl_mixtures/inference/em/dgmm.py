@@ -1,0 +1,265 @@
+"""Exact, monotone EM for the deep Gaussian mixture, over all layers at once.
+
+Which EM this is
+----------------
+Not the seed's layer-wise scheme with *sampled* scores (seed 000, section 2.3; the CRAN
+deepgmm code draws the z's stochastically, so its likelihood may go down). Here the
+complete data are ``(x, s_1..s_h, z^(1)..z^(h))`` and the complete log-likelihood is::
+
+    sum_l log pi^(l)_{s_l} + sum_l log N(z^(l-1) | eta^(l)_{s_l} + Lambda^(l)_{s_l} z^(l),
+                                             Psi^(l)_{s_l}) + log N(z^(h) | 0, I)
+
+with ``z^(0) = x`` (eq. 1). Its expectation under ``p(s, z | x, theta_old)`` separates into one
+term per (layer, component), each a weighted linear regression of ``z^(l-1)`` on ``z^(l)``, so
+every layer's parameters are maximised in closed form from one E-step: this is plain EM and the
+observed log-likelihood of eq. (3) never decreases.
+
+E-step: path responsibilities ``r_ns`` from :func:`ppl_mixtures.models.dgmm.log_joint` (the
+collapsed Pyro model's helper, so the log-likelihoods are identical), and the exact Gaussian
+posterior of all scores given ``x`` and the path (:func:`~ppl_mixtures.models.dgmm.posterior_scores`:
+conditional mean per row, one covariance per path). With ``y = (x, z^(1), ..., z^(h))`` the
+sufficient statistics per path are ``W_s = sum_n r_ns``, ``sum_n r_ns E[y]`` and
+``sum_n r_ns E[y y^T]`` (moments taken about a fixed ``shift`` to keep digits).
+
+M-step, for layer l and component g, summing the statistics over the paths with ``s_l = g``
+(``a`` = block z^(l-1), ``b`` = block z^(l), ``b~ = (b, 1)``)::
+
+    [Lambda | eta~] = E[a b~^T] E[b~ b~^T]^-1
+    psi            = diag(E[a a^T] - [Lambda | eta~] E[b~ a^T]) / W      (floored at reg_covar)
+    pi^(l)_g       = W_g / N
+
+A component whose mass ``W_g`` is below ``1e-10 N`` keeps its previous ``eta, Lambda, psi``
+(a partial M-step, still monotone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ppl_mixtures.inference.init import initial_responsibilities
+from ppl_mixtures.models.dgmm import DGMMParams, log_joint, posterior_scores
+
+#: Floor on each component's total responsibility, as scikit-learn adds (10 * eps).
+_MASS_FLOOR_FACTOR = 10.0
+#: Components with less mass than this fraction of N keep their parameters.
+_EMPTY_FRACTION = 1e-10
+
+
+@dataclass
+class DGMMStats:
+    """Sufficient statistics of one E-step (sums over samples: they add across batches).
+
+    Attributes
+    ----------
+    n_samples : float
+    log_likelihood : Tensor, scalar
+        ``sum_n log p(x_n | theta)`` at the E-step's parameters.
+    path_mass : Tensor, shape (P,)
+        ``W_s = sum_n r_ns``.
+    first_moment : Tensor, shape (P, D + R)
+        ``sum_n r_ns (E[y_n | x_n, s] - shift)``.
+    second_moment : Tensor, shape (P, D + R, D + R)
+        ``sum_n r_ns E[(y_n - shift)(y_n - shift)^T | x_n, s]``.
+    shift : Tensor, shape (D + R,)
+    params : DGMMParams
+        The E-step's parameters (kept by empty components).
+    """
+
+    n_samples: float
+    log_likelihood: Tensor
+    path_mass: Tensor
+    first_moment: Tensor
+    second_moment: Tensor
+    shift: Tensor
+    params: DGMMParams
+
+    def __add__(self, other: DGMMStats) -> DGMMStats:
+        return DGMMStats(
+            self.n_samples + other.n_samples,
+            self.log_likelihood + other.log_likelihood,
+            self.path_mass + other.path_mass,
+            self.first_moment + other.first_moment,
+            self.second_moment + other.second_moment,
+            self.shift,
+            self.params,
+        )
+
+
+def responsibilities(x: Tensor, params: DGMMParams) -> tuple[Tensor, Tensor]:
+    """Posterior path probabilities (N, P) and per-sample log-likelihoods (N,)."""
+    joint = log_joint(x, params)
+    norm = torch.logsumexp(joint, dim=-1)
+    return torch.exp(joint - norm[:, None]), norm
+
+
+def e_step(x: Tensor, params: DGMMParams) -> DGMMStats:
+    """E-step: path responsibilities and posterior score moments, reduced to statistics.
+
+    Parameters
+    ----------
+    x : Tensor, shape (n_samples, n_features)
+    params : DGMMParams
+
+    Returns
+    -------
+    DGMMStats
+    """
+    resp, sample_ll = responsibilities(x, params)
+    score_means, score_cov = posterior_scores(x, params)  # (N, P, R), (P, R, R)
+    mass = resp.sum(0)
+    data_shift = x.mean(0)
+    score_shift = torch.einsum("np,npr->r", resp, score_means) / x.shape[0]
+    xc = x - data_shift
+    zc = score_means - score_shift
+    first = torch.cat([resp.T @ xc, torch.einsum("np,npr->pr", resp, zc)], -1)
+    weighted_x = resp[:, :, None] * xc[:, None, :]  # (N, P, D)
+    xx = torch.einsum("npi,nj->pij", weighted_x, xc)
+    xz = torch.einsum("npi,npj->pij", weighted_x, zc)
+    zz = torch.einsum("np,npi,npj->pij", resp, zc, zc) + mass[:, None, None] * score_cov
+    second = torch.cat([torch.cat([xx, xz], -1), torch.cat([xz.transpose(-1, -2), zz], -1)], -2)
+    shift = torch.cat([data_shift, score_shift])
+    return DGMMStats(float(x.shape[0]), sample_ll.sum(), mass, first, second, shift, params)
+
+
+def _layer_sums(stats: DGMMStats, layer: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Statistics summed over the paths through each component of ``layer`` (0-based)."""
+    sizes = stats.params.n_components
+    others = tuple(k for k in range(len(sizes)) if k != layer)
+
+    def reduce(tensor: Tensor) -> Tensor:
+        shaped = tensor.reshape(*sizes, *tensor.shape[1:])
+        return shaped.sum(others) if others else shaped
+
+    return reduce(stats.path_mass), reduce(stats.first_moment), reduce(stats.second_moment)
+
+
+def _regress(mass: Tensor, first: Tensor, second: Tensor, a: slice, b: slice, shift: Tensor,
+             reg_covar: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Weighted regression of block ``a`` on block ``b`` with intercept, per component.
+
+    Returns eta (G, p), loadings (G, p, r), noise variances (G, p).
+    """
+    rank = b.stop - b.start
+    design = torch.cat([
+        torch.cat([second[:, b, b], first[:, b, None]], -1),
+        torch.cat([first[:, None, b], mass[:, None, None]], -1),
+    ], -2)  # E[b~ b~^T] * W, (G, r + 1, r + 1)
+    cross = torch.cat([second[:, a, b], first[:, a, None]], -1)  # (G, p, r + 1)
+    coef = torch.linalg.solve(design, cross.transpose(-1, -2)).transpose(-1, -2)
+    loadings, intercept = coef[..., :rank], coef[..., rank]
+    residual = second[:, a, a].diagonal(dim1=-2, dim2=-1) - (coef * cross).sum(-1)
+    noise = (residual / mass[:, None]).clamp_min(reg_covar or torch.finfo(mass.dtype).eps)
+    eta = shift[a] + intercept - (loadings @ shift[b, None]).squeeze(-1)
+    return eta, loadings, noise
+
+
+def m_step(stats: DGMMStats, reg_covar: float = 1e-6) -> DGMMParams:
+    """M-step: every layer's weights, intercepts, loadings and noise variances in closed form.
+
+    Parameters
+    ----------
+    stats : DGMMStats
+    reg_covar : float
+        Floor on every noise variance.
+
+    Returns
+    -------
+    DGMMParams
+    """
+    old = stats.params
+    widths = (old.n_features, *old.n_factors)
+    offsets = [0, *torch.tensor(widths).cumsum(0).tolist()]
+    eps = torch.finfo(stats.path_mass.dtype).eps
+    new = DGMMParams([], [], [], [])
+    for layer in range(old.n_layers):
+        mass, first, second = _layer_sums(stats, layer)
+        a = slice(offsets[layer], offsets[layer + 1])
+        b = slice(offsets[layer + 1], offsets[layer + 2])
+        floored = mass + _MASS_FLOOR_FACTOR * eps
+        eta, loadings, noise = _regress(floored, first, second, a, b, stats.shift, reg_covar)
+        keep = mass < _EMPTY_FRACTION * stats.n_samples
+        new.weights.append(floored / floored.sum())
+        new.eta.append(torch.where(keep[:, None], old.eta[layer], eta))
+        new.loadings.append(torch.where(keep[:, None, None], old.loadings[layer], loadings))
+        new.noise_variances.append(torch.where(keep[:, None], old.noise_variances[layer], noise))
+    return new
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation
+# ---------------------------------------------------------------------------------------------
+
+
+def _factor_analyser(inputs: Tensor, resp: Tensor, rank: int,
+                     floor: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Weighted probabilistic PCA per component: eta (G, p), loadings (G, p, r), psi (G, p)."""
+    mass = resp.sum(0).clamp_min(1e-12)
+    eta = (resp.T @ inputs) / mass[:, None]
+    centred = inputs[None] - eta[:, None]  # (G, N, p)
+    cov = (resp.T[:, :, None] * centred).transpose(-1, -2) @ centred / mass[:, None, None]
+    eigvals, eigvecs = torch.linalg.eigh(0.5 * (cov + cov.transpose(-1, -2)))
+    eigvals, eigvecs = eigvals.flip(-1), eigvecs.flip(-1)
+    residual = eigvals[:, rank:].mean(-1, keepdim=True) if inputs.shape[1] > rank else 0.0
+    spread = (eigvals[:, :rank] - residual).clamp_min(floor).sqrt()
+    loadings = eigvecs[:, :, :rank] * spread[:, None, :]
+    noise = (cov.diagonal(dim1=-2, dim2=-1) - loadings.square().sum(-1)).clamp_min(floor)
+    return eta, loadings, noise
+
+
+def _posterior_mean(inputs: Tensor, labels: Tensor, eta: Tensor, loadings: Tensor,
+                    noise: Tensor) -> Tensor:
+    """``E[z | input, g]`` of a factor analyser, each row under its own component (N, r)."""
+    scaled = loadings / noise[:, :, None]  # Psi^-1 Lambda, (G, p, r)
+    eye = torch.eye(loadings.shape[-1], dtype=inputs.dtype, device=inputs.device)
+    precision = eye + loadings.transpose(-1, -2) @ scaled  # (G, r, r)
+    gain = torch.linalg.solve(precision, scaled.transpose(-1, -2))  # (G, r, p)
+    return (gain[labels] @ (inputs - eta[labels])[:, :, None]).squeeze(-1)
+
+
+def initial_params(
+    x: Tensor,
+    n_components: Sequence[int],
+    n_factors: Sequence[int],
+    method: str,
+    generator: torch.Generator,
+    reg_covar: float = 1e-6,
+) -> DGMMParams:
+    """Layer-wise start: cluster the layer's input, fit a factor analyser per cluster, and pass
+    the posterior mean scores up as the next layer's input.
+
+    Layer 1 clusters ``x`` into G_1 groups with ``method`` (see
+    :func:`~ppl_mixtures.inference.init.initial_responsibilities`), fits a weighted PPCA of
+    rank r_1 in each, and computes ``E[z^(1) | x, g]`` under each row's group; layer 2 does
+    the same on those scores, and so on. Noise variances are floored at ``1e-3`` of the
+    layer input's mean variance (and ``reg_covar``).
+
+    Returns
+    -------
+    DGMMParams
+    """
+    inputs = x
+    params = DGMMParams([], [], [], [])
+    for size, rank in zip(n_components, n_factors, strict=True):
+        resp = initial_responsibilities(inputs, size, method, generator)
+        floor = max(reg_covar, 1e-3 * float(inputs.var(0).mean()))
+        eta, loadings, noise = _factor_analyser(inputs, resp, rank, floor)
+        weights = resp.mean(0) + _MASS_FLOOR_FACTOR * torch.finfo(x.dtype).eps
+        params.weights.append(weights / weights.sum())
+        params.eta.append(eta)
+        params.loadings.append(loadings)
+        params.noise_variances.append(noise)
+        inputs = _posterior_mean(inputs, resp.argmax(-1), eta, loadings, noise)
+    return params
+
+
+__all__ = [
+    "DGMMStats",
+    "e_step",
+    "initial_params",
+    "m_step",
+    "responsibilities",
+]
