@@ -23,6 +23,7 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ppl_mixtures import metrics
+from ppl_mixtures.inference.em import run_em
 from ppl_mixtures.inference.init import resolve_generator
 from ppl_mixtures.inference.svi import SVITrainer
 
@@ -114,6 +115,27 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         with torch.no_grad():
             self.lower_bound_ = float(torch.logsumexp(self._log_joint(x), -1).mean())
         return self
+
+    def _fit_em_restarts(self, x: torch.Tensor, init_params: Callable[[int], Any],
+                         e_step: Callable, m_step: Callable, desc: str,
+                         map_guide: Callable) -> None:
+        """Run the shared EM loop with ``n_init``, ``max_iter``, ``tol``, ``progress``.
+
+        Sets ``params_``, ``converged_``, ``n_iter_``, ``history_``,
+        ``restart_log_likelihoods_`` and ``guide_`` (``map_guide(model_, params_)``, its
+        global parameters created at the EM estimate).
+        """
+        result = run_em(
+            x, init_params=init_params, e_step=e_step, m_step=m_step, n_init=self.n_init,
+            max_iter=self._max_iter, tol=self._tol, progress=self.progress, desc=desc,
+        )
+        self.params_ = result.params
+        self.converged_ = result.converged
+        self.n_iter_ = result.n_iter
+        self.history_ = result.history
+        self.restart_log_likelihoods_ = result.restart_log_likelihoods
+        self.guide_ = map_guide(self.model_, self.params_)
+        self.guide_(x[:1])
 
     def _fit_svi_restarts(self, x: torch.Tensor, generator: torch.Generator, resume: bool,
                           make_guide: Callable[[], Any]) -> tuple[Any, Any]:

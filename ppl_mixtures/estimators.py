@@ -23,7 +23,6 @@ from ppl_mixtures._estimator_base import (
     check_nonnegative,
 )
 from ppl_mixtures.inference.em import gmm as em_gmm
-from ppl_mixtures.inference.em import run_em
 from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities
 from ppl_mixtures.inference.mcmc import align_components, run_nuts, split_r_hat
 from ppl_mixtures.models import gmm
@@ -288,23 +287,11 @@ class GaussianMixture(MixtureEstimator):
             self._fit_nuts(x, generator, given)
 
     def _fit_em(self, x: torch.Tensor, generator: torch.Generator, given: dict) -> None:
-        result = run_em(
-            x,
-            init_params=lambda _: self._initial_params(x, generator, given),
-            e_step=em_gmm.e_step,
-            m_step=lambda stats: em_gmm.m_step(stats, self.covariance_type, self.reg_covar),
-            n_init=self.n_init,
-            max_iter=self._max_iter,
-            tol=self._tol,
-            progress=self.progress,
-            desc="GMM EM",
+        self._fit_em_restarts(
+            x, lambda _: self._initial_params(x, generator, given), em_gmm.e_step,
+            lambda stats: em_gmm.m_step(stats, self.covariance_type, self.reg_covar),
+            "GMM EM", gmm.map_guide,
         )
-        self.params_ = result.params
-        self.converged_ = result.converged
-        self.n_iter_ = result.n_iter
-        self.history_ = result.history
-        self.guide_ = gmm.map_guide(self.model_, self.params_)
-        self.guide_(x[:1])  # creates the guide's (global) parameters at the EM estimate
 
     def _fit_svi(self, x: torch.Tensor, generator: torch.Generator, given: dict,
                  resume: bool) -> None:

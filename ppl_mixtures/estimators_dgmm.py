@@ -19,7 +19,6 @@ from pyro.infer import TraceEnum_ELBO
 
 from ppl_mixtures._estimator_base import MixtureEstimator, check_int, check_nonnegative
 from ppl_mixtures.inference.em import dgmm as em_dgmm
-from ppl_mixtures.inference.em import run_em
 from ppl_mixtures.inference.init import INIT_METHODS
 from ppl_mixtures.models import dgmm
 
@@ -250,24 +249,10 @@ class DeepGaussianMixture(MixtureEstimator):
             self._fit_svi(x, generator, resume)
 
     def _fit_em(self, x: torch.Tensor, generator: torch.Generator) -> None:
-        result = run_em(
-            x,
-            init_params=lambda _: self._initial_params(x, generator),
-            e_step=em_dgmm.e_step,
-            m_step=lambda stats: em_dgmm.m_step(stats, self.reg_covar),
-            n_init=self.n_init,
-            max_iter=self._max_iter,
-            tol=self._tol,
-            progress=self.progress,
-            desc="DGMM EM",
+        self._fit_em_restarts(
+            x, lambda _: self._initial_params(x, generator), em_dgmm.e_step,
+            lambda stats: em_dgmm.m_step(stats, self.reg_covar), "DGMM EM", dgmm.map_guide,
         )
-        self.params_ = result.params
-        self.converged_ = result.converged
-        self.n_iter_ = result.n_iter
-        self.history_ = result.history
-        self.restart_log_likelihoods_ = result.restart_log_likelihoods
-        self.guide_ = dgmm.map_guide(self.model_, self.params_)
-        self.guide_(x[:1])  # creates the guide's (global) parameters at the EM estimate
 
     def _make_guide(self, x: torch.Tensor, generator: torch.Generator):
         start = self._initial_params(x, generator)

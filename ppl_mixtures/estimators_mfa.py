@@ -20,7 +20,6 @@ from sklearn.base import TransformerMixin
 
 from ppl_mixtures._estimator_base import MixtureEstimator, check_int, check_nonnegative
 from ppl_mixtures.inference.em import mfa as em_mfa
-from ppl_mixtures.inference.em import run_em
 from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities
 from ppl_mixtures.models import mfa
 
@@ -206,23 +205,10 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
             self._fit_svi(x, generator, resume)
 
     def _fit_em(self, x: torch.Tensor, generator: torch.Generator) -> None:
-        result = run_em(
-            x,
-            init_params=lambda _: self._initial_params(x, generator),
-            e_step=em_mfa.e_step,
-            m_step=lambda stats: em_mfa.m_step(stats, self.reg_covar),
-            n_init=self.n_init,
-            max_iter=self._max_iter,
-            tol=self._tol,
-            progress=self.progress,
-            desc="MFA EM",
+        self._fit_em_restarts(
+            x, lambda _: self._initial_params(x, generator), em_mfa.e_step,
+            lambda stats: em_mfa.m_step(stats, self.reg_covar), "MFA EM", mfa.map_guide,
         )
-        self.params_ = result.params
-        self.converged_ = result.converged
-        self.n_iter_ = result.n_iter
-        self.history_ = result.history
-        self.guide_ = mfa.map_guide(self.model_, self.params_)
-        self.guide_(x[:1])  # creates the guide's (global) parameters at the EM estimate
 
     def _fit_svi(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
         guide, _ = self._fit_svi_restarts(
