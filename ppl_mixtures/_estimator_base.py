@@ -71,6 +71,36 @@ def check_nonnegative(value: Any, name: str) -> float:
 class MixtureEstimator(DensityMixin, BaseEstimator):
     """Common machinery of the mixture estimators (see the module docstring for the hooks)."""
 
+    #: Inference paths a subclass supports, and its per-path defaults of max_iter and tol.
+    _inference_methods: tuple[str, ...] = ()
+    _default_max_iter: dict[str, int] = {}
+    _default_tol: dict[str, float] = {}
+
+    def _check_shared_arguments(self) -> None:
+        """Validate the arguments every EM/SVI estimator has, each error naming its argument."""
+        check_int(self.n_init, "n_init", 1)
+        if self.max_iter is not None:
+            check_int(self.max_iter, "max_iter", 1)
+        if self.tol is not None:
+            check_nonnegative(self.tol, "tol")
+        check_nonnegative(self.reg_covar, "reg_covar")
+        if self.inference not in self._inference_methods:
+            raise ValueError(
+                f"inference={self.inference!r} is not supported for {type(self).__name__}; "
+                f"use one of {self._inference_methods}"
+            )
+        if self.batch_size is not None:
+            check_int(self.batch_size, "batch_size", 1)
+        if not (isinstance(self.lr, numbers.Real) and self.lr > 0):
+            raise ValueError(f"lr={self.lr!r} must be a positive number")
+        if self.priors is not None and not isinstance(self.priors, dict):
+            raise TypeError("priors must be a dict of site name -> pyro distribution, or None")
+
+    def _resolve_iteration_limits(self) -> None:
+        """``_max_iter`` and ``_tol``: the arguments, or the inference path's defaults."""
+        self._max_iter = self.max_iter or self._default_max_iter[self.inference]
+        self._tol = self.tol if self.tol is not None else self._default_tol[self.inference]
+
     def _n_clusters(self) -> int:
         return self.n_components
 

@@ -8,7 +8,6 @@ their device.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,6 @@ from ppl_mixtures import metrics
 from ppl_mixtures._estimator_base import (
     MixtureEstimator,
     check_int,
-    check_nonnegative,
 )
 from ppl_mixtures.inference.em import gmm as em_gmm
 from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities
@@ -127,6 +125,10 @@ class GaussianMixture(MixtureEstimator):
     fit_seconds_ : float
     """
 
+    _inference_methods = INFERENCE_METHODS
+    _default_max_iter = _DEFAULT_MAX_ITER
+    _default_tol = _DEFAULT_TOL
+
     def __init__(
         self,
         n_components: int = 1,
@@ -180,32 +182,16 @@ class GaussianMixture(MixtureEstimator):
 
     def _check_arguments(self) -> None:
         check_int(self.n_components, "n_components", 1)
-        check_int(self.n_init, "n_init", 1)
-        if self.max_iter is not None:
-            check_int(self.max_iter, "max_iter", 1)
-        if self.tol is not None:
-            check_nonnegative(self.tol, "tol")
-        check_nonnegative(self.reg_covar, "reg_covar")
+        self._check_shared_arguments()
         if self.covariance_type not in gmm.COVARIANCE_TYPES:
             raise ValueError(
                 f"covariance_type={self.covariance_type!r} is not supported; use one of "
                 f"{gmm.COVARIANCE_TYPES}"
             )
-        if self.inference not in INFERENCE_METHODS:
-            raise ValueError(
-                f"inference={self.inference!r} is not supported for GaussianMixture; use one "
-                f"of {INFERENCE_METHODS}"
-            )
         if self.init_params not in INIT_METHODS:
             raise ValueError(f"init_params={self.init_params!r} is not one of {INIT_METHODS}")
         if self.guide not in GUIDES:
             raise ValueError(f"guide={self.guide!r} is not one of {GUIDES}")
-        if self.batch_size is not None:
-            check_int(self.batch_size, "batch_size", 1)
-        if not (isinstance(self.lr, numbers.Real) and self.lr > 0):
-            raise ValueError(f"lr={self.lr!r} must be a positive number")
-        if self.priors is not None and not isinstance(self.priors, dict):
-            raise TypeError("priors must be a dict of site name -> pyro distribution, or None")
 
     def _check_init_arrays(self, n_features: int) -> dict[str, torch.Tensor]:
         """Validate ``weights_init``, ``means_init`` and ``precisions_init`` against K and D."""
@@ -272,8 +258,7 @@ class GaussianMixture(MixtureEstimator):
 
     def _fit(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
         given = self._check_init_arrays(x.shape[1])
-        self._max_iter = self.max_iter or _DEFAULT_MAX_ITER[self.inference]
-        self._tol = self.tol if self.tol is not None else _DEFAULT_TOL[self.inference]
+        self._resolve_iteration_limits()
         priors = default_gmm_priors(x, self.n_components, self.covariance_type)
         priors.update(self.priors or {})
         self.model_ = gmm.GaussianMixtureModel(

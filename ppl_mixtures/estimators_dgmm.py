@@ -17,7 +17,7 @@ import pyro
 import torch
 from pyro.infer import TraceEnum_ELBO
 
-from ppl_mixtures._estimator_base import MixtureEstimator, check_int, check_nonnegative
+from ppl_mixtures._estimator_base import MixtureEstimator, check_int
 from ppl_mixtures.inference.em import dgmm as em_dgmm
 from ppl_mixtures.inference.init import INIT_METHODS
 from ppl_mixtures.models import dgmm
@@ -137,6 +137,10 @@ class DeepGaussianMixture(MixtureEstimator):
     guide_ : AutoDelta or LatentScoreGuide
     """
 
+    _inference_methods = INFERENCE_METHODS
+    _default_max_iter = _DEFAULT_MAX_ITER
+    _default_tol = _DEFAULT_TOL
+
     def __init__(
         self,
         n_components: Sequence[int] = (3, 3, 2),
@@ -194,29 +198,13 @@ class DeepGaussianMixture(MixtureEstimator):
                 f"n_factors={factors} must be strictly decreasing (r_1 > r_2 > ... > r_h): "
                 "each layer reduces the dimension of the one below"
             )
-        check_int(self.n_init, "n_init", 1)
-        if self.max_iter is not None:
-            check_int(self.max_iter, "max_iter", 1)
-        if self.tol is not None:
-            check_nonnegative(self.tol, "tol")
-        check_nonnegative(self.reg_covar, "reg_covar")
-        if self.inference not in INFERENCE_METHODS:
-            raise ValueError(
-                f"inference={self.inference!r} is not supported for DeepGaussianMixture; use "
-                f"one of {INFERENCE_METHODS}"
-            )
+        self._check_shared_arguments()
         if self.form not in dgmm.FORMS:
             raise ValueError(f"form={self.form!r} is not one of {dgmm.FORMS}")
         if self.form == "latent" and self.inference != "svi":
             raise ValueError("form='latent' needs inference='svi' (EM integrates the scores)")
         if self.init not in INIT_METHODS:
             raise ValueError(f"init={self.init!r} is not one of {INIT_METHODS}")
-        if self.batch_size is not None:
-            check_int(self.batch_size, "batch_size", 1)
-        if not (isinstance(self.lr, numbers.Real) and self.lr > 0):
-            raise ValueError(f"lr={self.lr!r} must be a positive number")
-        if self.priors is not None and not isinstance(self.priors, dict):
-            raise TypeError("priors must be a dict of site name -> pyro distribution, or None")
         self._components, self._factors = components, factors
 
     def _check_n_features(self, n_features: int) -> None:
@@ -238,8 +226,7 @@ class DeepGaussianMixture(MixtureEstimator):
 
     def _fit(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
         self._check_n_features(x.shape[1])
-        self._max_iter = self.max_iter or _DEFAULT_MAX_ITER[self.inference]
-        self._tol = self.tol if self.tol is not None else _DEFAULT_TOL[self.inference]
+        self._resolve_iteration_limits()
         priors = dgmm.default_dgmm_priors(x, self._components, self._factors)
         priors.update(self.priors or {})
         self.model_ = self._build_model(priors)

@@ -9,7 +9,6 @@ either.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 from sklearn.base import TransformerMixin
 
-from ppl_mixtures._estimator_base import MixtureEstimator, check_int, check_nonnegative
+from ppl_mixtures._estimator_base import MixtureEstimator, check_int
 from ppl_mixtures.inference.em import mfa as em_mfa
 from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities
 from ppl_mixtures.models import mfa
@@ -111,6 +110,10 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         ``param_store_state_``.
     """
 
+    _inference_methods = INFERENCE_METHODS
+    _default_max_iter = _DEFAULT_MAX_ITER
+    _default_tol = _DEFAULT_TOL
+
     def __init__(
         self,
         n_components: int = 1,
@@ -153,25 +156,9 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
     def _check_arguments(self) -> None:
         check_int(self.n_components, "n_components", 1)
         check_int(self.n_factors, "n_factors", 1)
-        check_int(self.n_init, "n_init", 1)
-        if self.max_iter is not None:
-            check_int(self.max_iter, "max_iter", 1)
-        if self.tol is not None:
-            check_nonnegative(self.tol, "tol")
-        check_nonnegative(self.reg_covar, "reg_covar")
-        if self.inference not in INFERENCE_METHODS:
-            raise ValueError(
-                f"inference={self.inference!r} is not supported for MixtureOfFactorAnalyzers; "
-                f"use one of {INFERENCE_METHODS}"
-            )
+        self._check_shared_arguments()
         if self.init_params not in INIT_METHODS:
             raise ValueError(f"init_params={self.init_params!r} is not one of {INIT_METHODS}")
-        if self.batch_size is not None:
-            check_int(self.batch_size, "batch_size", 1)
-        if not (isinstance(self.lr, numbers.Real) and self.lr > 0):
-            raise ValueError(f"lr={self.lr!r} must be a positive number")
-        if self.priors is not None and not isinstance(self.priors, dict):
-            raise TypeError("priors must be a dict of site name -> pyro distribution, or None")
 
     def _check_n_factors(self, n_features: int) -> None:
         if self.n_factors >= n_features:
@@ -194,8 +181,7 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
 
     def _fit(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
         self._check_n_factors(x.shape[1])
-        self._max_iter = self.max_iter or _DEFAULT_MAX_ITER[self.inference]
-        self._tol = self.tol if self.tol is not None else _DEFAULT_TOL[self.inference]
+        self._resolve_iteration_limits()
         priors = mfa.default_mfa_priors(x, self.n_components, self.n_factors)
         priors.update(self.priors or {})
         self.model_ = self._build_model(priors)
