@@ -39,20 +39,20 @@ Local (plate ``"data"``): ``"s1".."sh"`` (enumerated), ``"z1".."zh"`` (latent fo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
-from pyro.infer.autoguide import AutoDelta, init_to_value
+from pyro.infer.autoguide import AutoDelta
 from pyro.ops.indexing import Vindex
 from torch import Tensor
 
 from ppl_mixtures.models import gmm
 from ppl_mixtures.models._observation import TableObservation
+from ppl_mixtures.models._sites import log_prior, point_mass_guide
 
 FORMS = ("collapsed", "latent")
 #: Per-layer global site stems; the site of layer l is ``stem + str(l)``.
@@ -543,14 +543,7 @@ class DeepGaussianMixtureModel:
 
     def log_prior(self, params: DGMMParams) -> Tensor:
         """``log p(theta)`` of the global sites at ``params`` (a scalar)."""
-        conditioned = poutine.condition(self._sample_globals, data=params_to_sites(params))
-        trace = poutine.trace(conditioned).get_trace()
-        return sum(site["fn"].log_prob(site["value"]).sum() for site in trace.nodes.values()
-                   if site["type"] == "sample")
-
-
-def _globals_only(model: DeepGaussianMixtureModel) -> Callable:
-    return poutine.block(model, hide=list(model.local_sites))
+        return log_prior(self._sample_globals, params_to_sites(params))
 
 
 def map_guide(model: DeepGaussianMixtureModel, init_params: DGMMParams) -> AutoDelta:
@@ -560,8 +553,7 @@ def map_guide(model: DeepGaussianMixtureModel, init_params: DGMMParams) -> AutoD
     ``log p(x | theta) + log p(theta)`` at the guide's values: the layers' labels are summed
     out by enumeration and the scores analytically.
     """
-    values = {name: t.detach().clone() for name, t in params_to_sites(init_params).items()}
-    return AutoDelta(_globals_only(model), init_loc_fn=init_to_value(values=values))
+    return point_mass_guide(model, params_to_sites(init_params), model.local_sites)
 
 
 def posterior_scores(x: Tensor, params: DGMMParams) -> tuple[Tensor, Tensor]:

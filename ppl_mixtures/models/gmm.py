@@ -34,18 +34,17 @@ The E-step of EM (:mod:`ppl_mixtures.inference.em.gmm`) takes its log densities 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
 from pyro.ops.indexing import Vindex
 from torch import Tensor
 
 from ppl_mixtures.models._observation import TableObservation
+from ppl_mixtures.models._sites import detached_copies, globals_only, log_prior, point_mass_guide
 from ppl_mixtures.models.priors import GMM_GLOBAL_SITES, default_gmm_priors
 
 COVARIANCE_TYPES = ("spherical", "diag", "tied_diag", "tied", "full")
@@ -454,21 +453,7 @@ class GaussianMixtureModel:
 
     def log_prior(self, params: GMMParams) -> Tensor:
         """``log p(theta)`` of the global sites at ``params`` (a scalar)."""
-        sites = params_to_sites(params)
-        conditioned = poutine.condition(self._sample_globals, data=sites)
-        trace = poutine.trace(conditioned).get_trace()
-        return sum(site["fn"].log_prob(site["value"]).sum() for site in trace.nodes.values()
-                   if site["type"] == "sample")
-
-
-def _globals_only(model: GaussianMixtureModel) -> Callable:
-    return poutine.block(model, hide=list(model.discrete_sites))
-
-
-def _copies(params: GMMParams) -> dict[str, Tensor]:
-    """Site values detached from ``params``: the param store would otherwise alias them and
-    the optimiser would update the caller's tensors in place."""
-    return {name: value.detach().clone() for name, value in params_to_sites(params).items()}
+        return log_prior(self._sample_globals, params_to_sites(params))
 
 
 def map_guide(model: GaussianMixtureModel, init_params: GMMParams) -> AutoDelta:
@@ -477,7 +462,7 @@ def map_guide(model: GaussianMixtureModel, init_params: GMMParams) -> AutoDelta:
     ``-TraceEnum_ELBO`` with this guide equals ``log p(x | theta) + log p(theta)`` at the
     guide's values: the assignment sites are summed out exactly by enumeration.
     """
-    return AutoDelta(_globals_only(model), init_loc_fn=init_to_value(values=_copies(init_params)))
+    return point_mass_guide(model, params_to_sites(init_params), model.discrete_sites)
 
 
 def mean_field_guide(
@@ -485,8 +470,8 @@ def mean_field_guide(
 ) -> AutoNormal:
     """Independent Normals on the unconstrained global sites, centred at ``init_params``."""
     return AutoNormal(
-        _globals_only(model),
-        init_loc_fn=init_to_value(values=_copies(init_params)),
+        globals_only(model, model.discrete_sites),
+        init_loc_fn=init_to_value(values=detached_copies(params_to_sites(init_params))),
         init_scale=init_scale,
     )
 

@@ -32,18 +32,17 @@ determinant lemma with one r x r Cholesky factor per component); no D x D matrix
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
-from pyro.infer.autoguide import AutoDelta, init_to_value
+from pyro.infer.autoguide import AutoDelta
 from pyro.ops.indexing import Vindex
 from torch import Tensor
 
 from ppl_mixtures.models._observation import TableObservation
+from ppl_mixtures.models._sites import log_prior, point_mass_guide
 from ppl_mixtures.models.gmm import _site_distribution
 
 #: Names of the global sites of the MFA, in the order the model samples them.
@@ -466,14 +465,7 @@ class MixtureOfFactorAnalyzersModel:
 
     def log_prior(self, params: MFAParams) -> Tensor:
         """``log p(theta)`` of the global sites at ``params`` (a scalar)."""
-        conditioned = poutine.condition(self._sample_globals, data=params_to_sites(params))
-        trace = poutine.trace(conditioned).get_trace()
-        return sum(site["fn"].log_prob(site["value"]).sum() for site in trace.nodes.values()
-                   if site["type"] == "sample")
-
-
-def _globals_only(model: MixtureOfFactorAnalyzersModel) -> Callable:
-    return poutine.block(model, hide=list(model.local_sites))
+        return log_prior(self._sample_globals, params_to_sites(params))
 
 
 def map_guide(model: MixtureOfFactorAnalyzersModel, init_params: MFAParams) -> AutoDelta:
@@ -484,10 +476,7 @@ def map_guide(model: MixtureOfFactorAnalyzersModel, init_params: MFAParams) -> A
     out exactly by enumeration and the factors are integrated out analytically. The guide
     starts from copies of ``init_params``, which training leaves untouched.
     """
-    # copies: the param store would otherwise alias (and the optimiser update in place) the
-    # caller's tensors for the unconstrained sites
-    values = {name: t.detach().clone() for name, t in params_to_sites(init_params).items()}
-    return AutoDelta(_globals_only(model), init_loc_fn=init_to_value(values=values))
+    return point_mass_guide(model, params_to_sites(init_params), model.local_sites)
 
 
 class LatentFactorGuide:
