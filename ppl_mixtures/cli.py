@@ -1,4 +1,4 @@
-"""Command line interface: ``ppl-mixtures fit gmm|mfa ...``.
+"""Command line interface: ``ppl-mixtures fit gmm|mfa|dgmm ...`` and ``ppl-mixtures compare-dgmm``.
 
 Fits a model to a built-in data set or a ``.csv`` / ``.npy`` file, prints a summary and writes
 into ``--out``:
@@ -11,6 +11,9 @@ into ``--out``:
     :func:`~ppl_mixtures.plotting.plot_clusters` and :func:`~ppl_mixtures.plotting.plot_history`.
 ``checkpoint.pt``
     SVI only: the trainer's checkpoint, from which ``--resume`` continues.
+
+``ppl-mixtures compare-dgmm`` runs the DGMM paper's experiment
+(:mod:`ppl_mixtures.experiments.bumpy_journey`) and writes its report, tables and figures.
 
 Exit codes: 0 on success, 2 for bad input (arguments, data, files), 1 when fitting fails.
 Errors are printed as one line, ``ppl-mixtures: error: ...``, without a traceback.
@@ -208,6 +211,89 @@ def _add_mfa_parser(models: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=_fit_gmm, model="mfa")
 
 
+def _integer_list(text: str) -> tuple[int, ...]:
+    """``"3,3,2"`` -> ``(3, 3, 2)``: one positive integer per layer."""
+    try:
+        values = tuple(int(item) for item in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 3,3,2, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every entry must be an integer >= 1, got {text!r}")
+    return values
+
+
+def _add_dgmm_parser(models: Any, common: argparse.ArgumentParser) -> None:
+    parser = models.add_parser(
+        "dgmm", parents=[common], help="deep Gaussian mixture (EM or SVI)",
+        description="Fit a deep Gaussian mixture (stacked mixtures of factor analysers, seed "
+        "000) by exact EM or by SVI; clusters are the paths through the layers.",
+    )
+    dgmm = parser.add_argument_group("deep Gaussian mixture")
+    dgmm.add_argument(
+        "--layers", type=_integer_list, default=(3, 3, 2), metavar="G1,G2,...",
+        help="components per layer (default: 3,3,2; replaces --n-components)",
+    )
+    dgmm.add_argument(
+        "--n-factors", type=_integer_list, default=(11, 6, 2), metavar="R1,R2,...",
+        help="factor dimension per layer, strictly decreasing and below the number of "
+        "features (default: 11,6,2)",
+    )
+    dgmm.add_argument(
+        "--inference", choices=_GMM_INFERENCE, default="em",
+        help="exact EM or stochastic variational inference (default: em)",
+    )
+    dgmm.add_argument(
+        "--anneal-start", type=_real(positive=True), default=1.0, metavar="T0",
+        help="EM only: deterministic annealing from temperature T0 > 1 before EM "
+        "(default: 1, off)",
+    )
+    dgmm.add_argument(
+        "--batch-size", type=_integer(1), metavar="B",
+        help="SVI minibatch size (default: full batch)",
+    )
+    dgmm.add_argument(
+        "--lr", type=_real(positive=True), default=0.02, help="SVI learning rate (default: 0.02)",
+    )
+    parser.set_defaults(run=_fit_gmm, model="dgmm")
+
+
+def _add_compare_dgmm_parser(commands: Any) -> None:
+    from ppl_mixtures.experiments.bumpy_journey import ExperimentConfig
+
+    defaults = ExperimentConfig()
+    parser = commands.add_parser(
+        "compare-dgmm", help="the DGMM paper's experiment: EM and SVI from random starts",
+        description="Simulate the seed's section 3.1 data (N=4000, J=17, G=(3,3,2), "
+        "R=(11,6,2), standardised), fit the DGMM by EM, annealed EM and SVI from random "
+        "starts, score the true parameters, and write the paper's Tables 1-3 and Figures 2-5 "
+        "with report.md into --out. The defaults take about 10 minutes on 2 CPU cores.",
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/compare-dgmm"), metavar="DIR",
+                        help="output folder (default: runs/compare-dgmm)")
+    parser.add_argument("--runs", type=_integer(2), default=defaults.runs, metavar="N",
+                        help=f"EM starts, also the size of the mutual-ARI matrix "
+                        f"(default: {defaults.runs}; the seed uses 20 and 100)")
+    parser.add_argument("--svi-runs", type=_integer(0), default=defaults.svi_runs, metavar="N",
+                        help=f"SVI starts (default: {defaults.svi_runs}; 0 skips SVI)")
+    parser.add_argument("--bic-runs", type=_integer(1), default=defaults.bic_runs, metavar="N",
+                        help=f"runs per candidate G(1) in Table 1 (default: {defaults.bic_runs})")
+    parser.add_argument("--n-samples", type=_integer(10), default=defaults.n_samples,
+                        metavar="N", help=f"simulated samples (default: {defaults.n_samples})")
+    parser.add_argument("--em-max-iter", type=_integer(1), default=defaults.em_max_iter,
+                        metavar="N", help=f"EM iterations per run (default: {defaults.em_max_iter})")
+    parser.add_argument("--svi-max-iter", type=_integer(1), default=defaults.svi_max_iter,
+                        metavar="N", help=f"SVI steps per run (default: {defaults.svi_max_iter})")
+    parser.add_argument("--seed", type=_integer(0), default=0, metavar="S",
+                        help="seed of the simulated data; run r uses S + r (default: 0)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small problem in seconds (a smoke test, not the paper's setting)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="hide the progress bar")
+    parser.set_defaults(run=_compare_dgmm)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ppl-mixtures`` argument parser, with one sub-command per action and model.
 
@@ -236,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_gmm_parser(models, _common_fit_options())
     _add_mfa_parser(models, _common_fit_options())
+    _add_dgmm_parser(models, _common_fit_options())
+    _add_compare_dgmm_parser(commands)
     return parser
 
 
@@ -262,6 +350,9 @@ def _load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None]
 
 
 def _check_options(args: argparse.Namespace) -> None:
+    if args.model == "dgmm" and args.n_components is not None:
+        raise CLIError("fit dgmm takes --layers G1,G2,... (components per layer), "
+                       "not --n-components")
     if args.resume and args.inference != "svi":
         raise CLIError("--resume applies to --inference svi only (EM runs are not checkpointed)")
 
@@ -283,12 +374,14 @@ def _summary(
     predicted: np.ndarray,
 ) -> dict[str, Any]:
     """The numbers of a fitted run, as printed and written to ``summary.json``."""
+    reference = next(iter(est._param_tensors().values()))
     return {
         "model": args.model,
         "dataset": str(args.data),
         "n_samples": int(X.shape[0]),
         "n_features": int(X.shape[1]),
-        "n_components": int(est.n_components),
+        "n_components": (list(est.n_components) if args.model == "dgmm"
+                         else int(est.n_components)),
         "covariance_type": getattr(est, "covariance_type", None),
         "n_factors": getattr(est, "n_factors", None),
         "inference": est.inference,
@@ -300,8 +393,8 @@ def _summary(
         **_label_scores(labels, predicted),
         "seconds": float(est.fit_seconds_),
         "seed": args.seed,
-        "device": str(est.params_.means.device),
-        "dtype": str(est.params_.means.dtype).removeprefix("torch."),
+        "device": str(reference.device),
+        "dtype": str(reference.dtype).removeprefix("torch."),
         "version": __version__,
     }
 
@@ -342,12 +435,15 @@ def _save_plots(args: argparse.Namespace, est: Any, X: np.ndarray, predicted: np
     if args.model == "gmm":
         covariances = covariance_matrices(est.params_).detach().cpu().numpy()
         kind = f"GMM ({est.covariance_type}, {est.inference})"
-    else:
+    elif args.model == "mfa":
         covariances = est.covariances_
         kind = f"MFA (r={est.n_factors}, {est.inference})"
+    else:
+        covariances = est.covariances_
+        kind = f"DGMM (G={est.n_components}, r={est.n_factors}, {est.inference})"
     fig = plot_clusters(
         X, predicted, means=est.means_, covariances=covariances,
-        title=f"{kind} on {Path(args.data).name}: K={est.n_components}",
+        title=f"{kind} on {Path(args.data).name}: K={est._n_clusters()}",
     )
     fig.savefig(out / "clusters.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -361,7 +457,9 @@ def _fit_gmm(args: argparse.Namespace) -> int:
     """``ppl-mixtures fit gmm|mfa``: fit, print the summary, write the outputs."""
     _check_options(args)
     X, labels = _load_data(args)
-    if args.n_components is not None:
+    if args.model == "dgmm":
+        n_components = args.layers
+    elif args.n_components is not None:
         n_components = args.n_components
     elif labels is not None:
         n_components = len(np.unique(labels))
@@ -372,7 +470,11 @@ def _fit_gmm(args: argparse.Namespace) -> int:
     if args.resume and not checkpoint.exists():
         print(f"{PROG}: note: no checkpoint at {checkpoint}; starting afresh", file=sys.stderr)
 
-    from ppl_mixtures.estimators import GaussianMixture, MixtureOfFactorAnalyzers
+    from ppl_mixtures.estimators import (
+        DeepGaussianMixture,
+        GaussianMixture,
+        MixtureOfFactorAnalyzers,
+    )
 
     common = dict(
         inference=args.inference, n_init=args.n_init, max_iter=args.max_iter, tol=args.tol,
@@ -382,8 +484,11 @@ def _fit_gmm(args: argparse.Namespace) -> int:
     )
     if args.model == "gmm":
         est = GaussianMixture(n_components, covariance_type=args.covariance_type, **common)
-    else:
+    elif args.model == "mfa":
         est = MixtureOfFactorAnalyzers(n_components, n_factors=args.n_factors, **common)
+    else:
+        est = DeepGaussianMixture(n_components, n_factors=args.n_factors,
+                                  anneal_start=args.anneal_start, **common)
     out.mkdir(parents=True, exist_ok=True)
     est.fit(X, resume=args.resume)
     predicted = est.predict(X)
@@ -392,6 +497,35 @@ def _fit_gmm(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _save_plots(args, est, X, predicted, out)
     print(_format_summary(summary, out))
+    return 0
+
+
+def _compare_dgmm(args: argparse.Namespace) -> int:
+    """``ppl-mixtures compare-dgmm``: run the experiment, write and print its summary."""
+    from ppl_mixtures.experiments.bumpy_journey import (
+        ExperimentConfig,
+        run_experiment,
+        write_report,
+    )
+
+    settings = dict(runs=args.runs, svi_runs=args.svi_runs, bic_runs=args.bic_runs,
+                    seed=args.seed, device=args.device, progress=args.progress)
+    if args.quick:
+        config = ExperimentConfig.quick(**settings)
+    else:
+        config = ExperimentConfig(n_samples=args.n_samples, em_max_iter=args.em_max_iter,
+                                  svi_max_iter=args.svi_max_iter, **settings)
+    config.check()
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = run_experiment(config)
+    report = write_report(result, args.out)
+    header = f"{'method':<12} {'runs':>4} {'path ARI best':>13} {'mean':>6} {'log-lik best':>12}"
+    lines = [header]
+    for row in result.summary():
+        lines.append(f"{row['method']:<12} {row['runs']:>4} {row['path_ari_best']:>13.3f} "
+                     f"{row['path_ari_mean']:>6.3f} {row['log_likelihood_best']:>12.3f}")
+    lines.append(f"report: {report} ({result.seconds:.0f} s)")
+    print("\n".join(lines))
     return 0
 
 

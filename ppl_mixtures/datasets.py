@@ -47,7 +47,7 @@ __all__ = [
 COVARIANCE_TYPES = ("spherical", "diag", "tied_diag", "tied", "full")
 
 #: Names accepted by :func:`load_dataset` (besides paths to ``.csv`` / ``.npy`` files).
-BUILTIN_DATASETS = ("gmm", "synthetic", "wine", "digits")
+BUILTIN_DATASETS = ("gmm", "synthetic", "wine", "digits", "dgmm")
 
 #: Range of the variances drawn for synthetic components (eigenvalues of each covariance).
 _VARIANCE_RANGE = (0.5, 1.5)
@@ -692,6 +692,8 @@ def load_dataset(
           ``n_components=3``, ``n_features=2``, ``random_state=0`` unless overridden;
         - ``"wine"``: :func:`load_wine`;
         - ``"digits"``: :func:`load_digits`;
+        - ``"dgmm"``: :func:`make_dgmm` (the DGMM paper's section 3.1 setting, standardised,
+          ``random_state=0`` unless overridden), labelled by path;
 
         or a path to a ``.csv`` file (:func:`load_csv`) or a ``.npy`` file (:func:`load_npy`).
     **kwargs
@@ -722,6 +724,9 @@ def load_dataset(
         return load_wine(**kwargs)
     if key == "digits":
         return load_digits(**kwargs)
+    if key == "dgmm":
+        X, _, paths, _ = make_dgmm(**{"random_state": 0, "standardize": True, **kwargs})
+        return X, paths
     suffix = Path(name_or_path).suffix.lower()
     if suffix == ".csv":
         return load_csv(name_or_path, **kwargs)

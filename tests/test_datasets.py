@@ -522,7 +522,7 @@ def test_load_npy_labels_must_match_rows(tmp_path):
 
 
 def test_builtin_dataset_names():
-    assert BUILTIN_DATASETS == ("gmm", "synthetic", "wine", "digits")
+    assert BUILTIN_DATASETS == ("gmm", "synthetic", "wine", "digits", "dgmm")
 
 
 @pytest.mark.parametrize("name", ["gmm", "synthetic", "GMM"])

@@ -189,6 +189,39 @@ def test_em_recovers_well_separated_paths():
     assert ari > 0.9
 
 
+def test_tempered_e_step_flattens_responsibilities_and_keeps_the_likelihood():
+    x, _, _, sizes, factors = _separated_problem(n_samples=200)
+    params = random_params(sizes, factors, 8, seed=3)
+    cold, ll_cold = em_dgmm.responsibilities(x, params)
+    hot, ll_hot = em_dgmm.responsibilities(x, params, temperature=4.0)
+    torch.testing.assert_close(ll_cold, ll_hot)
+    torch.testing.assert_close(hot.sum(-1), torch.ones(200, dtype=torch.float64))
+
+    def entropy(r):
+        return -(r * r.clamp_min(1e-300).log()).sum(-1)
+
+    assert torch.all(entropy(hot) >= entropy(cold) - 1e-12)
+    torch.testing.assert_close(hot, torch.softmax(dgmm.log_joint(x, params) / 4.0, -1))
+    # T = 1 is the plain E-step
+    plain, tempered = em_dgmm.e_step(x, params), em_dgmm.e_step(x, params, temperature=1.0)
+    torch.testing.assert_close(plain.second_moment, tempered.second_moment)
+
+
+def test_anneal_runs_the_schedule_and_then_em_is_monotone():
+    x, _, _, sizes, factors = _separated_problem(n_samples=300)
+    start = em_dgmm.initial_params(x, sizes, factors, "kmeans", torch.Generator().manual_seed(1))
+    same, history = em_dgmm.anneal(x, start, 1.0, 10)
+    assert same is start and history == []
+    params, history = em_dgmm.anneal(x, start, 5.0, 12)
+    assert len(history) == 12 and all(math.isfinite(v) for v in history)
+    result = run_em(x, init_params=lambda _: params, e_step=em_dgmm.e_step,
+                    m_step=em_dgmm.m_step, n_init=1, max_iter=40, tol=0.0, progress=False)
+    assert not result.decreases
+    est = DeepGaussianMixture(sizes, factors, anneal_start=5.0, anneal_iter=12, max_iter=40,
+                              random_state=0, progress=False).fit(x.numpy())
+    assert np.all(np.diff(est.history_) > -1e-8) and np.isfinite(est.score(x.numpy()))
+
+
 # ----------------------------------------------------------------------------------- estimator
 
 
@@ -250,6 +283,9 @@ def test_n_parameters_counts():
     ({"inference": "nuts"}, "inference"),
     ({"form": "latent"}, "form"),
     ({"init": "bad"}, "init"),
+    ({"anneal_start": 0.5}, "anneal_start"),
+    ({"anneal_start": 3.0, "inference": "svi"}, "anneal_start"),
+    ({"anneal_iter": -1}, "anneal_iter"),
 ])
 def test_validation_errors(kwargs, match):
     X = np.random.default_rng(0).normal(size=(50, 8))

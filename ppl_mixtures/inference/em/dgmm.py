@@ -89,26 +89,36 @@ class DGMMStats:
         )
 
 
-def responsibilities(x: Tensor, params: DGMMParams) -> tuple[Tensor, Tensor]:
-    """Posterior path probabilities (N, P) and per-sample log-likelihoods (N,)."""
+def responsibilities(x: Tensor, params: DGMMParams,
+                     temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Posterior path probabilities (N, P) and per-sample log-likelihoods (N,).
+
+    With ``temperature`` T > 1 the probabilities are ``softmax(log p(x, s) / T)`` (flattened,
+    for deterministic annealing); the log-likelihoods are always the untempered ones.
+    """
     joint = log_joint(x, params)
     norm = torch.logsumexp(joint, dim=-1)
+    if temperature != 1.0:
+        return torch.softmax(joint / temperature, dim=-1), norm
     return torch.exp(joint - norm[:, None]), norm
 
 
-def e_step(x: Tensor, params: DGMMParams) -> DGMMStats:
+def e_step(x: Tensor, params: DGMMParams, temperature: float = 1.0) -> DGMMStats:
     """E-step: path responsibilities and posterior score moments, reduced to statistics.
 
     Parameters
     ----------
     x : Tensor, shape (n_samples, n_features)
     params : DGMMParams
+    temperature : float, default 1.0
+        Path responsibilities ``proportional to p(x, s)^(1/T)`` (deterministic annealing, see
+        :func:`anneal`). Only ``T = 1`` is an EM step that cannot lower the likelihood.
 
     Returns
     -------
     DGMMStats
     """
-    resp, sample_ll = responsibilities(x, params)
+    resp, sample_ll = responsibilities(x, params, temperature)
     score_means, score_cov = posterior_scores(x, params)  # (N, P, R), (P, R, R)
     mass = resp.sum(0)
     data_shift = x.mean(0)
@@ -189,6 +199,44 @@ def m_step(stats: DGMMStats, reg_covar: float = 1e-6) -> DGMMParams:
     return new
 
 
+def anneal(x: Tensor, params: DGMMParams, start_temperature: float, n_iter: int,
+           reg_covar: float = 1e-6) -> tuple[DGMMParams, list[float]]:
+    """Deterministic-annealing EM: ``n_iter`` tempered EM steps, T from ``start_temperature``
+    down to 1 on a geometric schedule.
+
+    At T > 1 the path responsibilities are flattened (``p(s | x)^(1/T)``, renormalised), so
+    early M-steps see every path with some mass: paths are not emptied before the deeper layers
+    have found their structure, the failure of plain EM in the seed's Table 2. The tempered steps
+    are not monotone in the likelihood; run plain EM (``temperature=1``) afterwards.
+
+    Parameters
+    ----------
+    x : Tensor, shape (n_samples, n_features)
+    params : DGMMParams
+        Starting point.
+    start_temperature : float
+        T of the first step (>= 1; 1 returns ``params`` unchanged).
+    n_iter : int
+        Number of tempered steps.
+    reg_covar : float
+
+    Returns
+    -------
+    params : DGMMParams
+    history : list of float
+        Mean log-likelihood per sample before each tempered step.
+    """
+    history: list[float] = []
+    if start_temperature <= 1.0 or n_iter <= 0:
+        return params, history
+    ratio = (1.0 / start_temperature) ** (1.0 / n_iter)
+    for step in range(n_iter):
+        stats = e_step(x, params, start_temperature * ratio**step)
+        history.append(float(stats.log_likelihood) / stats.n_samples)
+        params = m_step(stats, reg_covar)
+    return params, history
+
+
 # ---------------------------------------------------------------------------------------------
 # Initialisation
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +306,7 @@ def initial_params(
 
 __all__ = [
     "DGMMStats",
+    "anneal",
     "e_step",
     "initial_params",
     "m_step",
