@@ -19,8 +19,10 @@ from pyro.infer import TraceEnum_ELBO
 
 from ppl_mixtures._estimator_base import MixtureEstimator, check_int
 from ppl_mixtures.inference.em import dgmm as em_dgmm
+from ppl_mixtures.inference.em.loop import run_em
 from ppl_mixtures.inference.init import INIT_METHODS
 from ppl_mixtures.models import dgmm
+from ppl_mixtures.models.dgmm_identify import CONSTRAINTS, identify
 
 INFERENCE_METHODS = ("em", "svi")
 _DEFAULT_MAX_ITER = {"em": 500, "svi": 2000}
@@ -39,7 +41,10 @@ def n_parameters(n_features: int, n_components: Sequence[int], n_factors: Sequen
     - each intermediate score z^(l), ``l < h``: ``2 r_l``, for a shift ``z -> z + c`` (absorbed by
       ``eta^(l+1) += c``, ``eta^(l) -= Lambda^(l) c``) and a per-coordinate scale ``z -> D z``
       (absorbed by ``Lambda^(l) D^-1`` and ``D eta^(l+1), D Lambda^(l+1), D^2 Psi^(l+1)``).
-      An intermediate rotation is not a symmetry: it would make ``Psi^(l+1)`` non-diagonal.
+      An intermediate rotation is not a symmetry when ``G_{l+1} >= 2``: it would make the
+      ``Psi^(l+1)_g`` non-diagonal. When ``G_{l+1} = 1`` a rotation in the metric whitened by
+      that single ``Psi^(l+1)`` keeps it diagonal: ``r_l (r_l - 1) / 2`` more are subtracted
+      (see :mod:`ppl_mixtures.models.dgmm_identify`).
 
     (The deepgmm package subtracts ``r_l (r_l - 1) / 2`` per component of every layer instead;
     BIC values are therefore not comparable with the paper's to the unit.)
@@ -61,6 +66,8 @@ def n_parameters(n_features: int, n_components: Sequence[int], n_factors: Sequen
     r_top = n_factors[-1]
     count -= n_components[-1] * r_top * (r_top - 1) // 2
     count -= sum(2 * r for r in n_factors[:-1])
+    count -= sum(r * (r - 1) // 2 for r, below in zip(n_factors[:-1], n_components[1:], strict=True)
+                 if below == 1)
     return count
 
 
@@ -118,6 +125,18 @@ class DeepGaussianMixture(MixtureEstimator):
         4 of 8 without (see ``bench/RESULTS.md``). 1.0: no annealing.
     anneal_iter : int, default 150
         Tempered steps when ``anneal_start > 1``; not counted in ``max_iter`` nor ``history_``.
+    realign : bool, default False
+        EM only. Each start is first fitted (annealing if asked, then EM), then its first
+        layer is kept and the layers above restart from the first layer's scores put in one
+        frame (:func:`~ppl_mixtures.inference.em.dgmm.realign_scores`), then EM runs again
+        (``history_`` holds this second run). Doubles the cost of a start.
+    identifiability : {None, "lower_triangular", "diagonal", "orthonormal"}, default None
+        After fitting, map the parameters to this canonical form of seed 000, section 3.4
+        (:func:`~ppl_mixtures.models.dgmm_identify.identify`: last-layer loadings rotated to the
+        constraint, intermediate scores centred, scaled, ordered and signed). The likelihood,
+        the predictions and the path numbering do not change; fitted loadings of different
+        runs become comparable. Use :func:`~ppl_mixtures.models.dgmm_identify.match_layers`
+        to align component labels across runs.
     priors : dict of str to Distribution, optional
         Replace some of :func:`~ppl_mixtures.models.dgmm.default_dgmm_priors` (SVI; EM is
         maximum likelihood).
@@ -163,6 +182,8 @@ class DeepGaussianMixture(MixtureEstimator):
         reg_covar: float = 1e-6,
         anneal_start: float = 1.0,
         anneal_iter: int = 150,
+        realign: bool = False,
+        identifiability: str | None = None,
         priors: dict | None = None,
         lr: float = 0.01,
         batch_size: int | None = None,
@@ -183,6 +204,8 @@ class DeepGaussianMixture(MixtureEstimator):
         self.reg_covar = reg_covar
         self.anneal_start = anneal_start
         self.anneal_iter = anneal_iter
+        self.realign = realign
+        self.identifiability = identifiability
         self.priors = priors
         self.lr = lr
         self.batch_size = batch_size
@@ -223,8 +246,17 @@ class DeepGaussianMixture(MixtureEstimator):
                 "temperature of deterministic annealing; 1 turns it off)"
             )
         check_int(self.anneal_iter, "anneal_iter", 0)
+        if self.identifiability is not None and self.identifiability not in CONSTRAINTS:
+            raise ValueError(
+                f"identifiability={self.identifiability!r} must be None or one of {CONSTRAINTS}"
+            )
+        if self.identifiability is not None and self.form == "latent":
+            raise ValueError("identifiability applies to form='collapsed' (the latent form's "
+                             "guide holds per-sample scores in the fitted coordinates)")
         if self.anneal_start > 1.0 and self.inference != "em":
             raise ValueError("anneal_start > 1 applies to inference='em' only; leave it at 1.0")
+        if self.realign and self.inference != "em":
+            raise ValueError("realign=True applies to inference='em' only")
         self._components, self._factors = components, factors
 
     def _check_n_features(self, n_features: int) -> None:
@@ -254,17 +286,31 @@ class DeepGaussianMixture(MixtureEstimator):
             self._fit_em(x, generator)
         else:
             self._fit_svi(x, generator, resume)
+        if self.identifiability is not None:
+            self.params_ = identify(self.params_, self.identifiability)
+            pyro.clear_param_store()  # the fit's scope only: the guide restarts at params_
+            self.guide_ = dgmm.map_guide(self.model_, self.params_)
+            self.guide_(x[:1])
 
-    def _annealed_start(self, x: torch.Tensor, generator: torch.Generator) -> dgmm.DGMMParams:
+    def _em_start(self, x: torch.Tensor, generator: torch.Generator) -> dgmm.DGMMParams:
+        """Layer-wise start, then annealing (``anneal_start``) and realignment (``realign``)."""
         start = self._initial_params(x, generator)
         params, _ = em_dgmm.anneal(x, start, float(self.anneal_start), int(self.anneal_iter),
                                    self.reg_covar)
+        if self.realign:
+            first = run_em(x, init_params=lambda _: params, e_step=em_dgmm.e_step,
+                           m_step=self._m_step, n_init=1, max_iter=self._max_iter,
+                           tol=self._tol, progress=False)
+            params = em_dgmm.realign_scores(x, first.params, generator, self.reg_covar)
         return params
+
+    def _m_step(self, stats: em_dgmm.DGMMStats) -> dgmm.DGMMParams:
+        return em_dgmm.m_step(stats, self.reg_covar)
 
     def _fit_em(self, x: torch.Tensor, generator: torch.Generator) -> None:
         self._fit_em_restarts(
-            x, lambda _: self._annealed_start(x, generator), em_dgmm.e_step,
-            lambda stats: em_dgmm.m_step(stats, self.reg_covar), "DGMM EM", dgmm.map_guide,
+            x, lambda _: self._em_start(x, generator), em_dgmm.e_step, self._m_step,
+            "DGMM EM", dgmm.map_guide,
         )
 
     def _make_guide(self, x: torch.Tensor, generator: torch.Generator):

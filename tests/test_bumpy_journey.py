@@ -28,7 +28,8 @@ def quick_result():
 def test_quick_experiment_records_every_run(quick_result):
     config = quick_result.config
     counts = {m: len(quick_result.by_method(m)) for m in METHODS}
-    assert counts == {"em": config.runs, "em_annealed": config.runs, "svi": config.svi_runs}
+    assert counts == {"em": config.runs, "em_annealed": config.runs,
+                      "em_realigned": config.runs, "svi": config.svi_runs}
     # at the true parameters the quick problem's partition is recovered exactly
     assert quick_result.oracle.path_ari == pytest.approx(1.0)
     assert quick_result.oracle.layer_ari == pytest.approx([1.0, 1.0])

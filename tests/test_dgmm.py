@@ -222,6 +222,38 @@ def test_anneal_runs_the_schedule_and_then_em_is_monotone():
     assert np.all(np.diff(est.history_) > -1e-8) and np.isfinite(est.score(x.numpy()))
 
 
+@pytest.mark.parametrize("k", [4, 9])  # every matching tried (k <= 7), alternating search
+def test_procrustes_match_recovers_a_planted_rotation_and_order(k):
+    generator = torch.Generator().manual_seed(k)
+    reference = torch.randn(k, 3, generator=generator, dtype=torch.float64) * 3
+    rotation = torch.linalg.qr(torch.randn(3, 3, generator=generator, dtype=torch.float64))[0]
+    order = torch.randperm(k, generator=generator)
+    points = reference[order] @ rotation.T  # points @ rotation == reference[order]
+    found = em_dgmm._procrustes_match(reference, points, generator)
+    torch.testing.assert_close(found, rotation)
+
+
+def test_realign_scores_keeps_the_first_layer_and_restarts_the_others():
+    X, _, paths, _ = make_dgmm(600, 9, (2, 2), (4, 2), random_state=1, standardize=True)
+    x = torch.as_tensor(X)
+    sizes, factors = (2, 2), (4, 2)
+    start = em_dgmm.initial_params(x, sizes, factors, "kmeans", torch.Generator().manual_seed(0))
+    realigned = em_dgmm.realign_scores(x, start, torch.Generator().manual_seed(0))
+    assert realigned.n_components == sizes and realigned.n_factors == factors
+    torch.testing.assert_close(realigned.noise_variances[0], start.noise_variances[0])
+    torch.testing.assert_close(realigned.weights[0], start.weights[0])
+    # each first-layer component is reparametrised, not refitted: same rank-r column space
+    for g in range(2):
+        joint = torch.cat([start.loadings[0][g], realigned.loadings[0][g]], -1)
+        assert torch.linalg.matrix_rank(joint) == factors[0]
+    assert torch.isfinite(dgmm.log_likelihood(x, realigned)).all()
+    again = em_dgmm.realign_scores(x, start, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again.eta[1], realigned.eta[1])
+    est = DeepGaussianMixture(sizes, factors, realign=True, max_iter=20, random_state=0,
+                              progress=False).fit(X)
+    assert np.all(np.diff(est.history_) > -1e-8) and np.isfinite(est.score(X))
+
+
 # ----------------------------------------------------------------------------------- estimator
 
 
@@ -266,11 +298,34 @@ def test_estimator_svi_runs(form):
     assert len(est.history_) == 20 and np.isfinite(est.score(X))
 
 
+@pytest.mark.parametrize("inference", ["em", "svi"])
+def test_identifiability_keeps_the_fit_and_applies_the_constraint(inference):
+    x, _, _, sizes, factors = _separated_problem(n_samples=200)
+    X = x.numpy()
+    common = dict(inference=inference, max_iter=15, random_state=0, progress=False)
+    plain = DeepGaussianMixture(sizes, factors, **common).fit(X)
+    canonical = DeepGaussianMixture(sizes, factors, identifiability="lower_triangular",
+                                    **common).fit(X)
+    np.testing.assert_allclose(canonical.score_samples(X), plain.score_samples(X), rtol=1e-9)
+    np.testing.assert_array_equal(canonical.predict(X), plain.predict(X))
+    top = canonical.loadings_[-1]  # (G_h, r_{h-1}, r_h): lower triangular, positive diagonal
+    r = top.shape[-1]
+    assert np.allclose(np.triu(top[:, :r, :r], 1), 0.0, atol=1e-10)
+    assert np.all(np.diagonal(top[:, :r, :r], axis1=-2, axis2=-1) > 0)
+    elbo = -canonical.elbo_loss(X)
+    total = canonical.score(X) * 200
+    assert elbo == pytest.approx(total + float(canonical.model_.log_prior(canonical.params_)),
+                                 rel=1e-9)
+
+
 def test_n_parameters_counts():
     # one layer: the MFA count (rotation of each Lambda_g removed)
     assert n_parameters(5, (2,), (2,)) == 1 + 2 * 5 + 2 * (5 * 2 - 1) + 2 * 5
     assert n_parameters(17, (3, 3, 2), (11, 6, 2)) == (
         2 + 3 * 17 * 13 + 2 + 3 * 11 * 8 + 1 + 2 * 6 * 4 - 2 * 1 - 2 * (11 + 6))
+    # a single component below an intermediate layer adds a whitened rotation of its score
+    assert n_parameters(9, (2, 1, 2), (5, 3, 2)) == (
+        1 + 2 * 9 * 7 + 0 + 1 * 5 * 5 + 1 + 2 * 3 * 4 - 2 * 1 - 2 * (5 + 3) - 5 * 4 // 2)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -286,6 +341,9 @@ def test_n_parameters_counts():
     ({"anneal_start": 0.5}, "anneal_start"),
     ({"anneal_start": 3.0, "inference": "svi"}, "anneal_start"),
     ({"anneal_iter": -1}, "anneal_iter"),
+    ({"identifiability": "rotated"}, "identifiability"),
+    ({"realign": True, "inference": "svi"}, "realign"),
+    ({"identifiability": "diagonal", "inference": "svi", "form": "latent"}, "identifiability"),
 ])
 def test_validation_errors(kwargs, match):
     X = np.random.default_rng(0).normal(size=(50, 8))

@@ -9,6 +9,9 @@ One call, :func:`run_experiment`, simulates the seed's section 3.1 data
     place of sampled scores, so the likelihood never goes down);
 ``em_annealed``
     the same starts, first through deterministic annealing (``anneal_start``), then plain EM;
+``em_realigned``
+    ``em_annealed``, then the first layer kept, its components' scores put in one frame and
+    the deeper layers restarted (``realign=True``), then plain EM again;
 ``svi``
     MAP by ``TraceEnum_ELBO`` on the collapsed Pyro model from the same kind of start;
 
@@ -60,7 +63,7 @@ __all__ = [
 ]
 
 #: The fitted methods, in report order.
-METHODS = ("em", "em_annealed", "svi")
+METHODS = ("em", "em_annealed", "em_realigned", "svi")
 
 
 @dataclass
@@ -294,10 +297,11 @@ def _estimator(config: ExperimentConfig, method: str, random_state: int,
     if method == "svi":
         return DeepGaussianMixture(sizes, inference="svi", max_iter=config.svi_max_iter,
                                    lr=config.svi_lr, **common)
-    anneal = config.anneal_start if method == "em_annealed" else 1.0
+    anneal = config.anneal_start if method in ("em_annealed", "em_realigned") else 1.0
     return DeepGaussianMixture(sizes, inference="em", max_iter=config.em_max_iter,
                                tol=config.em_tol, anneal_start=anneal,
-                               anneal_iter=config.anneal_iter, **common)
+                               anneal_iter=config.anneal_iter,
+                               realign=method == "em_realigned", **common)
 
 
 def _fit_run(X: np.ndarray, x: torch.Tensor, truth: dict[str, Any], config: ExperimentConfig,

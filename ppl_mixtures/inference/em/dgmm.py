@@ -34,6 +34,7 @@ A component whose mass ``W_g`` is below ``1e-10 N`` keeps its previous ``eta, La
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -304,9 +305,119 @@ def initial_params(
     return params
 
 
+def _procrustes_match(reference: Tensor, points: Tensor, generator: torch.Generator,
+                      n_starts: int = 8) -> Tensor:
+    """Orthogonal ``Q`` (r, r) and matching that bring ``points @ Q`` onto ``reference``.
+
+    ``reference`` and ``points`` are (k, r) cluster centres of two score clouds. For ``k <= 7``
+    every matching is tried (k! orthogonal Procrustes problems); above, Hungarian matching and
+    Procrustes alternate from ``n_starts`` random rotations. Returns the best ``Q``.
+    """
+    import itertools
+
+    from scipy.optimize import linear_sum_assignment
+
+    def procrustes(target: Tensor) -> tuple[Tensor, float]:
+        u, _, vh = torch.linalg.svd(points.T @ target)
+        rotation = u @ vh
+        return rotation, float((points @ rotation - target).square().sum())
+
+    k, rank = reference.shape
+    best: tuple[float, Tensor] | None = None
+    if k <= 7:
+        for order in itertools.permutations(range(k)):
+            rotation, residual = procrustes(reference[list(order)])
+            if best is None or residual < best[0]:
+                best = (residual, rotation)
+        return best[1]
+    for _ in range(n_starts):
+        gaussian = torch.randn(rank, rank, generator=generator, dtype=torch.float64)
+        rotation = torch.linalg.qr(gaussian)[0].to(reference)
+        for _ in range(50):
+            cost = torch.cdist(points @ rotation, reference).square().cpu().numpy()
+            _, order = linear_sum_assignment(cost)
+            rotation, residual = procrustes(reference[torch.as_tensor(order)])
+        if best is None or residual < best[0]:
+            best = (residual, rotation)
+    return best[1]
+
+
+def realign_scores(x: Tensor, params: DGMMParams, generator: torch.Generator,
+                   reg_covar: float = 1e-6) -> DGMMParams:
+    """Keep the first layer, put its components' scores in one frame, restart the layers above.
+
+    Under the model every first-layer component maps the *same* score distribution
+    ``z^(1)`` (a mixture over the deeper paths) to the data (eq. 2); a layer-wise start
+    estimates each component's scores in its own arbitrary frame, and the layers above then
+    see G_1 rotated copies of one mixture, which EM does not untangle (the seed's empty
+    paths and low deeper-layer ARI). Here, for each first-layer component g (rows assigned to
+    it by their most probable path):
+
+    1. whiten its posterior-mean scores: ``w = W_g (E[z^(1) | x, g] - m_g)``;
+    2. cluster them into ``k = G_2 ... G_h`` groups (k-means) and find the orthogonal
+       ``Q_g`` that maps the group centres onto component 0's (:func:`_procrustes_match`);
+    3. reparametrise component g's factor model by the affine change ``z' = Q_g^T w``
+       (``Lambda_g <- Lambda_g A_g^-1``, ``eta_g <- eta_g + Lambda_g m_g``, with
+       ``A_g = Q_g^T W_g``): the first layer's likelihood is unchanged.
+
+    The aligned scores of all rows then start layers 2..h by :func:`initial_params` (k-means
+    and a PPCA per cluster). Layers 2..h start afresh, so the likelihood may go down; run EM
+    afterwards.
+
+    Parameters
+    ----------
+    x : Tensor, shape (n_samples, n_features)
+    params : DGMMParams
+        A fit whose first layer is trusted (e.g. after :func:`anneal` and EM).
+    generator : torch.Generator
+    reg_covar : float
+
+    Returns
+    -------
+    DGMMParams
+    """
+    sizes, factors = params.n_components, params.n_factors
+    if len(sizes) < 2:
+        return params
+    resp, _ = responsibilities(x, params)
+    first = resp.reshape(x.shape[0], sizes[0], -1).sum(-1).argmax(-1)
+    eta, loadings, noise = params.eta[0], params.loadings[0], params.noise_variances[0]
+    scores = _posterior_mean(x, first, eta, loadings, noise)
+    n_groups = math.prod(sizes[1:])
+    new_eta, new_loadings = eta.clone(), loadings.clone()
+    aligned = torch.zeros_like(scores)
+    reference = None
+    for g in range(sizes[0]):
+        rows = first == g
+        if int(rows.sum()) <= max(n_groups, factors[0]):
+            continue  # too few rows to estimate a frame: keep the component as it is
+        own = scores[rows]
+        centre = own.mean(0)
+        cov = torch.cov(own.T) + reg_covar * torch.eye(own.shape[1], dtype=own.dtype,
+                                                       device=own.device)
+        values, vectors = torch.linalg.eigh(cov)
+        whitening = vectors @ torch.diag(values.rsqrt()) @ vectors.T
+        white = (own - centre) @ whitening
+        labels = initial_responsibilities(white, n_groups, "kmeans", generator)
+        centres = (labels.T @ white) / labels.sum(0).clamp_min(1.0)[:, None]
+        if reference is None:
+            reference, rotation = centres, torch.eye(own.shape[1], dtype=own.dtype,
+                                                     device=own.device)
+        else:
+            rotation = _procrustes_match(reference, centres, generator)
+        change = rotation.T @ whitening  # z' = change (z - centre)
+        aligned[rows] = (own - centre) @ change.T
+        new_loadings[g] = loadings[g] @ torch.linalg.inv(change)
+        new_eta[g] = eta[g] + loadings[g] @ centre
+    deeper = initial_params(aligned, sizes[1:], factors[1:], "kmeans", generator, reg_covar)
+    return DGMMParams([params.weights[0], *deeper.weights], [new_eta, *deeper.eta],
+                      [new_loadings, *deeper.loadings], [noise, *deeper.noise_variances])
+
+
 __all__ = [
     "DGMMStats",
     "anneal",
+    "realign_scores",
     "e_step",
     "initial_params",
     "m_step",

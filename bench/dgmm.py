@@ -1,0 +1,142 @@
+"""Seconds per DGMM EM iteration and per SVI step on the seed's section 3.1 setting.
+
+On ``make_dgmm(n_samples, 17, (3, 3, 2), (11, 6, 2), standardize=True)``, one run measures:
+
+- ``em_dgmm``: one exact EM iteration of the DGMM (``e_step`` + ``m_step``,
+  :mod:`ppl_mixtures.inference.em.dgmm`);
+- ``em_sklearn_18``: one EM iteration of scikit-learn's full-covariance GaussianMixture with the
+  same number of components as the DGMM has paths (18), on the same data (``max_iter=1`` fits,
+  warm-started): the cost of the unstructured model the DGMM constrains;
+- ``svi_pyro``: one SVI step of ``DeepGaussianMixture(inference="svi")``'s Pyro model (collapsed
+  form, MAP guide, ``TraceEnum_ELBO`` over the three enumerated layer sites);
+- ``svi_torch``: one Adam step on ``-log_likelihood`` written as a plain torch loop over the same
+  helper (:func:`ppl_mixtures.models.dgmm.log_likelihood`): the ratio is Pyro's overhead.
+
+    python bench/dgmm.py [--n-samples 4000] [--repeats 3] [--device cpu|cuda]
+
+Prints one JSON line per repeat and the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import SVI, TraceEnum_ELBO
+from pyro.optim import Adam
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+from ppl_mixtures.datasets import make_dgmm
+from ppl_mixtures.inference.em import dgmm as em_dgmm
+from ppl_mixtures.models import dgmm
+
+SIZES, FACTORS = (3, 3, 2), (11, 6, 2)
+
+
+def seconds_per_call(step, n_calls: int, device: str) -> float:
+    step()  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n_calls):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / n_calls
+
+
+def em_step(x: torch.Tensor, start: dgmm.DGMMParams):
+    state = {"params": start}
+
+    def step() -> None:
+        state["params"] = em_dgmm.m_step(em_dgmm.e_step(x, state["params"]))
+
+    return step
+
+
+def sklearn_step(X: np.ndarray, seed: int):
+    sk = SkGaussianMixture(int(np.prod(SIZES)), covariance_type="full", max_iter=1,
+                           warm_start=True, random_state=seed, init_params="kmeans")
+
+    def step() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            sk.fit(X)
+
+    step()  # the k-means start is not timed
+    return step
+
+
+def pyro_step(x: torch.Tensor, start: dgmm.DGMMParams, lr: float):
+    pyro.clear_param_store()
+    priors = dgmm.default_dgmm_priors(x, SIZES, FACTORS)
+    model = dgmm.DeepGaussianMixtureModel(SIZES, FACTORS, x.shape[1], priors)
+    guide = dgmm.map_guide(model, start)
+    svi = SVI(model, guide, Adam({"lr": lr}), TraceEnum_ELBO(max_plate_nesting=1))
+    return lambda: svi.step(x)
+
+
+def torch_step(x: torch.Tensor, start: dgmm.DGMMParams, lr: float):
+    """Adam on unconstrained parameters (log-weights, eta, loadings, log-variances)."""
+    leaves = {
+        "logits": [w.log().clone().requires_grad_() for w in start.weights],
+        "eta": [e.clone().requires_grad_() for e in start.eta],
+        "loadings": [m.clone().requires_grad_() for m in start.loadings],
+        "log_psi": [p.log().clone().requires_grad_() for p in start.noise_variances],
+    }
+    optimiser = torch.optim.Adam([t for group in leaves.values() for t in group], lr=lr)
+
+    def step() -> None:
+        optimiser.zero_grad()
+        params = dgmm.DGMMParams(
+            [torch.softmax(t, -1) for t in leaves["logits"]], leaves["eta"], leaves["loadings"],
+            [t.exp() for t in leaves["log_psi"]],
+        )
+        loss = -dgmm.log_likelihood(x, params).sum()
+        loss.backward()
+        optimiser.step()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-samples", type=int, default=4000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=20, help="timed calls per measurement")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--lr", type=float, default=0.02)
+    args = parser.parse_args()
+    X, _, _, _ = make_dgmm(args.n_samples, 17, SIZES, FACTORS, random_state=0, standardize=True)
+    x = torch.as_tensor(X, dtype=torch.float64, device=args.device)
+    start = em_dgmm.initial_params(x, SIZES, FACTORS, "kmeans",
+                                   torch.Generator(device="cpu").manual_seed(0))
+    rows = []
+    for repeat in range(args.repeats):
+        row = {
+            "repeat": repeat, "n_samples": args.n_samples, "device": args.device,
+            "torch_threads": torch.get_num_threads(),
+            "em_dgmm": seconds_per_call(em_step(x, start), args.calls, args.device),
+            "em_sklearn_18": seconds_per_call(sklearn_step(X, repeat), args.calls, "cpu"),
+            "svi_pyro": seconds_per_call(pyro_step(x, start, args.lr), args.calls, args.device),
+            "svi_torch": seconds_per_call(torch_step(x, start, args.lr), args.calls,
+                                          args.device),
+        }
+        row["em_ratio_dgmm_over_sklearn"] = row["em_dgmm"] / row["em_sklearn_18"]
+        row["svi_ratio_pyro_over_torch"] = row["svi_pyro"] / row["svi_torch"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    for key in ("em_dgmm", "em_sklearn_18", "svi_pyro", "svi_torch",
+                "em_ratio_dgmm_over_sklearn", "svi_ratio_pyro_over_torch"):
+        values = [row[key] for row in rows]
+        print(f"{key:>28}: {min(values):.4f} .. {max(values):.4f}")
+
+
+if __name__ == "__main__":
+    main()
