@@ -1,0 +1,482 @@
+"""Posterior diagnostics of fitted mixtures: ArviZ data, relabelling, assignments, model choice.
+
+- :func:`to_inference_data` turns a fitted estimator into an :class:`arviz.InferenceData`
+  (posterior draws of the global parameters, the pointwise *marginal* log-likelihood,
+  posterior predictive draws), ready for ``az.summary``, ``az.loo`` and ``az.waic``.
+  It is built with ``arviz.from_dict``: ``arviz.from_pyro`` only accepts a
+  ``pyro.infer.MCMC`` object (not a guide or a point estimate), and here the pointwise
+  log-likelihood comes from the estimator's own (N, K) log joint with the assignments summed
+  out.
+- :func:`relabel` and :func:`apply_relabelling` undo label switching across draws and chains
+  (Hungarian matching of the means, :func:`ppl_mixtures.inference.mcmc.align_components`).
+- :func:`sample_assignments` decodes the cluster of every sample with
+  ``pyro.infer.infer_discrete`` on the estimator's own Pyro model.
+- :func:`select_n_components` refits over candidate numbers of components and scores each
+  by BIC, AIC, ICL or PSIS-LOO; :func:`plot_selection` draws the curve.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import infer_discrete
+from pyro.infer.autoguide import AutoNormal
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from ppl_mixtures import metrics
+from ppl_mixtures.inference.init import resolve_generator
+from ppl_mixtures.inference.mcmc import align_components
+from ppl_mixtures.models import gmm
+
+CRITERIA = ("bic", "aic", "icl", "loo")
+
+#: Dims of the posterior variables by the number of trailing (non chain/draw) axes.
+_COVARIANCE_DIMS = {
+    "spherical": ["component"],
+    "diag": ["component", "feature"],
+    "tied_diag": ["feature"],
+    "tied": ["feature", "feature_bis"],
+    "full": ["component", "feature", "feature_bis"],
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_fitted(estimator: Any) -> None:
+    if not hasattr(estimator, "params_"):
+        raise ValueError(
+            f"estimator: this {type(estimator).__name__} is not fitted yet; call "
+            "estimator.fit(X) before computing diagnostics"
+        )
+
+
+def _fitted_x(estimator: Any, X: Any) -> torch.Tensor:
+    _check_fitted(estimator)
+    try:
+        return estimator._fitted_x(X)
+    except NotFittedError as err:  # pragma: no cover - params_ set but attributes missing
+        raise ValueError(f"estimator: {err}") from err
+
+
+def _seed(random_state: Any) -> int:
+    """An integer seed from ``random_state`` (int, RandomState, Generator or None)."""
+    generator = resolve_generator(random_state, torch.device("cpu"))
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+def _at(estimator: Any, params: Any) -> Any:
+    """A shallow copy of ``estimator`` whose ``params_`` are ``params`` (for its helpers)."""
+    twin = copy.copy(estimator)
+    twin.params_ = params
+    return twin
+
+
+def _is_gmm(estimator: Any) -> bool:
+    return isinstance(getattr(estimator, "params_", None), gmm.GMMParams)
+
+
+def _posterior_params(estimator: Any, x: torch.Tensor, num_samples: int) -> list[list[Any]]:
+    """Parameter containers of every draw, as ``[chain][draw]``.
+
+    NUTS: the estimator's relabelled chains. SVI with a mean-field guide: ``num_samples``
+    draws of the guide. Anything else (EM, SGD, MAP SVI, MFA, DGMM): the point estimate.
+    """
+    if getattr(estimator, "inference", None) == "nuts" and _is_gmm(estimator):
+        samples = estimator.posterior_samples_
+        n_chains = estimator.num_chains
+        per_chain = samples["means"].shape[0] // n_chains
+        device, dtype = x.device, estimator.params_.means.dtype
+        tensors = {k: torch.as_tensor(v, dtype=dtype, device=device)
+                   .reshape((n_chains, per_chain) + v.shape[1:]) for k, v in samples.items()}
+        return [[gmm.sites_to_params({k: v[c, s] for k, v in tensors.items()},
+                                     estimator.covariance_type) for s in range(per_chain)]
+                for c in range(n_chains)]
+    if isinstance(estimator.guide_, AutoNormal) and _is_gmm(estimator):
+        with pyro.get_param_store().scope(estimator.param_store_state_), torch.no_grad():
+            draws = [gmm.sites_to_params(estimator.guide_(x), estimator.covariance_type)
+                     for _ in range(num_samples)]
+        return [draws]
+    return [[estimator.params_]]
+
+
+def _global_variables(estimator: Any, grid: list[list[Any]]) -> dict[str, np.ndarray]:
+    """``weights``, ``means``, ``covariances`` of every draw, each shaped (chain, draw, ...)."""
+    if not _is_gmm(estimator):  # a point estimate: the fitted (effective) components
+        return {name: np.asarray(getattr(estimator, f"{name}_"))[None, None]
+                for name in ("weights", "means", "covariances")}
+
+    def stack(name: str) -> np.ndarray:
+        return torch.stack([torch.stack([getattr(p, name) for p in chain]) for chain in grid]
+                           ).detach().cpu().numpy()
+
+    return {name: stack(name) for name in ("weights", "means", "covariances")}
+
+
+def _covariance_dims(estimator: Any, covariances: np.ndarray) -> list[str]:
+    if _is_gmm(estimator):
+        return _COVARIANCE_DIMS[estimator.covariance_type]
+    return ["component", "feature", "feature_bis"][: covariances.ndim - 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# InferenceData
+# ---------------------------------------------------------------------------------------------
+
+
+def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
+                      random_state: Any = None):
+    """Convert a fitted mixture estimator into an :class:`arviz.InferenceData`.
+
+    Built with ``arviz.from_dict`` (``arviz.from_pyro`` only accepts a ``pyro.infer.MCMC``).
+
+    Parameters
+    ----------
+    estimator : GaussianMixture, MixtureOfFactorAnalyzers or DeepGaussianMixture, fitted
+        ``GaussianMixture`` with ``inference="nuts"``: the relabelled chains
+        (``posterior_samples_``, ``num_chains`` chains). ``inference="svi"`` with
+        ``guide="mean_field"``: ``num_samples`` draws of the guide. Any other fit (EM, SGD,
+        MAP SVI, and every MFA / DGMM fit) is a point estimate: one draw (chain=1, draw=1).
+    X : array-like, shape (n_samples, n_features)
+        The data to score (usually the training data).
+    num_samples : int, default 200
+        Draws of a mean-field guide (ignored otherwise).
+    random_state : int, RandomState, Generator or None
+        Seeds the guide draws and the posterior predictive draws.
+
+    Returns
+    -------
+    arviz.InferenceData
+        Groups:
+
+        - ``posterior``: ``weights`` (chain, draw, component), ``means`` (chain, draw,
+          component, feature), ``covariances`` (chain, draw, ...) with the estimator's
+          ``covariances_`` shape (dims ``component``, ``feature``, ``feature_bis``). For
+          MFA / DGMM these are the effective components (DGMM: the paths).
+        - ``log_likelihood``: ``obs`` (chain, draw, observation), the marginal
+          ``log p(x_n | theta) = logsumexp_k log p(x_n, k | theta)`` at each draw.
+        - ``observed_data``: ``obs`` (observation, feature).
+        - ``posterior_predictive``: ``obs`` (chain, draw, observation, feature), one
+          synthetic data set of ``n_samples`` rows drawn from the mixture at each draw.
+        - ``sample_stats`` (NUTS only): ``lp`` (chain, draw), ``log p(x, theta)`` with the
+          assignments summed out. Divergences and tree depths are not available: the
+          estimator does not keep the ``MCMC`` object.
+
+    Notes
+    -----
+    ``az.loo`` needs at least two draws (its Pareto smoothing sorts the importance ratios),
+    so a point estimate supports ``az.summary`` and ``az.waic`` (whose ``elpd_waic`` is then
+    the plug-in log-likelihood) but not ``az.loo``.
+    """
+    import arviz as az
+
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or (
+        num_samples < 1
+    ):
+        raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1")
+    x = _fitted_x(estimator, X)
+    seed = _seed(random_state)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        grid = _posterior_params(estimator, x, num_samples)
+    generator = resolve_generator(seed, x.device)
+    n_rows = x.shape[0]
+    with torch.no_grad():
+        log_lik = [[torch.logsumexp(_at(estimator, p)._log_joint(x), -1) for p in chain]
+                   for chain in grid]
+        predictive = [[_at(estimator, p)._sample_tensors(n_rows, generator)[0] for p in chain]
+                      for chain in grid]
+    log_lik_array = torch.stack([torch.stack(c) for c in log_lik]).cpu().numpy()
+    posterior = _global_variables(estimator, grid)
+    n_components, n_features = posterior["means"].shape[-2:]
+    dims = {
+        "weights": ["component"],
+        "means": ["component", "feature"],
+        "covariances": _covariance_dims(estimator, posterior["covariances"]),
+    }
+    coords = {
+        "component": np.arange(n_components),
+        "feature": np.arange(n_features),
+        "feature_bis": np.arange(n_features),
+        "observation": np.arange(n_rows),
+    }
+    if "feature_bis" not in dims["covariances"]:
+        del coords["feature_bis"]
+    sample_stats = None
+    if getattr(estimator, "inference", None) == "nuts" and _is_gmm(estimator):
+        with torch.no_grad():
+            log_prior = np.array([[float(estimator.model_.log_prior(p)) for p in chain]
+                                  for chain in grid])
+        sample_stats = {"lp": log_lik_array.sum(-1) + log_prior}
+    # "obs" has dims (observation,) in log_likelihood but (observation, feature) in the data
+    # groups, and from_dict takes one dims mapping: build the two halves and join them
+    idata = az.from_dict(
+        posterior=posterior, log_likelihood={"obs": log_lik_array}, sample_stats=sample_stats,
+        coords=coords, dims={**dims, "obs": ["observation"]},
+    )
+    data = az.from_dict(
+        observed_data={"obs": x.cpu().numpy()},
+        posterior_predictive={
+            "obs": torch.stack([torch.stack(c) for c in predictive]).cpu().numpy()
+        },
+        coords=coords, dims={"obs": ["observation", "feature"]},
+    )
+    idata.extend(data)
+    return idata
+
+
+# ---------------------------------------------------------------------------------------------
+# Relabelling
+# ---------------------------------------------------------------------------------------------
+
+
+def relabel(draws_means: Any, reference: Any = None) -> np.ndarray:
+    """Permutations that align the components of every draw with a reference.
+
+    A thin wrapper of :func:`ppl_mixtures.inference.mcmc.align_components` (Hungarian
+    matching of the means, summed squared distances) that accepts any leading draw dims.
+
+    Parameters
+    ----------
+    draws_means : array-like, shape (..., n_components, n_features)
+        Means of every draw, e.g. (chain, draw, K, D) or (S, K, D).
+    reference : array-like, shape (n_components, n_features), optional
+        The labelling to match (e.g. ``estimator.means_``). Default: the first draw.
+
+    Returns
+    -------
+    permutations : ndarray of int, shape (..., n_components)
+        ``aligned[..., k, :] = draws_means[..., permutations[..., k], :]``; apply it to
+        every per-component array with :func:`apply_relabelling`.
+    """
+    means = np.asarray(draws_means, dtype=np.float64)
+    if means.ndim < 3:
+        raise ValueError(f"draws_means has shape {means.shape}; pass an array of shape "
+                         "(..., n_components, n_features) with at least one draw dim")
+    flat = torch.as_tensor(means.reshape((-1,) + means.shape[-2:]))
+    reference = flat[0] if reference is None else torch.as_tensor(
+        np.asarray(reference, dtype=np.float64))
+    if tuple(reference.shape) != tuple(flat.shape[1:]):
+        raise ValueError(f"reference has shape {tuple(reference.shape)}; it must be "
+                         f"(n_components, n_features) = {tuple(flat.shape[1:])}")
+    _, permutations = align_components({"means": flat}, reference, ["means"])
+    return permutations.cpu().numpy().reshape(means.shape[:-1])
+
+
+def apply_relabelling(values: Any, permutations: Any) -> np.ndarray:
+    """Permute the component axis of a per-component array of draws.
+
+    Parameters
+    ----------
+    values : array-like, shape (*draw_shape, n_components, ...)
+        E.g. ``weights`` (chain, draw, K) or ``covariances`` (chain, draw, K, D, D).
+    permutations : array-like of int, shape (*draw_shape, n_components)
+        From :func:`relabel`.
+
+    Returns
+    -------
+    ndarray, shape of ``values``
+        ``out[d][k] = values[d][permutations[d][k]]`` for every draw index ``d``.
+    """
+    values, permutations = np.asarray(values), np.asarray(permutations)
+    lead = permutations.ndim - 1
+    if values.shape[: lead + 1] != permutations.shape:
+        raise ValueError(f"values of shape {values.shape} do not start with the permutations' "
+                         f"shape {permutations.shape} (draw dims, then components)")
+    index = permutations.reshape(permutations.shape + (1,) * (values.ndim - lead - 1))
+    return np.take_along_axis(values, index, axis=lead)
+
+
+# ---------------------------------------------------------------------------------------------
+# Assignments
+# ---------------------------------------------------------------------------------------------
+
+
+def _global_sites(estimator: Any) -> dict[str, torch.Tensor]:
+    """Values of the model's global sites at the estimator's point estimate ``params_``."""
+    module = sys.modules[type(estimator.params_).__module__]
+    return module.params_to_sites(estimator.params_)
+
+
+def sample_assignments(estimator: Any, X: Any, *, temperature: float = 0,
+                       random_state: Any = None) -> np.ndarray:
+    """Decode the cluster of every sample with ``pyro.infer.infer_discrete``.
+
+    The estimator's Pyro model (``model_``) is conditioned on its point estimate of the
+    global sites (``params_``: the EM/MAP estimate, the mean-field guide's median or the
+    NUTS posterior mean), and ``infer_discrete`` decodes the enumerated ``"assignment"``
+    site given the data.
+
+    Parameters
+    ----------
+    estimator : GaussianMixture or MixtureOfFactorAnalyzers (collapsed form), fitted
+    X : array-like, shape (n_samples, n_features)
+    temperature : {0, 1}, default 0
+        0: the MAP assignment of every sample (equal to ``estimator.predict(X)``).
+        1: one draw from ``p(assignment_n | x_n, theta)`` (frequencies over many calls match
+        ``estimator.predict_proba(X)``).
+    random_state : int, RandomState, Generator or None
+        Seeds the draw at temperature 1.
+
+    Returns
+    -------
+    ndarray of int, shape (n_samples,)
+    """
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) \
+            or temperature < 0:
+        raise ValueError(f"temperature={temperature!r} must be 0 (MAP assignments) or 1 "
+                         "(posterior samples); negative temperatures are not defined")
+    if temperature not in (0, 1):
+        raise ValueError(f"temperature={temperature!r} is not supported by infer_discrete; "
+                         "use 0 (MAP assignments) or 1 (posterior samples)")
+    x = _fitted_x(estimator, X)
+    model = estimator.model_
+    local_sites = tuple(getattr(model, "local_sites", model.discrete_sites))
+    if local_sites != ("assignment",):
+        raise ValueError(
+            f"estimator: {type(estimator).__name__} has local sites {local_sites}; "
+            "sample_assignments decodes models whose only local site is 'assignment' "
+            "(GaussianMixture, collapsed MixtureOfFactorAnalyzers)"
+        )
+    conditioned = poutine.condition(model, data=_global_sites(estimator))
+    decoder = infer_discrete(conditioned, first_available_dim=-1 - model.max_plate_nesting,
+                             temperature=int(temperature))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(_seed(random_state))
+        trace = poutine.trace(decoder).get_trace(x)
+    return trace.nodes["assignment"]["value"].cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Model selection
+# ---------------------------------------------------------------------------------------------
+
+
+def _criterion_value(estimator: Any, X: Any, criterion: str, log_likelihood: float,
+                     random_state: Any) -> float:
+    n_rows, n_params = len(np.asarray(X)), estimator._n_parameters()
+    if criterion == "bic":
+        return metrics.bic(log_likelihood, n_params, n_rows)
+    if criterion == "aic":
+        return metrics.aic(log_likelihood, n_params, n_rows)
+    if criterion == "icl":
+        return metrics.icl(log_likelihood, n_params, n_rows, estimator.predict_proba(X))
+    import arviz as az
+
+    idata = to_inference_data(estimator, X, random_state=random_state)
+    n_draws = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+    if n_draws < 2:
+        raise ValueError(
+            "criterion='loo' needs posterior draws, but this estimator gives a point estimate; "
+            "use inference='nuts' or inference='svi' with guide='mean_field', or "
+            "criterion='bic'"
+        )
+    return float(az.loo(idata).elpd_loo)
+
+
+def select_n_components(estimator: Any, X: Any, candidates: Sequence[int],
+                        criterion: str = "bic", *,
+                        random_state: Any = None) -> list[dict[str, Any]]:
+    """Refit ``estimator`` with every candidate number of components and score each fit.
+
+    Parameters
+    ----------
+    estimator : mixture estimator (fitted or not)
+        A template: each candidate fits ``clone(estimator).set_params(n_components=k)``.
+    X : array-like, shape (n_samples, n_features)
+    candidates : sequence of int
+        Numbers of components to try (non-empty).
+    criterion : {"bic", "aic", "icl", "loo"}, default "bic"
+        BIC, AIC, ICL (lower is better) or the PSIS-LOO ``elpd_loo`` of
+        :func:`to_inference_data` (higher is better; needs posterior draws: NUTS or a
+        mean-field SVI guide).
+    random_state : optional
+        Seeds the posterior draws used by ``"loo"``.
+
+    Returns
+    -------
+    rows : list of dict, one per candidate, in the order given
+        Keys ``n_components``, ``criterion`` (the name), ``value`` (the criterion),
+        ``log_likelihood`` (summed over ``X``), ``n_parameters``, ``selected`` (True for the
+        chosen candidate only) and ``estimator`` (the fitted clone).
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion={criterion!r} is not supported; use one of {CRITERIA}")
+    candidates = list(candidates)
+    if not candidates:
+        raise ValueError("candidates is empty; pass the numbers of components to try, "
+                         "e.g. candidates=[1, 2, 3, 4]")
+    rows = []
+    for n_components in candidates:
+        fitted = clone(estimator).set_params(n_components=n_components).fit(X)
+        log_likelihood = float(fitted.score_samples(X).sum())
+        rows.append({
+            "n_components": n_components,
+            "criterion": criterion,
+            "value": _criterion_value(fitted, X, criterion, log_likelihood, random_state),
+            "log_likelihood": log_likelihood,
+            "n_parameters": int(fitted._n_parameters()),
+            "selected": False,
+            "estimator": fitted,
+        })
+    values = np.array([row["value"] for row in rows])
+    best = int(np.argmax(values) if criterion == "loo" else np.argmin(values))
+    rows[best]["selected"] = True
+    return rows
+
+
+def plot_selection(rows: Sequence[dict[str, Any]], ax: Any = None):
+    """Plot the criterion of :func:`select_n_components` against the number of components.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        The output of :func:`select_n_components`.
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure otherwise.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from ppl_mixtures.plotting import _pyplot
+
+    if not rows:
+        raise ValueError("rows is empty; pass the output of select_n_components")
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 3.2))
+    labels = [str(row["n_components"]) for row in rows]
+    values = [row["value"] for row in rows]
+    ax.plot(labels, values, marker="o")
+    chosen = [i for i, row in enumerate(rows) if row.get("selected")]
+    if chosen:
+        ax.plot(labels[chosen[0]], values[chosen[0]], marker="*", markersize=14,
+                linestyle="none", label="selected")
+        ax.legend()
+    name = rows[0]["criterion"]
+    better = "higher" if name == "loo" else "lower"
+    ax.set_xlabel("n_components")
+    ax.set_ylabel(f"{'elpd_loo' if name == 'loo' else name.upper()} ({better} is better)")
+    return ax.figure
+
+
+__all__ = [
+    "CRITERIA",
+    "apply_relabelling",
+    "plot_selection",
+    "relabel",
+    "sample_assignments",
+    "select_n_components",
+    "to_inference_data",
+]
