@@ -75,6 +75,8 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
     _inference_methods: tuple[str, ...] = ()
     _default_max_iter: dict[str, int] = {}
     _default_tol: dict[str, float] = {}
+    #: Per-path default learning rate, used where a subclass accepts ``lr=None``.
+    _default_lr: dict[str, float] = {}
 
     def _check_shared_arguments(self) -> None:
         """Validate the arguments every EM/SVI estimator has, each error naming its argument."""
@@ -91,15 +93,17 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
             )
         if self.batch_size is not None:
             check_int(self.batch_size, "batch_size", 1)
-        if not (isinstance(self.lr, numbers.Real) and self.lr > 0):
-            raise ValueError(f"lr={self.lr!r} must be a positive number")
+        if self.lr is not None and not (isinstance(self.lr, numbers.Real) and self.lr > 0):
+            raise ValueError(f"lr={self.lr!r} must be a positive number (or None: the "
+                             "inference path's default)")
         if self.priors is not None and not isinstance(self.priors, dict):
             raise TypeError("priors must be a dict of site name -> pyro distribution, or None")
 
     def _resolve_iteration_limits(self) -> None:
-        """``_max_iter`` and ``_tol``: the arguments, or the inference path's defaults."""
+        """``_max_iter``, ``_tol``, ``_lr``: the arguments, or the inference path's defaults."""
         self._max_iter = self.max_iter or self._default_max_iter[self.inference]
         self._tol = self.tol if self.tol is not None else self._default_tol[self.inference]
+        self._lr = self.lr if self.lr is not None else self._default_lr.get(self.inference)
 
     def _n_clusters(self) -> int:
         return self.n_components
@@ -188,7 +192,7 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
             if checkpoint is not None and self.n_init > 1:
                 checkpoint = f"{checkpoint}.init{index}"
             trainer = SVITrainer(
-                self.model_, guide, lr=self.lr, batch_size=self.batch_size,
+                self.model_, guide, lr=self._lr, batch_size=self.batch_size,
                 max_steps=self._max_iter, tol=self._tol, progress=self.progress,
                 checkpoint_path=checkpoint,
                 seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),

@@ -48,6 +48,7 @@ DEFAULT_N_COMPONENTS = 3
 
 _GMM_INFERENCE = ("em", "svi")
 _HISTORY_LABELS = {
+    "sgd": ("epoch", "smoothed max-component loss per sample"),
     "em": ("iteration", "mean log-likelihood per sample"),
     "svi": ("step", "loss per sample (negative ELBO / N)"),
 }
@@ -173,15 +174,17 @@ def _add_gmm_parser(models: Any, common: argparse.ArgumentParser) -> None:
         help="covariance constraint (default: full)",
     )
     gmm.add_argument(
-        "--inference", choices=_GMM_INFERENCE, default="em",
-        help="expectation-maximisation or stochastic variational inference (default: em)",
+        "--inference", choices=(*_GMM_INFERENCE, "sgd"), default="em",
+        help="expectation-maximisation, stochastic variational inference or the max-component "
+        "SGD of seed 004 (default: em)",
     )
     gmm.add_argument(
         "--batch-size", type=_integer(1), metavar="B",
-        help="SVI minibatch size (default: full batch)",
+        help="SVI/SGD minibatch size (default: full batch for SVI, 1 for SGD)",
     )
     gmm.add_argument(
-        "--lr", type=_real(positive=True), default=0.05, help="SVI learning rate (default: 0.05)",
+        "--lr", type=_real(positive=True),
+        help="learning rate (default: 0.05 for SVI, 0.011 for SGD)",
     )
     parser.set_defaults(run=_fit_gmm, model="gmm")
 

@@ -8,32 +8,94 @@ their device.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyro
 import torch
 from pyro.infer import TraceEnum_ELBO
+from sklearn.utils.metaestimators import available_if
+from torch.utils.data import DataLoader
 
 from ppl_mixtures import metrics
 from ppl_mixtures._estimator_base import (
     MixtureEstimator,
     check_int,
+    resolve_device,
 )
 from ppl_mixtures.inference.em import gmm as em_gmm
-from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities
+from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities, resolve_generator
 from ppl_mixtures.inference.mcmc import align_components, run_nuts, split_r_hat
+from ppl_mixtures.inference.sgd_gmm import SGDConfig, SGDGMMTrainer
 from ppl_mixtures.models import gmm
 from ppl_mixtures.models.priors import default_gmm_priors
 
-INFERENCE_METHODS = ("em", "svi", "nuts")
+INFERENCE_METHODS = ("em", "svi", "nuts", "sgd")
 GUIDES = ("map", "mean_field")
-_DEFAULT_MAX_ITER = {"em": 100, "svi": 1000, "nuts": 200}
-_DEFAULT_TOL = {"em": 1e-3, "svi": 1e-5, "nuts": 0.0}
+_DEFAULT_MAX_ITER = {"em": 100, "svi": 1000, "nuts": 200, "sgd": 20}
+_DEFAULT_TOL = {"em": 1e-3, "svi": 1e-5, "nuts": 0.0, "sgd": 0.0}
+_DEFAULT_LR = {"svi": 0.05, "sgd": 0.011}
+#: Covariance types max-component SGD fits ("full" through local principal directions).
+SGD_COVARIANCE_TYPES = ("diag", "spherical", "full")
+#: SGD settings given by the estimator's own arguments, not by ``sgd_options``.
+_SGD_OWN_ARGUMENTS = ("lr", "batch_size")
+
+
+def _is_batch_source(X: Any) -> bool:
+    """Whether ``X`` is a stream of batches (for SGD) rather than one data matrix.
+
+    A ``DataLoader``, an iterator (e.g. a generator), or a list/tuple whose items are all 2-D
+    (arrays or tensors). Arrays, tensors, data frames and nested lists of numbers are not.
+    """
+    if isinstance(X, (DataLoader, Iterator)):
+        return True
+    if not (isinstance(X, (list, tuple)) and len(X) > 0):
+        return False
+    try:
+        return all(len(np.shape(batch)) == 2 for batch in X)
+    except ValueError:  # ragged nested lists
+        return False
+
+
+def _sgd_only(estimator: GaussianMixture) -> bool:
+    if estimator.inference != "sgd":
+        raise AttributeError(f"partial_fit is available with inference='sgd' only, not "
+                             f"inference={estimator.inference!r}")
+    return True
+
+
+class _ValidatedBatches:
+    """Iterate a stream of batches as validated tensors on the estimator's device and dtype.
+
+    The first batch ever seen fixes ``n_features_in_`` and the dtype; before a trainer's first
+    step its initial values (``means_init``, ...) are checked against the number of features.
+    """
+
+    def __init__(self, estimator: GaussianMixture, source: Any) -> None:
+        self.estimator = estimator
+        self.source = source
+        self.trainer: SGDGMMTrainer | None = None
+        self.seen = False
+        self.last: torch.Tensor | None = None
+
+    def __iter__(self):
+        for batch in self.source:
+            if isinstance(batch, (tuple, list)) and len(getattr(batch[0], "shape", ())) == 2:
+                batch = batch[0]  # (x, y, ...) from a labelled dataset
+            if isinstance(batch, torch.Tensor):
+                batch = batch.detach().cpu().numpy()
+            x = self.estimator._validate_x(batch, reset=not self.seen)
+            self.seen = True
+            if self.trainer is not None and not self.trainer.initialized:
+                self.trainer.init = self.estimator._sgd_init(x.shape[1])
+            self.last = x
+            yield x
 
 
 class GaussianMixture(MixtureEstimator):
-    """Gaussian mixture fitted by EM or by SVI over one Pyro model.
+    """Gaussian mixture fitted by EM, SVI, NUTS or max-component SGD over one Pyro model.
 
     Parameters
     ----------
@@ -43,7 +105,7 @@ class GaussianMixture(MixtureEstimator):
         The covariance constraint (seed 001): ``full`` one matrix per component, ``tied`` one
         matrix shared, ``diag`` one diagonal per component, ``tied_diag`` one diagonal shared,
         ``spherical`` one variance per component.
-    inference : {"em", "svi", "nuts"}, default "em"
+    inference : {"em", "svi", "nuts", "sgd"}, default "em"
         ``"em"``: maximum likelihood by expectation-maximisation (scikit-learn's algorithm).
         ``"svi"``: stochastic variational inference with ``TraceEnum_ELBO`` over the Pyro model
         (assignments summed out), with a MAP or mean-field guide (``guide``).
@@ -51,15 +113,25 @@ class GaussianMixture(MixtureEstimator):
         k-means initial point; for small data (it costs a full-data gradient per leapfrog
         step). Draws are relabelled to the starting components (``posterior_samples_``) and
         ``params_`` holds the posterior means of weights, means and covariances.
+        ``"sgd"``: max-component SGD with annealing (seed 004,
+        :class:`~ppl_mixtures.inference.sgd_gmm.SGDGMMTrainer`): plain gradient steps on the
+        smoothed max-component bound of the negative log-likelihood, from tiny random means
+        (``init_params`` is not used), for streams too (:meth:`partial_fit`, or :meth:`fit`
+        on a ``DataLoader`` or a list of batches). Covariance types ``"diag"``,
+        ``"spherical"``, or ``"full"`` through local principal directions
+        (``n_principal_directions``; left None, all D directions are trained: pass
+        ``covariance_type="diag"`` for the seed's own model). Its defaults are in data units and assume features of
+        unit scale (the seed's images in [0, 1]): scale the data first, as for any SGD.
     n_init : int, default 1
         Restarts; the one with the best final objective is kept.
     max_iter : int, optional
-        EM iterations (default 100), SVI steps (default 1000) or NUTS draws per chain
-        (default 200).
+        EM iterations (default 100), SVI steps (default 1000), NUTS draws per chain
+        (default 200) or SGD epochs (default 20).
     tol : float, optional
         EM: stop when the mean log-likelihood per sample changes by less (default 1e-3).
         SVI: relative change of the smoothed loss (default 1e-5), see
-        :class:`~ppl_mixtures.inference.svi.SVITrainer`.
+        :class:`~ppl_mixtures.inference.svi.SVITrainer`. SGD runs its ``max_iter`` epochs:
+        the annealing schedule is laid out over them, so it does not stop early.
     reg_covar : float, default 1e-6
         Added to every variance by EM's M-step and at initialisation.
     init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default "kmeans"
@@ -74,10 +146,13 @@ class GaussianMixture(MixtureEstimator):
         likelihood and ignores them).
     guide : {"map", "mean_field"}, default "map"
         SVI guide over the global sites: point masses (MAP) or independent Normals.
-    lr : float, default 0.05
-        SVI learning rate (Adam).
+    lr : float, optional
+        Learning rate. SVI (Adam): default 0.05. SGD (epsilon of eq. 10, seed 004): default
+        0.011.
     batch_size : int, optional
-        SVI minibatch size; None trains on the full data.
+        SVI minibatch size; None trains on the full data. SGD: samples per gradient step;
+        None takes one sample per step for an array (the seed's B = 1) and each given batch
+        whole for a stream of batches.
     random_state : int, RandomState, Generator or None
         Seeds initialisation and SVI.
     device : str, default "auto"
@@ -92,6 +167,18 @@ class GaussianMixture(MixtureEstimator):
         NUTS warm-up steps per chain.
     num_chains : int, default 1
         NUTS chains (run one after the other).
+    sgd_options : dict, optional
+        SGD settings, any field of :class:`~ppl_mixtures.inference.sgd_gmm.SGDConfig` but
+        ``lr`` and ``batch_size``: ``sigma_min`` (smallest standard deviation, 0.15),
+        ``sigma0``/``sigma_inf``/``t0``/``t_inf`` (the annealing of eq. 9), ``total_steps``
+        (the annealing horizon; :meth:`partial_fit` defaults to the seed's 1000 sqrt(K)
+        steps), ``lambda_pi``/``lambda_mu``/``lambda_sigma`` (adaptation strengths),
+        ``grid_shape``, ``mu_init``, ``shuffle``, and ``lr_final`` (ours: a learning rate
+        decaying after annealing, which removes the jitter of constant-rate B = 1 steps).
+    n_principal_directions : int, optional
+        SGD with ``covariance_type="full"``: S local principal directions per component
+        (section 3.5 of seed 004), each with its own variance, and one variance for the
+        rest of the space; K((S + 1) D + 2) values instead of K(D^2 + D + 1). None: S = D.
 
     Attributes
     ----------
@@ -102,17 +189,24 @@ class GaussianMixture(MixtureEstimator):
     precisions_, precisions_cholesky_ : ndarray
         Inverses of ``covariances_`` and their Cholesky factors, as in scikit-learn.
     converged_ : bool
+        SGD: True once the annealing has ended (the loss is eq. 2 of seed 004 itself).
     n_iter_ : int
     history_ : list of float
         Per EM iteration: mean log-likelihood per sample. Per SVI step: loss per sample.
-        Per NUTS draw: mean log-likelihood per sample at that draw.
+        Per NUTS draw: mean log-likelihood per sample at that draw. Per SGD epoch (or
+        :meth:`partial_fit` call): the smoothed max-component loss per sample (eq. 7).
+    sgd_history_ : dict of str to list of float
+        SGD only, per epoch: ``"loss"`` (eq. 7), ``"max_component_loss"`` (eq. 2), ``"nll"``
+        (eq. 1, the exact negative log-likelihood) and ``"sigma"``, averaged over the
+        epoch's steps.
     posterior_samples_ : dict of str to ndarray
         NUTS only: the draws of every global site, chains concatenated, relabelled.
     r_hat_ : dict of str to ndarray
         NUTS only: split-R-hat of every site (after relabelling); ``converged_`` is
         ``max r_hat < 1.1``.
     lower_bound_ : float
-        Mean log-likelihood per sample of the fitted parameters.
+        Mean log-likelihood per sample of the fitted parameters (SGD on a stream: over the
+        last batch).
     params_ : GMMParams
         The fitted tensors, on ``device``.
     model_ : GaussianMixtureModel
@@ -128,6 +222,7 @@ class GaussianMixture(MixtureEstimator):
     _inference_methods = INFERENCE_METHODS
     _default_max_iter = _DEFAULT_MAX_ITER
     _default_tol = _DEFAULT_TOL
+    _default_lr = _DEFAULT_LR
 
     def __init__(
         self,
@@ -145,7 +240,7 @@ class GaussianMixture(MixtureEstimator):
         precisions_init: Any = None,
         priors: dict | None = None,
         guide: str = "map",
-        lr: float = 0.05,
+        lr: float | None = None,
         batch_size: int | None = None,
         random_state: Any = None,
         device: str = "auto",
@@ -154,6 +249,8 @@ class GaussianMixture(MixtureEstimator):
         checkpoint_path: str | None = None,
         num_warmup: int = 200,
         num_chains: int = 1,
+        sgd_options: dict | None = None,
+        n_principal_directions: int | None = None,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -177,6 +274,8 @@ class GaussianMixture(MixtureEstimator):
         self.checkpoint_path = checkpoint_path
         self.num_warmup = num_warmup
         self.num_chains = num_chains
+        self.sgd_options = sgd_options
+        self.n_principal_directions = n_principal_directions
 
     # ----------------------------------------------------------------------------- validation
 
@@ -192,6 +291,38 @@ class GaussianMixture(MixtureEstimator):
             raise ValueError(f"init_params={self.init_params!r} is not one of {INIT_METHODS}")
         if self.guide not in GUIDES:
             raise ValueError(f"guide={self.guide!r} is not one of {GUIDES}")
+        if self.n_principal_directions is not None and (
+            self.inference != "sgd" or self.covariance_type != "full"
+        ):
+            raise ValueError(
+                f"n_principal_directions={self.n_principal_directions!r} needs "
+                "inference='sgd' and covariance_type='full'; set it to None otherwise"
+            )
+        if self.inference == "sgd":
+            self._check_sgd_arguments()
+
+    def _check_sgd_arguments(self) -> None:
+        if self.covariance_type not in SGD_COVARIANCE_TYPES:
+            raise ValueError(
+                f"covariance_type={self.covariance_type!r} is not supported with "
+                f"inference='sgd'; use one of {SGD_COVARIANCE_TYPES} ('full' through local "
+                "principal directions, see n_principal_directions)"
+            )
+        if self.n_principal_directions is not None:
+            check_int(self.n_principal_directions, "n_principal_directions", 1)
+        options = self.sgd_options
+        if options is None:
+            return
+        if not isinstance(options, dict):
+            raise ValueError(f"sgd_options={options!r} must be a dict or None")
+        known = tuple(n for n in SGDConfig.field_names() if n not in _SGD_OWN_ARGUMENTS)
+        for name in options:
+            if name in _SGD_OWN_ARGUMENTS:
+                raise ValueError(f"sgd_options[{name!r}]: pass {name}= to GaussianMixture "
+                                 "itself, not in sgd_options")
+            if name not in known:
+                raise ValueError(f"sgd_options has an unknown key {name!r}; use some of {known}")
+        self._sgd_config(stream=False).validate(self.n_components, prefix="sgd_options: ")
 
     def _check_init_arrays(self, n_features: int) -> dict[str, torch.Tensor]:
         """Validate ``weights_init``, ``means_init`` and ``precisions_init`` against K and D."""
@@ -266,6 +397,8 @@ class GaussianMixture(MixtureEstimator):
         )
         if self.inference == "em":
             self._fit_em(x, generator, given)
+        elif self.inference == "sgd":
+            self._fit_sgd(x, generator)
         elif self.inference == "svi":
             self._fit_svi(x, generator, given, resume)
         else:
@@ -277,6 +410,169 @@ class GaussianMixture(MixtureEstimator):
             lambda stats: em_gmm.m_step(stats, self.covariance_type, self.reg_covar),
             "GMM EM", gmm.map_guide,
         )
+
+    # ------------------------------------------------------------------- max-component SGD
+
+    def _sgd_config(self, stream: bool) -> SGDConfig:
+        """The trainer's settings: ``sgd_options`` with ``lr`` and ``batch_size``."""
+        options = dict(self.sgd_options or {})
+        if options.get("grid_shape") is not None:
+            options["grid_shape"] = tuple(options["grid_shape"])
+        lr = self.lr if self.lr is not None else _DEFAULT_LR["sgd"]
+        batch_size = self.batch_size if self.batch_size is not None else (None if stream else 1)
+        return SGDConfig(lr=lr, batch_size=batch_size, **options)
+
+    def _sgd_init(self, n_features: int) -> dict[str, torch.Tensor]:
+        """``weights_init``, ``means_init``, ``precisions_init`` as the trainer's ``init``."""
+        if self.precisions_init is not None and self.covariance_type == "full":
+            raise ValueError("precisions_init is not used by inference='sgd' with "
+                             "covariance_type='full'; leave it None")
+        given = self._check_init_arrays(n_features)
+        names = {"weights_init": "weights", "means_init": "means",
+                 "precisions_init": "variances"}
+        return {names[k]: v for k, v in given.items()}
+
+    def _new_sgd_trainer(self, generator: torch.Generator, stream: bool) -> SGDGMMTrainer:
+        covariance = "principal" if self.covariance_type == "full" else self.covariance_type
+        return SGDGMMTrainer(
+            self.n_components, self._sgd_config(stream), covariance_type=covariance,
+            n_principal_directions=self.n_principal_directions, progress=self.progress,
+            seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+        )
+
+    def _fit_sgd(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        """SGD on a data matrix from ``n_init`` starts; keep the lowest max-component loss."""
+        init = self._sgd_init(x.shape[1])
+        best = None
+        for _ in range(self.n_init):
+            trainer = self._new_sgd_trainer(generator, stream=False)
+            trainer.init = init
+            trainer.fit(x, self._max_iter)
+            final = float(trainer.objectives(x)["max_component_loss"].mean())
+            if best is None or final < best[0]:
+                best = (final, trainer)
+        self._finish_sgd(best[1], x[:1])
+
+    def _finish_sgd(self, trainer: SGDGMMTrainer, first_row: torch.Tensor) -> None:
+        self._sgd_trainer = trainer
+        self.params_ = trainer.to_gmm_params()
+        self.sgd_history_ = {name: list(values) for name, values in trainer.history.items()}
+        self.history_ = list(trainer.history["loss"])
+        self.n_iter_ = len(self.history_)
+        self.converged_ = trainer.annealing_done
+        self.guide_ = gmm.map_guide(self.model_, self.params_)
+        self.guide_(first_row)
+
+    def _sgd_model(self, x: torch.Tensor) -> gmm.GaussianMixtureModel:
+        priors = default_gmm_priors(x, self.n_components, self.covariance_type)
+        priors.update(self.priors or {})
+        return gmm.GaussianMixtureModel(self.n_components, x.shape[1], self.covariance_type,
+                                        priors)
+
+    def _end_sgd_call(self, trainer: SGDGMMTrainer, x: torch.Tensor, seconds: float) -> None:
+        """Fitted attributes after a stream ``fit`` or a ``partial_fit`` (``x``: last batch)."""
+        if getattr(self, "model_", None) is None or self.model_.n_features != x.shape[1]:
+            self.model_ = self._sgd_model(x)
+        with pyro.get_param_store().scope() as state:
+            self._finish_sgd(trainer, x[:1])
+        self.param_store_state_ = state
+        self.fit_seconds_ = seconds
+        self._set_fitted()
+        with torch.no_grad():
+            self.lower_bound_ = float(torch.logsumexp(self._log_joint(x), -1).mean())
+
+    def fit(self, X: Any, y: Any = None, *, resume: bool = False):
+        """Fit the model to ``X``.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features), or, for ``inference="sgd"``, a
+            stream of such batches: a ``torch.utils.data.DataLoader`` (batches ``x`` or
+            ``(x, y)``), a list or tuple of 2-D arrays, or an iterator (one epoch only).
+            Each batch is cut into ``batch_size`` steps (None: one step per batch).
+        y : ignored
+        resume : bool, default False
+            SVI only: continue from ``checkpoint_path`` when it exists.
+
+        Returns
+        -------
+        self
+        """
+        self._sgd_trainer = None
+        if self.inference == "sgd" and _is_batch_source(X):
+            return self._fit_sgd_stream(X)
+        return super().fit(X, y, resume=resume)
+
+    def _fit_sgd_stream(self, source: Any):
+        self._check_arguments()
+        self._resolve_iteration_limits()
+        if isinstance(source, Iterator) and self._max_iter * self.n_init > 1:
+            raise ValueError(
+                f"an iterator can be traversed once, but max_iter={self._max_iter} epochs and "
+                f"n_init={self.n_init} starts were asked for; pass a list or a DataLoader, "
+                "or max_iter=1 and n_init=1"
+            )
+        self._device = resolve_device(self.device)
+        generator = resolve_generator(self.random_state, self._device)
+        self.model_ = None
+        start = time.perf_counter()
+        batches = _ValidatedBatches(self, source)
+        best = None
+        for _ in range(self.n_init):
+            trainer = self._new_sgd_trainer(generator, stream=True)
+            if trainer.total_steps is None:
+                per_epoch = trainer.steps_per_epoch(source)
+                if per_epoch is None:
+                    raise ValueError(
+                        "the annealing horizon of this stream is unknown (it has no len()); "
+                        "set sgd_options={'total_steps': ...} (gradient steps in all)"
+                    )
+                trainer.total_steps = per_epoch * self._max_iter
+            batches.trainer = trainer
+            trainer.fit(batches, self._max_iter)
+            final = trainer.history["max_component_loss"][-1]
+            if best is None or final < best[0]:
+                best = (final, trainer)
+        self._end_sgd_call(best[1], batches.last, time.perf_counter() - start)
+        return self
+
+    @available_if(_sgd_only)
+    def partial_fit(self, X: Any, y: Any = None):
+        """One pass of SGD steps over the batch ``X``, continuing from earlier calls.
+
+        The first call (or the first after :meth:`fit` with another inference) starts from
+        the seed's initial point; later ones continue training, the annealing clock
+        included. The annealing horizon is ``sgd_options["total_steps"]``, by default the
+        seed's ``1000 sqrt(K)`` steps (section 4); calls past it train at ``sigma_inf``.
+        ``n_init`` is not used. Only with ``inference="sgd"``. :meth:`save` keeps the
+        fitted mixture, not the SGD state: after :meth:`load`, ``partial_fit`` starts afresh.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        trainer = getattr(self, "_sgd_trainer", None)
+        if trainer is None:
+            self._check_arguments()
+            self._resolve_iteration_limits()
+            self.model_, self.fit_seconds_ = None, 0.0
+        if isinstance(X, torch.Tensor):
+            X = X.detach().cpu().numpy()
+        x = self._validate_x(X, reset=trainer is None)
+        start = time.perf_counter()
+        if trainer is None:
+            trainer = self._new_sgd_trainer(resolve_generator(self.random_state, x.device),
+                                            stream=True)
+            trainer.init = self._sgd_init(x.shape[1])
+        trainer.partial_fit(x)
+        seconds = time.perf_counter() - start
+        self._end_sgd_call(trainer, x, seconds + self.fit_seconds_)
+        return self
 
     def _fit_svi(self, x: torch.Tensor, generator: torch.Generator, given: dict,
                  resume: bool) -> None:
@@ -343,7 +639,12 @@ class GaussianMixture(MixtureEstimator):
         return gmm.log_joint(x, self.params_)
 
     def _n_parameters(self) -> int:
-        return metrics.n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
+        k, d, rank = self.n_components, self.n_features_in_, self.n_principal_directions
+        if self.inference == "sgd" and self.covariance_type == "full" and rank and rank < d:
+            # mean, S orthonormal directions (a Stiefel manifold), S + 1 variances
+            per_component = d + rank * d - rank * (rank + 1) // 2 + rank + 1
+            return k * per_component + k - 1
+        return metrics.n_parameters(k, d, self.covariance_type)
 
     def _sample_tensors(self, n_samples: int, generator: torch.Generator):
         return gmm.sample(self.params_, n_samples, generator)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_clusters", "plot_history", "principal_plane"]
+__all__ = ["plot_centroid_grid", "plot_clusters", "plot_history", "principal_plane"]
 
 #: Ellipses are drawn at this many standard deviations along each principal axis.
 ELLIPSE_N_STD = 2.0
@@ -272,4 +272,74 @@ def plot_history(
     if title is not None:
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
+    return fig
+
+
+def plot_centroid_grid(
+    means: Any,
+    grid_shape: Sequence[int],
+    image_shape: Sequence[int],
+    ax: Axes | None = None,
+    *,
+    cmap: str = "gray",
+    title: str | None = None,
+) -> Figure:
+    """Show component means as images laid out on the components' grid (seed 004, Fig. 2).
+
+    Max-component SGD with annealing (``GaussianMixture(inference="sgd")``) orders the means
+    on its grid like a self-organising map; this draws that grid, one tile per component.
+
+    Parameters
+    ----------
+    means : array-like, shape (n_components, n_features)
+        E.g. ``estimator.means_``; component ``k`` is row-major cell ``k`` of the grid.
+    grid_shape : (rows, cols) or (n_components,)
+        Layout of the components (a 1-D grid is drawn as one row); the product must equal
+        ``n_components``.
+    image_shape : (height, width) or (height, width, channels)
+        Shape of one mean as an image; the product must equal ``n_features``.
+    ax : matplotlib Axes, optional
+        Draw into these axes; by default a new figure is created.
+    cmap : str, default "gray"
+        Colour map for single-channel images.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One image of ``rows * height`` by ``cols * width`` pixels, tiles separated by a
+        one-pixel gap, every tile scaled to the range of all means. It is not shown.
+
+    Raises
+    ------
+    ValueError
+        If the shapes do not match ``means``.
+    """
+    means = _as_array(means, "means")
+    grid = tuple(int(n) for n in grid_shape)
+    image = tuple(int(n) for n in image_shape)
+    if means.ndim != 2:
+        raise ValueError(f"means has shape {means.shape}; expected (n_components, n_features)")
+    if len(grid) not in (1, 2) or int(np.prod(grid)) != means.shape[0]:
+        raise ValueError(f"grid_shape={grid} does not hold {means.shape[0]} components; its "
+                         "product must equal n_components")
+    if len(image) not in (2, 3) or int(np.prod(image)) != means.shape[1]:
+        raise ValueError(f"image_shape={image} does not hold {means.shape[1]} features; its "
+                         "product must equal n_features")
+    rows, cols = grid if len(grid) == 2 else (1, grid[0])
+    height, width = image[:2]
+    channels = image[2:]
+    low, high = float(means.min()), float(means.max())
+    tiles = (means - low) / (high - low if high > low else 1.0)
+    canvas = np.ones((rows * (height + 1) - 1, cols * (width + 1) - 1, *channels))
+    for index, tile in enumerate(tiles.reshape(-1, *image)):
+        top, left = (index // cols) * (height + 1), (index % cols) * (width + 1)
+        canvas[top:top + height, left:left + width] = tile
+    fig, ax = _figure_and_axes(ax)
+    ax.imshow(canvas, cmap=cmap if not channels else None, vmin=0.0, vmax=1.0,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title)
     return fig

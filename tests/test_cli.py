@@ -207,3 +207,10 @@ def test_fit_mfa_on_wine(tmp_path, capsys):
 def test_fit_mfa_too_many_factors_exits_2(tmp_path, capsys):
     assert main(["fit", "mfa", "--n-factors", "5", "--out", str(tmp_path / "m")]) == 2
     assert "n_factors=5 must be < n_features=2" in capsys.readouterr().err
+
+
+def test_fit_gmm_by_max_component_sgd(tmp_path):
+    assert fit(tmp_path, "--inference", "sgd", "--covariance-type", "diag", "--max-iter", "3") == 0
+    summary = read_summary(tmp_path)
+    assert summary["inference"] == "sgd" and summary["n_iter"] == 3
+    assert summary["mean_log_likelihood"] is not None and (tmp_path / "history.png").exists()
