@@ -297,6 +297,27 @@ def _add_compare_dgmm_parser(commands: Any) -> None:
     parser.set_defaults(run=_compare_dgmm)
 
 
+def _add_diagnose_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "diagnose", help="posterior diagnostics of a saved model on data",
+        description="Load a model written by 'fit' (model.pt), score it on --data, and write "
+        "inference_data.nc (arviz), summary.csv (az.summary), report.md (log-likelihood, BIC, "
+        "WAIC and LOO where the fit has posterior draws, r_hat), clusters.png, "
+        "responsibilities.png and, with draws, trace.png into --out.",
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL_FILE", help="a model.pt from 'fit'")
+    parser.add_argument("--data", required=True, metavar="NAME|PATH",
+                        help="built-in data set name or a .csv / .npy file (as for 'fit')")
+    parser.add_argument("--label-column", metavar="COL", help="CSV only: labels column")
+    parser.add_argument("--labels", metavar="PATH", help="NPY only: a .npy file of labels")
+    parser.add_argument("--out", type=Path, default=Path("runs/diagnose"), metavar="DIR",
+                        help="output folder (default: runs/diagnose)")
+    parser.add_argument("--num-samples", type=_integer(2), default=200, metavar="N",
+                        help="draws of a mean-field SVI guide (default: 200)")
+    parser.add_argument("--seed", type=_integer(0), default=0, metavar="S")
+    parser.set_defaults(run=_diagnose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ppl-mixtures`` argument parser, with one sub-command per action and model.
 
@@ -327,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mfa_parser(models, _common_fit_options())
     _add_dgmm_parser(models, _common_fit_options())
     _add_compare_dgmm_parser(commands)
+    _add_diagnose_parser(commands)
     return parser
 
 
@@ -501,6 +523,83 @@ def _fit_gmm(args: argparse.Namespace) -> int:
     _save_plots(args, est, X, predicted, out)
     print(_format_summary(summary, out))
     return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    """``ppl-mixtures diagnose MODEL_FILE --data ...``: write the diagnostics report."""
+    import warnings
+
+    import arviz as az
+
+    from ppl_mixtures.diagnostics import to_inference_data
+    from ppl_mixtures.estimators import load_estimator
+    from ppl_mixtures.plotting import _pyplot, plot_clusters, plot_responsibilities
+
+    if not args.model.exists():
+        raise CLIError(f"MODEL_FILE {args.model} does not exist; pass a model.pt from 'fit'")
+    est = load_estimator(args.model, device="cpu")
+    X, labels = _load_data(args)
+    if X.shape[1] != est.n_features_in_:
+        raise CLIError(f"--data has {X.shape[1]} features but the model was fitted on "
+                       f"{est.n_features_in_}; pass the data it was fitted on")
+    args.out.mkdir(parents=True, exist_ok=True)
+    idata = to_inference_data(est, X, num_samples=args.num_samples, random_state=args.seed)
+    idata.to_netcdf(str(args.out / "inference_data.nc"))
+    n_draws = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # arviz warns about single draws and Pareto k
+        summary = az.summary(idata, var_names=["weights"], kind="all" if n_draws > 1
+                             else "stats")
+        waic = az.waic(idata)
+        loo = az.loo(idata) if n_draws > 1 else None
+    summary.to_csv(args.out / "summary.csv")
+    predicted = est.predict(X)
+    rows = [
+        ("model", f"{type(est).__name__} ({getattr(est, 'inference', '')})"),
+        ("samples", X.shape[0]),
+        ("posterior draws", n_draws),
+        ("mean log-likelihood", f"{est.score(X):.4f}"),
+        ("BIC", f"{est.bic(X):.2f}"),
+        ("WAIC elpd", f"{waic.elpd_waic:.2f} (se {waic.se:.2f})"),
+        ("LOO elpd", f"{loo.elpd_loo:.2f} (se {loo.se:.2f})" if loo is not None
+         else "n/a (a point estimate has one draw)"),
+    ]
+    if "r_hat" in summary:
+        rows.append(("max r_hat (weights)", f"{float(summary['r_hat'].max()):.3f}"))
+    scores = _label_scores(labels, predicted)
+    if scores["ari"] is not None:
+        rows.append(("ARI", f"{scores['ari']:.4f}"))
+    width = max(len(name) for name, _ in rows)
+    text = "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    (args.out / "report.md").write_text(
+        "# Diagnostics\n\n```\n" + text + "\n```\n\n" + summary.to_markdown()
+        if hasattr(summary, "to_markdown") and _has_tabulate() else
+        "# Diagnostics\n\n```\n" + text + "\n```\n\nSee summary.csv.\n")
+    plt = _pyplot()
+    covariances = getattr(est, "covariances_", None)
+    if type(est).__name__ == "GaussianMixture":
+        from ppl_mixtures.models.gmm import covariance_matrices
+
+        covariances = covariance_matrices(est.params_).detach().cpu().numpy()
+    fig = plot_clusters(X, predicted, means=est.means_, covariances=covariances,
+                        title=f"{type(est).__name__} on {Path(str(args.data)).name}")
+    fig.savefig(args.out / "clusters.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    fig = plot_responsibilities(est.predict_proba(X))
+    fig.savefig(args.out / "responsibilities.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    if n_draws > 1:
+        axes = az.plot_trace(idata, var_names=["weights"], compact=True)
+        axes.ravel()[0].figure.savefig(args.out / "trace.png", dpi=100, bbox_inches="tight")
+        plt.close("all")
+    print(text + f"\noutputs  {args.out}")
+    return 0
+
+
+def _has_tabulate() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tabulate") is not None
 
 
 def _compare_dgmm(args: argparse.Namespace) -> int:

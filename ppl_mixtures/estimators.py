@@ -666,7 +666,13 @@ class GaussianMixture(MixtureEstimator):
         self.model_ = gmm.GaussianMixtureModel(
             self.n_components, self.n_features_in_, self.covariance_type, payload["priors"]
         )
-        self.guide_ = gmm.map_guide(self.model_, self.params_)
+        saved_state = payload["fitted"].get("param_store_state_")
+        if self.inference == "svi" and self.guide == "mean_field" and saved_state is not None:
+            # keep the posterior spread: restore the guide's own parameters, not a point mass
+            pyro.get_param_store().set_state(saved_state)
+            self.guide_ = gmm.mean_field_guide(self.model_, self.params_)
+        else:
+            self.guide_ = gmm.map_guide(self.model_, self.params_)
         self.guide_(n_samples=1)
 
 
@@ -675,4 +681,28 @@ from ppl_mixtures.estimators_dgmm import DeepGaussianMixture  # noqa: E402
 from ppl_mixtures.estimators_gmvae import GMVAE  # noqa: E402
 from ppl_mixtures.estimators_mfa import MixtureOfFactorAnalyzers  # noqa: E402
 
-__all__ = ["GMVAE", "DeepGaussianMixture", "GaussianMixture", "MixtureOfFactorAnalyzers"]
+
+def load_estimator(path: Any, device: str = "auto") -> Any:
+    """Read any estimator written by ``save``, whatever its class (a pickle: trusted files only).
+
+    Parameters
+    ----------
+    path : str or path-like
+    device : str, default "auto"
+
+    Returns
+    -------
+    GaussianMixture, MixtureOfFactorAnalyzers, DeepGaussianMixture or GMVAE
+    """
+    classes = {cls.__name__: cls for cls in (GaussianMixture, MixtureOfFactorAnalyzers,
+                                             DeepGaussianMixture, GMVAE)}
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    name = payload.get("class") if isinstance(payload, dict) else None
+    if name not in classes:
+        raise ValueError(f"{path} is not a file written by an estimator's save() "
+                         f"(class {name!r}; expected one of {sorted(classes)})")
+    return classes[name].load(path, device=device)
+
+
+__all__ = ["GMVAE", "DeepGaussianMixture", "GaussianMixture", "MixtureOfFactorAnalyzers",
+           "load_estimator"]

@@ -25,7 +25,13 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_centroid_grid", "plot_clusters", "plot_history", "principal_plane"]
+__all__ = [
+    "plot_centroid_grid",
+    "plot_clusters",
+    "plot_history",
+    "plot_responsibilities",
+    "principal_plane",
+]
 
 #: Ellipses are drawn at this many standard deviations along each principal axis.
 ELLIPSE_N_STD = 2.0
@@ -342,4 +348,43 @@ def plot_centroid_grid(
     ax.set_yticks([])
     if title is not None:
         ax.set_title(title)
+    return fig
+
+
+def plot_responsibilities(
+    responsibilities: Any, *, ax: Axes | None = None, max_rows: int = 500,
+    title: str | None = None,
+) -> Figure:
+    """Heatmap of posterior component probabilities, rows sorted by cluster then confidence.
+
+    Parameters
+    ----------
+    responsibilities : array-like, shape (n_samples, n_components)
+        E.g. ``estimator.predict_proba(X)``; rows sum to 1.
+    ax : matplotlib Axes, optional
+    max_rows : int, default 500
+        At most this many rows, evenly spaced after sorting, so large data stay readable.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Samples on the vertical axis, components across; uncertain samples show as rows with
+        more than one lit cell.
+    """
+    values = _as_array(responsibilities, "responsibilities")
+    if values.ndim != 2 or values.shape[0] == 0:
+        raise ValueError(
+            f"responsibilities has shape {values.shape}; expected (n_samples, n_components)")
+    order = np.lexsort((-values.max(1), values.argmax(1)))
+    rows = values[order]
+    if rows.shape[0] > max_rows:
+        rows = rows[np.linspace(0, rows.shape[0] - 1, max_rows).astype(int)]
+    fig, ax = _figure_and_axes(ax)
+    image = ax.imshow(rows, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0,
+                      vmax=1)
+    fig.colorbar(image, ax=ax, label="posterior probability")
+    ax.set_xlabel("component")
+    ax.set_ylabel("sample (sorted by cluster)")
+    ax.set_title(title or "responsibilities")
     return fig

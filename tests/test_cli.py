@@ -214,3 +214,36 @@ def test_fit_gmm_by_max_component_sgd(tmp_path):
     summary = read_summary(tmp_path)
     assert summary["inference"] == "sgd" and summary["n_iter"] == 3
     assert summary["mean_log_likelihood"] is not None and (tmp_path / "history.png").exists()
+
+
+def test_diagnose_writes_the_report_for_posterior_draws(tmp_path, capsys):
+    from ppl_mixtures.datasets import load_dataset
+    from ppl_mixtures.estimators import GaussianMixture
+
+    X, _ = load_dataset("gmm")
+    est = GaussianMixture(3, covariance_type="diag", inference="svi", guide="mean_field",
+                          max_iter=150, random_state=0, progress=False).fit(X)
+    est.save(tmp_path / "model.pt")
+    out = tmp_path / "diag"
+    code = main(["diagnose", str(tmp_path / "model.pt"), "--data", "gmm", "--out", str(out),
+                 "--num-samples", "20"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "LOO elpd" in printed and "n/a" not in printed and "max r_hat" in printed
+    for name in ("inference_data.nc", "summary.csv", "report.md", "clusters.png",
+                 "responsibilities.png", "trace.png"):
+        assert (out / name).stat().st_size > 0, name
+    import arviz as az
+
+    idata = az.from_netcdf(str(out / "inference_data.nc"))
+    assert idata.posterior.sizes["draw"] == 20 and "log_likelihood" in idata.groups()
+
+
+def test_diagnose_rejects_a_missing_model_and_mismatched_data(tmp_path, capsys):
+    assert main(["diagnose", str(tmp_path / "none.pt"), "--data", "gmm"]) == 2
+    assert "MODEL_FILE" in capsys.readouterr().err
+    assert fit(tmp_path, "--max-iter", "5") == 0
+    code = main(["diagnose", str(tmp_path / "model.pt"), "--data", "wine",
+                 "--out", str(tmp_path / "d")])
+    assert code == 2
+    assert "features" in capsys.readouterr().err

@@ -1,0 +1,52 @@
+"""Execute the tutorial notebooks of ``notebooks/`` in smoke mode (tiny sizes).
+
+Each notebook runs in a fresh ``python3`` kernel on a temporary copy, with
+``PPL_MIXTURES_SMOKE=1`` (the notebooks shrink their data and iterations),
+``OMP_NUM_THREADS=1`` and the ``Agg`` matplotlib backend; any cell error fails the test.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = ("01_defining_priors.ipynb", "02_svi_training.ipynb",
+             "03_posterior_diagnostics.ipynb")
+
+
+def test_every_notebook_is_tested():
+    assert sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_in_smoke_mode(name, tmp_path, monkeypatch):
+    path = tmp_path / name
+    shutil.copy(NOTEBOOK_DIR / name, path)
+    # the kernel inherits this process's environment
+    monkeypatch.setenv("PPL_MIXTURES_SMOKE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.execute()  # raises CellExecutionError on the first failing cell
+    errors = [output for cell in nb.cells if cell.cell_type == "code"
+              for output in cell.get("outputs", []) if output.get("output_type") == "error"]
+    assert not errors, errors
+
+
+def test_saved_notebooks_have_no_outputs():
+    for name in NOTEBOOKS:
+        nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, name
