@@ -521,13 +521,7 @@ class GaussianMixture(MixtureEstimator):
         for _ in range(self.n_init):
             trainer = self._new_sgd_trainer(generator, stream=True)
             if trainer.total_steps is None:
-                per_epoch = trainer.steps_per_epoch(source)
-                if per_epoch is None:
-                    raise ValueError(
-                        "the annealing horizon of this stream is unknown (it has no len()); "
-                        "set sgd_options={'total_steps': ...} (gradient steps in all)"
-                    )
-                trainer.total_steps = per_epoch * self._max_iter
+                trainer.set_horizon(source, self._max_iter)
             batches.trainer = trainer
             trainer.fit(batches, self._max_iter)
             final = trainer.history["max_component_loss"][-1]

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from dgmm_helpers import random_params
 
 from ppl_mixtures.datasets import make_dgmm
 from ppl_mixtures.models import dgmm
@@ -13,22 +14,6 @@ CONSTRAINTS = ident.CONSTRAINTS
 #: score z^(1) has a rotation freedom in its noise-whitened metric.
 ARCHITECTURES = [((3,), (2,), 5), ((2, 3), (3, 2), 5), ((2, 1, 2), (4, 3, 2), 6),
                  ((1, 2), (3, 2), 5)]
-
-
-def random_params(n_components, n_factors, n_features, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    widths = [n_features, *n_factors]
-    params = dgmm.DGMMParams([], [], [], [])
-    for layer, size in enumerate(n_components):
-        width, rank = widths[layer], widths[layer + 1]
-        weights = torch.rand(size, generator=generator, dtype=torch.float64) + 0.5
-        params.weights.append(weights / weights.sum())
-        params.eta.append(torch.randn(size, width, generator=generator, dtype=torch.float64))
-        params.loadings.append(
-            torch.randn(size, width, rank, generator=generator, dtype=torch.float64))
-        params.noise_variances.append(
-            0.2 + torch.rand(size, width, generator=generator, dtype=torch.float64))
-    return params
 
 
 def section_params(seed=0):

@@ -99,11 +99,11 @@ class ExperimentConfig:
     n_features: int = 17
     n_components: tuple[int, ...] = (3, 3, 2)
     n_factors: tuple[int, ...] = (11, 6, 2)
-    runs: int = 10
-    svi_runs: int = 3
-    bic_runs: int = 4
+    runs: int = 5
+    svi_runs: int = 2
+    bic_runs: int = 2
     bic_candidates: tuple[int, ...] = (2, 3, 4, 5, 6)
-    em_max_iter: int = 300
+    em_max_iter: int = 200
     em_tol: float = 1e-5
     svi_max_iter: int = 500
     svi_lr: float = 0.02

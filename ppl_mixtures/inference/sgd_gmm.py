@@ -600,6 +600,23 @@ class SGDGMMTrainer:
                 return len(data) * steps(loader_batch)
         return None
 
+    def set_horizon(self, data: Tensor | Iterable[Tensor], n_epochs: int) -> None:
+        """Set ``total_steps`` (the annealing horizon) to ``n_epochs`` passes over ``data``.
+
+        Raises
+        ------
+        ValueError
+            When ``data`` is an iterable without ``len()``.
+        """
+        per_epoch = self.steps_per_epoch(data)
+        if per_epoch is None:
+            raise ValueError(
+                "the annealing horizon is unknown for an iterable without len(); set "
+                "total_steps in the SGD configuration (GaussianMixture: "
+                "sgd_options={'total_steps': ...}, gradient steps in all)"
+            )
+        self.total_steps = per_epoch * n_epochs
+
     def fit(self, data: Tensor | Iterable[Tensor], n_epochs: int = 1) -> SGDGMMTrainer:
         """``n_epochs`` passes over ``data``, one :attr:`history` entry per pass.
 
@@ -619,13 +636,7 @@ class SGDGMMTrainer:
             without length), or a one-shot iterator is asked for several epochs.
         """
         if self.total_steps is None:
-            per_epoch = self.steps_per_epoch(data)
-            if per_epoch is None:
-                raise ValueError(
-                    "the annealing horizon is unknown for an iterable without len(); set "
-                    "total_steps in the SGD configuration"
-                )
-            self.total_steps = per_epoch * n_epochs
+            self.set_horizon(data, n_epochs)
         if n_epochs > 1 and not isinstance(data, Tensor) and iter(data) is data:
             raise ValueError("a one-shot iterator cannot be traversed for n_epochs > 1; pass "
                              "a list or a DataLoader, or n_epochs=1")
