@@ -270,7 +270,7 @@ def _add_compare_dgmm_parser(commands: Any) -> None:
         description="Simulate the seed's section 3.1 data (N=4000, J=17, G=(3,3,2), "
         "R=(11,6,2), standardised), fit the DGMM by EM, annealed EM and SVI from random "
         "starts, score the true parameters, and write the paper's Tables 1-3 and Figures 2-5 "
-        "with report.md into --out. The defaults take about 10 minutes on 2 CPU cores.",
+        "with report.md into --out. The defaults take about 7 minutes on 2 CPU cores.",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/compare-dgmm"), metavar="DIR",
                         help="output folder (default: runs/compare-dgmm)")
