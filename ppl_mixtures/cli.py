@@ -189,6 +189,21 @@ def _add_gmm_parser(models: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=_fit_gmm, model="gmm")
 
 
+def _add_em_svi_options(group: Any, lr: float) -> None:
+    """``--inference em|svi``, ``--batch-size`` and ``--lr`` of the MFA and DGMM parsers."""
+    group.add_argument(
+        "--inference", choices=_GMM_INFERENCE, default="em",
+        help="expectation-maximisation or stochastic variational inference (default: em)",
+    )
+    group.add_argument(
+        "--batch-size", type=_integer(1), metavar="B",
+        help="SVI minibatch size (default: full batch)",
+    )
+    group.add_argument(
+        "--lr", type=_real(positive=True), default=lr, help=f"SVI learning rate (default: {lr})",
+    )
+
+
 def _add_mfa_parser(models: Any, common: argparse.ArgumentParser) -> None:
     parser = models.add_parser(
         "mfa", parents=[common], help="mixture of factor analysers (EM or SVI)",
@@ -200,17 +215,7 @@ def _add_mfa_parser(models: Any, common: argparse.ArgumentParser) -> None:
         "--n-factors", type=_integer(1), default=2, metavar="R",
         help="latent factors per component, < number of features (default: 2)",
     )
-    mfa.add_argument(
-        "--inference", choices=_GMM_INFERENCE, default="em",
-        help="expectation-maximisation or stochastic variational inference (default: em)",
-    )
-    mfa.add_argument(
-        "--batch-size", type=_integer(1), metavar="B",
-        help="SVI minibatch size (default: full batch)",
-    )
-    mfa.add_argument(
-        "--lr", type=_real(positive=True), default=0.05, help="SVI learning rate (default: 0.05)",
-    )
+    _add_em_svi_options(mfa, lr=0.05)
     parser.set_defaults(run=_fit_gmm, model="mfa")
 
 
@@ -242,21 +247,11 @@ def _add_dgmm_parser(models: Any, common: argparse.ArgumentParser) -> None:
         help="factor dimension per layer, strictly decreasing and below the number of "
         "features (default: 11,6,2)",
     )
-    dgmm.add_argument(
-        "--inference", choices=_GMM_INFERENCE, default="em",
-        help="exact EM or stochastic variational inference (default: em)",
-    )
+    _add_em_svi_options(dgmm, lr=0.02)
     dgmm.add_argument(
         "--anneal-start", type=_real(positive=True), default=1.0, metavar="T0",
         help="EM only: deterministic annealing from temperature T0 > 1 before EM "
         "(default: 1, off)",
-    )
-    dgmm.add_argument(
-        "--batch-size", type=_integer(1), metavar="B",
-        help="SVI minibatch size (default: full batch)",
-    )
-    dgmm.add_argument(
-        "--lr", type=_real(positive=True), default=0.02, help="SVI learning rate (default: 0.02)",
     )
     parser.set_defaults(run=_fit_gmm, model="dgmm")
 
