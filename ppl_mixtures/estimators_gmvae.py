@@ -35,9 +35,9 @@ class GMVAE(MixtureEstimator):
     ----------
     n_components : int, default 10
         Number of clusters K.
-    preset : {"synthetic", "mnist_mlp"}, default "synthetic"
-        Network sizes from the seed's appendix (see :data:`ppl_mixtures.models.gmvae.PRESETS`);
-        the arguments below override parts of it.
+    preset : {"synthetic", "mnist_mlp", "digits_mlp"}, default "synthetic"
+        Network sizes from the seed's appendix, or small latents for 8x8 digits (see
+        :data:`ppl_mixtures.models.gmvae.PRESETS`); the arguments below override parts of it.
     latent_dim : int, optional
         Dimension of x (the clustered latent); default from ``preset``.
     w_dim : int, optional

@@ -296,3 +296,13 @@ def test_load_mnist_idx_errors(tmp_path, mnist_files):
     broken.write_bytes(b"not gzip")
     with pytest.raises(ValueError, match="could not be read"):
         load_mnist_idx(broken)
+
+
+def test_digits_preset_sizes():
+    """The small-latent preset measured on digits (bench/gmvae_digits.py): Dx=10, Dw=2."""
+    X = np.random.default_rng(0).random((40, 64))
+    est = GMVAE(10, preset="digits_mlp", likelihood="gaussian", max_epochs=1, batch_size=20,
+                progress=False, random_state=0).fit(X)
+    assert (est.networks_.x_dim, est.networks_.w_dim) == (10, 2)
+    assert est.networks_.encoder[0].out_features == 500
+    assert est.predict(X).shape == (40,) and np.isfinite(est.score(X))

@@ -93,10 +93,15 @@ class Architecture:
 
 #: Presets from the seed's appendix. ``"synthetic"`` is the pinwheel network exactly;
 #: ``"mnist_mlp"`` keeps the MNIST sizes (Dx=200, Dw=150, 500 hidden units) with fully connected
-#: layers in place of the convolutions and without batch normalisation.
+#: layers in place of the convolutions and without batch normalisation. ``"digits_mlp"`` keeps
+#: those hidden widths with small latents (Dx=10, Dw=2): on scikit-learn's 8x8 digits the
+#: MNIST latents put every image in one cluster (with or without free bits), these reached
+#: Hungarian accuracy 0.79-0.88 over three seeds (Gaussian likelihood,
+#: ``observation_variance=0.05``, closed-form z-term with free bits 1; ``bench/gmvae_digits.py``).
 PRESETS: dict[str, Architecture] = {
     "synthetic": Architecture(2, 2, (120, 120), (120,), (120, 120)),
     "mnist_mlp": Architecture(200, 150, (500,), (500,), (500,)),
+    "digits_mlp": Architecture(10, 2, (500,), (500,), (500,)),
 }
 
 
