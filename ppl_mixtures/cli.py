@@ -219,6 +219,36 @@ def _add_mfa_parser(models: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=_fit_gmm, model="mfa")
 
 
+def _add_gmvae_parser(models: Any, common: argparse.ArgumentParser) -> None:
+    parser = models.add_parser(
+        "gmvae", parents=[common], help="Gaussian-mixture VAE (SVI)",
+        description="Train a Gaussian-mixture VAE (seed 002) by SVI; --max-iter counts epochs. "
+        "Writes model.pt, summary.json, history.png, latent.png (the clustered latent x, "
+        "coloured by cluster) and, for square images (e.g. --data digits), samples.png (one "
+        "row of generated images per component).",
+    )
+    group = parser.add_argument_group("Gaussian-mixture VAE")
+    group.add_argument("--preset", choices=("synthetic", "mnist_mlp", "digits_mlp"),
+                       default="synthetic", help="network sizes (default: synthetic)")
+    group.add_argument("--likelihood", choices=("gaussian", "bernoulli"), default="gaussian",
+                       help="p(y | x) (default: gaussian)")
+    group.add_argument("--observation-variance", type=_real(positive=True), default=0.01,
+                       metavar="V", help="fixed Gaussian variance, a fraction of the data's "
+                       "(default: 0.01)")
+    group.add_argument("--z-inference", choices=("enumerate", "closed_form"),
+                       default="enumerate", help="z summed out, or the seed's closed-form "
+                       "term with free bits (default: enumerate)")
+    group.add_argument("--free-bits", type=_real(positive=False), default=0.0, metavar="L",
+                       help="lambda of the closed-form z term (default: 0)")
+    group.add_argument("--num-particles", type=_integer(1), default=1, metavar="M",
+                       help="samples of (x, w) per data point (default: 1)")
+    group.add_argument("--batch-size", type=_integer(1), default=128, metavar="B",
+                       help="minibatch size (default: 128)")
+    group.add_argument("--lr", type=_real(positive=True), default=1e-3,
+                       help="Adam learning rate (default: 0.001)")
+    parser.set_defaults(run=_fit_gmvae, model="gmvae", inference="svi")
+
+
 def _integer_list(text: str) -> tuple[int, ...]:
     """``"3,3,2"`` -> ``(3, 3, 2)``: one positive integer per layer."""
     try:
@@ -342,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gmm_parser(models, _common_fit_options())
     _add_mfa_parser(models, _common_fit_options())
     _add_dgmm_parser(models, _common_fit_options())
+    _add_gmvae_parser(models, _common_fit_options())
     _add_compare_dgmm_parser(commands)
     _add_diagnose_parser(commands)
     return parser
@@ -517,6 +548,70 @@ def _fit_gmm(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _save_plots(args, est, X, predicted, out)
     print(_format_summary(summary, out))
+    return 0
+
+
+def _gmvae_figures(est: Any, X: np.ndarray, predicted: np.ndarray, out: Path) -> None:
+    from ppl_mixtures.plotting import _pyplot, plot_centroid_grid, plot_clusters, plot_history
+
+    plt = _pyplot()
+    fig = plot_history(est.history_, xlabel="step", ylabel="loss per sample (negative ELBO)",
+                       title="GMVAE training")
+    fig.savefig(out / "history.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    fig = plot_clusters(est.transform(X), predicted,
+                        title=f"latent x of the GMVAE (K={est.n_components}), by cluster")
+    fig.savefig(out / "latent.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    side = math.isqrt(X.shape[1])
+    if side * side == X.shape[1] and side > 1:
+        per_row = 8
+        images = np.concatenate([est.sample(per_row, component=k, observation="mean")[0]
+                                 for k in range(est.n_components)])
+        fig = plot_centroid_grid(images, (est.n_components, per_row), (side, side),
+                                 title="samples per component (rows)")
+        fig.savefig(out / "samples.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+
+
+def _fit_gmvae(args: argparse.Namespace) -> int:
+    """``ppl-mixtures fit gmvae``: train, print the summary, write the outputs."""
+    from ppl_mixtures.estimators import GMVAE
+
+    X, labels = _load_data(args)
+    n_components = args.n_components or (len(np.unique(labels)) if labels is not None
+                                         else DEFAULT_N_COMPONENTS)
+    out = args.out if args.out is not None else Path("runs") / "gmvae"
+    checkpoint = out / "checkpoint.pt"
+    if args.resume and not checkpoint.exists():
+        print(f"{PROG}: note: no checkpoint at {checkpoint}; starting afresh", file=sys.stderr)
+    est = GMVAE(
+        n_components, preset=args.preset, likelihood=args.likelihood,
+        observation_variance=args.observation_variance, z_inference=args.z_inference,
+        free_bits=args.free_bits, num_particles=args.num_particles,
+        max_epochs=args.max_iter or 100, batch_size=args.batch_size, lr=args.lr,
+        device=args.device, dtype=args.dtype or "float32", random_state=args.seed,
+        progress=args.progress, checkpoint_path=str(checkpoint),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    est.fit(X, resume=args.resume)
+    predicted = est.predict(X)
+    summary = {
+        "model": "gmvae", "dataset": str(args.data), "n_samples": int(X.shape[0]),
+        "n_features": int(X.shape[1]), "n_components": int(n_components),
+        "preset": args.preset, "likelihood": args.likelihood, "z_inference": args.z_inference,
+        "free_bits": args.free_bits, "num_particles": args.num_particles,
+        "epochs": est.max_epochs, "steps": int(est.n_iter_),
+        "elbo_per_sample": float(est.lower_bound_), **_label_scores(labels, predicted),
+        "clusters_used": int(len(np.unique(predicted))), "seconds": float(est.fit_seconds_),
+        "seed": args.seed, "version": __version__,
+    }
+    est.save(out / "model.pt")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _gmvae_figures(est, X, predicted, out)
+    width = max(len(key) for key in summary)
+    print("\n".join(f"{key:<{width}}  {value}" for key, value in summary.items())
+          + f"\noutputs  {out}")
     return 0
 
 

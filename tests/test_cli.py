@@ -247,3 +247,20 @@ def test_diagnose_rejects_a_missing_model_and_mismatched_data(tmp_path, capsys):
                  "--out", str(tmp_path / "d")])
     assert code == 2
     assert "features" in capsys.readouterr().err
+
+
+def test_fit_gmvae_writes_figures_and_resumes(tmp_path, capsys):
+    args = ["fit", "gmvae", "--data", "digits", "--preset", "digits_mlp", "--out",
+            str(tmp_path), "--no-progress", "--device", "cpu"]
+    assert main([*args, "--max-iter", "1"]) == 0
+    first = read_summary(tmp_path)
+    assert first["n_components"] == 10 and first["n_features"] == 64
+    for name in ("model.pt", "summary.json", "history.png", "latent.png", "samples.png",
+                 "checkpoint.pt"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert main([*args, "--max-iter", "2", "--resume"]) == 0
+    second = read_summary(tmp_path)
+    assert second["steps"] == 2 * first["steps"]  # one more epoch from the checkpoint
+    from ppl_mixtures.estimators import load_estimator
+
+    assert type(load_estimator(tmp_path / "model.pt", device="cpu")).__name__ == "GMVAE"
