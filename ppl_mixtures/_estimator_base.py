@@ -289,6 +289,11 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         payload = torch.load(path, map_location="cpu", weights_only=False)
         if payload.get("class") != cls.__name__:
             raise ValueError(f"{path} holds a {payload.get('class')!r}, not a {cls.__name__}")
+        return cls._from_payload(payload, device)
+
+    @classmethod
+    def _from_payload(cls, payload: dict, device: str):
+        """Rebuild an estimator from the dict :meth:`save` wrote (already read from disk)."""
         est = cls(**{**payload["arguments"], "device": device})
         for name, value in payload["fitted"].items():
             setattr(est, name, value)

@@ -477,23 +477,32 @@ def _format_summary(summary: dict[str, Any], out: Path) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
+def _full_covariances(est: Any) -> np.ndarray:
+    """(K, D, D) covariance matrices of a fitted estimator, for the cluster ellipses, or None.
+
+    A GaussianMixture keeps ``covariances_`` in scikit-learn's per-type shapes; MFA and DGMM
+    keep full matrices already.
+    """
+    if type(est).__name__ != "GaussianMixture":
+        return getattr(est, "covariances_", None)  # None: no ellipses (e.g. GMVAE)
+    from ppl_mixtures.models.gmm import covariance_matrices
+
+    return covariance_matrices(est.params_).detach().cpu().numpy()
+
+
 def _save_plots(args: argparse.Namespace, est: Any, X: np.ndarray, predicted: np.ndarray,
                 out: Path) -> None:
-    from ppl_mixtures.models.gmm import covariance_matrices
     from ppl_mixtures.plotting import _pyplot, plot_clusters, plot_history
 
     plt = _pyplot()
     if args.model == "gmm":
-        covariances = covariance_matrices(est.params_).detach().cpu().numpy()
         kind = f"GMM ({est.covariance_type}, {est.inference})"
     elif args.model == "mfa":
-        covariances = est.covariances_
         kind = f"MFA (r={est.n_factors}, {est.inference})"
     else:
-        covariances = est.covariances_
         kind = f"DGMM (G={est.n_components}, r={est.n_factors}, {est.inference})"
     fig = plot_clusters(
-        X, predicted, means=est.means_, covariances=covariances,
+        X, predicted, means=est.means_, covariances=_full_covariances(est),
         title=f"{kind} on {Path(args.data).name}: K={est._n_clusters()}",
     )
     fig.savefig(out / "clusters.png", dpi=100, bbox_inches="tight")
@@ -666,12 +675,7 @@ def _diagnose(args: argparse.Namespace) -> int:
         if hasattr(summary, "to_markdown") and _has_tabulate() else
         "# Diagnostics\n\n```\n" + text + "\n```\n\nSee summary.csv.\n")
     plt = _pyplot()
-    covariances = getattr(est, "covariances_", None)
-    if type(est).__name__ == "GaussianMixture":
-        from ppl_mixtures.models.gmm import covariance_matrices
-
-        covariances = covariance_matrices(est.params_).detach().cpu().numpy()
-    fig = plot_clusters(X, predicted, means=est.means_, covariances=covariances,
+    fig = plot_clusters(X, predicted, means=est.means_, covariances=_full_covariances(est),
                         title=f"{type(est).__name__} on {Path(str(args.data)).name}")
     fig.savefig(args.out / "clusters.png", dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -390,11 +390,7 @@ class GaussianMixture(MixtureEstimator):
     def _fit(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
         given = self._check_init_arrays(x.shape[1])
         self._resolve_iteration_limits()
-        priors = default_gmm_priors(x, self.n_components, self.covariance_type)
-        priors.update(self.priors or {})
-        self.model_ = gmm.GaussianMixtureModel(
-            self.n_components, x.shape[1], self.covariance_type, priors
-        )
+        self.model_ = self._build_model(x)
         if self.inference == "em":
             self._fit_em(x, generator, given)
         elif self.inference == "sgd":
@@ -463,7 +459,8 @@ class GaussianMixture(MixtureEstimator):
         self.guide_ = gmm.map_guide(self.model_, self.params_)
         self.guide_(first_row)
 
-    def _sgd_model(self, x: torch.Tensor) -> gmm.GaussianMixtureModel:
+    def _build_model(self, x: torch.Tensor) -> gmm.GaussianMixtureModel:
+        """The Pyro model with the default priors for ``x``, updated by ``priors``."""
         priors = default_gmm_priors(x, self.n_components, self.covariance_type)
         priors.update(self.priors or {})
         return gmm.GaussianMixtureModel(self.n_components, x.shape[1], self.covariance_type,
@@ -472,7 +469,7 @@ class GaussianMixture(MixtureEstimator):
     def _end_sgd_call(self, trainer: SGDGMMTrainer, x: torch.Tensor, seconds: float) -> None:
         """Fitted attributes after a stream ``fit`` or a ``partial_fit`` (``x``: last batch)."""
         if getattr(self, "model_", None) is None or self.model_.n_features != x.shape[1]:
-            self.model_ = self._sgd_model(x)
+            self.model_ = self._build_model(x)
         with pyro.get_param_store().scope() as state:
             self._finish_sgd(trainer, x[:1])
         self.param_store_state_ = state
@@ -695,7 +692,7 @@ def load_estimator(path: Any, device: str = "auto") -> Any:
     if name not in classes:
         raise ValueError(f"{path} is not a file written by an estimator's save() "
                          f"(class {name!r}; expected one of {sorted(classes)})")
-    return classes[name].load(path, device=device)
+    return classes[name]._from_payload(payload, device)
 
 
 __all__ = ["GMVAE", "DeepGaussianMixture", "GaussianMixture", "MixtureOfFactorAnalyzers",
