@@ -1,6 +1,6 @@
 """Seconds per epoch of the GMVAE on scikit-learn's digits: Pyro (SVITrainer) vs plain torch.
 
-Both loops optimise the same objective on the same networks (the ``"mnist_mlp"`` preset sizes,
+Both loops optimise the same objective on the same networks (each preset of ``--presets``,
 Bernoulli likelihood, K=10): the Pyro path runs ``TraceEnum_ELBO`` over
 :class:`ppl_mixtures.models.gmvae.GMVAEModel`, the torch path minimises
 ``-elbo_per_sample(...).mean()`` with ``torch.optim.Adam`` over the same minibatches' sizes.
@@ -9,6 +9,10 @@ Both helpers are held equal (same draws, same loss) by ``tests/test_gmvae.py``.
 Usage::
 
     python bench/gmvae.py [--epochs 3] [--batch-size 128] [--device cpu|cuda] [--z-inference ...]
+                          [--presets digits_mlp digits_conv mnist_mlp mnist_conv] [--threads 1]
+
+The 8x8 presets run on the digits; ``mnist_conv`` (28x28) and ``svhn_conv`` (3x32x32) need
+bigger images, so they run on as many uniform random images of their size (speed only).
 """
 
 from __future__ import annotations
@@ -24,16 +28,19 @@ from ppl_mixtures.datasets import load_digits
 from ppl_mixtures.inference.svi import SVITrainer
 from ppl_mixtures.models import gmvae
 
+#: Image size (channels * side**2) each convolutional preset was made for.
+IMAGE_FEATURES = {"mnist_conv": 28 * 28, "svhn_conv": 3 * 32 * 32}
 
-def _networks(n_features: int, device: torch.device) -> gmvae.GMVAENetworks:
+
+def _networks(n_features: int, device: torch.device, preset: str) -> gmvae.GMVAENetworks:
     torch.manual_seed(0)
-    nets = gmvae.GMVAENetworks(n_features, 10, gmvae.PRESETS["mnist_mlp"], "bernoulli")
+    nets = gmvae.GMVAENetworks(n_features, 10, gmvae.PRESETS[preset], "bernoulli")
     return nets.to(device=device, dtype=torch.float32)
 
 
-def pyro_seconds_per_epoch(y: torch.Tensor, args: argparse.Namespace) -> float:
+def pyro_seconds_per_epoch(y: torch.Tensor, args: argparse.Namespace, preset: str) -> float:
     pyro.clear_param_store()
-    nets = _networks(y.shape[1], y.device)
+    nets = _networks(y.shape[1], y.device, preset)
     model = gmvae.GMVAEModel(nets, args.z_inference, free_bits=0.0)
     steps = args.epochs * math.ceil(y.shape[0] / args.batch_size)
     trainer = SVITrainer(model, model.guide, lr=1e-3, batch_size=args.batch_size,
@@ -42,8 +49,8 @@ def pyro_seconds_per_epoch(y: torch.Tensor, args: argparse.Namespace) -> float:
     return result.seconds / args.epochs
 
 
-def torch_seconds_per_epoch(y: torch.Tensor, args: argparse.Namespace) -> float:
-    nets = _networks(y.shape[1], y.device)
+def torch_seconds_per_epoch(y: torch.Tensor, args: argparse.Namespace, preset: str) -> float:
+    nets = _networks(y.shape[1], y.device, preset)
     optimizer = torch.optim.Adam(nets.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
@@ -64,15 +71,27 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--z-inference", choices=gmvae.Z_INFERENCE, default="enumerate")
+    parser.add_argument("--presets", nargs="+", choices=tuple(gmvae.PRESETS),
+                        default=["digits_mlp", "digits_conv", "mnist_mlp", "mnist_conv"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     X, _ = load_digits()
-    y = torch.as_tensor(X, dtype=torch.float32, device=args.device)
-    pyro_time = pyro_seconds_per_epoch(y, args)
-    torch_time = torch_seconds_per_epoch(y, args)
-    print(f"device={args.device} z_inference={args.z_inference} batch_size={args.batch_size}")
-    print(f"pyro  SVITrainer : {pyro_time:.3f} s/epoch")
-    print(f"plain torch      : {torch_time:.3f} s/epoch")
-    print(f"ratio pyro/torch : {pyro_time / torch_time:.2f}")
+    digits = torch.as_tensor(X, dtype=torch.float32, device=args.device)
+    print(f"device={args.device} z_inference={args.z_inference} batch_size={args.batch_size} "
+          f"epochs={args.epochs} threads={torch.get_num_threads()}")
+    print(f"{'preset':<12}{'data':<18}{'pyro s/epoch':>14}{'torch s/epoch':>15}{'ratio':>8}")
+    for preset in args.presets:
+        y, data = digits, "digits 8x8"
+        if preset in IMAGE_FEATURES:
+            generator = torch.Generator().manual_seed(0)
+            y = torch.rand(X.shape[0], IMAGE_FEATURES[preset], generator=generator)
+            y, data = y.to(args.device), f"random {IMAGE_FEATURES[preset]}"
+        pyro_time = pyro_seconds_per_epoch(y, args, preset)
+        torch_time = torch_seconds_per_epoch(y, args, preset)
+        print(f"{preset:<12}{data:<18}{pyro_time:>14.3f}{torch_time:>15.3f}"
+              f"{pyro_time / torch_time:>8.2f}", flush=True)
 
 
 if __name__ == "__main__":

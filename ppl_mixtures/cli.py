@@ -219,6 +219,10 @@ def _add_mfa_parser(models: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=_fit_gmm, model="mfa")
 
 
+#: ``ppl_mixtures.models.gmvae.PRESETS`` by name (kept here so that ``--help`` needs no torch).
+GMVAE_PRESETS = ("synthetic", "digits_mlp", "digits_conv", "mnist_mlp", "mnist_conv", "svhn_conv")
+
+
 def _add_gmvae_parser(models: Any, common: argparse.ArgumentParser) -> None:
     parser = models.add_parser(
         "gmvae", parents=[common], help="Gaussian-mixture VAE (SVI)",
@@ -228,8 +232,9 @@ def _add_gmvae_parser(models: Any, common: argparse.ArgumentParser) -> None:
         "row of generated images per component).",
     )
     group = parser.add_argument_group("Gaussian-mixture VAE")
-    group.add_argument("--preset", choices=("synthetic", "mnist_mlp", "digits_mlp"),
-                       default="synthetic", help="network sizes (default: synthetic)")
+    group.add_argument("--preset", choices=("auto", *GMVAE_PRESETS), default="auto",
+                       help="network sizes; auto: synthetic up to 16 features, digits_mlp "
+                       "above (default: auto)")
     group.add_argument("--likelihood", choices=("gaussian", "bernoulli"), default="gaussian",
                        help="p(y | x) (default: gaussian)")
     group.add_argument("--observation-variance", type=_real(positive=True), default=0.01,
@@ -608,7 +613,7 @@ def _fit_gmvae(args: argparse.Namespace) -> int:
     summary = {
         "model": "gmvae", "dataset": str(args.data), "n_samples": int(X.shape[0]),
         "n_features": int(X.shape[1]), "n_components": int(n_components),
-        "preset": args.preset, "likelihood": args.likelihood, "z_inference": args.z_inference,
+        "preset": est.preset_, "likelihood": args.likelihood, "z_inference": args.z_inference,
         "free_bits": args.free_bits, "num_particles": args.num_particles,
         "epochs": est.max_epochs, "steps": int(est.n_iter_),
         "elbo_per_sample": float(est.lower_bound_), **_label_scores(labels, predicted),

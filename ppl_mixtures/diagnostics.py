@@ -169,8 +169,10 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
         - ``posterior_predictive``: ``obs`` (chain, draw, observation, feature), one
           synthetic data set of ``n_samples`` rows drawn from the mixture at each draw.
         - ``sample_stats`` (NUTS only): ``lp`` (chain, draw), ``log p(x, theta)`` with the
-          assignments summed out. Divergences and tree depths are not available: the
-          estimator does not keep the ``MCMC`` object.
+          assignments summed out, and ``diverging`` (chain, draw) from the sampler (what
+          ``az.plot_trace(..., divergences=...)`` and ``az.summary`` read); the attribute
+          ``acceptance_rate`` holds each chain's mean acceptance probability. Tree depths
+          are not recorded by Pyro's NUTS.
 
     Notes
     -----
@@ -217,7 +219,8 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
         with torch.no_grad():
             log_prior = np.array([[float(estimator.model_.log_prior(p)) for p in chain]
                                   for chain in grid])
-        sample_stats = {"lp": log_lik_array.sum(-1) + log_prior}
+        sample_stats = {"lp": log_lik_array.sum(-1) + log_prior,
+                        "diverging": estimator.sampler_stats_["diverging"]}
     # "obs" has dims (observation,) in log_likelihood but (observation, feature) in the data
     # groups, and from_dict takes one dims mapping: build the two halves and join them
     idata = az.from_dict(
@@ -232,6 +235,9 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
         coords=coords, dims={"obs": ["observation", "feature"]},
     )
     idata.extend(data)
+    if sample_stats is not None:
+        rates = estimator.sampler_stats_["acceptance_rate"]
+        idata.sample_stats.attrs["acceptance_rate"] = [float(r) for r in rates]
     return idata
 
 

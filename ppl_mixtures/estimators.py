@@ -27,7 +27,12 @@ from ppl_mixtures._estimator_base import (
 )
 from ppl_mixtures.inference.em import gmm as em_gmm
 from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities, resolve_generator
-from ppl_mixtures.inference.mcmc import align_components, run_nuts, split_r_hat
+from ppl_mixtures.inference.mcmc import (
+    align_components,
+    run_nuts,
+    sampler_statistics,
+    split_r_hat,
+)
 from ppl_mixtures.inference.sgd_gmm import SGDConfig, SGDGMMTrainer
 from ppl_mixtures.models import gmm
 from ppl_mixtures.models.priors import default_gmm_priors
@@ -204,6 +209,9 @@ class GaussianMixture(MixtureEstimator):
     r_hat_ : dict of str to ndarray
         NUTS only: split-R-hat of every site (after relabelling); ``converged_`` is
         ``max r_hat < 1.1``.
+    sampler_stats_ : dict of str to ndarray
+        NUTS only: ``"diverging"`` (num_chains, max_iter) bool and ``"acceptance_rate"``
+        (num_chains,) (:func:`ppl_mixtures.inference.mcmc.sampler_statistics`).
     lower_bound_ : float
         Mean log-likelihood per sample of the fitted parameters (SGD on a stream: over the
         last batch).
@@ -598,6 +606,7 @@ class GaussianMixture(MixtureEstimator):
         )
         self.posterior_samples_ = {k: v.detach().cpu().numpy() for k, v in samples.items()}
         self.r_hat_ = {k: split_r_hat(v) for k, v in self.posterior_samples_.items()}
+        self.sampler_stats_ = sampler_statistics(mcmc)
         self.converged_ = bool(max(float(np.nanmax(r)) for r in self.r_hat_.values()) < 1.1)
         self.n_iter_ = self._max_iter
         with torch.no_grad():

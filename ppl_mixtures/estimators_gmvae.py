@@ -35,9 +35,14 @@ class GMVAE(MixtureEstimator):
     ----------
     n_components : int, default 10
         Number of clusters K.
-    preset : {"synthetic", "mnist_mlp", "digits_mlp"}, default "synthetic"
-        Network sizes from the seed's appendix, or small latents for 8x8 digits (see
-        :data:`ppl_mixtures.models.gmvae.PRESETS`); the arguments below override parts of it.
+    preset : {"auto", "synthetic", "digits_mlp", "digits_conv", "mnist_mlp", "mnist_conv", \
+"svhn_conv"}, default "auto"
+        Network sizes from the seed's appendix (``"synthetic"``, ``"mnist_conv"``,
+        ``"svhn_conv"``; ``"mnist_mlp"`` replaces the convolutions by fully connected layers),
+        or small latents for 8x8 digits (``"digits_mlp"``, ``"digits_conv"``); see
+        :data:`ppl_mixtures.models.gmvae.PRESETS`. ``"auto"`` takes ``"synthetic"`` up to 16
+        features and ``"digits_mlp"`` above (``preset_`` holds the choice). Convolutional
+        presets need flattened square images. The arguments below override parts of it.
     latent_dim : int, optional
         Dimension of x (the clustered latent); default from ``preset``.
     w_dim : int, optional
@@ -98,6 +103,8 @@ class GMVAE(MixtureEstimator):
         SVI steps taken. ``converged_`` is True when early stopping fired.
     lower_bound_ : float
         Mean ELBO per sample on the training data (:meth:`score`).
+    preset_ : str
+        The preset used (``preset`` itself, or what ``"auto"`` chose).
     n_features_in_, fit_seconds_
     """
 
@@ -105,7 +112,7 @@ class GMVAE(MixtureEstimator):
         self,
         n_components: int = 10,
         *,
-        preset: str = "synthetic",
+        preset: str = "auto",
         latent_dim: int | None = None,
         w_dim: int | None = None,
         hidden_dims: tuple[int, ...] | None = None,
@@ -176,7 +183,7 @@ class GMVAE(MixtureEstimator):
         check_nonnegative(self.z_prior_weight, "z_prior_weight")
         check_nonnegative(self.tol, "tol")
         choices = {
-            "preset": tuple(gmvae.PRESETS),
+            "preset": ("auto", *gmvae.PRESETS),
             "likelihood": gmvae.LIKELIHOODS,
             "z_inference": gmvae.Z_INFERENCE,
         }
@@ -198,7 +205,7 @@ class GMVAE(MixtureEstimator):
                 raise TypeError(f"networks[{name!r}] must be a torch.nn.Module")
 
     def _architecture(self) -> gmvae.Architecture:
-        base = gmvae.PRESETS[self.preset]
+        base = gmvae.PRESETS[self.preset_]
         hidden = tuple(self.hidden_dims) if self.hidden_dims is not None else None
         return gmvae.Architecture(
             x_dim=self.latent_dim or base.x_dim,
@@ -209,14 +216,21 @@ class GMVAE(MixtureEstimator):
                 else base.prior_hidden
             ),
             decoder_hidden=hidden if hidden is not None else base.decoder_hidden,
+            conv=base.conv,
+            image_channels=base.image_channels,
         )
 
     def _build(self, n_features: int) -> gmvae.GMVAENetworks:
         user = {k: copy.deepcopy(v) for k, v in (self.networks or {}).items()}
-        networks = gmvae.GMVAENetworks(
-            n_features, self.n_components, self._architecture(), self.likelihood, **user,
-            observation_scale=self.observation_scale_,
-        )
+        self.preset_ = (gmvae.auto_preset(n_features) if self.preset == "auto"
+                        else self.preset)
+        try:
+            networks = gmvae.GMVAENetworks(
+                n_features, self.n_components, self._architecture(), self.likelihood, **user,
+                observation_scale=self.observation_scale_,
+            )
+        except ValueError as error:
+            raise ValueError(f"preset={self.preset_!r}: {error}") from None
         networks = networks.to(device=self._device, dtype=self._dtype)
         self.networks_ = networks
         self.model_ = gmvae.GMVAEModel(

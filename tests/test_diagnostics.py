@@ -117,6 +117,11 @@ def test_inference_data_nuts_chains(nuts_fit, data):
     log_prior = float(nuts_fit.model_.log_prior(gmm.sites_to_params(first, "diag")))
     log_lik = float(idata.log_likelihood.obs.isel(chain=1, draw=4).sum())
     assert float(idata.sample_stats.lp[1, 4]) == pytest.approx(log_lik + log_prior, rel=1e-12)
+    diverging = idata.sample_stats.diverging.values
+    assert diverging.shape == (2, 30) and diverging.dtype == bool
+    np.testing.assert_array_equal(diverging, nuts_fit.sampler_stats_["diverging"])
+    rates = idata.sample_stats.attrs["acceptance_rate"]
+    assert len(rates) == 2 and all(0 < r <= 1 for r in rates)
     _arviz_stats(idata)
 
 
@@ -228,3 +233,18 @@ def test_errors_name_the_argument(em_fit, data):
         diagnostics.select_n_components(em_fit, data, [2], criterion="loo")
     with pytest.raises(ValueError, match="reference"):
         diagnostics.relabel(np.zeros((4, 2, 2)), reference=np.zeros((3, 2)))
+
+
+def test_sampler_statistics_places_divergences_per_chain():
+    from ppl_mixtures.inference.mcmc import sampler_statistics
+
+    class FinishedRun:  # what pyro.infer.MCMC.diagnostics() returns for NUTS, two chains
+        num_chains, num_samples = 2, 5
+
+        def diagnostics(self):
+            return {"means": {}, "divergences": {"chain 0": [1, 4], "chain 1": []},
+                    "acceptance rate": {"chain 0": 0.5, "chain 1": 0.9}}
+
+    stats = sampler_statistics(FinishedRun())
+    np.testing.assert_array_equal(stats["diverging"], [[0, 1, 0, 0, 1], [0, 0, 0, 0, 0]])
+    np.testing.assert_allclose(stats["acceptance_rate"], [0.5, 0.9])

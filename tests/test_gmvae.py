@@ -306,3 +306,69 @@ def test_digits_preset_sizes():
     assert (est.networks_.x_dim, est.networks_.w_dim) == (10, 2)
     assert est.networks_.encoder[0].out_features == 500
     assert est.predict(X).shape == (40,) and np.isfinite(est.score(X))
+
+
+def test_auto_preset_follows_the_number_of_features():
+    assert gmvae.auto_preset(2) == "synthetic" and gmvae.auto_preset(64) == "digits_mlp"
+    X = np.random.default_rng(0).random((30, 64))
+    est = GMVAE(3, max_epochs=1, batch_size=30, progress=False, random_state=0).fit(X)
+    assert est.preset_ == "digits_mlp" and est.networks_.x_dim == 10
+
+
+@pytest.mark.parametrize(
+    "preset, image_shape",
+    [("digits_conv", (1, 8, 8)), ("mnist_conv", (1, 28, 28)), ("svhn_conv", (3, 32, 32))],
+)
+@pytest.mark.parametrize("likelihood, scale", [("bernoulli", None), ("gaussian", None),
+                                                ("gaussian", 0.1)])
+def test_conv_presets_mirror_the_image(preset, image_shape, likelihood, scale):
+    """The transposed convolutions give back the input's size, for every head of p(y | x)."""
+    arch = gmvae.PRESETS[preset]
+    data_dim = int(np.prod(image_shape))
+    networks = gmvae.GMVAENetworks(data_dim, 4, arch, likelihood, observation_scale=scale)
+    y = torch.rand(2, 3, data_dim)
+    x_loc, x_scale, w_loc, w_scale = networks.encode(y)
+    assert x_loc.shape == x_scale.shape == (2, 3, arch.x_dim)
+    assert w_loc.shape == w_scale.shape == (2, 3, arch.w_dim)
+    assert networks.encoder.convolutions[0].in_channels == image_shape[0]
+    observation = networks.observation(torch.randn(5, 2, 3, arch.x_dim))
+    assert observation.batch_shape == (5, 2, 3) and observation.event_shape == (data_dim,)
+    assert torch.isfinite(observation.log_prob(y)).all()
+
+
+def test_conv_encoder_sees_pixels_in_place():
+    """A single-pixel change moves only the outputs whose receptive field holds it."""
+    encoder = gmvae.ConvEncoder(8, 1, ((2, 3, 1, 1),), (), 4)
+    image = torch.zeros(1, 64)
+    features = encoder.convolutions(image.reshape(-1, 1, 8, 8))
+    image[0, 0] = 1.0  # top-left pixel: only the 2x2 top-left outputs of a 3x3 conv change
+    changed = (encoder.convolutions(image.reshape(-1, 1, 8, 8)) != features).any(1)[0]
+    assert changed[:2, :2].all() and not changed[2:].any() and not changed[:, 2:].any()
+
+
+def test_conv_preset_fits_saves_and_loads(tmp_path):
+    X = np.random.default_rng(1).random((40, 64))
+    est = GMVAE(3, preset="digits_conv", likelihood="bernoulli", max_epochs=2, batch_size=20,
+                progress=False, random_state=0).fit(X)
+    assert isinstance(est.networks_.encoder, gmvae.ConvEncoder)
+    assert np.isfinite(est.score(X)) and est.sample(4)[0].shape == (4, 64)
+    est.save(tmp_path / "conv.pt")
+    loaded = GMVAE.load(tmp_path / "conv.pt", device="cpu")
+    np.testing.assert_allclose(loaded.predict_proba(X), est.predict_proba(X), atol=1e-6)
+
+
+@pytest.mark.parametrize("preset, n_features, message", [
+    ("digits_conv", 65, "square images"),
+    ("mnist_conv", 64, "too small"),
+    ("svhn_conv", 32 * 32, "square images"),  # one channel where three are expected
+])
+def test_conv_preset_errors_name_the_preset(preset, n_features, message):
+    X = np.random.default_rng(0).random((10, n_features))
+    with pytest.raises(ValueError, match=f"preset='{preset}'.*{message}"):
+        GMVAE(2, preset=preset, max_epochs=1, progress=False).fit(X)
+
+
+def test_cli_knows_every_preset():
+    from ppl_mixtures.cli import GMVAE_PRESETS
+
+    assert set(GMVAE_PRESETS) == set(gmvae.PRESETS)

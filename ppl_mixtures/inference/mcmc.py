@@ -119,6 +119,33 @@ def align_components(
     return aligned, permutations
 
 
+def sampler_statistics(mcmc: MCMC) -> dict[str, np.ndarray]:
+    """What NUTS reports about its own run, per chain, after warm-up.
+
+    Parameters
+    ----------
+    mcmc : pyro.infer.MCMC
+        A finished run (``run_nuts``).
+
+    Returns
+    -------
+    dict with
+        ``"diverging"``: bool ndarray, shape (num_chains, num_samples), True at the draws whose
+        trajectory diverged (energy error above NUTS's threshold);
+        ``"acceptance_rate"``: ndarray, shape (num_chains,), the mean acceptance probability
+        of the kept draws.
+    """
+    per_chain = mcmc.diagnostics()
+    n_chains, n_draws = mcmc.num_chains, mcmc.num_samples
+    diverging = np.zeros((n_chains, n_draws), dtype=bool)
+    acceptance = np.full(n_chains, np.nan)
+    for chain in range(n_chains):
+        key = f"chain {chain}"
+        diverging[chain, per_chain["divergences"][key]] = True
+        acceptance[chain] = float(per_chain["acceptance rate"][key])
+    return {"diverging": diverging, "acceptance_rate": acceptance}
+
+
 def split_r_hat(draws: np.ndarray) -> np.ndarray:
     """Split-R-hat over the first axis (draws of one chain, or chains concatenated).
 

@@ -82,6 +82,13 @@ class Architecture:
         Hidden widths of the conditional prior network p(x | w, z) (Tanh).
     decoder_hidden : tuple of int
         Hidden widths of the observation network p(y | x) (ReLU).
+    conv : tuple of (channels, kernel, stride, padding), default ()
+        Convolutions (ReLU) before the encoder's fully connected layers, the seed's
+        "conv 16x6x6 (1-0)" notation; the decoder mirrors them with transposed convolutions
+        after its fully connected layers. Empty: fully connected networks only.
+    image_channels : int, default 1
+        Channels of the images when ``conv`` is given; each image is a flattened
+        (channels, side, side) square, so D = channels * side**2.
     """
 
     x_dim: int
@@ -89,6 +96,8 @@ class Architecture:
     encoder_hidden: tuple[int, ...]
     prior_hidden: tuple[int, ...]
     decoder_hidden: tuple[int, ...]
+    conv: tuple[tuple[int, int, int, int], ...] = ()
+    image_channels: int = 1
 
 
 #: Presets from the seed's appendix. ``"synthetic"`` is the pinwheel network exactly;
@@ -98,11 +107,36 @@ class Architecture:
 #: MNIST latents put every image in one cluster (with or without free bits), these reached
 #: Hungarian accuracy 0.79-0.88 over three seeds (Gaussian likelihood,
 #: ``observation_variance=0.05``, closed-form z-term with free bits 1; ``bench/gmvae_digits.py``).
+#: ``"mnist_conv"`` is the seed's MNIST network (Tables A.1-A.3: conv 16x6x6 (1-0), 32x6x6
+#: (1-0), 64x4x4 (2-1), fc 500; the decoder mirrored with transposed convolutions) for 28x28
+#: images, without batch normalisation; ``"digits_conv"`` is its 8x8 counterpart (conv 32x3x3
+#: (1-1), 64x4x4 (2-1), fc 500) with the ``"digits_mlp"`` latents; ``"svhn_conv"`` the seed's
+#: SVHN network for 32x32 colour images (flattened channel-first, D = 3 * 32 * 32).
 PRESETS: dict[str, Architecture] = {
     "synthetic": Architecture(2, 2, (120, 120), (120,), (120, 120)),
     "mnist_mlp": Architecture(200, 150, (500,), (500,), (500,)),
     "digits_mlp": Architecture(10, 2, (500,), (500,), (500,)),
+    "mnist_conv": Architecture(
+        200, 150, (500,), (500,), (500,), conv=((16, 6, 1, 0), (32, 6, 1, 0), (64, 4, 2, 1))
+    ),
+    "digits_conv": Architecture(10, 2, (500,), (500,), (500,), conv=((32, 3, 1, 1), (64, 4, 2, 1))),
+    "svhn_conv": Architecture(
+        200, 150, (500,), (500,), (500,), conv=((64, 4, 2, 1), (128, 4, 2, 1), (246, 4, 2, 1)),
+        image_channels=3,
+    ),
 }
+#: Largest number of features for which ``preset="auto"`` takes ``"synthetic"``.
+AUTO_SYNTHETIC_MAX_FEATURES = 16
+
+
+def auto_preset(data_dim: int) -> str:
+    """The preset ``"auto"`` stands for: ``"synthetic"`` up to 16 features, else ``"digits_mlp"``.
+
+    The MNIST latent sizes (Dx=200, Dw=150) put all of scikit-learn's digits in one cluster,
+    so wider data gets the small latents measured on digits; choose ``"mnist_conv"`` or
+    ``"mnist_mlp"`` explicitly to follow the seed on MNIST-sized data.
+    """
+    return "synthetic" if data_dim <= AUTO_SYNTHETIC_MAX_FEATURES else "digits_mlp"
 
 
 def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, activation: type[nn.Module]) -> nn.Module:
@@ -114,6 +148,98 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, activation: type[nn.
         width = size
     layers.append(nn.Linear(width, out_dim))
     return nn.Sequential(*layers)
+
+
+def image_side(data_dim: int, channels: int) -> int:
+    """Side of the square images that ``data_dim = channels * side**2`` features hold."""
+    side = math.isqrt(data_dim // channels) if data_dim % channels == 0 else 0
+    if side * side * channels != data_dim:
+        raise ValueError(
+            f"a convolutional preset needs square images: {data_dim} features are not "
+            f"{channels} channel(s) of side x side pixels; flatten (channels, side, side) "
+            "images, or use an MLP preset"
+        )
+    return side
+
+
+def _conv_sizes(side: int, conv: tuple[tuple[int, int, int, int], ...]) -> list[int]:
+    """Image side before every convolution and after the last one."""
+    sizes = [side]
+    for _, kernel, stride, padding in conv:
+        size = (sizes[-1] + 2 * padding - kernel) // stride + 1
+        if size < 1:
+            raise ValueError(
+                f"images of side {side} are too small for the convolutions {conv}: choose a "
+                "preset made for this image size (e.g. 'digits_conv' for 8x8, 'mnist_conv' "
+                "for 28x28) or an MLP preset"
+            )
+        sizes.append(size)
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """Convolutions (ReLU), then a fully connected network: (..., C side**2) -> (..., out_dim).
+
+    Parameters
+    ----------
+    side, channels : int
+        Image side and channels; inputs are flattened (channels, side, side) images.
+    conv : tuple of (channels, kernel, stride, padding)
+    hidden : tuple of int
+        Widths of the fully connected ReLU layers after the convolutions.
+    out_dim : int
+    """
+
+    def __init__(self, side: int, channels: int, conv: tuple[tuple[int, int, int, int], ...],
+                 hidden: tuple[int, ...], out_dim: int) -> None:
+        super().__init__()
+        self.image_shape = (channels, side, side)
+        layers: list[nn.Module] = []
+        width = channels
+        for out_channels, kernel, stride, padding in conv:
+            layers += [nn.Conv2d(width, out_channels, kernel, stride, padding), nn.ReLU()]
+            width = out_channels
+        self.convolutions = nn.Sequential(*layers)
+        flat = width * _conv_sizes(side, conv)[-1] ** 2
+        self.dense = mlp(flat, hidden, out_dim, nn.ReLU)
+
+    def forward(self, y: Tensor) -> Tensor:
+        batch = y.shape[:-1]
+        features = self.convolutions(y.reshape(-1, *self.image_shape))
+        return self.dense(features.flatten(1)).reshape(*batch, -1)
+
+
+class ConvDecoder(nn.Module):
+    """Fully connected layers (ReLU), then transposed convolutions mirroring a ConvEncoder.
+
+    Maps (..., in_dim) to (..., out_channels * side**2): ``out_channels`` is the image's
+    channels (Bernoulli logits or Gaussian means) or twice that (means, then log-variances).
+    """
+
+    def __init__(self, side: int, out_channels: int,
+                 conv: tuple[tuple[int, int, int, int], ...], hidden: tuple[int, ...],
+                 in_dim: int) -> None:
+        super().__init__()
+        sizes = _conv_sizes(side, conv)
+        self.start_shape = (conv[-1][0], sizes[-1], sizes[-1])
+        self.dense = nn.Sequential(
+            mlp(in_dim, hidden, math.prod(self.start_shape), nn.ReLU), nn.ReLU()
+        )
+        layers: list[nn.Module] = []
+        for index in range(len(conv) - 1, -1, -1):
+            in_channels, kernel, stride, padding = conv[index]
+            target = sizes[index]
+            extra = target - ((sizes[index + 1] - 1) * stride - 2 * padding + kernel)
+            to = conv[index - 1][0] if index > 0 else out_channels
+            layers.append(nn.ConvTranspose2d(in_channels, to, kernel, stride, padding, extra))
+            if index > 0:
+                layers.append(nn.ReLU())
+        self.convolutions = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = x.shape[:-1]
+        hidden = self.dense(x.reshape(-1, x.shape[-1])).reshape(-1, *self.start_shape)
+        return self.convolutions(hidden).flatten(1).reshape(*batch, -1)
 
 
 def _split_gaussian(raw: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -163,9 +289,16 @@ class GMVAENetworks(nn.Module):
         self.observation_scale = observation_scale
         fixed = likelihood == "bernoulli" or observation_scale is not None
         out = data_dim if fixed else 2 * data_dim
-        self.encoder = encoder or mlp(
-            data_dim, arch.encoder_hidden, 2 * (arch.x_dim + arch.w_dim), nn.ReLU
-        )
+        code = 2 * (arch.x_dim + arch.w_dim)
+        if arch.conv and (encoder is None or decoder is None):
+            side = image_side(data_dim, arch.image_channels)
+            encoder = encoder or ConvEncoder(
+                side, arch.image_channels, arch.conv, arch.encoder_hidden, code
+            )
+            decoder = decoder or ConvDecoder(
+                side, out // (side * side), arch.conv, arch.decoder_hidden, arch.x_dim
+            )
+        self.encoder = encoder or mlp(data_dim, arch.encoder_hidden, code, nn.ReLU)
         self.prior_net = prior_net or mlp(
             arch.w_dim, arch.prior_hidden, 2 * n_components * arch.x_dim, nn.Tanh
         )
