@@ -34,7 +34,7 @@ from sklearn.exceptions import NotFittedError
 from ppl_mixtures import metrics
 from ppl_mixtures.inference.init import resolve_generator
 from ppl_mixtures.inference.mcmc import align_components
-from ppl_mixtures.models import gmm
+from ppl_mixtures.models import gmm, mfa
 
 CRITERIA = ("bic", "aic", "icl", "loo")
 
@@ -86,22 +86,32 @@ def _is_gmm(estimator: Any) -> bool:
     return isinstance(getattr(estimator, "params_", None), gmm.GMMParams)
 
 
+def _is_nuts(estimator: Any) -> bool:
+    return getattr(estimator, "inference", None) == "nuts"
+
+
+def _sites_to_params(estimator: Any, sites: dict[str, torch.Tensor]) -> Any:
+    if _is_gmm(estimator):
+        return gmm.sites_to_params(sites, estimator.covariance_type)
+    return mfa.sites_to_params(sites)
+
+
 def _posterior_params(estimator: Any, x: torch.Tensor, num_samples: int) -> list[list[Any]]:
     """Parameter containers of every draw, as ``[chain][draw]``.
 
-    NUTS: the estimator's relabelled chains. SVI with a mean-field guide: ``num_samples``
-    draws of the guide. Anything else (EM, SGD, MAP SVI, MFA, DGMM): the point estimate.
+    NUTS (GMM, MFA): the estimator's relabelled chains. SVI with a mean-field guide (GMM):
+    ``num_samples`` draws of the guide. Anything else (EM, SGD, MAP SVI, DGMM): the point
+    estimate.
     """
-    if getattr(estimator, "inference", None) == "nuts" and _is_gmm(estimator):
+    if _is_nuts(estimator):
         samples = estimator.posterior_samples_
         n_chains = estimator.num_chains
         per_chain = samples["means"].shape[0] // n_chains
         device, dtype = x.device, estimator.params_.means.dtype
         tensors = {k: torch.as_tensor(v, dtype=dtype, device=device)
                    .reshape((n_chains, per_chain) + v.shape[1:]) for k, v in samples.items()}
-        return [[gmm.sites_to_params({k: v[c, s] for k, v in tensors.items()},
-                                     estimator.covariance_type) for s in range(per_chain)]
-                for c in range(n_chains)]
+        return [[_sites_to_params(estimator, {k: v[c, s] for k, v in tensors.items()})
+                 for s in range(per_chain)] for c in range(n_chains)]
     if isinstance(estimator.guide_, AutoNormal) and _is_gmm(estimator):
         with pyro.get_param_store().scope(estimator.param_store_state_), torch.no_grad():
             draws = [gmm.sites_to_params(estimator.guide_(x), estimator.covariance_type)
@@ -112,15 +122,19 @@ def _posterior_params(estimator: Any, x: torch.Tensor, num_samples: int) -> list
 
 def _global_variables(estimator: Any, grid: list[list[Any]]) -> dict[str, np.ndarray]:
     """``weights``, ``means``, ``covariances`` of every draw, each shaped (chain, draw, ...)."""
-    if not _is_gmm(estimator):  # a point estimate: the fitted (effective) components
+    if not isinstance(grid[0][0], (gmm.GMMParams, mfa.MFAParams)):
+        # a DGMM point estimate: the fitted effective components (the paths)
         return {name: np.asarray(getattr(estimator, f"{name}_"))[None, None]
                 for name in ("weights", "means", "covariances")}
 
-    def stack(name: str) -> np.ndarray:
-        return torch.stack([torch.stack([getattr(p, name) for p in chain]) for chain in grid]
-                           ).detach().cpu().numpy()
+    def components(params: Any) -> dict[str, torch.Tensor]:
+        covariances = (params.covariances if isinstance(params, gmm.GMMParams)
+                       else mfa.covariance_matrices(params))
+        return {"weights": params.weights, "means": params.means, "covariances": covariances}
 
-    return {name: stack(name) for name in ("weights", "means", "covariances")}
+    table = [[components(p) for p in chain] for chain in grid]
+    return {name: torch.stack([torch.stack([d[name] for d in chain]) for chain in table])
+            .detach().cpu().numpy() for name in ("weights", "means", "covariances")}
 
 
 def _covariance_dims(estimator: Any, covariances: np.ndarray) -> list[str]:
@@ -143,10 +157,11 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
     Parameters
     ----------
     estimator : GaussianMixture, MixtureOfFactorAnalyzers or DeepGaussianMixture, fitted
-        ``GaussianMixture`` with ``inference="nuts"``: the relabelled chains
-        (``posterior_samples_``, ``num_chains`` chains). ``inference="svi"`` with
-        ``guide="mean_field"``: ``num_samples`` draws of the guide. Any other fit (EM, SGD,
-        MAP SVI, and every MFA / DGMM fit) is a point estimate: one draw (chain=1, draw=1).
+        ``GaussianMixture`` or ``MixtureOfFactorAnalyzers`` with ``inference="nuts"``: the
+        relabelled chains (``posterior_samples_``, ``num_chains`` chains).
+        ``GaussianMixture(inference="svi", guide="mean_field")``: ``num_samples`` draws of
+        the guide. Any other fit (EM, SGD, MAP SVI, and every DGMM fit) is a point estimate:
+        one draw (chain=1, draw=1).
     X : array-like, shape (n_samples, n_features)
         The data to score (usually the training data).
     num_samples : int, default 200
@@ -171,8 +186,8 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
         - ``sample_stats`` (NUTS only): ``lp`` (chain, draw), ``log p(x, theta)`` with the
           assignments summed out, and ``diverging`` (chain, draw) from the sampler (what
           ``az.plot_trace(..., divergences=...)`` and ``az.summary`` read); the attribute
-          ``acceptance_rate`` holds each chain's mean acceptance probability. Tree depths
-          are not recorded by Pyro's NUTS.
+          ``acceptance_rate`` holds each chain's fraction of moves (Pyro's "acceptance
+          rate"). Tree depths are not recorded by Pyro's NUTS.
 
     Notes
     -----
@@ -215,7 +230,7 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
     if "feature_bis" not in dims["covariances"]:
         del coords["feature_bis"]
     sample_stats = None
-    if getattr(estimator, "inference", None) == "nuts" and _is_gmm(estimator):
+    if _is_nuts(estimator):
         with torch.no_grad():
             log_prior = np.array([[float(estimator.model_.log_prior(p)) for p in chain]
                                   for chain in grid])

@@ -27,12 +27,7 @@ from ppl_mixtures._estimator_base import (
 )
 from ppl_mixtures.inference.em import gmm as em_gmm
 from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities, resolve_generator
-from ppl_mixtures.inference.mcmc import (
-    align_components,
-    run_nuts,
-    sampler_statistics,
-    split_r_hat,
-)
+from ppl_mixtures.inference.mcmc import sample_posterior, split_r_hat
 from ppl_mixtures.inference.sgd_gmm import SGDConfig, SGDGMMTrainer
 from ppl_mixtures.models import gmm
 from ppl_mixtures.models.priors import default_gmm_priors
@@ -586,16 +581,17 @@ class GaussianMixture(MixtureEstimator):
         check_int(self.num_warmup, "num_warmup", 0)
         check_int(self.num_chains, "num_chains", 1)
         start = self._initial_params(x, generator, given)
-        mcmc = run_nuts(
-            self.model_, x, gmm.params_to_sites(start), num_samples=self._max_iter,
-            num_warmup=self.num_warmup, num_chains=self.num_chains, progress=self.progress,
-            seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
-        )
         per_component = ["weights", "means"]
         if self.covariance_type not in gmm.TIED_TYPES:
             sites = gmm.params_to_sites(start)
             per_component += [s for s in ("variances", "corr_cholesky") if s in sites]
-        samples, _ = align_components(mcmc.get_samples(), start.means, per_component)
+        posterior = sample_posterior(
+            self.model_, x, gmm.params_to_sites(start), per_component,
+            num_samples=self._max_iter, num_warmup=self.num_warmup,
+            num_chains=self.num_chains, progress=self.progress,
+            seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+        )
+        samples = posterior.samples
         draws = [gmm.sites_to_params({k: v[i] for k, v in samples.items()}, self.covariance_type)
                  for i in range(samples["means"].shape[0])]
         self.params_ = gmm.GMMParams(
@@ -604,9 +600,9 @@ class GaussianMixture(MixtureEstimator):
             torch.stack([d.covariances for d in draws]).mean(0),
             self.covariance_type,
         )
-        self.posterior_samples_ = {k: v.detach().cpu().numpy() for k, v in samples.items()}
+        self.posterior_samples_ = posterior.numpy()
         self.r_hat_ = {k: split_r_hat(v) for k, v in self.posterior_samples_.items()}
-        self.sampler_stats_ = sampler_statistics(mcmc)
+        self.sampler_stats_ = posterior.sampler_stats
         self.converged_ = bool(max(float(np.nanmax(r)) for r in self.r_hat_.values()) < 1.1)
         self.n_iter_ = self._max_iter
         with torch.no_grad():

@@ -20,11 +20,15 @@ from sklearn.base import TransformerMixin
 from ppl_mixtures._estimator_base import MixtureEstimator, check_int
 from ppl_mixtures.inference.em import mfa as em_mfa
 from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities
+from ppl_mixtures.inference.mcmc import sample_posterior, split_r_hat
 from ppl_mixtures.models import mfa
 
-INFERENCE_METHODS = ("em", "svi")
-_DEFAULT_MAX_ITER = {"em": 200, "svi": 1000}
-_DEFAULT_TOL = {"em": 1e-3, "svi": 1e-5}
+INFERENCE_METHODS = ("em", "svi", "nuts")
+_DEFAULT_MAX_ITER = {"em": 200, "svi": 1000, "nuts": 200}
+_DEFAULT_TOL = {"em": 1e-3, "svi": 1e-5, "nuts": 0.0}
+#: Sites (and the derived covariances) whose split-R-hat decides ``converged_`` after NUTS: the
+#: loadings are left out, since the prior and the likelihood are invariant to rotating them.
+_IDENTIFIED = ("weights", "means", "noise_variances", "covariances")
 
 
 def n_parameters(n_components: int, n_features: int, n_factors: int) -> int:
@@ -48,7 +52,7 @@ def n_parameters(n_components: int, n_features: int, n_factors: int) -> int:
 
 
 class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
-    """Mixture of factor analysers fitted by EM or by SVI over one Pyro model.
+    """Mixture of factor analysers fitted by EM, SVI or NUTS over one Pyro model.
 
     Each component is a factor analyser ``x = eta_g + Lambda_g z + u`` with
     ``z ~ N(0, I_r)`` and ``u ~ N(0, diag(psi_g))``, i.e. a Gaussian with the low-rank plus
@@ -62,14 +66,21 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         Number of components K.
     n_factors : int, default 1
         Latent dimension r, ``1 <= r < n_features``.
-    inference : {"em", "svi"}, default "em"
+    inference : {"em", "svi", "nuts"}, default "em"
         ``"em"``: maximum likelihood by Ghahramani & Hinton's EM (monotone).
         ``"svi"``: MAP by stochastic variational inference with ``TraceEnum_ELBO`` over the
         collapsed Pyro model (assignments enumerated, factors integrated out).
+        ``"nuts"``: NUTS over the collapsed model's globals (assignments summed out, factors
+        integrated out), started at the ``init_params`` estimate; ``max_iter`` draws per
+        chain. The loadings are identified only up to a rotation per component, so they
+        cannot be averaged: ``params_`` is the draw of highest posterior density, and
+        ``converged_`` reads the R-hat of the weights, means, noise variances and
+        covariances ``Lambda Lambda^T + psi``, not of the loadings.
     n_init : int, default 1
         Restarts; the one with the best final objective is kept.
     max_iter : int, optional
-        EM iterations (default 200) or SVI steps (default 1000).
+        EM iterations (default 200), SVI steps (default 1000) or NUTS draws per chain
+        (default 200).
     tol : float, optional
         EM: stop when the mean log-likelihood per sample changes by less (default 1e-3).
         SVI: relative change of the smoothed loss (default 1e-5).
@@ -91,6 +102,10 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
     progress : bool, default True
     checkpoint_path : str, optional
         SVI checkpoint file; with ``resume=True`` in :meth:`fit` training continues from it.
+    num_warmup : int, default 200
+        NUTS warm-up (adaptation) steps per chain.
+    num_chains : int, default 1
+        NUTS chains (run one after the other on CPU).
 
     Attributes
     ----------
@@ -106,8 +121,14 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
     model_ : MixtureOfFactorAnalyzersModel
         The collapsed Pyro model.
     guide_ : AutoDelta
-        MAP guide (trained by SVI, or at the EM estimate); its values live in
+        MAP guide (trained by SVI, or at the EM or NUTS estimate); its values live in
         ``param_store_state_``.
+    posterior_samples_ : dict of str to ndarray
+        NUTS only: draws of every global site, chains concatenated, relabelled.
+    r_hat_ : dict of str to ndarray
+        NUTS only: split-R-hat of every site and of the derived ``"covariances"``.
+    sampler_stats_ : dict of str to ndarray
+        NUTS only: ``"diverging"`` (num_chains, max_iter) and ``"acceptance_rate"``.
     """
 
     _inference_methods = INFERENCE_METHODS
@@ -133,6 +154,8 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         dtype: Any = None,
         progress: bool = True,
         checkpoint_path: str | None = None,
+        num_warmup: int = 200,
+        num_chains: int = 1,
     ) -> None:
         self.n_components = n_components
         self.n_factors = n_factors
@@ -150,6 +173,8 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         self.dtype = dtype
         self.progress = progress
         self.checkpoint_path = checkpoint_path
+        self.num_warmup = num_warmup
+        self.num_chains = num_chains
 
     # ----------------------------------------------------------------------------- validation
 
@@ -187,8 +212,10 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         self.model_ = self._build_model(priors)
         if self.inference == "em":
             self._fit_em(x, generator)
-        else:
+        elif self.inference == "svi":
             self._fit_svi(x, generator, resume)
+        else:
+            self._fit_nuts(x, generator)
 
     def _fit_em(self, x: torch.Tensor, generator: torch.Generator) -> None:
         self._fit_em_restarts(
@@ -202,6 +229,33 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
             lambda: mfa.map_guide(self.model_, self._initial_params(x, generator)),
         )
         self.params_ = mfa.guide_params(guide)
+
+    def _fit_nuts(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        check_int(self.num_warmup, "num_warmup", 0)
+        check_int(self.num_chains, "num_chains", 1)
+        posterior = sample_posterior(
+            self.model_, x, mfa.params_to_sites(self._initial_params(x, generator)),
+            mfa.MFA_GLOBAL_SITES, num_samples=self._max_iter, num_warmup=self.num_warmup,
+            num_chains=self.num_chains, progress=self.progress,
+            seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+        )
+        samples = posterior.samples
+        draws = [mfa.sites_to_params({k: v[i] for k, v in samples.items()})
+                 for i in range(samples["means"].shape[0])]
+        with torch.no_grad():
+            log_lik = torch.stack([mfa.log_likelihood(x, d).sum() for d in draws])
+            log_density = log_lik + torch.stack([self.model_.log_prior(d) for d in draws])
+            covariances = torch.stack([mfa.covariance_matrices(d) for d in draws])
+        self.params_ = draws[int(log_density.argmax())]
+        self.posterior_samples_ = posterior.numpy()
+        draws_and_derived = {**self.posterior_samples_, "covariances": covariances.cpu().numpy()}
+        self.r_hat_ = {k: split_r_hat(v) for k, v in draws_and_derived.items()}
+        self.sampler_stats_ = posterior.sampler_stats
+        self.converged_ = bool(max(float(np.nanmax(self.r_hat_[k])) for k in _IDENTIFIED) < 1.1)
+        self.n_iter_ = self._max_iter
+        self.history_ = (log_lik / x.shape[0]).tolist()
+        self.guide_ = mfa.map_guide(self.model_, self.params_)
+        self.guide_(x[:1])
 
     def _set_fitted(self) -> None:
         params = self.params_

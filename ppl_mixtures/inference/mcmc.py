@@ -10,6 +10,7 @@ components to match a reference (Hungarian matching of the means), so that summa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyro
@@ -132,8 +133,9 @@ def sampler_statistics(mcmc: MCMC) -> dict[str, np.ndarray]:
     dict with
         ``"diverging"``: bool ndarray, shape (num_chains, num_samples), True at the draws whose
         trajectory diverged (energy error above NUTS's threshold);
-        ``"acceptance_rate"``: ndarray, shape (num_chains,), the mean acceptance probability
-        of the kept draws.
+        ``"acceptance_rate"``: ndarray, shape (num_chains,), Pyro's "acceptance rate": the
+        fraction of kept iterations where the sampler moved to a new state (not the mean
+        Metropolis acceptance probability, which Pyro does not report per chain).
     """
     per_chain = mcmc.diagnostics()
     n_chains, n_draws = mcmc.num_chains, mcmc.num_samples
@@ -144,6 +146,58 @@ def sampler_statistics(mcmc: MCMC) -> dict[str, np.ndarray]:
         diverging[chain, per_chain["divergences"][key]] = True
         acceptance[chain] = float(per_chain["acceptance rate"][key])
     return {"diverging": diverging, "acceptance_rate": acceptance}
+
+
+@dataclass
+class NUTSPosterior:
+    """Relabelled draws of a NUTS run and what the sampler reported.
+
+    Attributes
+    ----------
+    samples : dict of str to Tensor
+        Every global site, chains concatenated (num_chains * num_samples, ...), each draw's
+        components permuted onto the reference (:func:`align_components`).
+    sampler_stats : dict of str to ndarray
+        :func:`sampler_statistics` of the run.
+    """
+
+    samples: dict[str, Tensor]
+    sampler_stats: dict[str, np.ndarray]
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """``samples`` as NumPy arrays on the CPU."""
+        return {k: v.detach().cpu().numpy() for k, v in self.samples.items()}
+
+
+def sample_posterior(
+    model: Callable,
+    x: Tensor,
+    init_sites: dict[str, Tensor],
+    component_sites: Sequence[str],
+    **nuts_options,
+) -> NUTSPosterior:
+    """:func:`run_nuts` from ``init_sites``, then relabel the draws onto ``init_sites["means"]``.
+
+    Parameters
+    ----------
+    model : callable
+        A zoo model (``max_plate_nesting`` attribute) with a ``"means"`` site of shape (K, D).
+    x : Tensor, shape (n_samples, n_features)
+    init_sites : dict of str to Tensor
+        Starting values of the global sites; its means are the relabelling reference.
+    component_sites : sequence of str
+        Sites whose first dim indexes components (see :func:`align_components`).
+    **nuts_options
+        ``num_samples``, ``num_warmup``, ``num_chains``, ``seed``, ``progress`` ... of
+        :func:`run_nuts`.
+
+    Returns
+    -------
+    NUTSPosterior
+    """
+    mcmc = run_nuts(model, x, init_sites, **nuts_options)
+    samples, _ = align_components(mcmc.get_samples(), init_sites["means"], component_sites)
+    return NUTSPosterior(samples, sampler_statistics(mcmc))
 
 
 def split_r_hat(draws: np.ndarray) -> np.ndarray:
