@@ -328,3 +328,27 @@ def test_sklearn_compatible_sgd_estimator(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         check(estimator)
+
+
+@pytest.mark.parametrize("covariance_type, rank", [("diag", None), ("principal", 2)])
+def test_trainer_state_dict_continues_exactly(small, covariance_type, rank):
+    """Stop, restore into a fresh trainer, go on: the same as never stopping."""
+    x = torch.as_tensor(small[0])
+    options = dict(covariance_type=covariance_type, n_principal_directions=rank, seed=3)
+    config = SGDConfig(batch_size=8, total_steps=60)
+    straight = SGDGMMTrainer(4, config, **options)
+    straight.fit(x, 4)
+    first = SGDGMMTrainer(4, config, **options)
+    first.fit(x, 2)
+    state = first.state_dict()
+    resumed = SGDGMMTrainer(4, config, **options)
+    resumed.load_state_dict(state)
+    resumed.fit(x, 2)
+    for name in SGDGMMTrainer._STATE_TENSORS:
+        expected, got = getattr(straight, name), getattr(resumed, name)
+        assert (expected is None) == (got is None)
+        if expected is not None:
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert resumed.history == straight.history and resumed.n_steps == straight.n_steps
+    state["tensors"]["means"].add_(1.0)  # the state holds copies, not the live tensors
+    assert not torch.equal(first.means, state["tensors"]["means"])

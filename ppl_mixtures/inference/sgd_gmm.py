@@ -338,6 +338,51 @@ class SGDGMMTrainer:
         self.logits = self.means = self.inv_stds = None
         self.directions = self.residual_inv_stds = None
 
+    # ---------------------------------------------------------------------- state
+
+    #: Tensors of the trainer's state (None where the covariance type has no such part).
+    _STATE_TENSORS = ("logits", "means", "inv_stds", "directions", "residual_inv_stds")
+
+    def state_dict(self) -> dict[str, Any]:
+        """What :meth:`load_state_dict` needs to continue training exactly where this stopped.
+
+        Returns
+        -------
+        dict
+            The parameters (CPU copies, None before the first batch), the step count and the
+            horizon (the annealing clock), the history, the shuffling RNG's state and the
+            number of principal directions.
+        """
+        return {
+            "tensors": {name: None if getattr(self, name) is None
+                        else getattr(self, name).detach().cpu().clone()
+                        for name in self._STATE_TENSORS},
+            "n_steps": self.n_steps,
+            "total_steps": self.total_steps,
+            "history": {name: list(values) for name, values in self.history.items()},
+            "generator": self.generator.get_state(),
+            "n_principal_directions": self.n_principal_directions,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        """Restore a :meth:`state_dict` (from a trainer with the same configuration).
+
+        Parameters
+        ----------
+        state : dict
+        device : torch.device or str
+            Where the parameters go (the data's device).
+        """
+        for name in self._STATE_TENSORS:
+            value = state["tensors"][name]
+            setattr(self, name, None if value is None else value.to(device).clone())
+        self.n_steps = state["n_steps"]
+        self.total_steps = state["total_steps"]
+        self.history = {name: list(values) for name, values in state["history"].items()}
+        self.generator.set_state(state["generator"])
+        self.n_principal_directions = state["n_principal_directions"]
+        self._filter_cache = None
+
     # ---------------------------------------------------------------------- parameters
 
     @property

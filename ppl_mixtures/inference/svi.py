@@ -30,9 +30,13 @@ from typing import Any
 import pyro
 import pyro.optim
 import torch
+import torch.distributed as torch_dist
+from pyro import poutine
 from pyro.infer import SVI, TraceEnum_ELBO
 from pyro.infer.elbo import ELBO
+from pyro.infer.util import zero_grads
 from pyro.optim import PyroOptim
+from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
 from ppl_mixtures._progress import progress_bar
@@ -83,6 +87,33 @@ class _Progress:
     loss_ema: float | None = None
     stalled_checks: int = 0
     converged: bool = False
+
+
+class ScaleGlobalSites(Messenger):
+    """Multiply the log density of every sample site outside the data plate by ``factor``.
+
+    Under data parallelism each of R processes scores its own shard, so the sum of their
+    ELBOs counts the global sites (priors, and the guide's terms for them) R times and the
+    data once. With ``factor = 1 / R`` the sum over processes is the single-process ELBO of
+    all the data, and summing the processes' gradients gives its gradient.
+
+    Parameters
+    ----------
+    factor : float
+    data_plate : str, default "data"
+        Name of the plate whose sites are local to a data point.
+    """
+
+    def __init__(self, factor: float, data_plate: str = "data") -> None:
+        super().__init__()
+        self.factor = factor
+        self.data_plate = data_plate
+
+    def _process_message(self, msg: dict[str, Any]) -> None:
+        if msg["type"] != "sample":
+            return
+        if not any(frame.name == self.data_plate for frame in msg["cond_indep_stack"]):
+            msg["scale"] = self.factor * msg["scale"]
 
 
 class _EpochSampler:
@@ -182,7 +213,11 @@ class SVITrainer:
         When given, a fresh ``fit`` calls ``pyro.set_rng_seed(seed)`` (global torch, python and
         numpy RNGs, which sampling guides use) and seeds the batch generator with it. When None,
         the batch generator is seeded from the global torch RNG, so ``pyro.set_rng_seed`` before
-        ``fit`` makes the run reproducible too.
+        ``fit`` makes the run reproducible too. Distributed: ``seed + rank`` on each process.
+    distributed : bool, default False
+        Data parallelism over the processes of an initialised ``torch.distributed`` group
+        (``torchrun``; gloo on CPU, NCCL on CUDA): the ``x`` given to :meth:`fit` on each
+        process is its shard. See Notes.
 
     Notes
     -----
@@ -205,6 +240,17 @@ class SVITrainer:
     bit for bit, as n steps, a stop, and a resumed run to 2n, full batch or minibatch. A
     checkpoint that has converged is returned as is. With no checkpoint on disk, ``fit`` starts
     afresh.
+
+    **Distributed.** Each process draws its minibatches from its own shard (N_r rows, so the
+    data plate scales its likelihood by N_r / B), the global sites' terms are scaled by
+    ``1 / world_size`` (:class:`ScaleGlobalSites`), and the gradients are summed over the
+    processes (``all_reduce``) before every optimiser step, so that every process takes the
+    step of the single-process ELBO of all the data: exactly so on full batches, an unbiased
+    estimate with minibatches. Parameters are broadcast from rank 0 before the first step,
+    losses are summed over processes (``history`` and early stopping are global and the same
+    on every process), and each process writes its own checkpoint,
+    ``checkpoint_path`` with ``.rank<r>`` before its suffix for ranks r > 0. The guide's
+    parameters must be global (the same shapes on every process), not one per data point.
 
     **Device and dtype.** Nothing is moved: the model and guide create their parameters from
     the data, batch indices are put on ``x.device``, and a checkpoint is loaded onto
@@ -229,6 +275,7 @@ class SVITrainer:
         checkpoint_path: str | os.PathLike[str] | None = None,
         checkpoint_every: int = 100,
         seed: int | None = None,
+        distributed: bool = False,
     ) -> None:
         if isinstance(optimizer, str) and optimizer not in OPTIMIZERS:
             raise ValueError(
@@ -250,6 +297,7 @@ class SVITrainer:
         self.checkpoint_path = None if checkpoint_path is None else os.fspath(checkpoint_path)
         self.checkpoint_every = checkpoint_every
         self.seed = seed
+        self.distributed = distributed
 
     @staticmethod
     def _default_loss(model: Callable[..., Any], num_particles: int) -> ELBO:
@@ -303,14 +351,22 @@ class SVITrainer:
         """
         num_samples = x.shape[0]
         self._optim = self._fresh_optimizer()
-        svi = SVI(self.model, self.guide, self._optim, loss=self.loss)
-        path = self.checkpoint_path
+        model, guide, total_samples = self.model, self.guide, num_samples
+        if self.distributed:
+            world_size = _check_process_group()
+            model = ScaleGlobalSites(1.0 / world_size)(model)
+            guide = ScaleGlobalSites(1.0 / world_size)(guide)
+            total_samples = int(_sum_over_processes(float(num_samples), x.device))
+        svi = SVI(model, guide, self._optim, loss=self.loss)
+        path = self._checkpoint_file()
         if resume and path is not None and os.path.exists(path):
             self._restore(
                 torch.load(path, map_location=x.device, weights_only=False), x, model_kwargs
             )
         else:
             self._start(num_samples)
+            if self.distributed:
+                self._broadcast_parameters(x, model_kwargs)
         state = self._state
         saved_step = state.step
         started = time.perf_counter()
@@ -318,7 +374,11 @@ class SVITrainer:
             bar.update(state.step)
             while state.step < self.max_steps and not state.converged:
                 subsample = None if self._sampler is None else self._sampler.next_batch(x.device)
-                loss = svi.step(x, subsample=subsample, **model_kwargs) / num_samples
+                if self.distributed:
+                    loss = self._distributed_step(model, guide, x, subsample, model_kwargs)
+                else:
+                    loss = svi.step(x, subsample=subsample, **model_kwargs)
+                loss /= total_samples
                 self._record(loss)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.5g}", refresh=False)
@@ -348,8 +408,15 @@ class SVITrainer:
             enumerated discrete sites, minus the log joint density of the data and the
             global sites, per sample.
         """
+        model, guide = self.model, self.guide
+        if self.distributed:
+            world_size = _check_process_group()
+            model = ScaleGlobalSites(1.0 / world_size)(model)
+            guide = ScaleGlobalSites(1.0 / world_size)(guide)
         with torch.no_grad():
-            loss = self.loss.loss(self.model, self.guide, x, subsample=None, **model_kwargs)
+            loss = self.loss.loss(model, guide, x, subsample=None, **model_kwargs)
+        if self.distributed:
+            return _sum_over_processes(loss, x.device) / _sum_over_processes(x.shape[0], x.device)
         return loss / x.shape[0]
 
     # -- internals -------------------------------------------------------------------------
@@ -361,10 +428,56 @@ class SVITrainer:
         self.optimizer.grad_clip.clear()
         return self.optimizer
 
+    def _checkpoint_file(self) -> str | None:
+        """This process's checkpoint: ``checkpoint_path``, with ``.rank<r>`` for ranks r > 0."""
+        path = self.checkpoint_path
+        if path is None or not self.distributed or torch_dist.get_rank() == 0:
+            return path
+        stem, suffix = os.path.splitext(path)
+        return f"{stem}.rank{torch_dist.get_rank()}{suffix}"
+
+    def _distributed_step(self, model: Callable[..., Any], guide: Callable[..., Any], x: Tensor,
+                          subsample: Tensor | None, model_kwargs: dict[str, Any]) -> float:
+        """One step of :class:`pyro.infer.SVI` with the gradients summed over processes."""
+        with poutine.trace(param_only=True) as capture:
+            loss = self.loss.loss_and_grads(model, guide, x, subsample=subsample, **model_kwargs)
+        params = [capture.trace.nodes[name]["value"].unconstrained()
+                  for name in sorted(capture.trace.nodes)]
+        for param in params:  # the same names, in the same order, on every process
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            torch_dist.all_reduce(param.grad)
+        self._optim(set(params))
+        zero_grads(set(params))
+        return _sum_over_processes(loss, x.device)
+
+    def _broadcast_parameters(self, x: Tensor, model_kwargs: dict[str, Any]) -> None:
+        """Create the guide's parameters, check they agree across processes, copy rank 0's."""
+        warmup = None
+        if self._sampler is not None:
+            warmup = torch.arange(self._sampler.batch_size, device=x.device)
+        with torch.no_grad():
+            self.guide(x, subsample=warmup, **model_kwargs)
+        params = dict(pyro.get_param_store().named_parameters())
+        shapes = [(name, tuple(params[name].shape)) for name in sorted(params)]
+        reference = [shapes]
+        torch_dist.broadcast_object_list(reference, src=0)
+        if reference[0] != shapes:
+            raise ValueError(
+                "distributed=True needs the same parameters on every process, but this "
+                f"process (rank {torch_dist.get_rank()}) has {shapes} and rank 0 has "
+                f"{reference[0]}; use a guide whose parameters are global (not one per data "
+                "point), or train in one process"
+            )
+        with torch.no_grad():
+            for name, _ in shapes:
+                torch_dist.broadcast(params[name].data, src=0)
+
     def _start(self, num_samples: int) -> None:
+        rank = torch_dist.get_rank() if self.distributed else 0
         if self.seed is not None:
-            pyro.set_rng_seed(self.seed)
-            sampler_seed = self.seed
+            pyro.set_rng_seed(self.seed + rank)
+            sampler_seed = self.seed + rank
         else:
             sampler_seed = int(torch.randint(2**62, ()).item())
         full_batch = self.batch_size is None or self.batch_size >= num_samples
@@ -418,6 +531,7 @@ class SVITrainer:
         state.converged = state.stalled_checks >= self.patience
 
     def _save_checkpoint(self) -> None:
+        """Write this process's checkpoint atomically (see the class Notes)."""
         state = self._state
         checkpoint = {
             "step": state.step,
@@ -428,6 +542,25 @@ class SVITrainer:
             "rng": _rng_state(),
             "config": self.config,
         }
-        temporary = self.checkpoint_path + ".tmp"
+        path = self._checkpoint_file()
+        temporary = path + ".tmp"
         torch.save(checkpoint, temporary)
-        os.replace(temporary, self.checkpoint_path)
+        os.replace(temporary, path)
+
+
+def _check_process_group() -> int:
+    """The world size of the default process group; a clear error when there is none."""
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        raise RuntimeError(
+            "distributed=True needs an initialised torch.distributed process group: launch "
+            "with torchrun and call torch.distributed.init_process_group (or "
+            "ppl_mixtures.distributed.init_from_env()) first, or pass distributed=False"
+        )
+    return torch_dist.get_world_size()
+
+
+def _sum_over_processes(value: float, device: torch.device) -> float:
+    """``value`` summed over the processes of the default group (float64)."""
+    total = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    torch_dist.all_reduce(total)
+    return float(total)

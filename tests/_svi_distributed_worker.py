@@ -1,0 +1,73 @@
+"""Worker of tests/test_svi_distributed.py: SVI on this rank's shard, parameters to a file.
+
+Launched by ``torch.distributed.run`` with 2 gloo processes; each trains the GMM's MAP guide
+on rows ``rank::2`` of :func:`data`, once on full batches and once on minibatches, and writes
+the parameters and losses to ``OUT/rank<r>.npz``. Rank 1 starts from other initial values
+than rank 0, so the broadcast from rank 0 is exercised.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+import torch.distributed as dist
+
+from ppl_mixtures.datasets import make_gmm
+from ppl_mixtures.inference.svi import SVITrainer
+from ppl_mixtures.models import gmm
+from ppl_mixtures.models.priors import default_gmm_priors
+
+FULL_BATCH_STEPS = 40
+MINIBATCH = {"batch_size": 25, "max_steps": 600}
+
+
+def data() -> torch.Tensor:
+    X, _ = make_gmm(200, 3, 2, covariance_type="diag", separation=4.0, random_state=3)
+    return torch.as_tensor(X, dtype=torch.float64)
+
+
+def model_and_guide(x_all: torch.Tensor, shift: float = 0.0):
+    """The GMM (priors from all the data, as every rank must share them) and its MAP guide."""
+    model = gmm.GaussianMixtureModel(3, 2, "diag", default_gmm_priors(x_all, 3, "diag"))
+    start = gmm.GMMParams(
+        torch.full((3,), 1 / 3, dtype=torch.float64), x_all[:3].clone() + shift,
+        torch.ones(3, 2, dtype=torch.float64), "diag",
+    )
+    return model, gmm.map_guide(model, start)
+
+
+def train(x: torch.Tensor, x_all: torch.Tensor, distributed: bool, shift: float,
+          **options) -> tuple[dict[str, np.ndarray], list[float], float]:
+    pyro.clear_param_store()
+    model, guide = model_and_guide(x_all, shift)
+    options = {"max_steps": FULL_BATCH_STEPS, **options}
+    trainer = SVITrainer(model, guide, lr=0.05, tol=0, progress=False, seed=0,
+                         distributed=distributed, **options)
+    result = trainer.fit(x)
+    params = gmm.guide_params(guide, "diag")
+    values = {"weights": params.weights, "means": params.means, "variances": params.covariances}
+    return ({k: v.detach().numpy() for k, v in values.items()}, result.history,
+            trainer.evaluate_loss(x))
+
+
+def main(out: Path) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    x_all = data()
+    shard = x_all[rank::2]
+    arrays = {}
+    for name, options in (("full", {}), ("mini", MINIBATCH)):
+        params, history, loss = train(shard, x_all, True, shift=float(rank), **options)
+        arrays.update({f"{name}_{k}": v for k, v in params.items()})
+        arrays[f"{name}_history"] = np.asarray(history)
+        arrays[f"{name}_loss"] = np.asarray(loss)
+    np.savez(out / f"rank{rank}.npz", **arrays)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
