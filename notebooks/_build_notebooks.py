@@ -491,8 +491,17 @@ summary_nuts
     code('''
 az.summary(idata_mf, var_names=["weights"], kind="stats", round_to=3)
 '''),
+    md("""
+NUTS also reports on itself: `sample_stats.diverging` marks the draws whose trajectory
+diverged (a sign of a posterior geometry the sampler cannot follow; there should be none),
+and the attribute `acceptance_rate` holds each chain's fraction of moves. `az.plot_trace`
+draws the divergences as ticks under the traces.
+"""),
     code('''
-axes = az.plot_trace(idata_nuts, var_names=["weights", "covariances"], compact=True)
+print("divergent draws per chain:", idata_nuts.sample_stats.diverging.values.sum(axis=1))
+print("acceptance rate per chain:", np.round(idata_nuts.sample_stats.attrs["acceptance_rate"], 3))
+axes = az.plot_trace(idata_nuts, var_names=["weights", "covariances"], compact=True,
+                     divergences="bottom")
 plt.gcf().tight_layout()
 plt.show()
 '''),
