@@ -1,7 +1,8 @@
 """Worker of tests/test_svi_distributed.py: SVI on this rank's shard, parameters to a file.
 
 Launched by ``torch.distributed.run`` with 2 gloo processes; each trains the GMM's MAP guide
-on rows ``rank::2`` of :func:`data`, once on full batches and once on minibatches, and writes
+on rows ``rank::2`` of :func:`data`, on full batches, on minibatches and as a stream of two
+batches (``fit_batches``), and writes
 the parameters and losses to ``OUT/rank<r>.npz``. Rank 1 starts from other initial values
 than rank 0, so the broadcast from rank 0 is exercised.
 """
@@ -45,9 +46,12 @@ def train(x: torch.Tensor, x_all: torch.Tensor, distributed: bool, shift: float,
     pyro.clear_param_store()
     model, guide = model_and_guide(x_all, shift)
     options = {"max_steps": FULL_BATCH_STEPS, **options}
+    stream = options.pop("stream", False)
     trainer = SVITrainer(model, guide, lr=0.05, tol=0, progress=False, seed=0,
                          distributed=distributed, **options)
-    result = trainer.fit(x)
+    # stream: the shard as a list of two batches, each step on one of them
+    result = (trainer.fit_batches(list(x.chunk(2)), n_samples=x.shape[0]) if stream
+              else trainer.fit(x))
     params = gmm.guide_params(guide, "diag")
     values = {"weights": params.weights, "means": params.means, "variances": params.covariances}
     return ({k: v.detach().numpy() for k, v in values.items()}, result.history,
@@ -60,7 +64,7 @@ def main(out: Path) -> None:
     x_all = data()
     shard = x_all[rank::2]
     arrays = {}
-    for name, options in (("full", {}), ("mini", MINIBATCH)):
+    for name, options in (("full", {}), ("mini", MINIBATCH), ("stream", {"stream": True})):
         params, history, loss = train(shard, x_all, True, shift=float(rank), **options)
         arrays.update({f"{name}_{k}": v for k, v in params.items()})
         arrays[f"{name}_history"] = np.asarray(history)

@@ -271,3 +271,75 @@ def test_progress_bar_on_a_terminal(monkeypatch):
 def test_unknown_optimizer_is_rejected():
     with pytest.raises(ValueError, match="optimizer='sgdd'.*adam"):
         SVITrainer(mixture_model, make_guide(), optimizer="sgdd")
+
+
+# ------------------------------------------------------------------------- streams of batches
+
+
+def test_stream_step_scales_the_batch_like_a_plate_subsample():
+    """A batch of B rows of N scored with N / B == Pyro's subsample scaling of those rows."""
+    x = make_data()
+    rows = torch.arange(40, 90)
+    pyro.clear_param_store()
+    guide = make_guide()
+    expected = TraceEnum_ELBO(max_plate_nesting=1).loss(mixture_model, guide, x, subsample=rows)
+    trainer = SVITrainer(mixture_model, guide, lr=0.0, max_steps=1, tol=0, progress=False)
+    result = trainer.fit_batches([x[rows]], n_samples=NUM_SAMPLES)
+    assert result.history[0] == pytest.approx(expected / NUM_SAMPLES, rel=1e-12)
+
+
+def test_stream_cycles_a_list_and_reads_an_iterator_once():
+    x = make_data()
+    batches = list(torch.split(x, 80))  # 80, 80, 40 rows
+    pyro.clear_param_store()
+    cycled = SVITrainer(mixture_model, make_guide(), lr=0.05, max_steps=7, tol=0,
+                        progress=False).fit_batches(batches, n_samples=NUM_SAMPLES)
+    assert cycled.n_steps == 7
+    pyro.clear_param_store()
+    once = SVITrainer(mixture_model, make_guide(), lr=0.05, max_steps=7, tol=0,
+                      progress=False).fit_batches(iter(batches), n_samples=NUM_SAMPLES)
+    assert once.n_steps == 3 and once.history == cycled.history[:3]
+
+
+def test_stream_of_loader_pairs_recovers_the_locs():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = make_data(1000)
+    loader = DataLoader(TensorDataset(x, torch.zeros(1000)), batch_size=100, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    pyro.clear_param_store()
+    SVITrainer(mixture_model, make_guide(), lr=0.05, max_steps=400, tol=0,
+               progress=False).fit_batches(loader, n_samples=len(loader.dataset))
+    torch.testing.assert_close(fitted_locs(), torch.tensor(TRUE_LOCS), atol=0.2, rtol=0)
+
+
+def test_stream_resumes_like_an_uninterrupted_run(tmp_path):
+    x = make_data()
+    batches = list(torch.split(x, 50))  # 4 batches: the stop falls at the end of a pass
+    path = tmp_path / "stream.pt"
+    pyro.clear_param_store()
+    SVITrainer(mixture_model, make_guide(), lr=0.05, max_steps=8, tol=0,
+               progress=False).fit_batches(batches, n_samples=NUM_SAMPLES)
+    straight = fitted_locs()
+    pyro.clear_param_store()
+    SVITrainer(mixture_model, make_guide(), lr=0.05, max_steps=4, tol=0, progress=False,
+               checkpoint_path=path).fit_batches(batches, n_samples=NUM_SAMPLES)
+    pyro.clear_param_store()
+    resumed = SVITrainer(mixture_model, make_guide(), lr=0.05, max_steps=8, tol=0,
+                         progress=False, checkpoint_path=path)
+    result = resumed.fit_batches(batches, n_samples=NUM_SAMPLES, resume=True)
+    assert result.n_steps == 8
+    torch.testing.assert_close(fitted_locs(), straight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batches, n_samples, error, match", [
+    ([], 10, ValueError, "batches is empty"),
+    ([torch.zeros(3)], 0, ValueError, "n_samples=0"),
+    ([torch.zeros(3)], 2.5, ValueError, "n_samples=2.5"),
+    (["rows"], 10, TypeError, "must be a Tensor"),
+])
+def test_stream_errors_name_the_argument(batches, n_samples, error, match):
+    pyro.clear_param_store()
+    trainer = SVITrainer(mixture_model, make_guide(), max_steps=2, progress=False)
+    with pytest.raises(error, match=match):
+        trainer.fit_batches(batches, n_samples=n_samples)

@@ -7,10 +7,10 @@ import pyro
 import pytest
 import torch
 from _launch import launch
-from _svi_distributed_worker import FULL_BATCH_STEPS, MINIBATCH, data, train
+from _svi_distributed_worker import FULL_BATCH_STEPS, MINIBATCH, data, model_and_guide, train
 from pyro.infer import TraceEnum_ELBO
 
-from ppl_mixtures.inference.svi import ScaleGlobalSites, SVITrainer
+from ppl_mixtures.inference.svi import ScaleSites, SVITrainer
 from ppl_mixtures.models import gmm
 from ppl_mixtures.models.priors import default_gmm_priors
 
@@ -37,7 +37,7 @@ def test_scaled_shards_add_up_to_the_whole(covariance_type):
                           else torch.ones(2, 2), covariance_type)
     guide = gmm.map_guide(model, start)
     whole, whole_grads = _loss_and_grads(model, guide, x)
-    parts = [_loss_and_grads(ScaleGlobalSites(1 / 3)(model), ScaleGlobalSites(1 / 3)(guide),
+    parts = [_loss_and_grads(ScaleSites(1 / 3)(model), ScaleSites(1 / 3)(guide),
                              x[r::3]) for r in range(3)]
     assert sum(loss for loss, _ in parts) == pytest.approx(whole, rel=1e-12)
     for name, grad in whole_grads.items():
@@ -79,3 +79,21 @@ def test_two_processes_reach_the_single_process_elbo_with_minibatches(ranks):
     # processes 3.8706, full batches 3.8702; the minibatch losses of the last 50 steps
     # scatter with sd 0.17, the final full-data losses within 0.002 of each other
     assert float(ranks[0]["mini_loss"]) == pytest.approx(single, abs=0.01)
+
+
+def test_two_streaming_processes_equal_one_streaming_process(ranks):
+    """Each rank streams its shard in two batches; one process streams the same four."""
+    x = data()
+    halves = [shard.chunk(2) for shard in (x[0::2], x[1::2])]
+    pyro.clear_param_store()
+    model, guide = model_and_guide(x)
+    single = SVITrainer(model, guide, lr=0.05, tol=0, progress=False, seed=0,
+                        max_steps=FULL_BATCH_STEPS)
+    # step t of the two processes sums batch t % 2 of both shards, i.e. a batch of both
+    batches = [torch.cat([halves[0][i], halves[1][i]]) for i in range(2)]
+    history = single.fit_batches(batches, n_samples=x.shape[0]).history
+    params = gmm.guide_params(guide, "diag")
+    for values in ranks:
+        np.testing.assert_allclose(values["stream_means"], params.means.detach().numpy(),
+                                   rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(values["stream_history"], history, rtol=1e-10)

@@ -19,11 +19,12 @@ Example
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -89,31 +90,39 @@ class _Progress:
     converged: bool = False
 
 
-class ScaleGlobalSites(Messenger):
-    """Multiply the log density of every sample site outside the data plate by ``factor``.
+class ScaleSites(Messenger):
+    """Multiply the log densities of sample sites inside / outside the data plate.
 
-    Under data parallelism each of R processes scores its own shard, so the sum of their
-    ELBOs counts the global sites (priors, and the guide's terms for them) R times and the
-    data once. With ``factor = 1 / R`` the sum over processes is the single-process ELBO of
-    all the data, and summing the processes' gradients gives its gradient.
+    Two uses in :class:`SVITrainer`:
+
+    - data parallelism: each of R processes scores its own shard, so the sum of their ELBOs
+      counts the global sites (priors, and the guide's terms for them) R times and the data
+      once. With ``global_factor = 1 / R`` the sum over processes is the single-process ELBO
+      of all the data, and summing the processes' gradients gives its gradient;
+    - streams of batches: a batch of B rows out of N is scored with ``local_factor = N / B``,
+      an unbiased estimate of the likelihood of all N rows (what ``pyro.plate``'s
+      ``subsample`` does when the whole data set is at hand).
 
     Parameters
     ----------
-    factor : float
+    global_factor, local_factor : float, default 1.0
+        Factors of the sites outside / inside the data plate.
     data_plate : str, default "data"
         Name of the plate whose sites are local to a data point.
     """
 
-    def __init__(self, factor: float, data_plate: str = "data") -> None:
+    def __init__(self, global_factor: float = 1.0, local_factor: float = 1.0,
+                 data_plate: str = "data") -> None:
         super().__init__()
-        self.factor = factor
+        self.global_factor = global_factor
+        self.local_factor = local_factor
         self.data_plate = data_plate
 
     def _process_message(self, msg: dict[str, Any]) -> None:
         if msg["type"] != "sample":
             return
-        if not any(frame.name == self.data_plate for frame in msg["cond_indep_stack"]):
-            msg["scale"] = self.factor * msg["scale"]
+        local = any(frame.name == self.data_plate for frame in msg["cond_indep_stack"])
+        msg["scale"] = (self.local_factor if local else self.global_factor) * msg["scale"]
 
 
 class _EpochSampler:
@@ -243,7 +252,7 @@ class SVITrainer:
 
     **Distributed.** Each process draws its minibatches from its own shard (N_r rows, so the
     data plate scales its likelihood by N_r / B), the global sites' terms are scaled by
-    ``1 / world_size`` (:class:`ScaleGlobalSites`), and the gradients are summed over the
+    ``1 / world_size`` (:class:`ScaleSites`), and the gradients are summed over the
     processes (``all_reduce``) before every optimiser step, so that every process takes the
     step of the single-process ELBO of all the data: exactly so on full batches, an unbiased
     estimate with minibatches. Parameters are broadcast from rank 0 before the first step,
@@ -349,35 +358,103 @@ class SVITrainer:
         FloatingPointError
             When a step's loss is NaN or infinite; the last checkpoint on disk stays valid.
         """
-        num_samples = x.shape[0]
+
+        def steps() -> Iterator[tuple[Tensor, Tensor | None]]:
+            while True:
+                yield x, None if self._sampler is None else self._sampler.next_batch(x.device)
+
+        return self._train(x, x.shape[0], steps, resume, model_kwargs, stream=False)
+
+    def fit_batches(self, batches: Iterable[Any], n_samples: int, resume: bool = False,
+                    **model_kwargs: Any) -> SVIResult:
+        """SVI over a stream of batches (data that does not fit in memory): one step per batch.
+
+        A batch of B rows is scored with its likelihood scaled by ``n_samples / B``
+        (:class:`ScaleSites`), an unbiased estimate of the ELBO of all ``n_samples`` rows, so
+        the steps, ``history`` and early stopping mean what they mean in :meth:`fit`. Memory
+        is bounded by one batch. ``batch_size`` and the trainer's batch generator are not
+        used: the order is the source's.
+
+        Parameters
+        ----------
+        batches : iterable of Tensor, each of shape (B, ...)
+            A list of tensors or a ``torch.utils.data.DataLoader`` (a batch may also be an
+            ``(x, y)`` pair: ``x`` is used), traversed again and again until ``max_steps``; or
+            an iterator, read once.
+        n_samples : int
+            Rows in the whole stream (this process's shard when distributed), e.g.
+            ``len(loader.dataset)``.
+        resume : bool, default False
+            Continue from the checkpoint: parameters, optimiser, step count, history and
+            random states are restored; the stream starts again from its first batch.
+        **model_kwargs
+            Passed to the model and the guide at every step.
+
+        Returns
+        -------
+        SVIResult
+        """
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples={n_samples!r} must be the number of rows in the "
+                             "stream, an integer >= 1 (e.g. len(loader.dataset))")
+        one_pass = isinstance(batches, Iterator)
+        head = iter(batches)
+        first = next(head, None)
+        if first is None:
+            raise ValueError("batches is empty; pass at least one batch")
+        first = _batch_tensor(first)
+
+        def steps() -> Iterator[tuple[Tensor, Tensor | None]]:
+            source = itertools.chain([first], head)
+            while True:
+                for batch in source:
+                    batch = _batch_tensor(batch)
+                    self._scale.local_factor = n_samples / batch.shape[0]
+                    yield batch, None
+                if one_pass:
+                    return
+                source = iter(batches)
+
+        return self._train(first, n_samples, steps, resume, model_kwargs, stream=True)
+
+    def _train(self, probe: Tensor, num_samples: int,
+               steps: Callable[[], Iterator[tuple[Tensor, Tensor | None]]], resume: bool,
+               model_kwargs: dict[str, Any], stream: bool) -> SVIResult:
+        """The loop of :meth:`fit` and :meth:`fit_batches`: ``steps()`` yields (data, subsample)."""
         self._optim = self._fresh_optimizer()
         model, guide, total_samples = self.model, self.guide, num_samples
+        self._scale = ScaleSites()
         if self.distributed:
-            world_size = _check_process_group()
-            model = ScaleGlobalSites(1.0 / world_size)(model)
-            guide = ScaleGlobalSites(1.0 / world_size)(guide)
-            total_samples = int(_sum_over_processes(float(num_samples), x.device))
+            self._scale.global_factor = 1.0 / _check_process_group()
+            total_samples = int(_sum_over_processes(float(num_samples), probe.device))
+        if self.distributed or stream:
+            model, guide = self._scale(model), self._scale(guide)
         svi = SVI(model, guide, self._optim, loss=self.loss)
         path = self._checkpoint_file()
         if resume and path is not None and os.path.exists(path):
-            self._restore(
-                torch.load(path, map_location=x.device, weights_only=False), x, model_kwargs
-            )
+            checkpoint = torch.load(path, map_location=probe.device, weights_only=False)
+            self._restore(checkpoint, probe, model_kwargs, stream)
         else:
-            self._start(num_samples)
+            self._start(num_samples, stream)
             if self.distributed:
-                self._broadcast_parameters(x, model_kwargs)
+                self._broadcast_parameters(probe, model_kwargs)
         state = self._state
         saved_step = state.step
         started = time.perf_counter()
         with progress_bar(self.max_steps, self.progress, "SVI") as bar:
             bar.update(state.step)
+            batches = steps()
+            # the next batch is drawn only once a step is due, so that a checkpoint at the end
+            # holds the sampler's state before any unused draw
             while state.step < self.max_steps and not state.converged:
-                subsample = None if self._sampler is None else self._sampler.next_batch(x.device)
+                batch = next(batches, None)
+                if batch is None:  # a one-pass stream ran out
+                    break
+                data, subsample = batch
                 if self.distributed:
-                    loss = self._distributed_step(model, guide, x, subsample, model_kwargs)
+                    loss = self._distributed_step(model, guide, data, subsample, model_kwargs)
                 else:
-                    loss = svi.step(x, subsample=subsample, **model_kwargs)
+                    loss = svi.step(data, subsample=subsample, **model_kwargs)
                 loss /= total_samples
                 self._record(loss)
                 bar.update(1)
@@ -411,8 +488,8 @@ class SVITrainer:
         model, guide = self.model, self.guide
         if self.distributed:
             world_size = _check_process_group()
-            model = ScaleGlobalSites(1.0 / world_size)(model)
-            guide = ScaleGlobalSites(1.0 / world_size)(guide)
+            model = ScaleSites(1.0 / world_size)(model)
+            guide = ScaleSites(1.0 / world_size)(guide)
         with torch.no_grad():
             loss = self.loss.loss(model, guide, x, subsample=None, **model_kwargs)
         if self.distributed:
@@ -473,20 +550,21 @@ class SVITrainer:
             for name, _ in shapes:
                 torch_dist.broadcast(params[name].data, src=0)
 
-    def _start(self, num_samples: int) -> None:
+    def _start(self, num_samples: int, stream: bool = False) -> None:
         rank = torch_dist.get_rank() if self.distributed else 0
         if self.seed is not None:
             pyro.set_rng_seed(self.seed + rank)
             sampler_seed = self.seed + rank
         else:
             sampler_seed = int(torch.randint(2**62, ()).item())
-        full_batch = self.batch_size is None or self.batch_size >= num_samples
+        full_batch = stream or self.batch_size is None or self.batch_size >= num_samples
         self._sampler = (
             None if full_batch else _EpochSampler(num_samples, self.batch_size, sampler_seed)
         )
         self._state = _Progress()
 
-    def _restore(self, checkpoint: dict[str, Any], x: Tensor, model_kwargs: dict[str, Any]) -> None:
+    def _restore(self, checkpoint: dict[str, Any], x: Tensor, model_kwargs: dict[str, Any],
+                 stream: bool = False) -> None:
         stored = checkpoint["config"]
         changed = [k for k in _RESUME_SETTINGS if stored.get(k) != self.config[k]]
         if changed:
@@ -495,7 +573,7 @@ class SVITrainer:
                 "the run will not match an uninterrupted one.",
                 stacklevel=3,
             )
-        self._start(x.shape[0])
+        self._start(x.shape[0], stream)
         # An autoguide builds its parameters on its first call, which may draw random numbers
         # (e.g. init_to_median); call it now, then overwrite parameters and RNG states.
         warmup = None
@@ -564,3 +642,12 @@ def _sum_over_processes(value: float, device: torch.device) -> float:
     total = torch.tensor([float(value)], dtype=torch.float64, device=device)
     torch_dist.all_reduce(total)
     return float(total)
+
+
+def _batch_tensor(batch: Any) -> Tensor:
+    """The data of one batch of a stream: the tensor itself, or ``x`` of an ``(x, y)`` pair."""
+    if isinstance(batch, (tuple, list)):
+        batch = batch[0]
+    if not isinstance(batch, Tensor):
+        raise TypeError(f"every batch must be a Tensor (or an (x, y) pair), got {type(batch)}")
+    return batch
