@@ -30,13 +30,12 @@ from ppl_mixtures.datasets import load_digits
 from ppl_mixtures.estimators_gmvae import GMVAE
 from ppl_mixtures.metrics import cluster_accuracy, majority_cluster_accuracy
 
-#: Settings found on digits (sweep of 2026-11-23): the "mnist_mlp" widths (500 hidden units)
-#: but small latents (the preset's Dx=200, Dw=150 put every image in one cluster, with or
-#: without free bits), a Gaussian likelihood with fixed variance, and free bits lambda = 1 nat.
+#: Settings found on digits (sweep of 2026-11-23): the "digits_mlp" preset, i.e. the
+#: "mnist_mlp" widths (500 hidden units) with small latents (Dx=200, Dw=150 put every image in
+#: one cluster, with or without free bits), a Gaussian likelihood with fixed variance, and
+#: free bits lambda = 1 nat.
 GMVAE_SETTINGS = {
-    "preset": "mnist_mlp",
-    "latent_dim": 10,
-    "w_dim": 2,
+    "preset": "digits_mlp",
     "likelihood": "gaussian",
     "observation_variance": 0.05,
     "z_inference": "closed_form",
