@@ -139,37 +139,52 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
                 f"n_samples={x.shape[0]} should be >= n_components={self._n_clusters()}; "
                 "pass more samples or lower n_components"
             )
-        generator = resolve_generator(self.random_state, x.device)
+        return self._fit_validated(x, resume)
+
+    def _fit_validated(self, data: Any, resume: bool, lower_bound_from_data: bool = True):
+        """Fit on validated data (``_fit``), timed, in its own Pyro param store scope.
+
+        ``data`` is what ``_fit`` takes: the validated tensor, or, for estimators that fit
+        streams, their own batch source. With ``lower_bound_from_data`` (a tensor only),
+        ``lower_bound_`` is the mean log-likelihood of ``data`` under the fit; otherwise
+        ``_fit`` sets it (e.g. from EM's final pass over a stream or over every rank's shard).
+        """
+        generator = resolve_generator(self.random_state, self._device)
         start = time.perf_counter()
         with pyro.get_param_store().scope() as state:
-            self._fit(x, generator, resume)
+            self._fit(data, generator, resume)
         self.param_store_state_ = state
         self.fit_seconds_ = time.perf_counter() - start
         self._set_fitted()
-        with torch.no_grad():
-            self.lower_bound_ = float(torch.logsumexp(self._log_joint(x), -1).mean())
+        if lower_bound_from_data:
+            with torch.no_grad():
+                self.lower_bound_ = float(torch.logsumexp(self._log_joint(data), -1).mean())
         return self
 
-    def _fit_em_restarts(self, x: torch.Tensor, init_params: Callable[[int], Any],
+    def _fit_em_restarts(self, x: Any, init_params: Callable[[int], Any],
                          e_step: Callable, m_step: Callable, desc: str,
-                         map_guide: Callable) -> None:
+                         map_guide: Callable, first_row: torch.Tensor | None = None,
+                         **run_options: Any) -> None:
         """Run the shared EM loop with ``n_init``, ``max_iter``, ``tol``, ``progress``.
 
-        Sets ``params_``, ``converged_``, ``n_iter_``, ``history_``,
-        ``restart_log_likelihoods_`` and ``guide_`` (``map_guide(model_, params_)``, its
-        global parameters created at the EM estimate).
+        Sets ``params_``, ``converged_``, ``n_iter_``, ``history_``, ``lower_bound_`` (the
+        final log-likelihood per sample), ``restart_log_likelihoods_`` and ``guide_``
+        (``map_guide(model_, params_)``, its global parameters created at the EM estimate on
+        ``first_row``, by default ``x[:1]``). ``run_options`` override the keyword arguments
+        of :func:`~ppl_mixtures.inference.em.run_em` (e.g. ``progress``, ``evaluate_final``).
         """
-        result = run_em(
-            x, init_params=init_params, e_step=e_step, m_step=m_step, n_init=self.n_init,
-            max_iter=self._max_iter, tol=self._tol, progress=self.progress, desc=desc,
-        )
+        options = dict(n_init=self.n_init, max_iter=self._max_iter, tol=self._tol,
+                       progress=self.progress, desc=desc)
+        options.update(run_options)
+        result = run_em(x, init_params=init_params, e_step=e_step, m_step=m_step, **options)
         self.params_ = result.params
         self.converged_ = result.converged
         self.n_iter_ = result.n_iter
         self.history_ = result.history
+        self.lower_bound_ = result.log_likelihood
         self.restart_log_likelihoods_ = result.restart_log_likelihoods
         self.guide_ = map_guide(self.model_, self.params_)
-        self.guide_(x[:1])
+        self.guide_(x[:1] if first_row is None else first_row)
 
     def _fit_svi_restarts(self, x: torch.Tensor, generator: torch.Generator, resume: bool,
                           make_guide: Callable[[], Any]) -> tuple[Any, Any]:

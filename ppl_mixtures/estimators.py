@@ -8,6 +8,7 @@ their device.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,7 @@ from pyro.infer import TraceEnum_ELBO
 from sklearn.utils.metaestimators import available_if
 from torch.utils.data import DataLoader
 
+from ppl_mixtures import distributed as dist_em
 from ppl_mixtures import metrics
 from ppl_mixtures._estimator_base import (
     MixtureEstimator,
@@ -26,6 +28,7 @@ from ppl_mixtures._estimator_base import (
     resolve_device,
 )
 from ppl_mixtures.inference.em import gmm as em_gmm
+from ppl_mixtures.inference.em.loop import sum_over_batches
 from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities, resolve_generator
 from ppl_mixtures.inference.mcmc import sample_posterior, split_r_hat
 from ppl_mixtures.inference.sgd_gmm import SGDConfig, SGDGMMTrainer
@@ -44,7 +47,7 @@ _SGD_OWN_ARGUMENTS = ("lr", "batch_size")
 
 
 def _is_batch_source(X: Any) -> bool:
-    """Whether ``X`` is a stream of batches (for SGD) rather than one data matrix.
+    """Whether ``X`` is a stream of batches (for SGD and EM) rather than one data matrix.
 
     A ``DataLoader``, an iterator (e.g. a generator), or a list/tuple whose items are all 2-D
     (arrays or tensors). Arrays, tensors, data frames and nested lists of numbers are not.
@@ -94,6 +97,34 @@ class _ValidatedBatches:
             yield x
 
 
+class _EMBatches:
+    """A stream of batches for EM: validated, its first batch at hand for initialisation.
+
+    Iterating gives one pass over the source. A one-shot source (an iterator) is read once:
+    its first batch, read ahead for initialisation, is yielded again at the head of that pass.
+
+    Attributes
+    ----------
+    first : Tensor, shape (batch_size, n_features)
+        The first batch, validated (it fixes ``n_features_in_`` and the dtype).
+    one_pass : bool
+        Whether the source can be traversed only once.
+    """
+
+    def __init__(self, estimator: GaussianMixture, source: Any) -> None:
+        self.one_pass = isinstance(source, Iterator)
+        self._batches = _ValidatedBatches(estimator, source)
+        head = iter(self._batches)
+        first = next(head, None)
+        if first is None:
+            raise ValueError("X is an empty stream of batches; pass at least one batch")
+        self.first = first
+        self._stream = itertools.chain([first], head) if self.one_pass else self._batches
+
+    def __iter__(self):
+        return iter(self._stream)
+
+
 class GaussianMixture(MixtureEstimator):
     """Gaussian mixture fitted by EM, SVI, NUTS or max-component SGD over one Pyro model.
 
@@ -106,7 +137,10 @@ class GaussianMixture(MixtureEstimator):
         matrix shared, ``diag`` one diagonal per component, ``tied_diag`` one diagonal shared,
         ``spherical`` one variance per component.
     inference : {"em", "svi", "nuts", "sgd"}, default "em"
-        ``"em"``: maximum likelihood by expectation-maximisation (scikit-learn's algorithm).
+        ``"em"``: maximum likelihood by expectation-maximisation (scikit-learn's algorithm),
+        in memory or out of core: :meth:`fit` on a stream of batches (a ``DataLoader``, a
+        list of arrays) runs one pass over the batches per EM iteration, adding up the
+        E-step's sufficient statistics, so memory stays bounded by one batch.
         ``"svi"``: stochastic variational inference with ``TraceEnum_ELBO`` over the Pyro model
         (assignments summed out), with a MAP or mean-field guide (``guide``).
         ``"nuts"``: NUTS over the global sites with the assignments summed out, started at a
@@ -179,6 +213,16 @@ class GaussianMixture(MixtureEstimator):
         SGD with ``covariance_type="full"``: S local principal directions per component
         (section 3.5 of seed 004), each with its own variance, and one variance for the
         rest of the space; K((S + 1) D + 2) values instead of K(D^2 + D + 1). None: S = D.
+    distributed : bool, default False
+        EM across processes (``inference="em"`` only): ``torch.distributed`` must be
+        initialised by the caller (launch with ``torchrun`` and call
+        :func:`ppl_mixtures.distributed.init_from_env`). The ``X`` given to :meth:`fit` on
+        each rank is that rank's shard (an array or a stream of batches); each E-step's
+        statistics are summed over ranks (``all_reduce``) and every rank runs the same
+        M-step, so every rank ends with the fit to all the data, ``history_``,
+        ``lower_bound_`` and convergence included. Initial values not given
+        (``weights_init``, ``means_init``, ``precisions_init``) are drawn by ``init_params``
+        on rank 0's shard and broadcast. See ``docs/scaling.md``.
 
     Attributes
     ----------
@@ -209,7 +253,8 @@ class GaussianMixture(MixtureEstimator):
         (num_chains,) (:func:`ppl_mixtures.inference.mcmc.sampler_statistics`).
     lower_bound_ : float
         Mean log-likelihood per sample of the fitted parameters (SGD on a stream: over the
-        last batch).
+        last batch; EM on a stream or distributed: over all batches of all ranks; EM on an
+        iterator, which is read once: at the parameters of its one E-step).
     params_ : GMMParams
         The fitted tensors, on ``device``.
     model_ : GaussianMixtureModel
@@ -254,6 +299,7 @@ class GaussianMixture(MixtureEstimator):
         num_chains: int = 1,
         sgd_options: dict | None = None,
         n_principal_directions: int | None = None,
+        distributed: bool = False,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -279,6 +325,7 @@ class GaussianMixture(MixtureEstimator):
         self.num_chains = num_chains
         self.sgd_options = sgd_options
         self.n_principal_directions = n_principal_directions
+        self.distributed = distributed
 
     # ----------------------------------------------------------------------------- validation
 
@@ -303,6 +350,19 @@ class GaussianMixture(MixtureEstimator):
             )
         if self.inference == "sgd":
             self._check_sgd_arguments()
+        self._check_distributed_argument()
+
+    def _check_distributed_argument(self) -> None:
+        if not isinstance(self.distributed, (bool, np.bool_)):
+            raise ValueError(f"distributed={self.distributed!r} must be True or False")
+        if not self.distributed:
+            return
+        if self.inference != "em":
+            raise ValueError(
+                f"distributed=True is implemented for inference='em' only, not "
+                f"inference={self.inference!r}; use inference='em', or distributed=False"
+            )
+        dist_em.require_initialized("distributed=True")
 
     def _check_sgd_arguments(self) -> None:
         if self.covariance_type not in SGD_COVARIANCE_TYPES:
@@ -390,12 +450,14 @@ class GaussianMixture(MixtureEstimator):
             self.covariance_type,
         )
 
-    def _fit(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
-        given = self._check_init_arrays(x.shape[1])
+    def _fit(self, x: torch.Tensor | _EMBatches, generator: torch.Generator,
+             resume: bool) -> None:
+        sample = x.first if isinstance(x, _EMBatches) else x  # streams: EM only
+        given = self._check_init_arrays(sample.shape[1])
         self._resolve_iteration_limits()
-        self.model_ = self._build_model(x)
+        self.model_ = self._build_model(sample)
         if self.inference == "em":
-            self._fit_em(x, generator, given)
+            self._fit_em(x, sample, generator, given)
         elif self.inference == "sgd":
             self._fit_sgd(x, generator)
         elif self.inference == "svi":
@@ -403,11 +465,37 @@ class GaussianMixture(MixtureEstimator):
         else:
             self._fit_nuts(x, generator, given)
 
-    def _fit_em(self, x: torch.Tensor, generator: torch.Generator, given: dict) -> None:
+    def _fit_em(self, data: torch.Tensor | _EMBatches, sample: torch.Tensor,
+                generator: torch.Generator, given: dict) -> None:
+        """EM on a tensor or a stream (``sample``: the tensor, or the stream's first batch).
+
+        The one EM loop runs on both; only the E-step differs: a sum over the batches for a
+        stream, then, with ``distributed``, a sum over the ranks. Initial values not given
+        are drawn from ``sample`` (on rank 0 alone when distributed, then broadcast).
+        """
+        stream = isinstance(data, _EMBatches)
+        e_step = sum_over_batches(em_gmm.e_step) if stream else em_gmm.e_step
+
+        def init(_: int) -> gmm.GMMParams:
+            if len(given) < 3 and sample.shape[0] < self.n_components:
+                where = "the first batch" if stream else "X on rank 0"
+                raise ValueError(
+                    f"{where} has {sample.shape[0]} rows, fewer than n_components="
+                    f"{self.n_components}, and init_params={self.init_params!r} draws the "
+                    f"initial values from it; pass larger batches, or weights_init, "
+                    "means_init and precisions_init"
+                )
+            return self._initial_params(sample, generator, given)
+
+        if self.distributed:
+            e_step = dist_em.all_reduce_e_step(e_step)
+            init = dist_em.broadcast_result(init, device=sample.device)
         self._fit_em_restarts(
-            x, lambda _: self._initial_params(x, generator, given), em_gmm.e_step,
+            data, init, e_step,
             lambda stats: em_gmm.m_step(stats, self.covariance_type, self.reg_covar),
-            "GMM EM", gmm.map_guide,
+            "GMM EM", gmm.map_guide, first_row=sample[:1],
+            progress=self.progress and dist_em.rank() == 0,
+            evaluate_final=not (stream and data.one_pass),
         )
 
     # ------------------------------------------------------------------- max-component SGD
@@ -486,10 +574,16 @@ class GaussianMixture(MixtureEstimator):
 
         Parameters
         ----------
-        X : array-like, shape (n_samples, n_features), or, for ``inference="sgd"``, a
-            stream of such batches: a ``torch.utils.data.DataLoader`` (batches ``x`` or
-            ``(x, y)``), a list or tuple of 2-D arrays, or an iterator (one epoch only).
-            Each batch is cut into ``batch_size`` steps (None: one step per batch).
+        X : array-like, shape (n_samples, n_features), or, for ``inference="sgd"`` and
+            ``inference="em"``, a stream of such batches: a ``torch.utils.data.DataLoader``
+            (batches ``x`` or ``(x, y)``), a list or tuple of 2-D arrays, or an iterator
+            (read once: one epoch, or one EM iteration, only).
+            SGD cuts each batch into ``batch_size`` steps (None: one step per batch).
+            EM makes one pass over the batches per iteration, adding up their sufficient
+            statistics (memory bounded by one batch); initial values not given are drawn by
+            ``init_params`` from the first batch, so make it large and representative (a
+            shuffled ``DataLoader``) or pass ``weights_init``, ``means_init`` and
+            ``precisions_init``. With ``distributed=True``: this rank's shard.
         y : ignored
         resume : bool, default False
             SVI only: continue from ``checkpoint_path`` when it exists.
@@ -499,19 +593,47 @@ class GaussianMixture(MixtureEstimator):
         self
         """
         self._sgd_trainer = None
-        if self.inference == "sgd" and _is_batch_source(X):
+        stream = _is_batch_source(X)
+        if self.inference == "sgd" and stream:
             return self._fit_sgd_stream(X)
+        if stream or self.distributed:
+            return self._fit_em_source(X, stream)
         return super().fit(X, y, resume=resume)
+
+    def _check_one_pass(self, source: Any, unit: str) -> None:
+        """An iterator is read once: refuse a fit that would read it more than once."""
+        if isinstance(source, Iterator) and self._max_iter * self.n_init > 1:
+            raise ValueError(
+                f"an iterator can be traversed once, but max_iter={self._max_iter} {unit} and "
+                f"n_init={self.n_init} starts were asked for; pass a list or a DataLoader, "
+                "or max_iter=1 and n_init=1"
+            )
+
+    def _fit_em_source(self, X: Any, stream: bool):
+        """EM on a stream of batches, or on this rank's shard with ``distributed=True``."""
+        self._check_arguments()
+        if stream and self.inference != "em":
+            raise ValueError(
+                f"a stream of batches (DataLoader, list of arrays, iterator) can be fitted with "
+                f"inference='em' or 'sgd', not inference={self.inference!r}; pass one array"
+            )
+        if stream:
+            self._resolve_iteration_limits()
+            self._check_one_pass(X, "EM iterations (one pass each)")
+            self._device = resolve_device(self.device)
+            data = _EMBatches(self, X)
+            sample = data.first
+        else:
+            data = sample = self._validate_x(X, reset=True)
+        if self.distributed:
+            dist_em.check_shards(sample.shape[1], sample.dtype,
+                                 None if stream else sample.shape[0], self.n_components)
+        return self._fit_validated(data, resume=False, lower_bound_from_data=False)
 
     def _fit_sgd_stream(self, source: Any):
         self._check_arguments()
         self._resolve_iteration_limits()
-        if isinstance(source, Iterator) and self._max_iter * self.n_init > 1:
-            raise ValueError(
-                f"an iterator can be traversed once, but max_iter={self._max_iter} epochs and "
-                f"n_init={self.n_init} starts were asked for; pass a list or a DataLoader, "
-                "or max_iter=1 and n_init=1"
-            )
+        self._check_one_pass(source, "epochs")
         self._device = resolve_device(self.device)
         generator = resolve_generator(self.random_state, self._device)
         self.model_ = None

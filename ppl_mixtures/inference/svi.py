@@ -40,6 +40,7 @@ from pyro.optim import PyroOptim
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
+from ppl_mixtures import distributed as process_group
 from ppl_mixtures._progress import progress_bar
 
 #: Optimisers selectable by name; any other :class:`pyro.optim.PyroOptim` may be passed as is.
@@ -628,13 +629,8 @@ class SVITrainer:
 
 def _check_process_group() -> int:
     """The world size of the default process group; a clear error when there is none."""
-    if not (torch_dist.is_available() and torch_dist.is_initialized()):
-        raise RuntimeError(
-            "distributed=True needs an initialised torch.distributed process group: launch "
-            "with torchrun and call torch.distributed.init_process_group (or "
-            "ppl_mixtures.distributed.init_from_env()) first, or pass distributed=False"
-        )
-    return torch_dist.get_world_size()
+    process_group.require_initialized("distributed=True")
+    return process_group.world_size()
 
 
 def _sum_over_processes(value: float, device: torch.device) -> float:

@@ -2,14 +2,21 @@
 
 A model plugs in three pure functions: ``init_params(i) -> params`` (the i-th restart),
 ``e_step(x, params) -> stats`` and ``m_step(stats) -> params``. ``stats`` must carry
-``log_likelihood`` (the summed log-likelihood at the E-step's parameters) and ``n_samples``.
+``log_likelihood`` (the summed log-likelihood at the E-step's parameters) and ``n_samples``,
+and add up with ``+`` (sums over samples).
+
+The loop never looks inside ``x``: it only hands it to ``e_step``. So the same loop runs EM
+in memory (``x`` a tensor, ``e_step`` the model's), out of core (``x`` a re-iterable stream of
+batches, ``e_step`` wrapped by :func:`sum_over_batches`) and across processes (``e_step``
+wrapped by :func:`ppl_mixtures.distributed.all_reduce_e_step`, which sums every rank's
+statistics), with one convergence test, one history and one monotonicity check.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,8 +68,40 @@ def _rounding_slack(value: float, dtype: torch.dtype) -> float:
     return math.sqrt(torch.finfo(dtype).eps) * max(1.0, abs(value))
 
 
-def _single_run(x: Tensor, params: Any, e_step: Callable, m_step: Callable, max_iter: int,
-                tol: float, bar) -> EMResult:
+def sum_over_batches(e_step: Callable[[Tensor, Any], Any]) -> Callable[[Iterable[Tensor], Any], Any]:
+    """Turn a one-matrix E-step into an E-step over a stream of batches (one pass).
+
+    The statistics of the batches are added as they come, so memory stays bounded by one
+    batch (and the statistics), whatever the number of batches.
+
+    Parameters
+    ----------
+    e_step : callable ``(x, params) -> stats``
+        ``x`` : Tensor, shape (batch_size, n_features); ``stats`` add up with ``+``.
+
+    Returns
+    -------
+    callable ``(batches, params) -> stats``
+        ``batches``: an iterable of tensors of shape (batch_size_i, n_features), traversed
+        once per call (pass a re-iterable one, such as a list or a ``DataLoader``, when the
+        loop runs more than one E-step).
+    """
+
+    def e_step_over_batches(batches: Iterable[Tensor], params: Any) -> Any:
+        total = None
+        for batch in batches:
+            stats = e_step(batch, params)
+            total = stats if total is None else total + stats
+        if total is None:
+            raise ValueError("the stream of batches is empty (an iterator already consumed?); "
+                             "pass a list of arrays or a DataLoader, which can be read again")
+        return total
+
+    return e_step_over_batches
+
+
+def _single_run(x: Any, params: Any, e_step: Callable, m_step: Callable, max_iter: int,
+                tol: float, bar, evaluate_final: bool) -> EMResult:
     history: list[float] = []
     decreases: list[int] = []
     converged = False
@@ -75,7 +114,8 @@ def _single_run(x: Tensor, params: Any, e_step: Callable, m_step: Callable, max_
                 f"EM log-likelihood is {current} at iteration {n_iter}; the data may hold "
                 "extreme values (standardise it) or reg_covar is too small"
             )
-        if history and current < history[-1] - _rounding_slack(current, x.dtype):
+        slack = _rounding_slack(current, getattr(stats.log_likelihood, "dtype", torch.float64))
+        if history and current < history[-1] - slack:
             decreases.append(n_iter)
         params = m_step(stats)
         bar.update(1)
@@ -85,22 +125,26 @@ def _single_run(x: Tensor, params: Any, e_step: Callable, m_step: Callable, max_
             converged = True
             break
         history.append(current)
-    final = e_step(x, params)
-    final_ll = float(final.log_likelihood) / final.n_samples
+    if evaluate_final:
+        final = e_step(x, params)
+        final_ll = float(final.log_likelihood) / final.n_samples
+    else:
+        final_ll = history[-1]
     return EMResult(params, final_ll, converged, n_iter, history, decreases=decreases)
 
 
 def run_em(
-    x: Tensor,
+    x: Any,
     *,
     init_params: Callable[[int], Any],
-    e_step: Callable[[Tensor, Any], Any],
+    e_step: Callable[[Any, Any], Any],
     m_step: Callable[[Any], Any],
     n_init: int = 1,
     max_iter: int = 100,
     tol: float = 1e-3,
     progress: bool = True,
     desc: str = "EM",
+    evaluate_final: bool = True,
 ) -> EMResult:
     """Run EM from ``n_init`` starts and keep the one with the highest final log-likelihood.
 
@@ -111,7 +155,8 @@ def run_em(
 
     Parameters
     ----------
-    x : Tensor, shape (n_samples, n_features)
+    x : Tensor, shape (n_samples, n_features), or any data ``e_step`` accepts
+        E.g. a re-iterable stream of such batches with ``e_step=sum_over_batches(...)``.
     init_params, e_step, m_step : callables
         See the module docstring.
     n_init, max_iter : int
@@ -120,6 +165,11 @@ def run_em(
         Show a tqdm bar (only on a terminal).
     desc : str
         Label of the progress bar.
+    evaluate_final : bool, default True
+        Run one more E-step after the last M-step for the final log-likelihood (which
+        picks the best restart). False for data that can be read only once: the final
+        log-likelihood is then the last E-step's (at the parameters before the last M-step,
+        scikit-learn's ``lower_bound_``).
 
     Returns
     -------
@@ -129,7 +179,8 @@ def run_em(
     finals = []
     with progress_bar(total=n_init * max_iter, enabled=progress, desc=desc) as bar:
         for index in range(n_init):
-            result = _single_run(x, init_params(index), e_step, m_step, max_iter, tol, bar)
+            result = _single_run(x, init_params(index), e_step, m_step, max_iter, tol, bar,
+                                 evaluate_final)
             result.best_init = index
             finals.append(result.log_likelihood)
             if best is None or result.log_likelihood > best.log_likelihood:
