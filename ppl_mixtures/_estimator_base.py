@@ -186,14 +186,18 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         self.guide_ = map_guide(self.model_, self.params_)
         self.guide_(x[:1] if first_row is None else first_row)
 
-    def _fit_svi_restarts(self, x: torch.Tensor, generator: torch.Generator, resume: bool,
-                          make_guide: Callable[[], Any]) -> tuple[Any, Any]:
+    def _fit_svi_restarts(self, x: Any, generator: torch.Generator, resume: bool,
+                          make_guide: Callable[[], Any],
+                          n_samples: int | None = None) -> tuple[Any, Any]:
         """SVI from ``n_init`` starts; keep the guide with the lowest final loss.
 
         ``make_guide()`` builds a fresh guide at a new initial point (it may draw from
         ``generator``). Each start checkpoints to ``checkpoint_path`` (suffixed ``.initN`` when
         ``n_init > 1``). Sets ``guide_``, ``converged_``, ``n_iter_``, ``history_`` and leaves
-        the winning guide's values in the current Pyro param store.
+        the winning guide's values in the current Pyro param store. ``x`` is a tensor, or,
+        with ``n_samples`` (its rows), a re-iterable stream of batches
+        (:meth:`~ppl_mixtures.inference.svi.SVITrainer.fit_batches`). With the estimator's
+        ``distributed`` set, the trainer runs data-parallel over the process group.
 
         Returns
         -------
@@ -211,9 +215,14 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
                 max_steps=self._max_iter, tol=self._tol, progress=self.progress,
                 checkpoint_path=checkpoint,
                 seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+                distributed=bool(getattr(self, "distributed", False)),
             )
-            result = trainer.fit(x, resume=resume)
-            loss = trainer.evaluate_loss(x)
+            if n_samples is None:
+                result = trainer.fit(x, resume=resume)
+                loss = trainer.evaluate_loss(x)
+            else:
+                result = trainer.fit_batches(x, n_samples, resume=resume)
+                loss = trainer.evaluate_loss_batches(x, n_samples)
             if best is None or loss < best[0]:
                 best = (loss, guide, result, pyro.get_param_store().get_state())
         _, guide, result, state = best

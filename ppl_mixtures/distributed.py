@@ -20,6 +20,8 @@ Public helpers
     Compute a value (e.g. initial parameters) on rank 0 only and send it to every rank.
 :func:`check_shards`
     Check that every rank's shard has the same number of features and dtype.
+:func:`data_moments`
+    Per-feature mean and variance of all the data: every batch of a stream, every rank.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from torch import Tensor
 
 __all__ = [
     "all_reduce_e_step",
+    "data_moments",
     "all_reduce_stats",
     "broadcast_result",
     "check_shards",
@@ -317,3 +320,46 @@ def check_shards(n_features: int, dtype: torch.dtype, n_samples: int | None = No
         raise ValueError(f"n_samples={total} over all ranks should be >= "
                          f"n_components={n_components}; pass more samples or lower n_components")
     return total
+
+
+def data_moments(batches: Any, across_processes: bool = False) -> tuple[Tensor, Tensor, int]:
+    """Per-feature mean and variance (ddof 1) of all the data, and its number of rows.
+
+    Parameters
+    ----------
+    batches : iterable of Tensor, each of shape (rows_i, n_features)
+        One pass is made (a tensor alone: pass ``[x]``).
+    across_processes : bool, default False
+        Sum over the ranks of the default process group too (one ``all_reduce``).
+
+    Returns
+    -------
+    mean, variance : Tensor, shape (n_features,)
+        In the batches' dtype; the sums are taken about the first row of this rank (and
+        sent in float64 about zero across ranks) for accuracy.
+    rows : int
+        Rows of all the batches (of all ranks when ``across_processes``).
+    """
+    rows, shift, total, squares = 0, None, None, None
+    for batch in batches:
+        if shift is None:
+            shift = batch[0].clone()
+            total, squares = torch.zeros_like(shift), torch.zeros_like(shift)
+        centred = batch - shift
+        rows += batch.shape[0]
+        total += centred.sum(0)
+        squares += centred.square().sum(0)
+    if shift is None:
+        raise ValueError("the data is empty: pass at least one batch with rows")
+    if across_processes:
+        packed = torch.stack([total + rows * shift,
+                              squares + 2 * shift * total + rows * shift.square(),
+                              torch.full_like(shift, rows)]).to(torch.float64)
+        dist.all_reduce(packed)
+        rows = int(packed[2, 0])
+        mean = packed[0] / rows
+        variance = (packed[1] - rows * mean.square()) / max(rows - 1, 1)
+        return mean.to(shift.dtype), variance.to(shift.dtype), rows
+    mean = shift + total / rows
+    variance = (squares - total.square() / rows) / max(rows - 1, 1)
+    return mean, variance, rows

@@ -214,13 +214,16 @@ class GaussianMixture(MixtureEstimator):
         (section 3.5 of seed 004), each with its own variance, and one variance for the
         rest of the space; K((S + 1) D + 2) values instead of K(D^2 + D + 1). None: S = D.
     distributed : bool, default False
-        EM across processes (``inference="em"`` only): ``torch.distributed`` must be
-        initialised by the caller (launch with ``torchrun`` and call
+        EM or SVI across processes (``inference="em"`` or ``"svi"``): ``torch.distributed``
+        must be initialised by the caller (launch with ``torchrun`` and call
         :func:`ppl_mixtures.distributed.init_from_env`). The ``X`` given to :meth:`fit` on
-        each rank is that rank's shard (an array or a stream of batches); each E-step's
+        each rank is that rank's shard (an array or a stream of batches). EM: each E-step's
         statistics are summed over ranks (``all_reduce``) and every rank runs the same
-        M-step, so every rank ends with the fit to all the data, ``history_``,
-        ``lower_bound_`` and convergence included. Initial values not given
+        M-step. SVI: data parallel, the gradients summed over ranks with the likelihood of
+        each shard and minibatch scaled so that every step is the single-process step on
+        all the data (:class:`~ppl_mixtures.inference.svi.SVITrainer`), the priors set from
+        all ranks' data. Either way every rank ends with the fit to all the data,
+        ``history_``, ``lower_bound_`` and convergence included. Initial values not given
         (``weights_init``, ``means_init``, ``precisions_init``) are drawn by ``init_params``
         on rank 0's shard and broadcast. See ``docs/scaling.md``.
 
@@ -357,10 +360,10 @@ class GaussianMixture(MixtureEstimator):
             raise ValueError(f"distributed={self.distributed!r} must be True or False")
         if not self.distributed:
             return
-        if self.inference != "em":
+        if self.inference not in ("em", "svi"):
             raise ValueError(
-                f"distributed=True is implemented for inference='em' only, not "
-                f"inference={self.inference!r}; use inference='em', or distributed=False"
+                f"distributed=True is implemented for inference='em' and 'svi', not "
+                f"inference={self.inference!r}; use one of those, or distributed=False"
             )
         dist_em.require_initialized("distributed=True")
 
@@ -452,10 +455,11 @@ class GaussianMixture(MixtureEstimator):
 
     def _fit(self, x: torch.Tensor | _EMBatches, generator: torch.Generator,
              resume: bool) -> None:
-        sample = x.first if isinstance(x, _EMBatches) else x  # streams: EM only
+        sample = x.first if isinstance(x, _EMBatches) else x  # streams: EM and SVI only
         given = self._check_init_arrays(sample.shape[1])
         self._resolve_iteration_limits()
-        self.model_ = self._build_model(sample)
+        shared = self.inference == "svi" and (self.distributed or isinstance(x, _EMBatches))
+        self.model_ = self._build_model(sample, self._data_moments(x) if shared else None)
         if self.inference == "em":
             self._fit_em(x, sample, generator, given)
         elif self.inference == "sgd":
@@ -550,9 +554,16 @@ class GaussianMixture(MixtureEstimator):
         self.guide_ = gmm.map_guide(self.model_, self.params_)
         self.guide_(first_row)
 
-    def _build_model(self, x: torch.Tensor) -> gmm.GaussianMixtureModel:
-        """The Pyro model with the default priors for ``x``, updated by ``priors``."""
-        priors = default_gmm_priors(x, self.n_components, self.covariance_type)
+    def _build_model(self, x: torch.Tensor,
+                     moments: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+                     ) -> gmm.GaussianMixtureModel:
+        """The Pyro model with the default priors for ``x``, updated by ``priors``.
+
+        ``moments``: (mean, variance, rows) of all the data (:meth:`_data_moments`) when ``x``
+        is one batch or one shard.
+        """
+        priors = default_gmm_priors(x, self.n_components, self.covariance_type,
+                                    moments=None if moments is None else moments[:2])
         priors.update(self.priors or {})
         return gmm.GaussianMixtureModel(self.n_components, x.shape[1], self.covariance_type,
                                         priors)
@@ -574,16 +585,19 @@ class GaussianMixture(MixtureEstimator):
 
         Parameters
         ----------
-        X : array-like, shape (n_samples, n_features), or, for ``inference="sgd"`` and
-            ``inference="em"``, a stream of such batches: a ``torch.utils.data.DataLoader``
+        X : array-like, shape (n_samples, n_features), or, for ``inference="sgd"``,
+            ``"em"`` and ``"svi"``, a stream of such batches: a ``torch.utils.data.DataLoader``
             (batches ``x`` or ``(x, y)``), a list or tuple of 2-D arrays, or an iterator
-            (read once: one epoch, or one EM iteration, only).
+            (read once: one epoch, or one EM iteration, only; not for SVI).
             SGD cuts each batch into ``batch_size`` steps (None: one step per batch).
             EM makes one pass over the batches per iteration, adding up their sufficient
-            statistics (memory bounded by one batch); initial values not given are drawn by
-            ``init_params`` from the first batch, so make it large and representative (a
-            shuffled ``DataLoader``) or pass ``weights_init``, ``means_init`` and
-            ``precisions_init``. With ``distributed=True``: this rank's shard.
+            statistics (memory bounded by one batch). SVI takes one step per batch (the
+            likelihood scaled by n_samples / batch rows, ``max_iter`` steps, cycling
+            through the stream), after one pass that sets the priors from all the data.
+            Initial values not given are drawn by ``init_params`` from the first batch, so
+            make it large and representative (a shuffled ``DataLoader``) or pass
+            ``weights_init``, ``means_init`` and ``precisions_init``. With
+            ``distributed=True``: this rank's shard.
         y : ignored
         resume : bool, default False
             SVI only: continue from ``checkpoint_path`` when it exists.
@@ -597,7 +611,7 @@ class GaussianMixture(MixtureEstimator):
         if self.inference == "sgd" and stream:
             return self._fit_sgd_stream(X)
         if stream or self.distributed:
-            return self._fit_em_source(X, stream)
+            return self._fit_source(X, stream, resume)
         return super().fit(X, y, resume=resume)
 
     def _check_one_pass(self, source: Any, unit: str) -> None:
@@ -609,17 +623,26 @@ class GaussianMixture(MixtureEstimator):
                 "or max_iter=1 and n_init=1"
             )
 
-    def _fit_em_source(self, X: Any, stream: bool):
-        """EM on a stream of batches, or on this rank's shard with ``distributed=True``."""
+    def _fit_source(self, X: Any, stream: bool, resume: bool):
+        """EM or SVI on a stream of batches, or on this rank's shard (``distributed=True``)."""
         self._check_arguments()
-        if stream and self.inference != "em":
+        if stream and self.inference not in ("em", "svi"):
             raise ValueError(
                 f"a stream of batches (DataLoader, list of arrays, iterator) can be fitted with "
-                f"inference='em' or 'sgd', not inference={self.inference!r}; pass one array"
+                f"inference='em', 'svi' or 'sgd', not inference={self.inference!r}; pass one "
+                "array"
             )
         if stream:
             self._resolve_iteration_limits()
-            self._check_one_pass(X, "EM iterations (one pass each)")
+            if self.inference == "em":
+                self._check_one_pass(X, "EM iterations (one pass each)")
+            elif isinstance(X, Iterator):
+                raise ValueError(
+                    "inference='svi' on a stream needs a source it can read more than once (a "
+                    "list of arrays or a DataLoader): an iterator is read once, which leaves "
+                    "no pass to set the priors and score the fit; wrap the data in a "
+                    "DataLoader, or use inference='em' or 'sgd'"
+                )
             self._device = resolve_device(self.device)
             data = _EMBatches(self, X)
             sample = data.first
@@ -628,7 +651,7 @@ class GaussianMixture(MixtureEstimator):
         if self.distributed:
             dist_em.check_shards(sample.shape[1], sample.dtype,
                                  None if stream else sample.shape[0], self.n_components)
-        return self._fit_validated(data, resume=False, lower_bound_from_data=False)
+        return self._fit_validated(data, resume=resume, lower_bound_from_data=False)
 
     def _fit_sgd_stream(self, source: Any):
         self._check_arguments()
@@ -690,14 +713,47 @@ class GaussianMixture(MixtureEstimator):
         self._end_sgd_call(trainer, x, seconds + self.fit_seconds_)
         return self
 
-    def _fit_svi(self, x: torch.Tensor, generator: torch.Generator, given: dict,
+    def _fit_svi(self, x: torch.Tensor | _EMBatches, generator: torch.Generator, given: dict,
                  resume: bool) -> None:
+        """SVI on a tensor, a stream of batches (one step per batch) or this rank's shard.
+
+        Initial values not given come from ``x`` (a stream: its first batch); distributed,
+        the trainer broadcasts rank 0's. On a stream or distributed, ``lower_bound_`` is the
+        log-likelihood per sample of all the data, from one more pass.
+        """
+        stream = isinstance(x, _EMBatches)
+        sample = x.first if stream else x
         make_guide = gmm.map_guide if self.guide == "map" else gmm.mean_field_guide
         guide, _ = self._fit_svi_restarts(
             x, generator, resume,
-            lambda: make_guide(self.model_, self._initial_params(x, generator, given)),
+            lambda: make_guide(self.model_, self._initial_params(sample, generator, given)),
+            n_samples=self._stream_rows if stream else None,
         )
         self.params_ = gmm.guide_params(guide, self.covariance_type)
+        if stream or self.distributed:
+            e_step = sum_over_batches(em_gmm.e_step) if stream else em_gmm.e_step
+            if self.distributed:
+                e_step = dist_em.all_reduce_e_step(e_step)
+            with torch.no_grad():
+                stats = e_step(x, self.params_)
+            self.lower_bound_ = float(stats.log_likelihood) / float(stats.n_samples)
+
+    def _data_moments(self, data: torch.Tensor | _EMBatches,
+                      ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Mean, variance and rows of all the data (a stream: one pass; distributed: all ranks).
+
+        Also keeps this rank's rows in ``_stream_rows``.
+        """
+        rows: list[int] = []
+
+        def counted() -> Iterator[torch.Tensor]:
+            for batch in data if isinstance(data, _EMBatches) else [data]:
+                rows.append(batch.shape[0])
+                yield batch
+
+        moments = dist_em.data_moments(counted(), across_processes=self.distributed)
+        self._stream_rows = sum(rows)
+        return moments
 
     def _fit_nuts(self, x: torch.Tensor, generator: torch.Generator, given: dict) -> None:
         check_int(self.num_warmup, "num_warmup", 0)

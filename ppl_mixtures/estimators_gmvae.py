@@ -19,6 +19,7 @@ import pyro
 import torch
 from torch import nn
 
+from ppl_mixtures import distributed as process_group
 from ppl_mixtures._estimator_base import MixtureEstimator, check_int, check_nonnegative
 from ppl_mixtures.inference.init import resolve_generator
 from ppl_mixtures.inference.svi import SVITrainer
@@ -87,7 +88,16 @@ class GMVAE(MixtureEstimator):
         Seeds the network initialisation and the SVI run.
     progress : bool, default True
     checkpoint_path : str, optional
-        SVI checkpoint; ``fit(X, resume=True)`` continues from it.
+        SVI checkpoint; ``fit(X, resume=True)`` continues from it (distributed: one file per
+        rank, see :class:`~ppl_mixtures.inference.svi.SVITrainer`).
+    distributed : bool, default False
+        Data-parallel SVI over an initialised ``torch.distributed`` process group (launch
+        with ``torchrun``, call :func:`ppl_mixtures.distributed.init_from_env`): the ``X``
+        given to :meth:`fit` on each rank is its shard, gradients are summed over ranks with
+        each shard's likelihood scaled so that every step is the single-process step on all
+        the data, and rank 0's initial networks are broadcast. The fixed observation
+        variance is set from all ranks' data, every rank takes as many steps per epoch as the
+        largest shard needs, and ``lower_bound_`` is the mean ELBO over all ranks.
 
     Attributes
     ----------
@@ -133,6 +143,7 @@ class GMVAE(MixtureEstimator):
         random_state: Any = None,
         progress: bool = True,
         checkpoint_path: str | None = None,
+        distributed: bool = False,
     ) -> None:
         self.n_components = n_components
         self.preset = preset
@@ -156,6 +167,7 @@ class GMVAE(MixtureEstimator):
         self.random_state = random_state
         self.progress = progress
         self.checkpoint_path = checkpoint_path
+        self.distributed = distributed
 
     # ----------------------------------------------------------------------------- validation
 
@@ -195,6 +207,10 @@ class GMVAE(MixtureEstimator):
                 "free_bits and z_prior_weight act on the closed-form z-prior term; pass "
                 "z_inference='closed_form' to use them"
             )
+        if not isinstance(self.distributed, (bool, np.bool_)):
+            raise ValueError(f"distributed={self.distributed!r} must be True or False")
+        if self.distributed:
+            process_group.require_initialized("distributed=True")
         if not (isinstance(self.lr, numbers.Real) and self.lr > 0):
             raise ValueError(f"lr={self.lr!r} must be a positive number")
         unknown = set(self.networks or {}) - set(_NETWORK_NAMES)
@@ -256,7 +272,14 @@ class GMVAE(MixtureEstimator):
         self
         """
         super().fit(X, resume=resume)
-        self.lower_bound_ = self.score(X)
+        elbo = self.score_samples(X)
+        if self.distributed:
+            total = torch.tensor([elbo.sum(), elbo.size], dtype=torch.float64,
+                                 device=self._device)
+            torch.distributed.all_reduce(total)
+            self.lower_bound_ = float(total[0] / total[1])
+        else:
+            self.lower_bound_ = float(elbo.mean())
         return self
 
     def _fit(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
@@ -266,15 +289,20 @@ class GMVAE(MixtureEstimator):
         pyro.set_rng_seed(seed)  # the networks' initial weights
         self.observation_scale_ = None
         if self.likelihood == "gaussian" and self.observation_variance is not None:
-            data_variance = float(x.var(0).mean()) if x.shape[0] > 1 else 1.0
+            _, variance, rows = process_group.data_moments([x], self.distributed)
+            data_variance = float(variance.mean()) if rows > 1 else 1.0
             self.observation_scale_ = math.sqrt(self.observation_variance * data_variance)
         self._build(x.shape[1])
         steps_per_epoch = math.ceil(x.shape[0] / self.batch_size)
+        if self.distributed:  # every rank must take the same number of steps
+            steps = torch.tensor([steps_per_epoch], device=x.device)
+            torch.distributed.all_reduce(steps, op=torch.distributed.ReduceOp.MAX)
+            steps_per_epoch = int(steps)
         trainer = SVITrainer(
             self.model_, self.guide_, lr=self.lr, num_particles=self.num_particles,
             batch_size=self.batch_size, max_steps=self.max_epochs * steps_per_epoch,
-            tol=self.tol, progress=self.progress, checkpoint_path=self.checkpoint_path,
-            seed=seed,
+            tol=self.tol, progress=self.progress and process_group.rank() == 0,
+            checkpoint_path=self.checkpoint_path, seed=seed, distributed=self.distributed,
         )
         result = trainer.fit(x, resume=resume)
         self.model_._register()  # bind the modules to the param store's final tensors

@@ -3,7 +3,8 @@
 Launched by ``torch.distributed.run`` with 2 gloo processes; each trains the GMM's MAP guide
 on rows ``rank::2`` of :func:`data`, on full batches, on minibatches and as a stream of two
 batches (``fit_batches``), and writes
-the parameters and losses to ``OUT/rank<r>.npz``. Rank 1 starts from other initial values
+the parameters and losses to ``OUT/rank<r>.npz``; then the estimators with
+``distributed=True``: ``GaussianMixture(inference="svi")`` and a small ``GMVAE``. Rank 1 starts from other initial values
 than rank 0, so the broadcast from rank 0 is exercised.
 """
 
@@ -17,13 +18,16 @@ import pyro
 import torch
 import torch.distributed as dist
 
-from ppl_mixtures.datasets import make_gmm
+from ppl_mixtures import GaussianMixture
+from ppl_mixtures.datasets import make_gmm, make_pinwheel
+from ppl_mixtures.estimators_gmvae import GMVAE
 from ppl_mixtures.inference.svi import SVITrainer
 from ppl_mixtures.models import gmm
 from ppl_mixtures.models.priors import default_gmm_priors
 
 FULL_BATCH_STEPS = 40
 MINIBATCH = {"batch_size": 25, "max_steps": 600}
+GMVAE_EPOCHS = 150
 
 
 def data() -> torch.Tensor:
@@ -58,6 +62,27 @@ def train(x: torch.Tensor, x_all: torch.Tensor, distributed: bool, shift: float,
             trainer.evaluate_loss(x))
 
 
+def gmm_estimator(x: torch.Tensor, distributed: bool) -> GaussianMixture:
+    """GaussianMixture(inference="svi") on full batches from fixed initial values."""
+    x_all = data()
+    start = {"weights_init": np.full(3, 1 / 3), "means_init": x_all[:3].numpy(),
+             "precisions_init": np.ones((3, 2))}
+    return GaussianMixture(3, covariance_type="diag", inference="svi", max_iter=40, tol=0,
+                           lr=0.05, random_state=0, progress=False, distributed=distributed,
+                           **start).fit(x.numpy())
+
+
+def gmvae_estimator(x: np.ndarray, distributed: bool, batch_size: int, seed: int = 0) -> GMVAE:
+    """A small GMVAE on pinwheel data (two processes with batches of 50 = one with 100)."""
+    return GMVAE(3, hidden_dims=(16,), prior_hidden_dims=(16,), latent_dim=2, w_dim=2,
+                 max_epochs=GMVAE_EPOCHS, batch_size=batch_size, lr=3e-3, dtype="float64",
+                 random_state=seed, progress=False, distributed=distributed).fit(x)
+
+
+def pinwheel() -> np.ndarray:
+    return make_pinwheel(100, n_classes=3, random_state=0)[0]
+
+
 def main(out: Path) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -69,6 +94,13 @@ def main(out: Path) -> None:
         arrays.update({f"{name}_{k}": v for k, v in params.items()})
         arrays[f"{name}_history"] = np.asarray(history)
         arrays[f"{name}_loss"] = np.asarray(loss)
+    est = gmm_estimator(shard, True)
+    arrays.update(est_means=est.means_, est_covariances=est.covariances_,
+                  est_weights=est.weights_, est_lower_bound=est.lower_bound_,
+                  est_history=np.asarray(est.history_))
+    vae = gmvae_estimator(pinwheel()[rank::2], True, batch_size=50)
+    arrays.update(gmvae_lower_bound=vae.lower_bound_, gmvae_steps=vae.n_iter_,
+                  gmvae_first_weight=vae.params_["encoder.0.weight"].numpy())
     np.savez(out / f"rank{rank}.npz", **arrays)
     dist.destroy_process_group()
 

@@ -343,3 +343,12 @@ def test_stream_errors_name_the_argument(batches, n_samples, error, match):
     trainer = SVITrainer(mixture_model, make_guide(), max_steps=2, progress=False)
     with pytest.raises(error, match=match):
         trainer.fit_batches(batches, n_samples=n_samples)
+
+
+def test_evaluate_loss_over_batches_equals_the_whole():
+    x = make_data()
+    pyro.clear_param_store()
+    trainer = SVITrainer(mixture_model, make_guide(), max_steps=1, progress=False)
+    whole = trainer.evaluate_loss(x)
+    assert trainer.evaluate_loss_batches(torch.split(x, 70), NUM_SAMPLES) == pytest.approx(
+        whole, rel=1e-12)

@@ -478,6 +478,7 @@ class SVITrainer:
         Parameters
         ----------
         x : Tensor, shape (n_samples, ...)
+            All the data (distributed: this process's shard).
 
         Returns
         -------
@@ -486,16 +487,39 @@ class SVITrainer:
             enumerated discrete sites, minus the log joint density of the data and the
             global sites, per sample.
         """
-        model, guide = self.model, self.guide
-        if self.distributed:
-            world_size = _check_process_group()
-            model = ScaleSites(1.0 / world_size)(model)
-            guide = ScaleSites(1.0 / world_size)(guide)
+        return self.evaluate_loss_batches([x], x.shape[0], **model_kwargs)
+
+    def evaluate_loss_batches(self, batches: Iterable[Any], n_samples: int,
+                              **model_kwargs: Any) -> float:
+        """:meth:`evaluate_loss` over a stream of batches (one more pass over it).
+
+        A batch of B rows is scored with the global sites' terms weighted by
+        ``B / n_samples``, so that they count once in the sum over batches (and over
+        processes when distributed) while every row's terms count once; for a point-mass
+        guide the result equals :meth:`evaluate_loss` on the concatenated data.
+
+        Parameters
+        ----------
+        batches : iterable of Tensor (or ``(x, y)`` pairs), read once
+        n_samples : int
+            Rows in the stream (this process's shard when distributed).
+
+        Returns
+        -------
+        float
+        """
+        world_size = _check_process_group() if self.distributed else 1
+        total = 0.0
         with torch.no_grad():
-            loss = self.loss.loss(model, guide, x, subsample=None, **model_kwargs)
+            for batch in batches:
+                batch = _batch_tensor(batch)
+                scale = ScaleSites(batch.shape[0] / (n_samples * world_size))
+                total += self.loss.loss(scale(self.model), scale(self.guide), batch,
+                                        subsample=None, **model_kwargs)
         if self.distributed:
-            return _sum_over_processes(loss, x.device) / _sum_over_processes(x.shape[0], x.device)
-        return loss / x.shape[0]
+            return (_sum_over_processes(total, batch.device)
+                    / _sum_over_processes(n_samples, batch.device))
+        return total / n_samples
 
     # -- internals -------------------------------------------------------------------------
 

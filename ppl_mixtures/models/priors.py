@@ -32,6 +32,7 @@ def default_gmm_priors(
     variance_concentration: float = 1.0,
     variance_rate_factor: float = 0.01,
     correlation_concentration: float = 1.0,
+    moments: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, dist.Distribution]:
     """Weakly informative priors for :class:`ppl_mixtures.models.gmm.GaussianMixtureModel`.
 
@@ -53,6 +54,10 @@ def default_gmm_priors(
     correlation_concentration : float
         LKJ concentration on the correlation Cholesky factor (1 = uniform over
         correlation matrices); used by ``"tied"`` and ``"full"`` only, when D > 1.
+    moments : (Tensor, Tensor), optional
+        Per-feature mean and variance, each of shape (n_features,), to use in place of
+        ``x``'s: those of all the data when ``x`` is one batch of a stream or one process's
+        shard, so that every batch and every process shares one prior.
 
     Returns
     -------
@@ -60,8 +65,11 @@ def default_gmm_priors(
         Keys among :data:`GMM_GLOBAL_SITES`, on ``x``'s device and dtype.
     """
     n_features = x.shape[-1]
-    data_mean = x.mean(0)
-    data_var = x.var(0) if x.shape[0] > 1 else torch.ones_like(data_mean)
+    if moments is not None:
+        data_mean, data_var = (m.to(dtype=x.dtype, device=x.device) for m in moments)
+    else:
+        data_mean = x.mean(0)
+        data_var = x.var(0) if x.shape[0] > 1 else torch.ones_like(data_mean)
     data_var = data_var.clamp_min(torch.finfo(x.dtype).tiny ** 0.5)
     concentration = torch.full((n_components,), weight_concentration, dtype=x.dtype, device=x.device)
     priors: dict[str, dist.Distribution] = {
