@@ -186,6 +186,12 @@ def _add_gmm_parser(models: Any, common: argparse.ArgumentParser) -> None:
         "--lr", type=_real(positive=True),
         help="learning rate (default: 0.05 for SVI, 0.011 for SGD)",
     )
+    gmm.add_argument(
+        "--distributed", action="store_true",
+        help="EM or SVI across the processes of a torchrun launch: each process reads --data "
+        "and keeps rows rank::world_size, EM statistics or SVI gradients are all-reduced, "
+        "rank 0 writes the outputs (see docs/scaling.md)",
+    )
     parser.set_defaults(run=_fit_gmm, model="gmm")
 
 
@@ -411,6 +417,8 @@ def _check_options(args: argparse.Namespace) -> None:
                        "not --n-components")
     if args.resume and args.inference != "svi":
         raise CLIError("--resume applies to --inference svi only (EM runs are not checkpointed)")
+    if getattr(args, "distributed", False) and args.inference not in ("em", "svi"):
+        raise CLIError(f"--distributed needs --inference em or svi, not {args.inference}")
 
 
 def _label_scores(labels: np.ndarray | None, predicted: np.ndarray) -> dict[str, float | None]:
@@ -548,7 +556,10 @@ def _fit_gmm(args: argparse.Namespace) -> int:
         checkpoint_path=str(checkpoint) if args.inference == "svi" else None,
     )
     if args.model == "gmm":
-        est = GaussianMixture(n_components, covariance_type=args.covariance_type, **common)
+        est = GaussianMixture(n_components, covariance_type=args.covariance_type,
+                              distributed=args.distributed, **common)
+        if args.distributed:
+            return _fit_gmm_distributed(args, est, X, labels, out)
     elif args.model == "mfa":
         est = MixtureOfFactorAnalyzers(n_components, n_factors=args.n_factors, **common)
     else:
@@ -556,13 +567,39 @@ def _fit_gmm(args: argparse.Namespace) -> int:
                                   anneal_start=args.anneal_start, **common)
     out.mkdir(parents=True, exist_ok=True)
     est.fit(X, resume=args.resume)
+    _write_fit_outputs(args, est, X, labels, out)
+    return 0
+
+
+def _fit_gmm_distributed(args: argparse.Namespace, est: Any, X: np.ndarray,
+                         labels: np.ndarray | None, out: Path) -> int:
+    """``fit gmm --distributed``: every process fits its rows; rank 0 writes the outputs."""
+    import torch.distributed
+
+    from ppl_mixtures.distributed import init_from_env
+
+    rank, world_size = init_from_env()
+    try:
+        out.mkdir(parents=True, exist_ok=True)  # SVI checkpoints: one file per rank
+        est.fit(X[rank::world_size], resume=args.resume)
+        if rank == 0:
+            _write_fit_outputs(args, est, X, labels, out)
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def _write_fit_outputs(args: argparse.Namespace, est: Any, X: np.ndarray,
+                       labels: np.ndarray | None, out: Path) -> None:
+    """Predict, then write ``model.pt``, ``summary.json`` and the plots; print the summary."""
+    out.mkdir(parents=True, exist_ok=True)
     predicted = est.predict(X)
     summary = _summary(args, est, X, labels, predicted)
     est.save(out / "model.pt")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _save_plots(args, est, X, predicted, out)
     print(_format_summary(summary, out))
-    return 0
 
 
 def _gmvae_figures(est: Any, X: np.ndarray, predicted: np.ndarray, out: Path) -> None:

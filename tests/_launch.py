@@ -21,14 +21,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(worker: Path, out: Path, nproc: int = 2, timeout_s: float = LAUNCH_TIMEOUT_S) -> str:
-    """Run ``worker out`` on ``nproc`` CPU processes; fail the test (killing all) on overrun.
+def torchrun(arguments: list[str], nproc: int = 2, timeout_s: float = LAUNCH_TIMEOUT_S) -> str:
+    """``python -m torch.distributed.run ... arguments`` on ``nproc`` CPU processes.
 
-    Returns the launch's combined output.
+    Fails the test (killing the whole launch) on overrun or a non-zero exit; returns the
+    launch's combined output.
     """
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(worker), str(out),
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *arguments,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
@@ -41,3 +42,8 @@ def launch(worker: Path, out: Path, nproc: int = 2, timeout_s: float = LAUNCH_TI
         pytest.fail(f"torchrun did not finish in {timeout_s} s:\n{log[-4000:]}")
     assert process.returncode == 0, f"torchrun failed:\n{log[-4000:]}"
     return log
+
+
+def launch(worker: Path, out: Path, nproc: int = 2, timeout_s: float = LAUNCH_TIMEOUT_S) -> str:
+    """Run the script ``worker out`` on ``nproc`` CPU processes (see :func:`torchrun`)."""
+    return torchrun([str(worker), str(out)], nproc, timeout_s)
