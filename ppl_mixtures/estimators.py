@@ -8,7 +8,6 @@ their device.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,17 +17,21 @@ import pyro
 import torch
 from pyro.infer import TraceEnum_ELBO
 from sklearn.utils.metaestimators import available_if
-from torch.utils.data import DataLoader
 
 from ppl_mixtures import distributed as dist_em
 from ppl_mixtures import metrics
+from ppl_mixtures._em_sources import (
+    StreamingEMMixin,
+    _EMBatches,
+    _is_batch_source,
+    _ValidatedBatches,
+)
 from ppl_mixtures._estimator_base import (
     MixtureEstimator,
     check_int,
     resolve_device,
 )
 from ppl_mixtures.inference.em import gmm as em_gmm
-from ppl_mixtures.inference.em.loop import sum_over_batches
 from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities, resolve_generator
 from ppl_mixtures.inference.mcmc import sample_posterior, split_r_hat
 from ppl_mixtures.inference.sgd_gmm import SGDConfig, SGDGMMTrainer
@@ -46,22 +49,6 @@ SGD_COVARIANCE_TYPES = ("diag", "spherical", "full")
 _SGD_OWN_ARGUMENTS = ("lr", "batch_size")
 
 
-def _is_batch_source(X: Any) -> bool:
-    """Whether ``X`` is a stream of batches (for SGD and EM) rather than one data matrix.
-
-    A ``DataLoader``, an iterator (e.g. a generator), or a list/tuple whose items are all 2-D
-    (arrays or tensors). Arrays, tensors, data frames and nested lists of numbers are not.
-    """
-    if isinstance(X, (DataLoader, Iterator)):
-        return True
-    if not (isinstance(X, (list, tuple)) and len(X) > 0):
-        return False
-    try:
-        return all(len(np.shape(batch)) == 2 for batch in X)
-    except ValueError:  # ragged nested lists
-        return False
-
-
 def _sgd_only(estimator: GaussianMixture) -> bool:
     if estimator.inference != "sgd":
         raise AttributeError(f"partial_fit is available with inference='sgd' only, not "
@@ -69,63 +56,7 @@ def _sgd_only(estimator: GaussianMixture) -> bool:
     return True
 
 
-class _ValidatedBatches:
-    """Iterate a stream of batches as validated tensors on the estimator's device and dtype.
-
-    The first batch ever seen fixes ``n_features_in_`` and the dtype; before a trainer's first
-    step its initial values (``means_init``, ...) are checked against the number of features.
-    """
-
-    def __init__(self, estimator: GaussianMixture, source: Any) -> None:
-        self.estimator = estimator
-        self.source = source
-        self.trainer: SGDGMMTrainer | None = None
-        self.seen = False
-        self.last: torch.Tensor | None = None
-
-    def __iter__(self):
-        for batch in self.source:
-            if isinstance(batch, (tuple, list)) and len(getattr(batch[0], "shape", ())) == 2:
-                batch = batch[0]  # (x, y, ...) from a labelled dataset
-            if isinstance(batch, torch.Tensor):
-                batch = batch.detach().cpu().numpy()
-            x = self.estimator._validate_x(batch, reset=not self.seen)
-            self.seen = True
-            if self.trainer is not None and not self.trainer.initialized:
-                self.trainer.init = self.estimator._sgd_init(x.shape[1])
-            self.last = x
-            yield x
-
-
-class _EMBatches:
-    """A stream of batches for EM: validated, its first batch at hand for initialisation.
-
-    Iterating gives one pass over the source. A one-shot source (an iterator) is read once:
-    its first batch, read ahead for initialisation, is yielded again at the head of that pass.
-
-    Attributes
-    ----------
-    first : Tensor, shape (batch_size, n_features)
-        The first batch, validated (it fixes ``n_features_in_`` and the dtype).
-    one_pass : bool
-        Whether the source can be traversed only once.
-    """
-
-    def __init__(self, estimator: GaussianMixture, source: Any) -> None:
-        self.one_pass = isinstance(source, Iterator)
-        self._batches = _ValidatedBatches(estimator, source)
-        head = iter(self._batches)
-        first = next(head, None)
-        if first is None:
-            raise ValueError("X is an empty stream of batches; pass at least one batch")
-        self.first = first
-        self._stream = itertools.chain([first], head) if self.one_pass else self._batches
-
-    def __iter__(self):
-        return iter(self._stream)
-
-
-class GaussianMixture(MixtureEstimator):
+class GaussianMixture(StreamingEMMixin, MixtureEstimator):
     """Gaussian mixture fitted by EM, SVI, NUTS or max-component SGD over one Pyro model.
 
     Parameters
@@ -271,6 +202,9 @@ class GaussianMixture(MixtureEstimator):
     """
 
     _inference_methods = INFERENCE_METHODS
+    _stream_inference_methods = ("em", "svi", "sgd")
+    _distributed_inference_methods = ("em", "svi")
+    _init_hint = ", or weights_init, means_init and precisions_init"
     _default_max_iter = _DEFAULT_MAX_ITER
     _default_tol = _DEFAULT_TOL
     _default_lr = _DEFAULT_LR
@@ -354,18 +288,6 @@ class GaussianMixture(MixtureEstimator):
         if self.inference == "sgd":
             self._check_sgd_arguments()
         self._check_distributed_argument()
-
-    def _check_distributed_argument(self) -> None:
-        if not isinstance(self.distributed, (bool, np.bool_)):
-            raise ValueError(f"distributed={self.distributed!r} must be True or False")
-        if not self.distributed:
-            return
-        if self.inference not in ("em", "svi"):
-            raise ValueError(
-                f"distributed=True is implemented for inference='em' and 'svi', not "
-                f"inference={self.inference!r}; use one of those, or distributed=False"
-            )
-        dist_em.require_initialized("distributed=True")
 
     def _check_sgd_arguments(self) -> None:
         if self.covariance_type not in SGD_COVARIANCE_TYPES:
@@ -477,29 +399,14 @@ class GaussianMixture(MixtureEstimator):
         stream, then, with ``distributed``, a sum over the ranks. Initial values not given
         are drawn from ``sample`` (on rank 0 alone when distributed, then broadcast).
         """
-        stream = isinstance(data, _EMBatches)
-        e_step = sum_over_batches(em_gmm.e_step) if stream else em_gmm.e_step
-
-        def init(_: int) -> gmm.GMMParams:
-            if len(given) < 3 and sample.shape[0] < self.n_components:
-                where = "the first batch" if stream else "X on rank 0"
-                raise ValueError(
-                    f"{where} has {sample.shape[0]} rows, fewer than n_components="
-                    f"{self.n_components}, and init_params={self.init_params!r} draws the "
-                    f"initial values from it; pass larger batches, or weights_init, "
-                    "means_init and precisions_init"
-                )
-            return self._initial_params(sample, generator, given)
-
-        if self.distributed:
-            e_step = dist_em.all_reduce_e_step(e_step)
-            init = dist_em.broadcast_result(init, device=sample.device)
+        init = self._em_initializer(
+            lambda rows: self._initial_params(rows, generator, given), data,
+            needs_rows=len(given) < 3,
+        )
         self._fit_em_restarts(
-            data, init, e_step,
+            data, init, self._em_e_step(em_gmm.e_step, data),
             lambda stats: em_gmm.m_step(stats, self.covariance_type, self.reg_covar),
-            "GMM EM", gmm.map_guide, first_row=sample[:1],
-            progress=self.progress and dist_em.rank() == 0,
-            evaluate_final=not (stream and data.one_pass),
+            "GMM EM", gmm.map_guide, **self._em_run_options(data),
         )
 
     # ------------------------------------------------------------------- max-component SGD
@@ -610,48 +517,16 @@ class GaussianMixture(MixtureEstimator):
         stream = _is_batch_source(X)
         if self.inference == "sgd" and stream:
             return self._fit_sgd_stream(X)
-        if stream or self.distributed:
-            return self._fit_source(X, stream, resume)
-        return super().fit(X, y, resume=resume)
+        return super().fit(X, y, resume=resume)  # StreamingEMMixin: streams and shards
 
-    def _check_one_pass(self, source: Any, unit: str) -> None:
-        """An iterator is read once: refuse a fit that would read it more than once."""
-        if isinstance(source, Iterator) and self._max_iter * self.n_init > 1:
+    def _check_em_source(self, source: Any, stream: bool) -> None:
+        if stream and self.inference == "svi" and isinstance(source, Iterator):
             raise ValueError(
-                f"an iterator can be traversed once, but max_iter={self._max_iter} {unit} and "
-                f"n_init={self.n_init} starts were asked for; pass a list or a DataLoader, "
-                "or max_iter=1 and n_init=1"
+                "inference='svi' on a stream needs a source it can read more than once (a "
+                "list of arrays or a DataLoader): an iterator is read once, which leaves "
+                "no pass to set the priors and score the fit; wrap the data in a "
+                "DataLoader, or use inference='em' or 'sgd'"
             )
-
-    def _fit_source(self, X: Any, stream: bool, resume: bool):
-        """EM or SVI on a stream of batches, or on this rank's shard (``distributed=True``)."""
-        self._check_arguments()
-        if stream and self.inference not in ("em", "svi"):
-            raise ValueError(
-                f"a stream of batches (DataLoader, list of arrays, iterator) can be fitted with "
-                f"inference='em', 'svi' or 'sgd', not inference={self.inference!r}; pass one "
-                "array"
-            )
-        if stream:
-            self._resolve_iteration_limits()
-            if self.inference == "em":
-                self._check_one_pass(X, "EM iterations (one pass each)")
-            elif isinstance(X, Iterator):
-                raise ValueError(
-                    "inference='svi' on a stream needs a source it can read more than once (a "
-                    "list of arrays or a DataLoader): an iterator is read once, which leaves "
-                    "no pass to set the priors and score the fit; wrap the data in a "
-                    "DataLoader, or use inference='em' or 'sgd'"
-                )
-            self._device = resolve_device(self.device)
-            data = _EMBatches(self, X)
-            sample = data.first
-        else:
-            data = sample = self._validate_x(X, reset=True)
-        if self.distributed:
-            dist_em.check_shards(sample.shape[1], sample.dtype,
-                                 None if stream else sample.shape[0], self.n_components)
-        return self._fit_validated(data, resume=resume, lower_bound_from_data=False)
 
     def _fit_sgd_stream(self, source: Any):
         self._check_arguments()
@@ -731,11 +606,8 @@ class GaussianMixture(MixtureEstimator):
         )
         self.params_ = gmm.guide_params(guide, self.covariance_type)
         if stream or self.distributed:
-            e_step = sum_over_batches(em_gmm.e_step) if stream else em_gmm.e_step
-            if self.distributed:
-                e_step = dist_em.all_reduce_e_step(e_step)
             with torch.no_grad():
-                stats = e_step(x, self.params_)
+                stats = self._em_e_step(em_gmm.e_step, x)(x, self.params_)
             self.lower_bound_ = float(stats.log_likelihood) / float(stats.n_samples)
 
     def _data_moments(self, data: torch.Tensor | _EMBatches,

@@ -7,9 +7,10 @@ of the network (the global GMM of eq. 3), numbered row-major with ``s_1`` slowes
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import pyro
 import torch
 from pyro.infer import TraceEnum_ELBO
 
+from ppl_mixtures._em_sources import StreamingEMMixin
 from ppl_mixtures._estimator_base import MixtureEstimator, check_int
 from ppl_mixtures.inference.em import dgmm as em_dgmm
 from ppl_mixtures.inference.em.loop import run_em
@@ -71,6 +73,31 @@ def n_parameters(n_features: int, n_components: Sequence[int], n_factors: Sequen
     return count
 
 
+#: The list fields of :class:`~ppl_mixtures.models.dgmm.DGMMParams`, in order.
+_PARAM_FIELDS = ("weights", "eta", "loadings", "noise_variances")
+
+
+def _flatten_params(params: dgmm.DGMMParams) -> torch.Tensor:
+    """All of ``params``' tensors in one flat tensor (to broadcast it as one tensor)."""
+    return torch.cat([t.reshape(-1) for name in _PARAM_FIELDS for t in getattr(params, name)])
+
+
+def _unflatten_params(flat: torch.Tensor, n_features: int, n_components: Sequence[int],
+                      n_factors: Sequence[int]) -> dgmm.DGMMParams:
+    """Inverse of :func:`_flatten_params` for a DGMM of these sizes."""
+    widths = (n_features, *n_factors)
+    shapes = {
+        "weights": [(size,) for size in n_components],
+        "eta": [(size, widths[k]) for k, size in enumerate(n_components)],
+        "loadings": [(size, widths[k], widths[k + 1]) for k, size in enumerate(n_components)],
+        "noise_variances": [(size, widths[k]) for k, size in enumerate(n_components)],
+    }
+    sizes = [math.prod(shape) for name in _PARAM_FIELDS for shape in shapes[name]]
+    chunks = iter(flat.split(sizes))
+    return dgmm.DGMMParams(*[[next(chunks).view(shape) for shape in shapes[name]]
+                             for name in _PARAM_FIELDS])
+
+
 def _as_int_tuple(value: Any, name: str) -> tuple[int, ...]:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = (value,)
@@ -85,7 +112,7 @@ def _as_int_tuple(value: Any, name: str) -> tuple[int, ...]:
     return tuple(int(item) for item in items)
 
 
-class DeepGaussianMixture(MixtureEstimator):
+class DeepGaussianMixture(StreamingEMMixin, MixtureEstimator):
     """Deep Gaussian mixture (stacked mixtures of factor analysers) fitted by EM or SVI.
 
     Layers ``l = 1..h``: ``z^(l-1) = eta^(l)_{s_l} + Lambda^(l)_{s_l} z^(l) + u^(l)`` with
@@ -100,8 +127,11 @@ class DeepGaussianMixture(MixtureEstimator):
         ``(r_1, ..., r_h)``, strictly decreasing and below ``n_features``.
     inference : {"em", "svi"}, default "em"
         ``"em"``: exact monotone EM over all layers (expectations, not sampled scores; see
-        :mod:`ppl_mixtures.inference.em.dgmm`). ``"svi"``: MAP by ``TraceEnum_ELBO`` over the
-        Pyro model (layers' labels enumerated).
+        :mod:`ppl_mixtures.inference.em.dgmm`), in memory or out of core: :meth:`fit` on a
+        stream of batches (a ``DataLoader``, a list of arrays) runs one pass over the
+        batches per EM iteration (and per annealing step), adding up the E-step's
+        sufficient statistics; the layer-wise start is drawn from the first batch.
+        ``"svi"``: MAP by ``TraceEnum_ELBO`` over the Pyro model (layers' labels enumerated).
     form : {"collapsed", "latent"}, default "collapsed"
         SVI only: scores integrated out, or sampled with a local Gaussian guide
         (:class:`~ppl_mixtures.models.dgmm.LatentScoreGuide`; a lower bound, for small data).
@@ -124,6 +154,8 @@ class DeepGaussianMixture(MixtureEstimator):
         draws of the seed's section 3.1 setting, T0=5 raised the mean path ARI from 0.52 to
         0.58 and kept more paths non-empty; on wine it found higher likelihoods whose first
         layer matched the cultivars less well (``bench/RESULTS.md``). 1.0: no annealing.
+        Works on streams (one pass per tempered step; not on an iterator, read once) and
+        with ``distributed=True`` (tempered statistics summed over ranks).
     anneal_iter : int, default 150
         Tempered steps when ``anneal_start > 1``; not counted in ``max_iter`` nor ``history_``.
     realign : bool, default False
@@ -132,7 +164,9 @@ class DeepGaussianMixture(MixtureEstimator):
         frame (:func:`~ppl_mixtures.inference.em.dgmm.realign_scores`), then EM runs again
         (``history_`` holds this second run). Doubles the cost of a start. With annealing, it
         raised the mean path ARI on held-out section 3.1 draws from 0.58 to 0.70 and used
-        17.7 of 18 paths on average (``bench/RESULTS.md``).
+        17.7 of 18 paths on average (``bench/RESULTS.md``). Needs all the data in memory
+        (k-means on every row's scores): not with a stream of batches nor
+        ``distributed=True``.
     identifiability : {None, "lower_triangular", "diagonal", "orthonormal"}, default None
         After fitting, map the parameters to this canonical form of seed 000, section 3.4
         (:func:`~ppl_mixtures.models.dgmm_identify.identify`: last-layer loadings rotated to the
@@ -149,6 +183,13 @@ class DeepGaussianMixture(MixtureEstimator):
         SVI minibatch size.
     random_state, device, dtype, progress, checkpoint_path
         As for :class:`~ppl_mixtures.estimators.GaussianMixture`.
+    distributed : bool, default False
+        EM across processes (``inference="em"`` only), as for
+        :class:`~ppl_mixtures.estimators_mfa.MixtureOfFactorAnalyzers`: ``X`` in :meth:`fit`
+        is this rank's shard (an array or a stream), the E-step's statistics are summed over
+        the ranks, and every rank ends with the fit to all the data. The layer-wise start is
+        drawn on rank 0's shard (its first batch for a stream) and broadcast; annealing then
+        runs on all ranks; ``realign=True`` is refused. See ``docs/scaling.md``.
 
     Attributes
     ----------
@@ -195,6 +236,7 @@ class DeepGaussianMixture(MixtureEstimator):
         dtype: Any = None,
         progress: bool = True,
         checkpoint_path: str | None = None,
+        distributed: bool = False,
     ) -> None:
         self.n_components = n_components
         self.n_factors = n_factors
@@ -217,6 +259,7 @@ class DeepGaussianMixture(MixtureEstimator):
         self.dtype = dtype
         self.progress = progress
         self.checkpoint_path = checkpoint_path
+        self.distributed = distributed
 
     # ----------------------------------------------------------------------------- validation
 
@@ -260,7 +303,24 @@ class DeepGaussianMixture(MixtureEstimator):
             raise ValueError("anneal_start > 1 applies to inference='em' only; leave it at 1.0")
         if self.realign and self.inference != "em":
             raise ValueError("realign=True applies to inference='em' only")
+        self._check_distributed_argument()
         self._components, self._factors = components, factors
+
+    def _check_em_source(self, source: Any, stream: bool) -> None:
+        """Refuse what a stream or a shard cannot give: all rows at once, or a second read."""
+        if self.realign:
+            where = "a stream of batches" if stream else "distributed=True (one shard per rank)"
+            raise ValueError(
+                f"realign=True runs k-means on the scores of all the data at once, which "
+                f"{where} does not hold; set realign=False (anneal_start > 1 still works), "
+                "or fit one in-memory array"
+            )
+        if isinstance(source, Iterator) and self.anneal_start > 1.0 and self.anneal_iter > 0:
+            raise ValueError(
+                f"anneal_start={self.anneal_start} makes anneal_iter={self.anneal_iter} passes "
+                "over the data before EM, but an iterator can be traversed once; pass a list "
+                "or a DataLoader, or anneal_start=1.0"
+            )
 
     def _check_n_features(self, n_features: int) -> None:
         if self._factors[0] >= n_features:
@@ -279,14 +339,15 @@ class DeepGaussianMixture(MixtureEstimator):
         return dgmm.DeepGaussianMixtureModel(self._components, self._factors,
                                              self.n_features_in_, priors, form=self.form)
 
-    def _fit(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
+    def _fit(self, data: Any, generator: torch.Generator, resume: bool) -> None:
+        x = self._em_sample(data)  # a stream (EM only): its first batch
         self._check_n_features(x.shape[1])
         self._resolve_iteration_limits()
         priors = dgmm.default_dgmm_priors(x, self._components, self._factors)
         priors.update(self.priors or {})
         self.model_ = self._build_model(priors)
         if self.inference == "em":
-            self._fit_em(x, generator)
+            self._fit_em(data, generator)
         else:
             self._fit_svi(x, generator, resume)
         if self.identifiability is not None:
@@ -295,11 +356,18 @@ class DeepGaussianMixture(MixtureEstimator):
             self.guide_ = dgmm.map_guide(self.model_, self.params_)
             self.guide_(x[:1])
 
-    def _em_start(self, x: torch.Tensor, generator: torch.Generator) -> dgmm.DGMMParams:
-        """Layer-wise start, then annealing (``anneal_start``) and realignment (``realign``)."""
-        start = self._initial_params(x, generator)
-        params, _ = em_dgmm.anneal(x, start, float(self.anneal_start), int(self.anneal_iter),
-                                   self.reg_covar)
+    def _em_start(self, x: Any, start: dgmm.DGMMParams,
+                  generator: torch.Generator) -> dgmm.DGMMParams:
+        """Annealing (``anneal_start``) and realignment (``realign``) from the layer-wise start.
+
+        ``x`` is the tensor, a stream or a shard: the tempered E-steps go through the same
+        sums over batches and ranks as EM's. Realignment needs ``x`` a tensor.
+        """
+        params, _ = em_dgmm.anneal(
+            x, start, float(self.anneal_start), int(self.anneal_iter), self.reg_covar,
+            tempered_e_step=lambda data, current, temperature: self._em_e_step(
+                functools.partial(em_dgmm.e_step, temperature=temperature), x)(data, current),
+        )
         if self.realign:
             first = run_em(x, init_params=lambda _: params, e_step=em_dgmm.e_step,
                            m_step=self._m_step, n_init=1, max_iter=self._max_iter,
@@ -310,11 +378,29 @@ class DeepGaussianMixture(MixtureEstimator):
     def _m_step(self, stats: em_dgmm.DGMMStats) -> dgmm.DGMMParams:
         return em_dgmm.m_step(stats, self.reg_covar)
 
-    def _fit_em(self, x: torch.Tensor, generator: torch.Generator) -> None:
-        self._fit_em_restarts(
-            x, lambda _: self._em_start(x, generator), em_dgmm.e_step, self._m_step,
-            "DGMM EM", dgmm.map_guide,
-        )
+    def _fit_em(self, data: Any, generator: torch.Generator) -> None:
+        """EM on a tensor, a stream (summed over batches) or a shard (summed over ranks).
+
+        The layer-wise start is drawn from :meth:`_em_sample` (on rank 0 alone when
+        distributed, sent as one flat tensor), then every rank anneals and runs EM.
+        """
+        sample = self._em_sample(data)
+
+        def draw(x: torch.Tensor) -> dgmm.DGMMParams | torch.Tensor:
+            start = self._initial_params(x, generator)
+            return _flatten_params(start) if self.distributed else start
+
+        initial = self._em_initializer(draw, data)
+
+        def init(index: int) -> dgmm.DGMMParams:
+            start = initial(index)
+            if self.distributed:
+                start = _unflatten_params(start, sample.shape[1], self._components,
+                                          self._factors)
+            return self._em_start(data, start, generator)
+
+        self._fit_em_restarts(data, init, self._em_e_step(em_dgmm.e_step, data), self._m_step,
+                              "DGMM EM", dgmm.map_guide, **self._em_run_options(data))
 
     def _make_guide(self, x: torch.Tensor, generator: torch.Generator):
         start = self._initial_params(x, generator)

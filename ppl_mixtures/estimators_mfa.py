@@ -17,6 +17,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 from sklearn.base import TransformerMixin
 
+from ppl_mixtures._em_sources import StreamingEMMixin
 from ppl_mixtures._estimator_base import MixtureEstimator, check_int
 from ppl_mixtures.inference.em import mfa as em_mfa
 from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities
@@ -51,7 +52,7 @@ def n_parameters(n_components: int, n_features: int, n_factors: int) -> int:
     return (k - 1) + k * d + k * (d * r - r * (r - 1) // 2) + k * d
 
 
-class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
+class MixtureOfFactorAnalyzers(StreamingEMMixin, TransformerMixin, MixtureEstimator):
     """Mixture of factor analysers fitted by EM, SVI or NUTS over one Pyro model.
 
     Each component is a factor analyser ``x = eta_g + Lambda_g z + u`` with
@@ -67,7 +68,11 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
     n_factors : int, default 1
         Latent dimension r, ``1 <= r < n_features``.
     inference : {"em", "svi", "nuts"}, default "em"
-        ``"em"``: maximum likelihood by Ghahramani & Hinton's EM (monotone).
+        ``"em"``: maximum likelihood by Ghahramani & Hinton's EM (monotone), in memory or
+        out of core: :meth:`fit` on a stream of batches (a ``DataLoader``, a list of arrays)
+        runs one pass over the batches per EM iteration, adding up the E-step's sufficient
+        statistics, so memory stays bounded by one batch; the initial values are drawn
+        from the first batch.
         ``"svi"``: MAP by stochastic variational inference with ``TraceEnum_ELBO`` over the
         collapsed Pyro model (assignments enumerated, factors integrated out).
         ``"nuts"``: NUTS over the collapsed model's globals (assignments summed out, factors
@@ -106,6 +111,16 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         NUTS warm-up (adaptation) steps per chain.
     num_chains : int, default 1
         NUTS chains (run one after the other on CPU).
+    distributed : bool, default False
+        EM across processes (``inference="em"`` only): ``torch.distributed`` must be
+        initialised by the caller (launch with ``torchrun`` and call
+        :func:`ppl_mixtures.distributed.init_from_env`). The ``X`` given to :meth:`fit` on
+        each rank is that rank's shard (an array or a stream of batches); each E-step's
+        statistics are summed over ranks (``all_reduce``) and every rank runs the same
+        M-step, so every rank ends with the fit to all the data, ``history_``,
+        ``lower_bound_`` and convergence included. The initial values are drawn by
+        ``init_params`` on rank 0's shard (its first batch for a stream) and broadcast.
+        See ``docs/scaling.md``.
 
     Attributes
     ----------
@@ -116,7 +131,8 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
     covariances_ : ndarray, shape (n_components, n_features, n_features)
         Dense ``Lambda_g Lambda_g^T + diag(psi_g)``.
     converged_, n_iter_, history_, lower_bound_, n_features_in_, fit_seconds_
-        As for :class:`~ppl_mixtures.estimators.GaussianMixture`.
+        As for :class:`~ppl_mixtures.estimators.GaussianMixture` (``lower_bound_`` of EM on
+        a stream or distributed: over all batches of all ranks).
     params_ : MFAParams
     model_ : MixtureOfFactorAnalyzersModel
         The collapsed Pyro model.
@@ -156,6 +172,7 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         checkpoint_path: str | None = None,
         num_warmup: int = 200,
         num_chains: int = 1,
+        distributed: bool = False,
     ) -> None:
         self.n_components = n_components
         self.n_factors = n_factors
@@ -175,6 +192,7 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         self.checkpoint_path = checkpoint_path
         self.num_warmup = num_warmup
         self.num_chains = num_chains
+        self.distributed = distributed
 
     # ----------------------------------------------------------------------------- validation
 
@@ -184,6 +202,7 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         self._check_shared_arguments()
         if self.init_params not in INIT_METHODS:
             raise ValueError(f"init_params={self.init_params!r} is not one of {INIT_METHODS}")
+        self._check_distributed_argument()
 
     def _check_n_factors(self, n_features: int) -> None:
         if self.n_factors >= n_features:
@@ -204,23 +223,27 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
             self.n_components, self.n_features_in_, self.n_factors, priors
         )
 
-    def _fit(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
+    def _fit(self, data: Any, generator: torch.Generator, resume: bool) -> None:
+        x = self._em_sample(data)  # a stream (EM only): its first batch
         self._check_n_factors(x.shape[1])
         self._resolve_iteration_limits()
         priors = mfa.default_mfa_priors(x, self.n_components, self.n_factors)
         priors.update(self.priors or {})
         self.model_ = self._build_model(priors)
         if self.inference == "em":
-            self._fit_em(x, generator)
+            self._fit_em(data, generator)
         elif self.inference == "svi":
             self._fit_svi(x, generator, resume)
         else:
             self._fit_nuts(x, generator)
 
-    def _fit_em(self, x: torch.Tensor, generator: torch.Generator) -> None:
+    def _fit_em(self, data: Any, generator: torch.Generator) -> None:
+        """EM on a tensor, a stream (summed over batches) or a shard (summed over ranks)."""
         self._fit_em_restarts(
-            x, lambda _: self._initial_params(x, generator), em_mfa.e_step,
+            data, self._em_initializer(lambda x: self._initial_params(x, generator), data),
+            self._em_e_step(em_mfa.e_step, data),
             lambda stats: em_mfa.m_step(stats, self.reg_covar), "MFA EM", mfa.map_guide,
+            **self._em_run_options(data),
         )
 
     def _fit_svi(self, x: torch.Tensor, generator: torch.Generator, resume: bool) -> None:
@@ -322,4 +345,4 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         self.guide_(n_samples=1)
 
 
-__all__ = ["MixtureOfFactorAnalyzers", "n_parameters"]
+__all__ = ["MixtureOfFactorAnalyzers", "StreamingEMMixin", "n_parameters"]

@@ -19,3 +19,17 @@ def _pyro_setup():
     yield
     pyro.clear_param_store()
     torch.set_default_dtype(torch.float32)
+
+
+@pytest.fixture
+def one_rank_group():
+    """A gloo process group of one rank, in this process (for distributed code paths)."""
+    import torch.distributed as dist
+    from _launch import free_port
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
+                            world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

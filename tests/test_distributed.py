@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from _distributed_worker import ATTRIBUTES, data, estimator, initial_values
-from _launch import free_port, launch
+from _launch import launch
 
 from ppl_mixtures import GaussianMixture
 from ppl_mixtures import distributed as dist_em
@@ -76,17 +76,6 @@ def test_not_initialised_and_other_inference_name_the_argument():
         dist_em.init_from_env()
 
 
-@pytest.fixture
-def one_rank_group():
-    """A gloo process group of one rank, in this process."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
-                            world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 def test_helpers_on_one_rank(one_rank_group):
     X, _ = make_gmm(200, 3, 2, random_state=1)
     x = torch.as_tensor(X)
@@ -104,7 +93,7 @@ def test_helpers_on_one_rank(one_rank_group):
     assert dist_em.check_shards(2, x.dtype, 200, 3) == 200
     with pytest.raises(ValueError, match="n_samples=2 over all ranks should be >= n_components=3"):
         dist_em.check_shards(2, x.dtype, 2, 3)
-    with pytest.raises(ValueError, match="the first batch has 2 rows, fewer than n_components=3"):
+    with pytest.raises(ValueError, match="the first batch has 2 rows, fewer than n_components=3 "):
         GaussianMixture(3, distributed=True, progress=False).fit([X[:2], X[2:]])
     with pytest.raises(TypeError, match="summed_fields"):
         dist_em.all_reduce_stats(params)

@@ -19,7 +19,9 @@ collapsed Pyro model's helper, so the log-likelihoods are identical), and the ex
 posterior of all scores given ``x`` and the path (:func:`~ppl_mixtures.models.dgmm.posterior_scores`:
 conditional mean per row, one covariance per path). With ``y = (x, z^(1), ..., z^(h))`` the
 sufficient statistics per path are ``W_s = sum_n r_ns``, ``sum_n r_ns E[y]`` and
-``sum_n r_ns E[y y^T]`` (moments taken about a fixed ``shift`` to keep digits).
+``sum_n r_ns E[y y^T]`` (moments taken about a fixed ``shift`` to keep digits: the model's own
+mean of ``y`` (:func:`model_mean`), a function of the parameters alone, so the statistics of
+batches of a stream, or of the shards of several processes, add up to those of all the data).
 
 M-step, for layer l and component g, summing the statistics over the paths with ``s_l = g``
 (``a`` = block z^(l-1), ``b`` = block z^(l), ``b~ = (b, 1)``)::
@@ -35,8 +37,9 @@ A component whose mass ``W_g`` is below ``1e-10 N`` keeps its previous ``eta, La
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -54,6 +57,11 @@ _EMPTY_FRACTION = 1e-10
 class DGMMStats:
     """Sufficient statistics of one E-step (sums over samples: they add across batches).
 
+    The fields named by ``summed_fields`` are sums over samples: the statistics of batches,
+    or of every rank's shard, add up to those of all the data. ``shift`` and ``params`` are
+    functions of the E-step's parameters alone, the same for every batch and rank: carried
+    along, not summed.
+
     Attributes
     ----------
     n_samples : float
@@ -66,9 +74,15 @@ class DGMMStats:
     second_moment : Tensor, shape (P, D + R, D + R)
         ``sum_n r_ns E[(y_n - shift)(y_n - shift)^T | x_n, s]``.
     shift : Tensor, shape (D + R,)
+        The model's mean of ``y = (x, z^(1), ..., z^(h))`` at ``params`` (:func:`model_mean`).
     params : DGMMParams
         The E-step's parameters (kept by empty components).
     """
+
+    #: Fields that are sums over samples (added across batches, all-reduced across ranks).
+    summed_fields: ClassVar[tuple[str, ...]] = (
+        "n_samples", "log_likelihood", "path_mass", "first_moment", "second_moment",
+    )
 
     n_samples: float
     log_likelihood: Tensor
@@ -79,15 +93,35 @@ class DGMMStats:
     params: DGMMParams
 
     def __add__(self, other: DGMMStats) -> DGMMStats:
-        return DGMMStats(
-            self.n_samples + other.n_samples,
-            self.log_likelihood + other.log_likelihood,
-            self.path_mass + other.path_mass,
-            self.first_moment + other.first_moment,
-            self.second_moment + other.second_moment,
-            self.shift,
-            self.params,
-        )
+        return replace(self, **{name: getattr(self, name) + getattr(other, name)
+                                for name in self.summed_fields})
+
+
+def model_mean(params: DGMMParams) -> Tensor:
+    """Mean of ``y = (x, z^(1), ..., z^(h))`` under the model, shape (D + R,).
+
+    From the top down (eq. 1): ``E[z^(h)] = 0`` and, since ``s_l`` is independent of the
+    layers above, ``E[z^(l-1)] = sum_g pi^(l)_g (eta^(l)_g + Lambda^(l)_g E[z^(l)])``.
+    The E-step centres its moments on it: it depends on the parameters only (unlike the
+    data mean of a batch), and is close to the data mean for any sensible fit.
+
+    Parameters
+    ----------
+    params : DGMMParams
+
+    Returns
+    -------
+    Tensor, shape (D + R,)
+        Blocks ``x, z^(1), ..., z^(h)``.
+    """
+    mean = params.eta[-1].new_zeros(params.n_factors[-1])
+    blocks = [mean]
+    for layer in reversed(range(params.n_layers)):
+        weights = params.weights[layer]
+        mean = weights @ params.eta[layer] + torch.einsum(
+            "g,gpr,r->p", weights, params.loadings[layer], mean)
+        blocks.insert(0, mean)
+    return torch.cat(blocks)
 
 
 def responsibilities(x: Tensor, params: DGMMParams,
@@ -122,8 +156,8 @@ def e_step(x: Tensor, params: DGMMParams, temperature: float = 1.0) -> DGMMStats
     resp, sample_ll = responsibilities(x, params, temperature)
     score_means, score_cov = posterior_scores(x, params)  # (N, P, R), (P, R, R)
     mass = resp.sum(0)
-    data_shift = x.mean(0)
-    score_shift = torch.einsum("np,npr->r", resp, score_means) / x.shape[0]
+    shift = model_mean(params)  # the parameters' alone: batches' statistics add up
+    data_shift, score_shift = shift[:x.shape[1]], shift[x.shape[1]:]
     xc = x - data_shift
     zc = score_means - score_shift
     first = torch.cat([resp.T @ xc, torch.einsum("np,npr->pr", resp, zc)], -1)
@@ -132,7 +166,6 @@ def e_step(x: Tensor, params: DGMMParams, temperature: float = 1.0) -> DGMMStats
     xz = torch.einsum("npi,npj->pij", weighted_x, zc)
     zz = torch.einsum("np,npi,npj->pij", resp, zc, zc) + mass[:, None, None] * score_cov
     second = torch.cat([torch.cat([xx, xz], -1), torch.cat([xz.transpose(-1, -2), zz], -1)], -2)
-    shift = torch.cat([data_shift, score_shift])
     return DGMMStats(float(x.shape[0]), sample_ll.sum(), mass, first, second, shift, params)
 
 
@@ -200,8 +233,10 @@ def m_step(stats: DGMMStats, reg_covar: float = 1e-6) -> DGMMParams:
     return new
 
 
-def anneal(x: Tensor, params: DGMMParams, start_temperature: float, n_iter: int,
-           reg_covar: float = 1e-6) -> tuple[DGMMParams, list[float]]:
+def anneal(x: Any, params: DGMMParams, start_temperature: float, n_iter: int,
+           reg_covar: float = 1e-6, *,
+           tempered_e_step: Callable[[Any, DGMMParams, float], DGMMStats] | None = None,
+           ) -> tuple[DGMMParams, list[float]]:
     """Deterministic-annealing EM: ``n_iter`` tempered EM steps, T from ``start_temperature``
     down to 1 on a geometric schedule.
 
@@ -212,7 +247,7 @@ def anneal(x: Tensor, params: DGMMParams, start_temperature: float, n_iter: int,
 
     Parameters
     ----------
-    x : Tensor, shape (n_samples, n_features)
+    x : Tensor, shape (n_samples, n_features), or any data ``tempered_e_step`` accepts
     params : DGMMParams
         Starting point.
     start_temperature : float
@@ -220,6 +255,9 @@ def anneal(x: Tensor, params: DGMMParams, start_temperature: float, n_iter: int,
     n_iter : int
         Number of tempered steps.
     reg_covar : float
+    tempered_e_step : callable ``(x, params, temperature) -> DGMMStats``, optional
+        The E-step at a temperature; default :func:`e_step`. Pass one that sums over a
+        stream of batches or over ranks (one pass per tempered step), as the EM loop's.
 
     Returns
     -------
@@ -230,9 +268,10 @@ def anneal(x: Tensor, params: DGMMParams, start_temperature: float, n_iter: int,
     history: list[float] = []
     if start_temperature <= 1.0 or n_iter <= 0:
         return params, history
+    step_at = e_step if tempered_e_step is None else tempered_e_step
     ratio = (1.0 / start_temperature) ** (1.0 / n_iter)
     for step in range(n_iter):
-        stats = e_step(x, params, start_temperature * ratio**step)
+        stats = step_at(x, params, start_temperature * ratio**step)
         history.append(float(stats.log_likelihood) / stats.n_samples)
         params = m_step(stats, reg_covar)
     return params, history
@@ -421,5 +460,6 @@ __all__ = [
     "e_step",
     "initial_params",
     "m_step",
+    "model_mean",
     "responsibilities",
 ]

@@ -22,7 +22,8 @@ No D x D matrix is formed, except in :func:`params_from_responsibilities` (initi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -39,6 +40,11 @@ _NK_FLOOR_FACTOR = 10.0
 @dataclass
 class MFAStats:
     """Sufficient statistics of one E-step (sums over samples, so they add across batches).
+
+    Every field but ``shift`` is a sum over samples (``summed_fields``): the statistics of
+    batches, or of every rank's shard, add up to those of all the data. ``shift`` is the
+    E-step's means, a function of the parameters alone, so it is the same for every batch
+    and every rank and is carried along, not summed.
 
     With responsibilities ``h_ng``, factor posteriors ``E[z | x_n, g]`` and the shift
     ``s_g`` (the E-step's means):
@@ -65,6 +71,12 @@ class MFAStats:
         The means of the E-step's parameters.
     """
 
+    #: Fields that are sums over samples (added across batches, all-reduced across ranks).
+    summed_fields: ClassVar[tuple[str, ...]] = (
+        "n_samples", "log_likelihood", "resp_sum", "first_moment", "second_moment",
+        "cross_moment", "factor_sum", "factor_second_moment",
+    )
+
     n_samples: float
     log_likelihood: Tensor
     resp_sum: Tensor
@@ -76,11 +88,8 @@ class MFAStats:
     shift: Tensor
 
     def __add__(self, other: MFAStats) -> MFAStats:
-        summed = {
-            f.name: getattr(self, f.name) + getattr(other, f.name)
-            for f in fields(self) if f.name != "shift"
-        }
-        return MFAStats(shift=self.shift, **summed)
+        return replace(self, **{name: getattr(self, name) + getattr(other, name)
+                                for name in self.summed_fields})
 
 
 def responsibilities(x: Tensor, params: MFAParams) -> tuple[Tensor, Tensor, Tensor, Tensor]:
