@@ -295,6 +295,7 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         fitted = {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
         for name in ("model_", "guide_", "params_"):
             fitted.pop(name, None)
+        fitted.update(self._extra_state())
         payload = {
             "class": type(self).__name__,
             "arguments": self.get_params(),
@@ -306,6 +307,10 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         tmp = f"{os.fspath(path)}.tmp"
         torch.save(payload, tmp)
         os.replace(tmp, path)
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Fitted state beyond the public attributes that :meth:`save` must keep (a hook)."""
+        return {}
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "auto"):

@@ -514,6 +514,7 @@ class GaussianMixture(StreamingEMMixin, MixtureEstimator):
         self
         """
         self._sgd_trainer = None
+        self.__dict__.pop("sgd_state_", None)  # a loaded SGD state belongs to the old fit
         stream = _is_batch_source(X)
         if self.inference == "sgd" and stream:
             return self._fit_sgd_stream(X)
@@ -558,8 +559,9 @@ class GaussianMixture(StreamingEMMixin, MixtureEstimator):
         the seed's initial point; later ones continue training, the annealing clock
         included. The annealing horizon is ``sgd_options["total_steps"]``, by default the
         seed's ``1000 sqrt(K)`` steps (section 4); calls past it train at ``sigma_inf``.
-        ``n_init`` is not used. Only with ``inference="sgd"``. :meth:`save` keeps the
-        fitted mixture, not the SGD state: after :meth:`load`, ``partial_fit`` starts afresh.
+        ``n_init`` is not used. Only with ``inference="sgd"``. :meth:`save` keeps the SGD
+        trainer's state (parameters, annealing clock, history, random state), so that
+        ``partial_fit`` after :meth:`load` goes on exactly where it stopped.
 
         Parameters
         ----------
@@ -571,6 +573,8 @@ class GaussianMixture(StreamingEMMixin, MixtureEstimator):
         self
         """
         trainer = getattr(self, "_sgd_trainer", None)
+        if trainer is None and getattr(self, "sgd_state_", None) is not None:
+            trainer = self._restored_sgd_trainer()  # a loaded estimator goes on
         if trainer is None:
             self._check_arguments()
             self._resolve_iteration_limits()
@@ -587,6 +591,20 @@ class GaussianMixture(StreamingEMMixin, MixtureEstimator):
         seconds = time.perf_counter() - start
         self._end_sgd_call(trainer, x, seconds + self.fit_seconds_)
         return self
+
+    def _restored_sgd_trainer(self) -> SGDGMMTrainer:
+        """The SGD trainer that :meth:`save` stored in ``sgd_state_``, rebuilt."""
+        self._check_arguments()
+        self._resolve_iteration_limits()
+        trainer = self._new_sgd_trainer(resolve_generator(self.random_state, self._device),
+                                        stream=True)
+        trainer.load_state_dict(self.sgd_state_, device=self._device)
+        del self.sgd_state_
+        return trainer
+
+    def _extra_state(self) -> dict[str, Any]:
+        trainer = getattr(self, "_sgd_trainer", None)
+        return {} if trainer is None else {"sgd_state_": trainer.state_dict()}
 
     def _fit_svi(self, x: torch.Tensor | _EMBatches, generator: torch.Generator, given: dict,
                  resume: bool) -> None:

@@ -352,3 +352,27 @@ def test_trainer_state_dict_continues_exactly(small, covariance_type, rank):
     assert resumed.history == straight.history and resumed.n_steps == straight.n_steps
     state["tensors"]["means"].add_(1.0)  # the state holds copies, not the live tensors
     assert not torch.equal(first.means, state["tensors"]["means"])
+
+
+@pytest.mark.parametrize("covariance_type, rank", [("diag", None), ("full", 2)])
+def test_partial_fit_after_load_goes_on_exactly(small, tmp_path, covariance_type, rank):
+    """save keeps the SGD state: stop, save, load, go on == never stopping."""
+    X, _ = small
+    chunks = np.array_split(X, 4)
+    common = dict(covariance_type=covariance_type, n_principal_directions=rank, batch_size=10,
+                  random_state=4, sgd_options={"total_steps": 12}, **SGD)
+    straight = GaussianMixture(4, **common)
+    for chunk in chunks:
+        straight.partial_fit(chunk)
+    first = GaussianMixture(4, **common)
+    for chunk in chunks[:2]:
+        first.partial_fit(chunk)
+    first.save(tmp_path / "sgd.pt")
+    resumed = GaussianMixture.load(tmp_path / "sgd.pt", device="cpu")
+    for chunk in chunks[2:]:
+        resumed.partial_fit(chunk)
+    np.testing.assert_array_equal(resumed.means_, straight.means_)
+    np.testing.assert_array_equal(resumed.covariances_, straight.covariances_)
+    assert resumed.history_ == straight.history_ and resumed.n_iter_ == 4
+    refit = GaussianMixture.load(tmp_path / "sgd.pt", device="cpu").fit(X)  # a fresh fit
+    assert refit.n_iter_ == refit._max_iter
