@@ -164,3 +164,23 @@ def test_fast_observation_equals_pyro_native_distributions(covariance_type, data
     assert fast.shape == (K, N)
     draws = model._observation(sites, torch.zeros(5000, dtype=torch.long)).sample()
     torch.testing.assert_close(draws.mean(0), params.means[0], atol=0.15, rtol=0)
+
+
+def test_wide_full_covariances_take_the_per_component_path_to_the_same_density():
+    """K D^2 above the side-by-side limit: one whitening map at a time, same log densities."""
+    from scipy.stats import multivariate_normal
+
+    from ppl_mixtures.models.gmm import _STACKED_WHITENING_MAX
+
+    n_components, n_features = 3, 600  # 3 * 600^2 > 2^20
+    assert n_components * n_features**2 > _STACKED_WHITENING_MAX
+    g = torch.Generator().manual_seed(0)
+    factors = torch.randn(n_components, n_features, n_features, generator=g) / n_features**0.5
+    covariances = factors @ factors.transpose(-1, -2) + torch.eye(n_features)
+    params = gmm.GMMParams(torch.ones(n_components) / n_components,
+                           torch.randn(n_components, n_features, generator=g), covariances,
+                           "full")
+    x = torch.randn(50, n_features, generator=g)
+    expected = np.stack([multivariate_normal(params.means[k].numpy(), covariances[k].numpy())
+                         .logpdf(x.numpy()) for k in range(n_components)], -1)
+    np.testing.assert_allclose(gmm.component_log_prob(x, params).numpy(), expected, rtol=1e-9)

@@ -207,6 +207,9 @@ def component_log_prob(x: Tensor, params: GMMParams) -> Tensor:
         stacked = inverse_factors.T
     else:
         whitened_means = (inverse_factors @ mc[:, :, None]).squeeze(-1)  # (K, D)
+        if n_components * n_features**2 > _STACKED_WHITENING_MAX:
+            return 0.5 * (log_det - log_2pi
+                          - _per_component_distances(xc, inverse_factors, whitened_means).square())
         # all K whitening maps side by side: one (n, D) @ (D, K*D) product per chunk
         stacked = inverse_factors.transpose(-1, -2).permute(1, 0, 2).reshape(n_features, -1)
     distances = []  # autograd-friendly: no out= or in-place ops, so SVI can use it too
@@ -214,6 +217,28 @@ def component_log_prob(x: Tensor, params: GMMParams) -> Tensor:
         whitened = (xc[rows] @ stacked).view(-1, stacked.shape[1] // n_features, n_features)
         distances.append(torch.linalg.vector_norm(whitened - whitened_means, dim=-1))
     return 0.5 * (log_det - log_2pi - torch.cat(distances).square())
+
+
+#: Above this many numbers in the K whitening maps (8 MB in float64), they are applied one
+#: component at a time: side by side they no longer stay in cache and every chunk of rows
+#: re-reads them. Measured on one core, full covariances: K = 16, D = 784, N = 1e4 took
+#: 21.7 s side by side against 9.0 s one at a time (K = 64, D = 784: 61 s against 10.5 s),
+#: while K = 64, D = 32 was faster side by side (1.1 s against 2.1 s at N = 1e5).
+_STACKED_WHITENING_MAX = 1 << 20
+
+
+def _per_component_distances(xc: Tensor, inverse_factors: Tensor,
+                             whitened_means: Tensor) -> Tensor:
+    """Mahalanobis distances ``|L_k^-1 (x_n - mu_k)|`` one component at a time, (N, K).
+
+    Each (D, D) map is applied to chunks of about 2^18 numbers of rows while it is in cache.
+    """
+    columns = []
+    for inverse, mean in zip(inverse_factors, whitened_means, strict=True):
+        parts = [torch.linalg.vector_norm(xc[rows] @ inverse.T - mean, dim=-1)
+                 for rows in _row_chunks(xc.shape[0], 1, xc.shape[1])]
+        columns.append(torch.cat(parts))
+    return torch.stack(columns, dim=-1)
 
 
 def log_joint(x: Tensor, params: GMMParams) -> Tensor:
