@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 LAUNCH_TIMEOUT_S = 180
@@ -47,3 +48,9 @@ def torchrun(arguments: list[str], nproc: int = 2, timeout_s: float = LAUNCH_TIM
 def launch(worker: Path, out: Path, nproc: int = 2, timeout_s: float = LAUNCH_TIMEOUT_S) -> str:
     """Run the script ``worker out`` on ``nproc`` CPU processes (see :func:`torchrun`)."""
     return torchrun([str(worker), str(out)], nproc, timeout_s)
+
+
+def launch_ranks(worker: Path, out: Path, nproc: int = 2) -> list[dict[str, np.ndarray]]:
+    """:func:`launch` the worker, then read what each rank saved to ``out/rank<r>.npz``."""
+    launch(worker, out, nproc)
+    return [dict(np.load(out / f"rank{rank}.npz")) for rank in range(nproc)]

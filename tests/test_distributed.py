@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from _distributed_worker import ATTRIBUTES, data, estimator, initial_values
-from _launch import launch
+from _launch import launch_ranks
 
 from ppl_mixtures import GaussianMixture
 from ppl_mixtures import distributed as dist_em
@@ -27,9 +27,7 @@ WORKER = Path(__file__).with_name("_distributed_worker.py")
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Both ranks' fitted attributes, from one torchrun launch shared by the tests below."""
-    out = tmp_path_factory.mktemp("distributed")
-    launch(WORKER, out)
-    return [dict(np.load(out / f"rank{r}.npz")) for r in range(2)]
+    return launch_ranks(WORKER, tmp_path_factory.mktemp("distributed"))
 
 
 @pytest.fixture(scope="module")

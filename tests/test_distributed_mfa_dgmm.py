@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 from _distributed_mfa_dgmm_worker import ATTRIBUTES, data, estimator, start
-from _launch import launch
+from _launch import launch_ranks
 
 from ppl_mixtures.datasets import make_gmm
 from ppl_mixtures.estimators_dgmm import DeepGaussianMixture
@@ -24,9 +24,7 @@ MODELS = ("mfa", "dgmm")
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Both ranks' fitted attributes, from one torchrun launch shared by the tests below."""
-    out = tmp_path_factory.mktemp("distributed_mfa_dgmm")
-    launch(WORKER, out)
-    return [dict(np.load(out / f"rank{r}.npz")) for r in range(2)]
+    return launch_ranks(WORKER, tmp_path_factory.mktemp("distributed_mfa_dgmm"))
 
 
 @pytest.fixture(scope="module")

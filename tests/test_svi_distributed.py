@@ -6,7 +6,7 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from _launch import launch
+from _launch import launch_ranks
 from _svi_distributed_worker import (
     FULL_BATCH_STEPS,
     MINIBATCH,
@@ -64,9 +64,7 @@ def test_distributed_without_a_process_group_says_how_to_launch():
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("svi_distributed")
-    launch(WORKER, out)
-    return [dict(np.load(out / f"rank{r}.npz")) for r in range(2)]
+    return launch_ranks(WORKER, tmp_path_factory.mktemp("svi_distributed"))
 
 
 def test_two_processes_take_the_single_process_steps_on_full_batches(ranks):
