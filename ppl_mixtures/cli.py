@@ -186,13 +186,17 @@ def _add_gmm_parser(models: Any, common: argparse.ArgumentParser) -> None:
         "--lr", type=_real(positive=True),
         help="learning rate (default: 0.05 for SVI, 0.011 for SGD)",
     )
-    gmm.add_argument(
-        "--distributed", action="store_true",
-        help="EM or SVI across the processes of a torchrun launch: each process reads --data "
-        "and keeps rows rank::world_size, EM statistics or SVI gradients are all-reduced, "
-        "rank 0 writes the outputs (see docs/scaling.md)",
-    )
+    _add_distributed_option(gmm, "EM or SVI")
     parser.set_defaults(run=_fit_gmm, model="gmm")
+
+
+def _add_distributed_option(group: Any, paths: str) -> None:
+    group.add_argument(
+        "--distributed", action="store_true",
+        help=f"{paths} across the processes of a torchrun launch: each process reads --data "
+        "and keeps rows rank::world_size, the EM statistics (or SVI gradients) are "
+        "all-reduced, rank 0 writes the outputs (see docs/scaling.md)",
+    )
 
 
 def _add_em_svi_options(group: Any, lr: float) -> None:
@@ -208,6 +212,7 @@ def _add_em_svi_options(group: Any, lr: float) -> None:
     group.add_argument(
         "--lr", type=_real(positive=True), default=lr, help=f"SVI learning rate (default: {lr})",
     )
+    _add_distributed_option(group, "EM")
 
 
 def _add_mfa_parser(models: Any, common: argparse.ArgumentParser) -> None:
@@ -417,8 +422,10 @@ def _check_options(args: argparse.Namespace) -> None:
                        "not --n-components")
     if args.resume and args.inference != "svi":
         raise CLIError("--resume applies to --inference svi only (EM runs are not checkpointed)")
-    if getattr(args, "distributed", False) and args.inference not in ("em", "svi"):
-        raise CLIError(f"--distributed needs --inference em or svi, not {args.inference}")
+    allowed = ("em", "svi") if args.model == "gmm" else ("em",)
+    if getattr(args, "distributed", False) and args.inference not in allowed:
+        raise CLIError(f"--distributed needs --inference {' or '.join(allowed)}, not "
+                       f"{args.inference}")
 
 
 def _label_scores(labels: np.ndarray | None, predicted: np.ndarray) -> dict[str, float | None]:
@@ -555,16 +562,16 @@ def _fit_gmm(args: argparse.Namespace) -> int:
         dtype=args.dtype, progress=args.progress,
         checkpoint_path=str(checkpoint) if args.inference == "svi" else None,
     )
+    common["distributed"] = args.distributed
     if args.model == "gmm":
-        est = GaussianMixture(n_components, covariance_type=args.covariance_type,
-                              distributed=args.distributed, **common)
-        if args.distributed:
-            return _fit_gmm_distributed(args, est, X, labels, out)
+        est = GaussianMixture(n_components, covariance_type=args.covariance_type, **common)
     elif args.model == "mfa":
         est = MixtureOfFactorAnalyzers(n_components, n_factors=args.n_factors, **common)
     else:
         est = DeepGaussianMixture(n_components, n_factors=args.n_factors,
                                   anneal_start=args.anneal_start, **common)
+    if args.distributed:
+        return _fit_gmm_distributed(args, est, X, labels, out)
     out.mkdir(parents=True, exist_ok=True)
     est.fit(X, resume=args.resume)
     _write_fit_outputs(args, est, X, labels, out)
@@ -573,7 +580,7 @@ def _fit_gmm(args: argparse.Namespace) -> int:
 
 def _fit_gmm_distributed(args: argparse.Namespace, est: Any, X: np.ndarray,
                          labels: np.ndarray | None, out: Path) -> int:
-    """``fit gmm --distributed``: every process fits its rows; rank 0 writes the outputs."""
+    """``fit gmm|mfa|dgmm --distributed``: each process fits its rows; rank 0 writes outputs."""
     import torch.distributed
 
     from ppl_mixtures.distributed import init_from_env

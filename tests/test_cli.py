@@ -266,20 +266,20 @@ def test_fit_gmvae_writes_figures_and_resumes(tmp_path, capsys):
     assert type(load_estimator(tmp_path / "model.pt", device="cpu")).__name__ == "GMVAE"
 
 
-@pytest.mark.parametrize("inference", ["em", "svi"])
-def test_fit_gmm_distributed_under_torchrun(tmp_path, inference):
+@pytest.mark.parametrize("model, inference", [("gmm", "em"), ("gmm", "svi"), ("mfa", "em")])
+def test_fit_distributed_under_torchrun(tmp_path, model, inference):
     from _launch import torchrun
 
     out = tmp_path / inference
-    log = torchrun(["-m", "ppl_mixtures.cli", "fit", "gmm", "--distributed", "--data", "gmm",
-                    "--inference", inference, "--max-iter", "60", "--seed", "0",
-                    "--no-progress", "--out", str(out)])
+    options = ["--data", "gmm", "--inference", inference, "--max-iter", "60", "--seed", "0",
+               "--no-progress"] + (["--n-factors", "1"] if model == "mfa" else [])
+    log = torchrun(["-m", "ppl_mixtures.cli", "fit", model, "--distributed", *options,
+                    "--out", str(out)])
     summary = json.loads((out / "summary.json").read_text())
-    assert main(["fit", "gmm", "--data", "gmm", "--inference", inference, "--max-iter", "60",
-                 "--seed", "0", "--no-progress", "--out", str(tmp_path / "one")]) == 0
+    assert main(["fit", model, *options, "--out", str(tmp_path / "one")]) == 0
     single = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert summary["n_samples"] == 1500  # scored on every row, fitted from two shards
-    # measured: ARI 0.873 (EM) and 0.871 (SVI) in one process and in two
+    # measured (GMM): ARI 0.873 (EM) and 0.871 (SVI) in one process and in two
     assert summary["ari"] == pytest.approx(single["ari"], abs=0.02)
     assert summary["mean_log_likelihood"] == pytest.approx(single["mean_log_likelihood"],
                                                            abs=0.01)
@@ -291,5 +291,7 @@ def test_fit_gmm_distributed_under_torchrun(tmp_path, inference):
 def test_distributed_needs_em_or_svi_and_torchrun(capsys):
     assert main(["fit", "gmm", "--distributed", "--inference", "sgd", "--data", "gmm"]) == 2
     assert "--distributed needs --inference em or svi" in capsys.readouterr().err
+    assert main(["fit", "mfa", "--distributed", "--inference", "svi", "--data", "gmm"]) == 2
+    assert "--distributed needs --inference em, not svi" in capsys.readouterr().err
     assert main(["fit", "gmm", "--distributed", "--data", "gmm", "--no-progress"]) == 2
     assert "torchrun" in capsys.readouterr().err
