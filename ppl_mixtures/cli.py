@@ -194,8 +194,8 @@ def _add_distributed_option(group: Any, paths: str) -> None:
     group.add_argument(
         "--distributed", action="store_true",
         help=f"{paths} across the processes of a torchrun launch: each process reads --data "
-        "and keeps rows rank::world_size, the EM statistics (or SVI gradients) are "
-        "all-reduced, rank 0 writes the outputs (see docs/scaling.md)",
+        "and keeps rows rank::world_size, EM statistics or SVI gradients are all-reduced, "
+        "rank 0 writes the outputs (see docs/scaling.md)",
     )
 
 
@@ -262,6 +262,7 @@ def _add_gmvae_parser(models: Any, common: argparse.ArgumentParser) -> None:
                        help="minibatch size (default: 128)")
     group.add_argument("--lr", type=_real(positive=True), default=1e-3,
                        help="Adam learning rate (default: 0.001)")
+    _add_distributed_option(group, "SVI")
     parser.set_defaults(run=_fit_gmvae, model="gmvae", inference="svi")
 
 
@@ -571,16 +572,17 @@ def _fit_gmm(args: argparse.Namespace) -> int:
         est = DeepGaussianMixture(n_components, n_factors=args.n_factors,
                                   anneal_start=args.anneal_start, **common)
     if args.distributed:
-        return _fit_gmm_distributed(args, est, X, labels, out)
+        return _fit_distributed(est, X, out, args.resume,
+                                lambda: _write_fit_outputs(args, est, X, labels, out))
     out.mkdir(parents=True, exist_ok=True)
     est.fit(X, resume=args.resume)
     _write_fit_outputs(args, est, X, labels, out)
     return 0
 
 
-def _fit_gmm_distributed(args: argparse.Namespace, est: Any, X: np.ndarray,
-                         labels: np.ndarray | None, out: Path) -> int:
-    """``fit gmm|mfa|dgmm --distributed``: each process fits its rows; rank 0 writes outputs."""
+def _fit_distributed(est: Any, X: np.ndarray, out: Path, resume: bool,
+                     write: Callable[[], None]) -> int:
+    """``fit ... --distributed``: each process fits its rows; rank 0 calls ``write``."""
     import torch.distributed
 
     from ppl_mixtures.distributed import init_from_env
@@ -588,9 +590,9 @@ def _fit_gmm_distributed(args: argparse.Namespace, est: Any, X: np.ndarray,
     rank, world_size = init_from_env()
     try:
         out.mkdir(parents=True, exist_ok=True)  # SVI checkpoints: one file per rank
-        est.fit(X[rank::world_size], resume=args.resume)
+        est.fit(X[rank::world_size], resume=resume)
         if rank == 0:
-            _write_fit_outputs(args, est, X, labels, out)
+            write()
         torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
@@ -649,10 +651,21 @@ def _fit_gmvae(args: argparse.Namespace) -> int:
         free_bits=args.free_bits, num_particles=args.num_particles,
         max_epochs=args.max_iter or 100, batch_size=args.batch_size, lr=args.lr,
         device=args.device, dtype=args.dtype or "float32", random_state=args.seed,
-        progress=args.progress, checkpoint_path=str(checkpoint),
+        progress=args.progress, checkpoint_path=str(checkpoint), distributed=args.distributed,
     )
+    if args.distributed:
+        return _fit_distributed(est, X, out, args.resume,
+                                lambda: _write_gmvae_outputs(args, est, X, labels, out))
     out.mkdir(parents=True, exist_ok=True)
     est.fit(X, resume=args.resume)
+    _write_gmvae_outputs(args, est, X, labels, out)
+    return 0
+
+
+def _write_gmvae_outputs(args: argparse.Namespace, est: Any, X: np.ndarray,
+                         labels: np.ndarray | None, out: Path) -> None:
+    """Predict, then write ``model.pt``, ``summary.json`` and the figures; print the summary."""
+    n_components = est.n_components
     predicted = est.predict(X)
     summary = {
         "model": "gmvae", "dataset": str(args.data), "n_samples": int(X.shape[0]),
@@ -670,7 +683,6 @@ def _fit_gmvae(args: argparse.Namespace) -> int:
     width = max(len(key) for key in summary)
     print("\n".join(f"{key:<{width}}  {value}" for key, value in summary.items())
           + f"\noutputs  {out}")
-    return 0
 
 
 def _diagnose(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ __all__ = [
 COVARIANCE_TYPES = ("spherical", "diag", "tied_diag", "tied", "full")
 
 #: Names accepted by :func:`load_dataset` (besides paths to ``.csv`` / ``.npy`` files).
-BUILTIN_DATASETS = ("gmm", "synthetic", "wine", "digits", "dgmm")
+BUILTIN_DATASETS = ("gmm", "synthetic", "wine", "digits", "dgmm", "pinwheel")
 
 #: Range of the variances drawn for synthetic components (eigenvalues of each covariance).
 _VARIANCE_RANGE = (0.5, 1.5)
@@ -694,6 +694,8 @@ def load_dataset(
         - ``"digits"``: :func:`load_digits`;
         - ``"dgmm"``: :func:`make_dgmm` (the DGMM paper's section 3.1 setting, standardised,
           ``random_state=0`` unless overridden), labelled by path;
+        - ``"pinwheel"``: :func:`make_pinwheel` (the GMVAE paper's 5 arms, 400 points each,
+          ``random_state=0`` unless overridden), labelled by arm;
 
         or a path to a ``.csv`` file (:func:`load_csv`) or a ``.npy`` file (:func:`load_npy`).
     **kwargs
@@ -727,6 +729,8 @@ def load_dataset(
     if key == "dgmm":
         X, _, paths, _ = make_dgmm(**{"random_state": 0, "standardize": True, **kwargs})
         return X, paths
+    if key == "pinwheel":
+        return make_pinwheel(**{"random_state": 0, **kwargs})
     suffix = Path(name_or_path).suffix.lower()
     if suffix == ".csv":
         return load_csv(name_or_path, **kwargs)

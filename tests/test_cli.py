@@ -295,3 +295,16 @@ def test_distributed_needs_em_or_svi_and_torchrun(capsys):
     assert "--distributed needs --inference em, not svi" in capsys.readouterr().err
     assert main(["fit", "gmm", "--distributed", "--data", "gmm", "--no-progress"]) == 2
     assert "torchrun" in capsys.readouterr().err
+
+
+def test_fit_gmvae_distributed_under_torchrun(tmp_path):
+    from _launch import torchrun
+
+    out = tmp_path / "gmvae"
+    log = torchrun(["-m", "ppl_mixtures.cli", "fit", "gmvae", "--distributed", "--data",
+                    "pinwheel", "--max-iter", "3", "--batch-size", "100", "--seed", "0",
+                    "--no-progress", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_samples"] == 2000 and summary["steps"] == 3 * 10  # 1000 rows a rank
+    assert (out / "model.pt").exists() and (out / "checkpoint.rank1.pt").exists()
+    assert log.count("elbo_per_sample") == 1  # rank 0 alone prints

@@ -522,7 +522,15 @@ def test_load_npy_labels_must_match_rows(tmp_path):
 
 
 def test_builtin_dataset_names():
-    assert BUILTIN_DATASETS == ("gmm", "synthetic", "wine", "digits", "dgmm")
+    assert BUILTIN_DATASETS == ("gmm", "synthetic", "wine", "digits", "dgmm", "pinwheel")
+
+
+def test_load_dataset_pinwheel_is_the_seeds_five_arms():
+    from ppl_mixtures.datasets import make_pinwheel
+
+    X, y = load_dataset("pinwheel")
+    assert X.shape == (2000, 2) and sorted(np.unique(y)) == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(X, make_pinwheel(400, random_state=0)[0])
 
 
 @pytest.mark.parametrize("name", ["gmm", "synthetic", "GMM"])
