@@ -571,25 +571,28 @@ def _fit_gmm(args: argparse.Namespace) -> int:
     else:
         est = DeepGaussianMixture(n_components, n_factors=args.n_factors,
                                   anneal_start=args.anneal_start, **common)
-    if args.distributed:
-        return _fit_distributed(est, X, out, args.resume,
-                                lambda: _write_fit_outputs(args, est, X, labels, out))
-    out.mkdir(parents=True, exist_ok=True)
-    est.fit(X, resume=args.resume)
-    _write_fit_outputs(args, est, X, labels, out)
-    return 0
+    return _fit_and_write(est, X, out, args.resume,
+                          lambda: _write_fit_outputs(args, est, X, labels, out))
 
 
-def _fit_distributed(est: Any, X: np.ndarray, out: Path, resume: bool,
-                     write: Callable[[], None]) -> int:
-    """``fit ... --distributed``: each process fits its rows; rank 0 calls ``write``."""
+def _fit_and_write(est: Any, X: np.ndarray, out: Path, resume: bool,
+                   write: Callable[[], None]) -> int:
+    """Fit ``est`` on ``X``, then ``write`` the outputs.
+
+    With ``est.distributed`` (``--distributed`` under torchrun) each process fits its rows
+    ``rank::world_size`` and rank 0 alone writes.
+    """
+    out.mkdir(parents=True, exist_ok=True)  # before fitting: SVI checkpoints go there
+    if not est.distributed:
+        est.fit(X, resume=resume)
+        write()
+        return 0
     import torch.distributed
 
     from ppl_mixtures.distributed import init_from_env
 
     rank, world_size = init_from_env()
     try:
-        out.mkdir(parents=True, exist_ok=True)  # SVI checkpoints: one file per rank
         est.fit(X[rank::world_size], resume=resume)
         if rank == 0:
             write()
@@ -653,13 +656,8 @@ def _fit_gmvae(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype or "float32", random_state=args.seed,
         progress=args.progress, checkpoint_path=str(checkpoint), distributed=args.distributed,
     )
-    if args.distributed:
-        return _fit_distributed(est, X, out, args.resume,
-                                lambda: _write_gmvae_outputs(args, est, X, labels, out))
-    out.mkdir(parents=True, exist_ok=True)
-    est.fit(X, resume=args.resume)
-    _write_gmvae_outputs(args, est, X, labels, out)
-    return 0
+    return _fit_and_write(est, X, out, args.resume,
+                          lambda: _write_gmvae_outputs(args, est, X, labels, out))
 
 
 def _write_gmvae_outputs(args: argparse.Namespace, est: Any, X: np.ndarray,
