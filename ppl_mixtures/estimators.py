@@ -377,17 +377,18 @@ class GaussianMixture(StreamingEMMixin, MixtureEstimator):
 
     def _fit(self, x: torch.Tensor | _EMBatches, generator: torch.Generator,
              resume: bool) -> None:
-        sample = x.first if isinstance(x, _EMBatches) else x  # streams: EM and SVI only
+        sample = self._em_sample(x)  # streams: EM and SVI only
         given = self._check_init_arrays(sample.shape[1])
         self._resolve_iteration_limits()
         shared = self.inference == "svi" and (self.distributed or isinstance(x, _EMBatches))
-        self.model_ = self._build_model(sample, self._data_moments(x) if shared else None)
+        moments = self._data_moments(x) if shared else None
+        self.model_ = self._build_model(sample, moments)
         if self.inference == "em":
             self._fit_em(x, sample, generator, given)
         elif self.inference == "sgd":
             self._fit_sgd(x, generator)
         elif self.inference == "svi":
-            self._fit_svi(x, generator, given, resume)
+            self._fit_svi(x, generator, given, resume, None if moments is None else moments[2])
         else:
             self._fit_nuts(x, generator, given)
 
@@ -466,8 +467,8 @@ class GaussianMixture(StreamingEMMixin, MixtureEstimator):
                      ) -> gmm.GaussianMixtureModel:
         """The Pyro model with the default priors for ``x``, updated by ``priors``.
 
-        ``moments``: (mean, variance, rows) of all the data (:meth:`_data_moments`) when ``x``
-        is one batch or one shard.
+        ``moments``: mean and variance of all the data (:meth:`_data_moments`) when ``x`` is
+        one batch or one shard.
         """
         priors = default_gmm_priors(x, self.n_components, self.covariance_type,
                                     moments=None if moments is None else moments[:2])
@@ -607,20 +608,21 @@ class GaussianMixture(StreamingEMMixin, MixtureEstimator):
         return {} if trainer is None else {"sgd_state_": trainer.state_dict()}
 
     def _fit_svi(self, x: torch.Tensor | _EMBatches, generator: torch.Generator, given: dict,
-                 resume: bool) -> None:
+                 resume: bool, rows: int | None = None) -> None:
         """SVI on a tensor, a stream of batches (one step per batch) or this rank's shard.
 
         Initial values not given come from ``x`` (a stream: its first batch); distributed,
-        the trainer broadcasts rank 0's. On a stream or distributed, ``lower_bound_`` is the
-        log-likelihood per sample of all the data, from one more pass.
+        the trainer broadcasts rank 0's. ``rows``: this rank's rows, counted by
+        :meth:`_data_moments` (needed for a stream). On a stream or distributed,
+        ``lower_bound_`` is the log-likelihood per sample of all the data, from one more pass.
         """
         stream = isinstance(x, _EMBatches)
-        sample = x.first if stream else x
+        sample = self._em_sample(x)
         make_guide = gmm.map_guide if self.guide == "map" else gmm.mean_field_guide
         guide, _ = self._fit_svi_restarts(
             x, generator, resume,
             lambda: make_guide(self.model_, self._initial_params(sample, generator, given)),
-            n_samples=self._stream_rows if stream else None,
+            n_samples=rows if stream else None,
         )
         self.params_ = gmm.guide_params(guide, self.covariance_type)
         if stream or self.distributed:
@@ -630,9 +632,9 @@ class GaussianMixture(StreamingEMMixin, MixtureEstimator):
 
     def _data_moments(self, data: torch.Tensor | _EMBatches,
                       ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Mean, variance and rows of all the data (a stream: one pass; distributed: all ranks).
+        """Mean and variance of all the data, and this rank's rows.
 
-        Also keeps this rank's rows in ``_stream_rows``.
+        A stream: one pass over its batches; distributed: the moments of every rank's data.
         """
         rows: list[int] = []
 
@@ -641,9 +643,8 @@ class GaussianMixture(StreamingEMMixin, MixtureEstimator):
                 rows.append(batch.shape[0])
                 yield batch
 
-        moments = dist_em.data_moments(counted(), across_processes=self.distributed)
-        self._stream_rows = sum(rows)
-        return moments
+        mean, variance, _ = dist_em.data_moments(counted(), across_processes=self.distributed)
+        return mean, variance, sum(rows)
 
     def _fit_nuts(self, x: torch.Tensor, generator: torch.Generator, given: dict) -> None:
         check_int(self.num_warmup, "num_warmup", 0)
