@@ -1,4 +1,4 @@
-"""Seconds per DGMM EM iteration and per SVI step on the seed's section 3.1 setting.
+"""Seconds per DGMM EM iteration and per SVI step in the setting of Selosse et al. (2020, sec. 3.1).
 
 On ``make_dgmm(n_samples, 17, (3, 3, 2), (11, 6, 2), standardize=True)``, one run measures:
 

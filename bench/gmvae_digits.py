@@ -1,8 +1,8 @@
-"""GMVAE clustering of scikit-learn's 8x8 digits in the layout of seed 002's MNIST table.
+"""GMVAE on scikit-learn's 8x8 digits, laid out as the MNIST table of Dilokthanakul et al. (2016).
 
 Rows K = 10, 16, 30 and columns M = 1, 10 (Monte Carlo particles); every cell gives the best and
 the mean cluster accuracy over the seeds, by Hungarian matching (``cluster_accuracy``, one
-cluster per class, so K > 10 is penalised) and by the seed's protocol (each cluster takes its
+cluster per class, so K > 10 is penalised) and by the paper's protocol (each cluster takes its
 majority label, ``majority_cluster_accuracy``). k-means and a full-covariance GMM fitted by EM
 give the reference rows. Every run is also appended as one JSON line to ``--jsonl``.
 
@@ -27,7 +27,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from ppl_mixtures import GaussianMixture
 from ppl_mixtures.datasets import load_digits
-from ppl_mixtures.estimators_gmvae import GMVAE
+from ppl_mixtures.estimators.gmvae import GMVAE
 from ppl_mixtures.metrics import cluster_accuracy, majority_cluster_accuracy
 
 #: Settings found on digits (sweep of 2026-11-23): the "digits_mlp" preset, i.e. the
@@ -56,7 +56,7 @@ def _scores(y: np.ndarray, pred: np.ndarray) -> dict:
 
 def run_gmvae(X, y, k, m, seed, epochs) -> dict:
     start = time.perf_counter()
-    model = GMVAE(k, num_particles=m, max_epochs=epochs, random_state=seed, progress=False,
+    model = GMVAE(k, num_particles=m, max_iter=epochs, random_state=seed, progress=False,
                   **GMVAE_SETTINGS).fit(X)
     seconds = time.perf_counter() - start
     return {"method": "gmvae", "K": k, "M": m, "seed": seed, "epochs": epochs,
@@ -116,7 +116,7 @@ def main() -> None:
 
     print(f"\nAccuracy (%) on digits, best / mean ± sd over seeds {args.seeds}, "
           f"{epochs} epochs, settings {GMVAE_SETTINGS}")
-    print("Hungarian = one cluster per class; majority = the seed's protocol (cluster -> label)")
+    print("Hungarian = one cluster per class; majority = the paper's protocol (cluster -> label)")
     print(f"{'method':<22}{'K':>4}  {'Hungarian best / mean':<26}{'majority best / mean':<26}"
           "s/epoch")
     for name in ("kmeans", "gmm_em_full"):

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -34,7 +36,6 @@ from sklearn.exceptions import NotFittedError
 from ppl_mixtures import metrics
 from ppl_mixtures.inference.init import resolve_generator
 from ppl_mixtures.inference.mcmc import align_components
-from ppl_mixtures.models import gmm, mfa
 
 CRITERIA = ("bic", "aic", "icl", "loo")
 
@@ -75,6 +76,26 @@ def _seed(random_state: Any) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
 
 
+@contextmanager
+def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global generators for draws made inside Pyro, and restore them after.
+
+    Pyro samples guides and ``infer_discrete`` from torch's global generator: the CPU's, and
+    the CUDA device's when the data live there. Both are forked (saved, then restored on the
+    way out, whatever happens), so the user's global random stream is left as it was.
+    Only the generators of ``device`` are seeded (``torch.manual_seed`` would reseed every
+    CUDA device, and not restore the ones outside the fork).
+    """
+    cuda = [] if device.type != "cuda" else [
+        device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
 def _at(estimator: Any, params: Any) -> Any:
     """A shallow copy of ``estimator`` whose ``params_`` are ``params`` (for its helpers)."""
     twin = copy.copy(estimator)
@@ -82,8 +103,21 @@ def _at(estimator: Any, params: Any) -> Any:
     return twin
 
 
-def _is_gmm(estimator: Any) -> bool:
-    return isinstance(getattr(estimator, "params_", None), gmm.GMMParams)
+def _model_module(estimator: Any) -> ModuleType:
+    """The model module (``ppl_mixtures.models.*``) that defines the type of ``params_``.
+
+    Each defines ``params_to_sites`` and ``sites_to_params`` between its parameter container
+    and the values of its Pyro model's global sites, so the diagnostics need no list of models.
+    """
+    return sys.modules[type(estimator.params_).__module__]
+
+
+def _covariance_type(estimator: Any) -> str | None:
+    """The covariance constraint of a parameter container that has one (a GMM's), else None.
+
+    Such containers keep scikit-learn's per-type covariance shapes; the others full matrices.
+    """
+    return getattr(estimator.params_, "covariance_type", None)
 
 
 def _is_nuts(estimator: Any) -> bool:
@@ -91,17 +125,18 @@ def _is_nuts(estimator: Any) -> bool:
 
 
 def _sites_to_params(estimator: Any, sites: dict[str, torch.Tensor]) -> Any:
-    if _is_gmm(estimator):
-        return gmm.sites_to_params(sites, estimator.covariance_type)
-    return mfa.sites_to_params(sites)
+    module, covariance_type = _model_module(estimator), _covariance_type(estimator)
+    if covariance_type is None:
+        return module.sites_to_params(sites)
+    return module.sites_to_params(sites, covariance_type)
 
 
 def _posterior_params(estimator: Any, x: torch.Tensor, num_samples: int) -> list[list[Any]]:
     """Parameter containers of every draw, as ``[chain][draw]``.
 
     NUTS (GMM, MFA): the estimator's relabelled chains. SVI with a mean-field guide (GMM):
-    ``num_samples`` draws of the guide. Anything else (EM, SGD, MAP SVI, DGMM): the point
-    estimate.
+    ``num_samples`` draws of the guide (from torch's global generator: call it seeded, inside
+    :func:`_seeded_global_rng`). Anything else (EM, SGD, MAP SVI, DGMM): the point estimate.
     """
     if _is_nuts(estimator):
         samples = estimator.posterior_samples_
@@ -112,9 +147,9 @@ def _posterior_params(estimator: Any, x: torch.Tensor, num_samples: int) -> list
                    .reshape((n_chains, per_chain) + v.shape[1:]) for k, v in samples.items()}
         return [[_sites_to_params(estimator, {k: v[c, s] for k, v in tensors.items()})
                  for s in range(per_chain)] for c in range(n_chains)]
-    if isinstance(estimator.guide_, AutoNormal) and _is_gmm(estimator):
+    if isinstance(getattr(estimator, "guide_", None), AutoNormal):
         with pyro.get_param_store().scope(estimator.param_store_state_), torch.no_grad():
-            draws = [gmm.sites_to_params(estimator.guide_(x), estimator.covariance_type)
+            draws = [_sites_to_params(estimator, estimator.guide_(x))
                      for _ in range(num_samples)]
         return [draws]
     return [[estimator.params_]]
@@ -122,24 +157,27 @@ def _posterior_params(estimator: Any, x: torch.Tensor, num_samples: int) -> list
 
 def _global_variables(estimator: Any, grid: list[list[Any]]) -> dict[str, np.ndarray]:
     """``weights``, ``means``, ``covariances`` of every draw, each shaped (chain, draw, ...)."""
-    if not isinstance(grid[0][0], (gmm.GMMParams, mfa.MFAParams)):
-        # a DGMM point estimate: the fitted effective components (the paths)
-        return {name: np.asarray(getattr(estimator, f"{name}_"))[None, None]
-                for name in ("weights", "means", "covariances")}
+    names = ("weights", "means", "covariances")
+    if len(grid) == 1 and len(grid[0]) == 1 and grid[0][0] is estimator.params_:
+        # a point estimate: the fitted attributes (for a DGMM, the effective components)
+        return {name: np.asarray(getattr(estimator, f"{name}_"))[None, None] for name in names}
+    module, covariance_type = _model_module(estimator), _covariance_type(estimator)
 
     def components(params: Any) -> dict[str, torch.Tensor]:
-        covariances = (params.covariances if isinstance(params, gmm.GMMParams)
-                       else mfa.covariance_matrices(params))
+        # the shapes of the estimator's covariances_: per type, or full matrices
+        covariances = (params.covariances if covariance_type is not None
+                       else module.covariance_matrices(params))
         return {"weights": params.weights, "means": params.means, "covariances": covariances}
 
     table = [[components(p) for p in chain] for chain in grid]
     return {name: torch.stack([torch.stack([d[name] for d in chain]) for chain in table])
-            .detach().cpu().numpy() for name in ("weights", "means", "covariances")}
+            .detach().cpu().numpy() for name in names}
 
 
 def _covariance_dims(estimator: Any, covariances: np.ndarray) -> list[str]:
-    if _is_gmm(estimator):
-        return _COVARIANCE_DIMS[estimator.covariance_type]
+    covariance_type = _covariance_type(estimator)
+    if covariance_type is not None:
+        return _COVARIANCE_DIMS[covariance_type]
     return ["component", "feature", "feature_bis"][: covariances.ndim - 2]
 
 
@@ -203,8 +241,7 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
         raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1")
     x = _fitted_x(estimator, X)
     seed = _seed(random_state)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _seeded_global_rng(seed, x.device):  # guide draws come from the global generator
         grid = _posterior_params(estimator, x, num_samples)
     generator = resolve_generator(seed, x.device)
     n_rows = x.shape[0]
@@ -325,8 +362,7 @@ def apply_relabelling(values: Any, permutations: Any) -> np.ndarray:
 
 def _global_sites(estimator: Any) -> dict[str, torch.Tensor]:
     """Values of the model's global sites at the estimator's point estimate ``params_``."""
-    module = sys.modules[type(estimator.params_).__module__]
-    return module.params_to_sites(estimator.params_)
+    return _model_module(estimator).params_to_sites(estimator.params_)
 
 
 def sample_assignments(estimator: Any, X: Any, *, temperature: float = 0,
@@ -372,8 +408,8 @@ def sample_assignments(estimator: Any, X: Any, *, temperature: float = 0,
     conditioned = poutine.condition(model, data=_global_sites(estimator))
     decoder = infer_discrete(conditioned, first_available_dim=-1 - model.max_plate_nesting,
                              temperature=int(temperature))
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(_seed(random_state))
+    # infer_discrete draws (temperature 1) from torch's global generator
+    with _seeded_global_rng(_seed(random_state), x.device), torch.no_grad():
         trace = poutine.trace(decoder).get_trace(x)
     return trace.nodes["assignment"]["value"].cpu().numpy()
 

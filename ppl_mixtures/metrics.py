@@ -24,7 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.special import xlogy
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from ppl_mixtures.datasets import COVARIANCE_TYPES
+from ppl_mixtures.models.gmm import COVARIANCE_TYPES
 
 __all__ = [
     "adjusted_rand_score",
@@ -264,12 +264,8 @@ def icl(log_likelihood_total: float, n_params: int, n_samples: int, responsibili
 
     Parameters
     ----------
-    log_likelihood_total : float
-        Log-likelihood summed over the data.
-    n_params : int
-        Free parameters of the model (see :func:`n_parameters`).
-    n_samples : int
-        Number of points N.
+    log_likelihood_total, n_params, n_samples
+        As in :func:`bic`: the summed log-likelihood, the free parameters and N.
     responsibilities : array-like or torch.Tensor, shape (n_samples, n_components)
         Posterior component probabilities; every row must sum to 1 within 1e-6.
 

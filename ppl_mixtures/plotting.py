@@ -254,6 +254,7 @@ def plot_history(
     ax : matplotlib Axes, optional
         Draw into these axes; by default a new figure is created.
     title : str, optional
+        Title of the axes; none by default.
 
     Returns
     -------
@@ -290,10 +291,11 @@ def plot_centroid_grid(
     cmap: str = "gray",
     title: str | None = None,
 ) -> Figure:
-    """Show component means as images laid out on the components' grid (seed 004, Fig. 2).
+    """Show component means as images laid out on the components' grid.
 
     Max-component SGD with annealing (``GaussianMixture(inference="sgd")``) orders the means
-    on its grid like a self-organising map; this draws that grid, one tile per component.
+    on its grid like a self-organising map; this draws that grid, one tile per component, as in
+    Fig. 2 of Gepperth & Pfülb (2021).
 
     Parameters
     ----------

@@ -1,5 +1,6 @@
 """Tests of :mod:`ppl_mixtures.diagnostics`: ArviZ data, relabelling, assignments, model choice."""
 
+import random
 import warnings
 
 import arviz as az
@@ -248,3 +249,74 @@ def test_sampler_statistics_places_divergences_per_chain():
     stats = sampler_statistics(FinishedRun())
     np.testing.assert_array_equal(stats["diverging"], [[0, 1, 0, 0, 1], [0, 0, 0, 0, 0]])
     np.testing.assert_allclose(stats["acceptance_rate"], [0.5, 0.9])
+
+
+# ---------------------------------------------------------------------------------------------
+# Global random streams
+# ---------------------------------------------------------------------------------------------
+
+
+def _global_states():
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def _assert_unchanged(before):
+    torch_state, numpy_state, python_state = before
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    after = np.random.get_state()
+    assert after[0] == numpy_state[0] and np.array_equal(after[1], numpy_state[1])
+    assert after[2:] == numpy_state[2:]
+    assert random.getstate() == python_state
+
+
+@pytest.mark.parametrize("random_state", [0, None, np.random.RandomState(3)])
+def test_diagnostics_leave_the_global_random_streams_alone(svi_fit, em_fit, data, random_state):
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    before = _global_states()
+    diagnostics.to_inference_data(svi_fit, data, num_samples=5, random_state=random_state)
+    diagnostics.to_inference_data(em_fit, data, random_state=random_state)
+    for temperature in (0, 1):
+        diagnostics.sample_assignments(svi_fit, data, temperature=temperature,
+                                       random_state=random_state)
+    _assert_unchanged(before)
+    # and the next global draws are those of the seeds, as if nothing had run
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    diagnostics.sample_assignments(em_fit, data, temperature=1, random_state=random_state)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_diagnostics_are_reproducible_whatever_the_global_state(svi_fit, data):
+    torch.manual_seed(1)
+    first = diagnostics.to_inference_data(svi_fit, data, num_samples=8, random_state=5)
+    draws = diagnostics.sample_assignments(svi_fit, data, temperature=1, random_state=5)
+    torch.manual_seed(2)
+    torch.rand(10)
+    second = diagnostics.to_inference_data(svi_fit, data, num_samples=8, random_state=5)
+    np.testing.assert_array_equal(first.posterior.means.values, second.posterior.means.values)
+    np.testing.assert_array_equal(first.posterior_predictive.obs.values,
+                                  second.posterior_predictive.obs.values)
+    np.testing.assert_array_equal(
+        draws, diagnostics.sample_assignments(svi_fit, data, temperature=1, random_state=5))
+    other = diagnostics.to_inference_data(svi_fit, data, num_samples=8, random_state=6)
+    assert not np.array_equal(first.posterior.means.values, other.posterior.means.values)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_diagnostics_leave_the_cuda_streams_alone(data):
+    est = _fit(data, inference="svi", guide="mean_field", max_iter=20, device="cuda")
+    states = [torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())]
+    cpu = torch.get_rng_state()
+    first = diagnostics.to_inference_data(est, data, num_samples=4, random_state=0)
+    draws = diagnostics.sample_assignments(est, data, temperature=1, random_state=0)
+    assert torch.equal(torch.get_rng_state(), cpu)
+    for index, state in enumerate(states):
+        assert torch.equal(torch.cuda.get_rng_state(index), state)
+    again = diagnostics.to_inference_data(est, data, num_samples=4, random_state=0)
+    np.testing.assert_array_equal(first.posterior.means.values, again.posterior.means.values)
+    np.testing.assert_array_equal(
+        draws, diagnostics.sample_assignments(est, data, temperature=1, random_state=0))

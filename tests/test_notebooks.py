@@ -1,4 +1,8 @@
-"""Execute the tutorial notebooks of ``notebooks/`` in smoke mode (tiny sizes).
+"""The tutorial notebooks of ``notebooks/``: paired sources in step, and a smoke run.
+
+Each notebook exists twice: a jupytext percent script (``NAME.py``, the source to edit and
+review) and the ``.ipynb`` paired with it (``formats: ipynb,py:percent``). The pairs must hold
+the same cells (``jupytext --sync notebooks/*.py`` brings them back in step).
 
 Each notebook runs in a fresh ``python3`` kernel on a temporary copy, with
 ``PPL_MIXTURES_SMOKE=1`` (the notebooks shrink their data and iterations),
@@ -23,6 +27,29 @@ NOTEBOOKS = ("01_defining_priors.ipynb", "02_svi_training.ipynb",
 
 def test_every_notebook_is_tested():
     assert sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+    scripts = sorted(p.name for p in NOTEBOOK_DIR.glob("*.py"))
+    assert scripts == sorted(name.replace(".ipynb", ".py") for name in NOTEBOOKS)
+
+
+def _cells(notebook):
+    return [(cell.cell_type, cell.source) for cell in notebook.cells]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_and_its_script_are_in_step(name):
+    """The ``.ipynb`` and its ``.py`` twin hold the same cells (type and source)."""
+    jupytext = pytest.importorskip("jupytext")
+    script = NOTEBOOK_DIR / name.replace(".ipynb", ".py")
+    from_ipynb = jupytext.read(NOTEBOOK_DIR / name)
+    from_script = jupytext.read(script)
+    for notebook in (from_ipynb, from_script):
+        assert notebook.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent"
+    expected, actual = _cells(from_script), _cells(from_ipynb)
+    differing = [i for i, (a, b) in enumerate(zip(expected, actual, strict=False)) if a != b]
+    assert len(expected) == len(actual) and not differing, (
+        f"{name} and {script.name} differ ({len(actual)} and {len(expected)} cells; "
+        f"first differing cells {differing[:5]}): run `jupytext --sync notebooks/*.py`"
+    )
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

@@ -1,1 +1,1 @@
-"""Reproductions of the seeds' experiments (``bumpy_journey``: seed 000, section 3)."""
+"""Reproductions of published experiments (``bumpy_journey``: Selosse et al. 2020, section 3)."""

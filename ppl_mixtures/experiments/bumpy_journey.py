@@ -1,11 +1,11 @@
-"""The DGMM paper's experiment (seed 000, section 3): EM's "bumpy journey", with SVI beside it.
+"""The experiment of Selosse et al. (2020, section 3): EM's "bumpy journey", with SVI beside it.
 
-One call, :func:`run_experiment`, simulates the seed's section 3.1 data
+One call, :func:`run_experiment`, simulates the data of their section 3.1
 (:func:`~ppl_mixtures.datasets.make_dgmm`, standardised) and fits the same
 :class:`~ppl_mixtures.estimators.DeepGaussianMixture` by
 
 ``em``
-    plain exact EM from random k-means starts (the seed's algorithm, with expectations in
+    plain exact EM from random k-means starts (the paper's algorithm, with expectations in
     place of sampled scores, so the likelihood never goes down);
 ``em_annealed``
     the same starts, first through deterministic annealing (``anneal_start``), then plain EM;
@@ -15,11 +15,12 @@ One call, :func:`run_experiment`, simulates the seed's section 3.1 data
 ``svi``
     MAP by ``TraceEnum_ELBO`` on the collapsed Pyro model from the same kind of start;
 
-and scores the true parameters as the ``oracle`` row. :func:`write_report` writes the seed's
+and scores the true parameters as the ``oracle`` row. :func:`write_report` writes the paper's
 tables and figures:
 
 - Table 1 (``table1_bic.csv``): G(1) chosen by BIC over ``bic_candidates`` per run, for the DGMM
-  (G(2), G(3) fixed at the truth) and for a full-covariance GMM (the mclust stand-in).
+  (G(2), G(3) fixed at the truth) and for a full-covariance GMM (the stand-in for mclust,
+  Scrucca et al. 2016).
 - Figure 2 (``fig2_layer1_ari.png``): ARI of the first layer (DGMM) and of the GMM at the
   BIC-chosen size.
 - Figure 3 (``fig3_path_ari.png``): boxplots of the global (path) ARI per method, oracle line.
@@ -30,7 +31,7 @@ tables and figures:
 - ``runs.csv`` (one row per fitted run), ``report.md`` (all tables, the oracle row and the
   settings) and ``results.json``.
 
-BIC follows scikit-learn's sign (``-2 log L + p log N``, lower is better; the seed's R code
+BIC follows scikit-learn's sign (``-2 log L + p log N``, lower is better; the paper's R code
 reports ``-BIC``). The data are standardised feature by feature (the raw scale reaches the
 thousands), and the true parameters are mapped by the same affine change
 (``make_dgmm(standardize=True)``), so the oracle is scored on the data that are fitted.
@@ -73,14 +74,14 @@ class ExperimentConfig:
     Attributes
     ----------
     n_samples, n_features, n_components, n_factors
-        The simulated DGMM (seed's section 3.1: 4000, 17, (3, 3, 2), (11, 6, 2)).
+        The simulated DGMM (Selosse et al. 2020, section 3.1: 4000, 17, (3, 3, 2), (11, 6, 2)).
     runs : int
         Random starts of ``em`` and ``em_annealed`` (Figures 3 and 5, Tables 2 and 3; the
-        seed uses 20 and 100 for Figure 5).
+        paper uses 20, and 100 for Figure 5).
     svi_runs : int
         Random starts of ``svi`` (each step costs several EM iterations).
     bic_runs : int
-        Runs per candidate G(1) for Table 1 (the seed uses 20).
+        Runs per candidate G(1) for Table 1 (the paper uses 20).
     bic_candidates : tuple of int
         Candidate G(1) (and GMM sizes) for Table 1.
     em_max_iter, em_tol, svi_max_iter, svi_lr
@@ -88,7 +89,7 @@ class ExperimentConfig:
     anneal_start, anneal_iter
         Deterministic annealing of ``em_annealed``.
     init : str
-        Start of every fit (``DeepGaussianMixture(init=...)``).
+        Start of every fit (``DeepGaussianMixture(init_params=...)``).
     seed : int
         Seed of the simulated data; run r of every method uses ``random_state = seed + r``.
     device : str
@@ -162,7 +163,7 @@ class RunRecord:
     layer_ari : list of float
         ARI of each layer's label, ``s_1 .. s_h``.
     nonempty_paths : list of int
-        Paths (1-based, as the seed's Table 2) that receive at least one sample.
+        Paths (1-based, as in the paper's Table 2) that receive at least one sample.
     seconds : float
     n_iter : int
     converged : bool
@@ -290,7 +291,7 @@ def _estimator(config: ExperimentConfig, method: str, random_state: int,
     from ppl_mixtures.estimators import DeepGaussianMixture
 
     common: dict[str, Any] = dict(
-        n_factors=config.n_factors, init=config.init, random_state=random_state,
+        n_factors=config.n_factors, init_params=config.init, random_state=random_state,
         device=config.device, progress=False,
     )
     sizes = tuple(n_components or config.n_components)
@@ -352,7 +353,7 @@ def _bic_table(X: np.ndarray, truth: dict[str, Any], config: ExperimentConfig,
 
 
 def mutual_ari(predictions: np.ndarray) -> np.ndarray:
-    """ARI of every pair of partitions (the seed's Figure 5).
+    """ARI of every pair of partitions (Figure 5 of Selosse et al. 2020).
 
     Parameters
     ----------
@@ -385,7 +386,7 @@ def run_experiment(config: ExperimentConfig | None = None) -> ExperimentResult:
     -------
     ExperimentResult
     """
-    from ppl_mixtures.estimators_dgmm import n_parameters
+    from ppl_mixtures.estimators.deep_gaussian import n_parameters
 
     config = config or ExperimentConfig()
     config.check()
@@ -558,7 +559,7 @@ def write_report(result: ExperimentResult, out: str | Path) -> Path:
                      s["log_likelihood_mean"], s["layer1_ari_1_runs"], s["nonempty_mean"],
                      s["seconds_mean"]] for s in summary]
     text = [
-        "# The bumpy journey: EM and SVI on the DGMM of seed 000, section 3.1",
+        "# The bumpy journey: EM and SVI on the DGMM of Selosse et al. (2020), section 3.1",
         "",
         f"Data: `make_dgmm(n_samples={config.n_samples}, n_features={config.n_features}, "
         f"n_components={config.n_components}, n_factors={config.n_factors}, "

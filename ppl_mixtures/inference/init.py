@@ -61,7 +61,7 @@ def resolve_generator(
     random_state : None, int, numpy.random.RandomState, numpy.random.Generator or torch.Generator
         ``None`` seeds a new generator from system entropy (not reproducible). An int in
         ``[0, 2**64)`` seeds a new generator. A NumPy random state or generator is consumed once
-        to draw the seed, so the result is deterministic given its state. A ``torch.Generator`` is
+        to draw a seed, so the result is deterministic given its state. A ``torch.Generator`` is
         returned as is (whatever its device; see the module notes on devices).
     device : torch.device or str, optional
         Device of the new generator, normally the data's device; CPU when omitted.
@@ -372,11 +372,9 @@ def kmeans(
 
     Parameters
     ----------
-    x : Tensor, shape (n_samples, n_features)
-    n_clusters : int
-        Number of clusters ``K``, ``1 <= K <= n_samples``.
-    generator : torch.Generator
-        Source of randomness for the seeds; see the module notes on devices.
+    x, n_clusters, generator
+        As in :func:`kmeans_plusplus`, which seeds every run: the data (n_samples, n_features),
+        the number of clusters ``K`` (``1 <= K <= n_samples``) and the source of randomness.
     n_init : int, default 1
         Number of runs from different seeds; the one with the lowest inertia is returned.
     max_iter : int, default 100

@@ -1,4 +1,4 @@
-"""NUTS over the global sites of a model whose discrete sites are enumerated.
+"""NUTS (Hoffman & Gelman 2014) over the globals of a model whose discrete sites are enumerated.
 
 Pyro's ``NUTS`` sums out every site marked ``infer={"enumerate": "parallel"}`` (the mixtures'
 assignments), so the chain moves over the continuous globals only. Mixture posteriors are
@@ -21,6 +21,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ppl_mixtures._progress import progress_enabled
+from ppl_mixtures._rng import fork_rng
 
 
 def run_nuts(
@@ -52,7 +53,9 @@ def run_nuts(
     target_accept_prob, max_tree_depth
         NUTS settings.
     seed : int, optional
-        Seeds Pyro's global RNGs before sampling.
+        Seeds Pyro's RNGs for the run, on forked global generators
+        (:func:`ppl_mixtures._rng.fork_rng`): the caller's random streams are restored
+        afterwards. None draws from (and advances) the caller's.
     progress : bool
         Show Pyro's progress bar (only on a terminal).
 
@@ -61,8 +64,6 @@ def run_nuts(
     pyro.infer.MCMC
         Call ``get_samples(group_by_chain=...)`` and ``diagnostics()`` on it.
     """
-    if seed is not None:
-        pyro.set_rng_seed(seed)
     kernel = NUTS(
         model,
         max_plate_nesting=model.max_plate_nesting,
@@ -79,7 +80,12 @@ def run_nuts(
         mp_context=None,
         disable_progbar=not progress_enabled(progress),
     )
-    mcmc.run(x)
+    if seed is None:
+        mcmc.run(x)
+        return mcmc
+    with fork_rng(cuda=x.device.type == "cuda"):  # the caller's random streams stay as they were
+        pyro.set_rng_seed(seed)
+        mcmc.run(x)
     return mcmc
 
 

@@ -1,4 +1,7 @@
-"""Max-component SGD training of a Gaussian mixture with annealing (seed 004).
+"""Max-component SGD training of a Gaussian mixture with annealing (Gepperth & Pfülb 2021).
+
+Equation, section and appendix numbers below are those of the paper's preprint; see
+``docs/references.md``.
 
 Plain torch, no Pyro: the mixture is trained by minibatch gradient descent on an upper bound of
 the negative log-likelihood, from a tiny random initial point (no k-means).
@@ -31,7 +34,7 @@ Parameters and constraints (section 3.2):
 - means started uniform in ``[-mu_init, mu_init]``;
 - spreads: the trainer steps on inverse standard deviations ``1/sigma`` (per component and
   feature for ``"diag"``, per component for ``"spherical"``) and clips them after every step
-  so that every standard deviation stays ``>= sigma_min`` (the seed's Sigma_min clipping; the
+  so that every standard deviation stays ``>= sigma_min`` (the Sigma_min clipping of the paper; the
   variance floor is ``sigma_min**2``). A step on ``1/sigma`` is multiplicative, ``1/sigma <-
   1/sigma * (1 - lr * (x - mu)**2) + lr * sigma``, so it stays stable for unit-scale data,
   where a step of the same size on a variance overshoots (at the floor, one sample at
@@ -46,7 +49,7 @@ Parameters and constraints (section 3.2):
 Updates are eq. 10: ``theta <- theta - lr * lambda_group * grad`` with one adaptation strength
 per group (weights, means, spreads; the directions share the spreads' strength).
 
-Data should be of unit scale, as the seed's images in [0, 1]: the defaults (``sigma_min=0.15``,
+Data should be of unit scale, as the paper's images in [0, 1]: the defaults (``sigma_min=0.15``,
 ``lr=0.011``, ``mu_init=0.01``) are in data units, and a first step is stable while
 ``lr * (x - mu)**2 < 1``, i.e. ``|x| < 1 / sqrt(lr)`` (about 9.5) near the initial means.
 
@@ -88,22 +91,22 @@ _MIN_INV_STD = 1e-6
 
 @dataclass
 class SGDConfig:
-    """Hyper-parameters of max-component SGD; the defaults are the seed's (section 4).
+    """Hyper-parameters of max-component SGD; the defaults are Gepperth & Pfülb's (section 4).
 
     Attributes
     ----------
     lr : float, default 0.011
         Learning rate epsilon of eq. 10 (plain gradient steps on the minibatch mean loss).
     lr_final : float or None, default None
-        Ours, not the seed's: when set, the learning rate decays geometrically from ``lr``
+        Ours, not the paper's: when set, the learning rate decays geometrically from ``lr``
         at ``t_inf`` to ``lr_final`` at ``T`` (and stays there), once annealing is over.
         With a constant rate, B = 1 steps leave the means jittering about the optimum
         (a step moves a winning mean ``lr / sigma^2`` of the way to the sample); the decay
-        removes that noise floor. None keeps the seed's constant rate.
+        removes that noise floor. None keeps the paper's constant rate.
     batch_size : int or None, default 1
         Samples per gradient step; None takes each given batch whole (one step per batch).
     sigma0 : float or None, default None
-        Width of the grid filter (eq. 8) before ``t0``, in grid units. None: the seed's rule
+        Width of the grid filter (eq. 8) before ``t0``, in grid units. None: the paper's rule
         of thumb ``n / 3`` for an ``n x n`` grid (App. C, step 4; ``K / 3`` on a 1-D grid),
         1.67 for K = 25. Section 4 used 1.2 for 5 x 5; on scikit-learn's digits (scaled to
         [0, 1], K = 25, B = 1, 8 epochs, seeds 0-2) 1.2 left 15 of the 25 components unused
@@ -115,7 +118,7 @@ class SGDConfig:
         Start and end of the decay of eq. 9, as fractions of ``total_steps``.
     total_steps : int or None
         The annealing horizon T in gradient steps. None: the number of steps of the run
-        (``fit``), or the seed's ``1000 * sqrt(K)`` for a stream of ``partial_fit`` calls.
+        (``fit``), or the paper's ``1000 * sqrt(K)`` for a stream of ``partial_fit`` calls.
     sigma_min : float, default 0.15
         Smallest standard deviation (Sigma_min of section 3.2), in data units.
     mu_init : float, default 0.01
@@ -171,7 +174,7 @@ class SGDConfig:
             fail("mu_init", "must be a non-negative number")
         for name in ("lambda_pi", "lambda_mu", "lambda_sigma"):
             if not (real(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
-                fail(name, "must be a number in [0, 1] (eq. 10 of seed 004)")
+                fail(name, "must be a number in [0, 1] (eq. 10 of Gepperth & Pfülb 2021)")
         for name in ("t0", "t_inf"):
             if not (real(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
                 fail(name, "must be a fraction of total_steps in [0, 1]")
@@ -200,7 +203,7 @@ class SGDConfig:
 
 
 def default_grid_shape(n_components: int) -> tuple[int, ...]:
-    """The seed's grid: ``(n, n)`` when ``K = n**2``, else ``(K,)`` (section 3.3)."""
+    """The paper's grid: ``(n, n)`` when ``K = n**2``, else ``(K,)`` (section 3.3)."""
     side = math.isqrt(n_components)
     return (side, side) if side * side == n_components else (n_components,)
 
@@ -232,7 +235,7 @@ def annealing_sigma(step: int, total_steps: int, sigma0: float, sigma_inf: float
 
     ``sigma0`` up to ``t0 * T``, ``sigma_inf`` from ``t_inf * T`` on, and ``sigma0 *
     exp(-tau (t - t0 T))`` between, with ``tau = log(sigma0 / sigma_inf) / ((t_inf - t0) T)``
-    so that the decay meets both ends (the seed prints ``exp(-tau t)``, which would jump at
+    so that the decay meets both ends (the paper prints ``exp(-tau t)``, which would jump at
     ``t0``).
     """
     start, end = t0 * total_steps, t_inf * total_steps
@@ -267,14 +270,14 @@ class StepRecord(NamedTuple):
 
 
 class SGDGMMTrainer:
-    """Max-component SGD with annealing for a Gaussian mixture (seed 004).
+    """Max-component SGD with annealing for a Gaussian mixture (Gepperth & Pfülb 2021).
 
     Parameters
     ----------
     n_components : int
         K.
     config : SGDConfig, optional
-        Hyper-parameters; the seed's defaults when omitted.
+        Hyper-parameters; the paper's defaults when omitted.
     covariance_type : {"diag", "spherical", "principal"}, default "diag"
     n_principal_directions : int, optional
         S for ``"principal"``; None means S = D (a full covariance).
@@ -285,7 +288,7 @@ class SGDGMMTrainer:
         A tqdm bar over epochs in :meth:`fit` (only on a terminal).
     init : dict of str to Tensor, optional
         Initial ``weights`` (K,), ``means`` (K, D) and/or ``variances`` ((K, D) diag, (K,)
-        spherical) replacing the seed's initial values.
+        spherical) replacing the paper's initial values.
 
     Attributes
     ----------
@@ -325,7 +328,7 @@ class SGDGMMTrainer:
         self.init = init or {}
         self.generator = torch.Generator().manual_seed(int(seed))
         self.grid_shape = tuple(self.config.grid_shape or default_grid_shape(n_components))
-        #: The filter width before t0: ``config.sigma0``, or the seed's ``n / 3`` (App. C).
+        #: The filter width before t0: ``config.sigma0``, or the paper's ``n / 3`` (App. C).
         self.sigma0 = self.config.sigma0 or max(max(self.grid_shape) / 3.0,
                                                 self.config.sigma_inf)
         self._grid_distances = grid_squared_distances(self.grid_shape)
@@ -608,7 +611,7 @@ class SGDGMMTrainer:
     def partial_fit(self, x: Tensor) -> SGDGMMTrainer:
         """One pass of minibatch steps over ``x`` (in order), advancing the annealing clock.
 
-        The horizon T is ``config.total_steps``, else the seed's ``1000 * sqrt(K)`` steps.
+        The horizon T is ``config.total_steps``, else the paper's ``1000 * sqrt(K)`` steps.
         Appends one entry to every list of :attr:`history`.
 
         Parameters

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyro
+import pyro.distributions.constraints as pyro_constraints
 import pyro.optim
 import torch
 import torch.distributed as torch_dist
@@ -41,7 +42,9 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
 from ppl_mixtures import distributed as process_group
+from ppl_mixtures import io
 from ppl_mixtures._progress import progress_bar
+from ppl_mixtures._rng import fork_rng
 
 #: Optimisers selectable by name; any other :class:`pyro.optim.PyroOptim` may be passed as is.
 OPTIMIZERS: dict[str, Callable[[dict], PyroOptim]] = {
@@ -172,6 +175,78 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
+def param_store_values() -> dict[str, Any]:
+    """The Pyro param store as plain data: unconstrained values and constraint names.
+
+    Returns
+    -------
+    dict
+        ``{"values": {name: Tensor}, "constraints": {name: spec}}``, where each constraint is
+        named as in ``pyro.distributions.constraints`` (independent ones as
+        ``{"independent": name, "ndims": n}``), so :mod:`ppl_mixtures.io` can write it.
+    """
+    store = pyro.get_param_store()
+    state = store.get_state()
+    return {
+        "values": {name: value.detach() for name, value in state["params"].items()},
+        "constraints": {name: _constraint_name(name, constraint)
+                        for name, constraint in state["constraints"].items()},
+    }
+
+
+def load_param_store_values(saved: dict[str, Any]) -> None:
+    """Put :func:`param_store_values` back into the param store, bit for bit.
+
+    Parameters that exist keep their tensor (an optimiser or module holding it sees the
+    values); missing ones are created with their saved constraint.
+    """
+    store = pyro.get_param_store()
+    for name, value in saved["values"].items():
+        if name not in store:
+            constraint = _constraint(saved["constraints"][name])
+            initial = torch.distributions.transform_to(constraint)(value)
+            pyro.param(name, initial, constraint=constraint)
+        target = store.get_param(name).unconstrained()
+        with torch.no_grad():
+            target.copy_(value.to(device=target.device, dtype=target.dtype))
+
+
+def _constraint_name(parameter: str, constraint: Any) -> Any:
+    """A constraint as data: its name in ``pyro.distributions.constraints``, or, for an
+    independent constraint, ``{"independent": base, "ndims": n}``."""
+    if isinstance(constraint, torch.distributions.constraints.independent):
+        return {"independent": _constraint_name(parameter, constraint.base_constraint),
+                "ndims": constraint.reinterpreted_batch_ndims}
+    for name, candidate in vars(pyro_constraints).items():
+        if candidate is constraint:
+            return name
+    raise TypeError(f"parameter {parameter!r} has a constraint ({constraint!r}) that is not one "
+                    "of pyro.distributions.constraints' named constraints, so its checkpoint "
+                    "cannot be written safely")
+
+
+def _constraint(spec: Any) -> Any:
+    """Inverse of :func:`_constraint_name` (only named constraints are looked up)."""
+    if isinstance(spec, dict):
+        return torch.distributions.constraints.independent(_constraint(spec["independent"]),
+                                                           int(spec["ndims"]))
+    constraint = getattr(pyro_constraints, str(spec), None)
+    if not isinstance(constraint, torch.distributions.constraints.Constraint):
+        raise ValueError(f"unknown parameter constraint {spec!r} in a checkpoint")
+    return constraint
+
+
+def _to_device(tree: Any, device: torch.device) -> Any:
+    """Every tensor of a nested dict/list/tuple moved to ``device``."""
+    if isinstance(tree, Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_to_device(v, device) for v in tree)
+    return tree
+
+
 def _set_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`_rng_state`; byte tensors may come back on the data's device."""
     pyro.util.set_rng_state({**state, "torch": state["torch"].cpu()})
@@ -220,10 +295,12 @@ class SVITrainer:
     checkpoint_every : int, default 100
         Steps between checkpoints; one is also written at the end of ``fit``.
     seed : int, optional
-        When given, a fresh ``fit`` calls ``pyro.set_rng_seed(seed)`` (global torch, python and
-        numpy RNGs, which sampling guides use) and seeds the batch generator with it. When None,
-        the batch generator is seeded from the global torch RNG, so ``pyro.set_rng_seed`` before
-        ``fit`` makes the run reproducible too. Distributed: ``seed + rank`` on each process.
+        When given, a fresh ``fit`` runs inside :func:`ppl_mixtures._rng.fork_rng` and calls
+        ``pyro.set_rng_seed(seed)`` there (torch, python and numpy RNGs, which sampling
+        guides use), so the caller's global random streams are left as they were; the batch
+        generator is seeded with it too. When None, the run draws from the caller's global
+        RNGs (``pyro.set_rng_seed`` before ``fit`` makes it reproducible) and advances them.
+        Distributed: ``seed + rank`` on each process.
     distributed : bool, default False
         Data parallelism over the processes of an initialised ``torch.distributed`` group
         (``torchrun``; gloo on CPU, NCCL on CUDA): the ``x`` given to :meth:`fit` on each
@@ -237,13 +314,12 @@ class SVITrainer:
     step resets the count of consecutive stalls. The run stops, with ``converged=True``, when that
     count reaches ``patience``.
 
-    **Checkpoints.** A checkpoint is a dict written with :func:`torch.save` to
-    ``checkpoint_path + ".tmp"`` and moved onto ``checkpoint_path`` with :func:`os.replace`,
-    so the file on disk is always a complete checkpoint. It holds the step, the history, the
-    early-stopping counters and ``converged``, the whole Pyro param store, the optimiser state,
-    the batch generator's state and current permutation, the global RNG states and the
-    trainer's settings. It is read with ``torch.load(..., weights_only=False)``: load only
-    checkpoints you wrote yourself.
+    **Checkpoints.** A checkpoint is written in the safe format of :mod:`ppl_mixtures.io`
+    (safetensors + JSON, kind ``"svi-checkpoint"``), atomically, so the file on disk is
+    always a complete checkpoint and reading it runs no code. It holds the step, the history,
+    the early-stopping counters and ``converged``, the whole Pyro param store (unconstrained
+    values and constraint names), the optimiser state, the batch generator's state and current
+    permutation, the RNG states and the trainer's settings.
 
     **Resumption.** ``fit(x, resume=True)`` restores all of that and continues from the stored
     step up to ``max_steps``: training 2n steps at once gives the same parameters and history,
@@ -421,7 +497,19 @@ class SVITrainer:
     def _train(self, probe: Tensor, num_samples: int,
                steps: Callable[[], Iterator[tuple[Tensor, Tensor | None]]], resume: bool,
                model_kwargs: dict[str, Any], stream: bool) -> SVIResult:
-        """The loop of :meth:`fit` and :meth:`fit_batches`: ``steps()`` yields (data, subsample)."""
+        """The loop of :meth:`fit` and :meth:`fit_batches`: ``steps()`` yields (data, subsample).
+
+        With a ``seed`` the loop runs on forked global RNGs, which it seeds: the caller's
+        streams are restored afterwards.
+        """
+        if self.seed is None:
+            return self._steps(probe, num_samples, steps, resume, model_kwargs, stream)
+        with fork_rng(cuda=probe.device.type == "cuda"):
+            return self._steps(probe, num_samples, steps, resume, model_kwargs, stream)
+
+    def _steps(self, probe: Tensor, num_samples: int,
+               steps: Callable[[], Iterator[tuple[Tensor, Tensor | None]]], resume: bool,
+               model_kwargs: dict[str, Any], stream: bool) -> SVIResult:
         self._optim = self._fresh_optimizer()
         model, guide, total_samples = self.model, self.guide, num_samples
         self._scale = ScaleSites()
@@ -433,7 +521,7 @@ class SVITrainer:
         svi = SVI(model, guide, self._optim, loss=self.loss)
         path = self._checkpoint_file()
         if resume and path is not None and os.path.exists(path):
-            checkpoint = torch.load(path, map_location=probe.device, weights_only=False)
+            checkpoint, _ = io.read(path, "svi-checkpoint")
             self._restore(checkpoint, probe, model_kwargs, stream)
         else:
             self._start(num_samples, stream)
@@ -606,8 +694,9 @@ class SVITrainer:
             warmup = torch.arange(self._sampler.batch_size, device=x.device)
         with torch.no_grad():
             self.guide(x, subsample=warmup, **model_kwargs)
-        pyro.get_param_store().set_state(checkpoint["param_store"])
-        self._optim.set_state(checkpoint["optimizer"])  # consumed lazily at each param's first step
+        load_param_store_values(checkpoint["param_store"])
+        # consumed lazily at each param's first step
+        self._optim.set_state(_to_device(checkpoint["optimizer"], x.device))
         if self._sampler is not None and checkpoint["sampler"] is not None:
             self._sampler.load_state_dict(checkpoint["sampler"])
         _set_rng_state(checkpoint["rng"])
@@ -639,16 +728,13 @@ class SVITrainer:
         checkpoint = {
             "step": state.step,
             "progress": asdict(state),
-            "param_store": pyro.get_param_store().get_state(),
+            "param_store": param_store_values(),
             "optimizer": self._optim.get_state(),
             "sampler": None if self._sampler is None else self._sampler.state_dict(),
             "rng": _rng_state(),
             "config": self.config,
         }
-        path = self._checkpoint_file()
-        temporary = path + ".tmp"
-        torch.save(checkpoint, temporary)
-        os.replace(temporary, path)
+        io.write(self._checkpoint_file(), "svi-checkpoint", checkpoint)
 
 
 def _check_process_group() -> int:

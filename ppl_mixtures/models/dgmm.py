@@ -1,6 +1,7 @@
 """The deep Gaussian mixture model (DGMM): parameters, path moments, Pyro model and guides.
 
-Generative model (seed 000, eq. 1), layers ``l = 1..h`` with ``p_0 = D`` and ``p_l = r_l``::
+Generative model (Selosse et al. 2020, eq. 1), layers ``l = 1..h`` with ``p_0 = D`` and
+``p_l = r_l``::
 
     s_l[n]      ~ Categorical(pi^(l))                      sites "s1".."sh"  (enumerated)
     z^(h)[n]    ~ N(0, I_{r_h})                            site  "zh"        (latent form)
@@ -50,9 +51,9 @@ from pyro.infer.autoguide import AutoDelta
 from pyro.ops.indexing import Vindex
 from torch import Tensor
 
-from ppl_mixtures.models import gmm
+from ppl_mixtures.models import _sites, gmm
 from ppl_mixtures.models._observation import TableObservation
-from ppl_mixtures.models._sites import log_prior, point_mass_guide
+from ppl_mixtures.models._sites import DataPlateModel, LocalGaussianGuide
 
 FORMS = ("collapsed", "latent")
 #: Per-layer global site stems; the site of layer l is ``stem + str(l)``.
@@ -112,7 +113,7 @@ class DGMMParams:
     @classmethod
     def from_numpy(cls, arrays: dict[str, Sequence[Any]], dtype: torch.dtype = torch.float64,
                    device: Any = None) -> DGMMParams:
-        """Build from a dict of per-layer arrays, as :func:`~ppl_mixtures.datasets_dgmm.make_dgmm`
+        """Build from a dict of per-layer arrays, as :func:`~ppl_mixtures.datasets.make_dgmm`
         returns (keys ``weights``, ``eta``, ``loadings``, ``noise_variances``)."""
         return cls(*[[torch.as_tensor(a, dtype=dtype, device=device) for a in arrays[name]]
                      for name in ("weights", "eta", "loadings", "noise_variances")])
@@ -262,12 +263,14 @@ def component_log_prob(x: Tensor, params: DGMMParams) -> Tensor:
 
     Parameters
     ----------
-    x : Tensor, shape (n_samples, n_features)
+    x : Tensor, shape (N, D)
     params : DGMMParams
+        With P paths, the product of ``params.n_components``.
 
     Returns
     -------
-    Tensor, shape (n_samples, P)
+    Tensor, shape (N, P)
+        Column s for path s, in the path order of the module docstring.
     """
     return gmm.component_log_prob(x, as_gmm(params))
 
@@ -401,24 +404,12 @@ class PathObservation(TableObservation):
         return _draw_paths(self.params, labels, None)
 
 
-def _site_distribution(prior: dist.Distribution, event_shape: tuple[int, ...], name: str):
-    """Shape a user's prior for one component into the site's event shape."""
-    if tuple(prior.event_shape) == event_shape:
-        return prior
-    if tuple(prior.event_shape) == () and tuple(prior.batch_shape) in ((), event_shape):
-        return prior.expand(event_shape).to_event(len(event_shape))
-    raise ValueError(
-        f"prior for site {name!r} has batch_shape {tuple(prior.batch_shape)} and event_shape "
-        f"{tuple(prior.event_shape)}; expected a scalar distribution or event_shape {event_shape}"
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Pyro model and guides
 # ---------------------------------------------------------------------------------------------
 
 
-class DeepGaussianMixtureModel:
+class DeepGaussianMixtureModel(DataPlateModel):
     """The DGMM as a Pyro model with one enumerated site per layer, in two forms.
 
     Parameters
@@ -447,16 +438,10 @@ class DeepGaussianMixtureModel:
     must be unbatched (one value each; no vectorised particles).
     """
 
-    max_plate_nesting = 1
+    _params_to_sites = staticmethod(params_to_sites)
 
-    def __init__(
-        self,
-        n_components: Sequence[int],
-        n_factors: Sequence[int],
-        n_features: int,
-        priors: dict[str, dist.Distribution],
-        form: str = "collapsed",
-    ) -> None:
+    def __init__(self, n_components: Sequence[int], n_factors: Sequence[int], n_features: int,
+                 priors: dict[str, dist.Distribution], form: str = "collapsed") -> None:
         if form not in FORMS:
             raise ValueError(f"form={form!r} is not one of {FORMS}")
         if len(n_components) != len(n_factors):
@@ -466,9 +451,7 @@ class DeepGaussianMixtureModel:
         self.n_features = int(n_features)
         self.n_layers = len(self.n_components)
         needed = [f"{stem}{layer}" for layer in range(1, self.n_layers + 1) for stem in LAYER_SITES]
-        missing = [name for name in needed if name not in priors]
-        if missing:
-            raise ValueError(f"priors is missing {missing}; start from default_dgmm_priors(...)")
+        _sites.check_priors(priors, needed, "default_dgmm_priors")
         self.priors = priors
         self.form = form
 
@@ -494,7 +477,7 @@ class DeepGaussianMixtureModel:
                 for stem, shape in shapes.items():
                     name = f"{stem}{layer}"
                     sites[name] = pyro.sample(
-                        name, _site_distribution(self.priors[name], shape, name))
+                        name, _sites.site_distribution(self.priors[name], shape, name))
         return sites
 
     def _latent_observation(self, params: DGMMParams, labels: list[Tensor]) -> dist.Distribution:
@@ -515,35 +498,13 @@ class DeepGaussianMixtureModel:
             scores = pyro.sample(f"z{index}", layer_dist)
         raise AssertionError("unreachable")
 
-    def __call__(
-        self,
-        x: Tensor | None = None,
-        subsample: Tensor | None = None,
-        n_samples: int | None = None,
-    ) -> Tensor:
-        """Run the model; returns the observations (sampled when ``x`` is None)."""
-        if x is None and n_samples is None:
-            raise ValueError("pass data x of shape (N, D) or n_samples to sample from the prior")
-        sites = self._sample_globals()
+    def _sample_locals(self, sites: dict[str, Tensor]) -> dist.Distribution:
         params = sites_to_params(sites, self.n_layers)
-        size = x.shape[0] if x is not None else n_samples
-        with pyro.plate("data", size, subsample=subsample):
-            labels = [
-                pyro.sample(f"s{index + 1}", dist.Categorical(params.weights[index]),
-                            infer={"enumerate": "parallel"})
-                for index in range(self.n_layers)
-            ]
-            if self.form == "collapsed":
-                observation = PathObservation(
-                    params, path_index(labels, self.n_components), self.n_features)
-            else:
-                observation = self._latent_observation(params, labels)
-            observed = None if x is None else (x if subsample is None else x[subsample])
-            return pyro.sample("obs", observation, obs=observed)
-
-    def log_prior(self, params: DGMMParams) -> Tensor:
-        """``log p(theta)`` of the global sites at ``params`` (a scalar)."""
-        return log_prior(self._sample_globals, params_to_sites(params))
+        labels = [_sites.sample_labels(f"s{index + 1}", params.weights[index])
+                  for index in range(self.n_layers)]
+        if self.form == "collapsed":
+            return PathObservation(params, path_index(labels, self.n_components), self.n_features)
+        return self._latent_observation(params, labels)
 
 
 def map_guide(model: DeepGaussianMixtureModel, init_params: DGMMParams) -> AutoDelta:
@@ -553,7 +514,7 @@ def map_guide(model: DeepGaussianMixtureModel, init_params: DGMMParams) -> AutoD
     ``log p(x | theta) + log p(theta)`` at the guide's values: the layers' labels are summed
     out by enumeration and the scores analytically.
     """
-    return point_mass_guide(model, params_to_sites(init_params), model.local_sites)
+    return _sites.point_mass_guide(model, params_to_sites(init_params), model.local_sites)
 
 
 def posterior_scores(x: Tensor, params: DGMMParams) -> tuple[Tensor, Tensor]:
@@ -567,6 +528,7 @@ def posterior_scores(x: Tensor, params: DGMMParams) -> tuple[Tensor, Tensor]:
     ----------
     x : Tensor, shape (n_samples, D)
     params : DGMMParams
+        With P paths and ``R = sum_l r_l`` scores per row.
 
     Returns
     -------
@@ -586,7 +548,7 @@ def posterior_scores(x: Tensor, params: DGMMParams) -> tuple[Tensor, Tensor]:
     return score_means, 0.5 * (score_cov + score_cov.transpose(-1, -2))
 
 
-class LatentScoreGuide:
+class LatentScoreGuide(LocalGaussianGuide):
     """Guide of the latent form: MAP globals and a local Gaussian over all of a row's scores.
 
     ``q(theta, Z) = delta(theta) prod_n N(Z_n | m_n, S_n S_n^T)`` with ``Z_n = (z^(1)_n, ...,
@@ -609,53 +571,28 @@ class LatentScoreGuide:
         path; otherwise at ``N(0, I)``.
     """
 
+    loc_param = "LatentScoreGuide.loc"
+    scale_tril_param = "LatentScoreGuide.scale_tril"
+    like_site = "eta1"
+
     def __init__(self, model: DeepGaussianMixtureModel, init_params: DGMMParams,
                  x: Tensor | None = None) -> None:
-        if model.form != "latent":
-            raise ValueError("LatentScoreGuide needs a model of form 'latent'; use map_guide")
-        self.model = model
-        self.global_guide = map_guide(model, init_params)
-        self._init_locals = None
+        super().__init__(model, map_guide, init_params, sum(model.n_factors))
         if x is not None:
             with torch.no_grad():
                 means, covariances = posterior_scores(x, init_params)
-                best = log_joint(x, init_params).argmax(-1)
-                rows = torch.arange(x.shape[0], device=x.device)
-                self._init_locals = (means[rows, best], torch.linalg.cholesky(covariances)[best])
+                joint = log_joint(x, init_params)
+                self._init_locals = _sites.posterior_at_best(joint, means, covariances)
 
-    def _local_params(self, n_samples: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        total = sum(self.model.n_factors)
-        if self._init_locals is not None:
-            loc_init, tril_init = self._init_locals
-        else:
-            loc_init = like.new_zeros(n_samples, total)
-            tril_init = torch.eye(total, dtype=like.dtype, device=like.device).expand(
-                n_samples, total, total)
-        loc = pyro.param("LatentScoreGuide.loc", lambda: loc_init.detach().clone())
-        scale_tril = pyro.param("LatentScoreGuide.scale_tril", lambda: tril_init.detach().clone(),
-                                constraint=dist.constraints.lower_cholesky)
-        return loc, scale_tril
-
-    def __call__(self, x: Tensor | None = None, subsample: Tensor | None = None,
-                 n_samples: int | None = None) -> dict[str, Tensor]:
-        sites = self.global_guide(x, subsample=subsample, n_samples=n_samples)
-        size = x.shape[0] if x is not None else n_samples
-        loc, scale_tril = self._local_params(size, sites["eta1"])
-        with pyro.plate("data", size, subsample=subsample) as rows:
-            joint = dist.MultivariateNormal(loc[rows], scale_tril=scale_tril[rows])
-            # the auxiliary site carries log q (the ELBO counts it); the Deltas only split it
-            scores = pyro.sample("_scores", joint, infer={"is_auxiliary": True})
-            start = 0
-            for index, width in enumerate(self.model.n_factors):
-                block = scores[..., start:start + width]
-                sites[f"z{index + 1}"] = pyro.sample(
-                    f"z{index + 1}", dist.Delta(block, event_dim=1))
-                start += width
-        return sites
-
-    def median(self) -> dict[str, Tensor]:
-        """Values of the global sites."""
-        return self.global_guide.median()
+    def _sample_scores(self, sites: dict[str, Tensor], scores: dist.Distribution) -> None:
+        # the auxiliary site carries log q (the ELBO counts it); the Deltas only split it
+        joint = pyro.sample("_scores", scores, infer={"is_auxiliary": True})
+        start = 0
+        for index, width in enumerate(self.model.n_factors):
+            block = joint[..., start:start + width]
+            sites[f"z{index + 1}"] = pyro.sample(
+                f"z{index + 1}", dist.Delta(block, event_dim=1))
+            start += width
 
 
 def guide_params(guide: AutoDelta | LatentScoreGuide, n_layers: int) -> DGMMParams:
@@ -664,7 +601,80 @@ def guide_params(guide: AutoDelta | LatentScoreGuide, n_layers: int) -> DGMMPara
         return sites_to_params(guide.median(), n_layers)
 
 
+# ---------------------------------------------------------------------------- counting
+
+
+def n_parameters(n_features: int, n_components: Sequence[int], n_factors: Sequence[int]) -> int:
+    """Free parameters of a DGMM, after removing its known continuous symmetries.
+
+    Per layer l (p_0 = D, p_l = r_l): ``G_l - 1`` weights, ``G_l p_{l-1}`` intercepts,
+    ``G_l p_{l-1} r_l`` loadings and ``G_l p_{l-1}`` noise variances. Then subtract:
+
+    - last layer: ``G_h r_h (r_h - 1) / 2``, since only ``Lambda^(h)_g Lambda^(h)_g^T`` enters
+      the likelihood (eq. 6), each ``Lambda^(h)_g`` is defined up to its own rotation (the MFA
+      count of each last-layer component);
+    - each intermediate score z^(l), ``l < h``: ``2 r_l``, for a shift ``z -> z + c`` (absorbed by
+      ``eta^(l+1) += c``, ``eta^(l) -= Lambda^(l) c``) and a per-coordinate scale ``z -> D z``
+      (absorbed by ``Lambda^(l) D^-1`` and ``D eta^(l+1), D Lambda^(l+1), D^2 Psi^(l+1)``).
+      An intermediate rotation is not a symmetry when ``G_{l+1} >= 2``: it would make the
+      ``Psi^(l+1)_g`` non-diagonal. When ``G_{l+1} = 1`` a rotation in the metric whitened by
+      that single ``Psi^(l+1)`` keeps it diagonal: ``r_l (r_l - 1) / 2`` more are subtracted
+      (see :mod:`ppl_mixtures.models.dgmm_identify`).
+
+    (The deepgmm package subtracts ``r_l (r_l - 1) / 2`` per component of every layer instead;
+    BIC values are therefore not comparable with the paper's to the unit.)
+
+    Parameters
+    ----------
+    n_features : int
+    n_components, n_factors : sequence of int, length h
+
+    Returns
+    -------
+    int
+    """
+    widths = [n_features, *n_factors]
+    count = 0
+    for layer, size in enumerate(n_components):
+        width, rank = widths[layer], widths[layer + 1]
+        count += (size - 1) + size * width * (rank + 2)
+    r_top = n_factors[-1]
+    count -= n_components[-1] * r_top * (r_top - 1) // 2
+    count -= sum(2 * r for r in n_factors[:-1])
+    count -= sum(r * (r - 1) // 2 for r, below in zip(n_factors[:-1], n_components[1:], strict=True)
+                 if below == 1)
+    return count
+
+
+#: The list fields of :class:`~ppl_mixtures.models.DGMMParams`, in order.
+_PARAM_FIELDS = ("weights", "eta", "loadings", "noise_variances")
+
+
+def flatten_params(params: DGMMParams) -> torch.Tensor:
+    """All of ``params``' tensors in one flat tensor (to broadcast it as one tensor)."""
+    return torch.cat([t.reshape(-1) for name in _PARAM_FIELDS for t in getattr(params, name)])
+
+
+def unflatten_params(flat: torch.Tensor, n_features: int, n_components: Sequence[int],
+                      n_factors: Sequence[int]) -> DGMMParams:
+    """Inverse of :func:`flatten_params` for a DGMM of these sizes."""
+    widths = (n_features, *n_factors)
+    shapes = {
+        "weights": [(size,) for size in n_components],
+        "eta": [(size, widths[k]) for k, size in enumerate(n_components)],
+        "loadings": [(size, widths[k], widths[k + 1]) for k, size in enumerate(n_components)],
+        "noise_variances": [(size, widths[k]) for k, size in enumerate(n_components)],
+    }
+    sizes = [math.prod(shape) for name in _PARAM_FIELDS for shape in shapes[name]]
+    chunks = iter(flat.split(sizes))
+    return DGMMParams(*[[next(chunks).view(shape) for shape in shapes[name]]
+                             for name in _PARAM_FIELDS])
+
+
 __all__ = [
+    "flatten_params",
+    "n_parameters",
+    "unflatten_params",
     "FORMS",
     "DGMMParams",
     "DeepGaussianMixtureModel",

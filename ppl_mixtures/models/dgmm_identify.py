@@ -1,8 +1,8 @@
-"""Identifiability of the DGMM: canonical forms (seed 000, section 3.4) and path alignment.
+"""Identifiability of the DGMM: canonical forms (Selosse et al. 2020, sec. 3.4), path alignment.
 
-The likelihood of a DGMM (seed 000, eqs. 3-6) depends on its parameters only through the path
-weights, means and covariances, so many parameter values give the same model. For h layers,
-``p_0 = D`` and ``p_l = r_l``, the continuous symmetries are (generically):
+The likelihood of a DGMM (Selosse et al. 2020, eqs. 3-6) depends on its parameters only through
+the path weights, means and covariances, so many parameter values give the same model. For h
+layers, ``p_0 = D`` and ``p_l = r_l``, the continuous symmetries are (generically):
 
 * **last layer** ``h``: only ``Lambda^(h)_g Lambda^(h)_g^T`` enters eq. (6) because
   ``z^(h) ~ N(0, I)``, so each ``Lambda^(h)_g -> Lambda^(h)_g R_g`` with ``R_g`` in ``O(r_h)``
@@ -21,13 +21,13 @@ weights, means and covariances, so many parameter values give the same model. Fo
 Canonical forms
 ---------------
 :func:`identify` maps a parameter value to one representative of its symmetry class, with
-the constraints of section 3.4 applied *exactly where they are reparametrisations*. The seed
+the constraints of section 3.4 applied *exactly where they are reparametrisations*. The paper
 imposes them as constraints during fitting; for a likelihood-invariant model a post-hoc
 canonical form is what is sound: for the last layer constraining during fitting and rotating
 afterwards reach the same likelihood, while for an intermediate layer (which has no rotation
 freedom when ``G_{l+1} >= 2``) "orthonormal", "lower triangular" or "diagonal" loadings would
 be genuine restrictions that change the model and its maximum. :func:`identify` never changes
-the likelihood (nor the path numbering); it only picks the representative. The seed writes
+the likelihood (nor the path numbering); it only picks the representative. The paper writes
 ``Lambda^T psi Lambda``; the factor-analysis convention ``Lambda^T Psi^-1 Lambda`` is used.
 
 Per constraint and layer (``pi`` = the layer's weights; "pooled" = over the layer's

@@ -1,6 +1,6 @@
 """The Gaussian mixture model: parameters, deterministic helpers, Pyro model and guides.
 
-Generative model (seed 001, eqs. 1-10)::
+Generative model (Balshaw 2022, eqs. 1-10)::
 
     weights            ~ Dirichlet(alpha)                     site "weights",       (K,)
     means[k]           ~ Normal(m0, s0)                       site "means",         (K, D)
@@ -9,7 +9,7 @@ Generative model (seed 001, eqs. 1-10)::
     assignment[n]      ~ Categorical(weights)  (enumerated)   site "assignment",    (N,)
     obs[n]             ~ Normal(means[assignment[n]], Sigma[assignment[n]])   site "obs", (N, D)
 
-The five covariance constraints of seed 001 (section 1) and the shape of ``covariances`` in
+The five covariance constraints of Balshaw (2022, section 1) and the shape of ``covariances`` in
 :class:`GMMParams` (the same as scikit-learn's ``covariances_``; ``tied_diag`` is ours):
 
 =============  ===============  =====================================================
@@ -43,8 +43,9 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
 from pyro.ops.indexing import Vindex
 from torch import Tensor
 
+from ppl_mixtures.models import _sites
 from ppl_mixtures.models._observation import TableObservation
-from ppl_mixtures.models._sites import detached_copies, globals_only, log_prior, point_mass_guide
+from ppl_mixtures.models._sites import ComponentParams, DataPlateModel
 from ppl_mixtures.models.priors import GMM_GLOBAL_SITES, default_gmm_priors
 
 COVARIANCE_TYPES = ("spherical", "diag", "tied_diag", "tied", "full")
@@ -55,7 +56,7 @@ TIED_TYPES = ("tied_diag", "tied")
 
 
 @dataclass
-class GMMParams:
+class GMMParams(ComponentParams):
     """Parameters of a Gaussian mixture.
 
     Attributes
@@ -75,23 +76,6 @@ class GMMParams:
     means: Tensor
     covariances: Tensor
     covariance_type: str
-
-    @property
-    def n_components(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def n_features(self) -> int:
-        return self.means.shape[1]
-
-    def to(self, *args, **kwargs) -> GMMParams:
-        """Move every tensor, as ``Tensor.to`` does."""
-        return GMMParams(
-            self.weights.to(*args, **kwargs),
-            self.means.to(*args, **kwargs),
-            self.covariances.to(*args, **kwargs),
-            self.covariance_type,
-        )
 
     def tensors(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "covariance_type"}
@@ -245,7 +229,7 @@ def log_joint(x: Tensor, params: GMMParams) -> Tensor:
     """``log pi_k + log N(x_n | mu_k, Sigma_k)``, shape (n_samples, n_components).
 
     Its ``logsumexp`` over components is the marginal log-likelihood of each sample
-    (seed 001, eq. 10) and its softmax the responsibilities (eq. 17).
+    (Balshaw 2022, eq. 10) and its softmax the responsibilities (eq. 17).
     """
     return component_log_prob(x, params) + params.weights.log()
 
@@ -307,18 +291,6 @@ def sites_to_params(sites: dict[str, Tensor], covariance_type: str) -> GMMParams
     return GMMParams(sites["weights"], sites["means"], covariances, covariance_type)
 
 
-def _site_distribution(prior: dist.Distribution, event_shape: tuple[int, ...], name: str):
-    """Shape a user's prior for one component (or a tied site) into the site's event shape."""
-    if tuple(prior.event_shape) == event_shape:
-        return prior
-    if tuple(prior.event_shape) == () and tuple(prior.batch_shape) in ((), event_shape):
-        return prior.expand(event_shape).to_event(len(event_shape))
-    raise ValueError(
-        f"prior for site {name!r} has batch_shape {tuple(prior.batch_shape)} and event_shape "
-        f"{tuple(prior.event_shape)}; expected a scalar distribution or event_shape {event_shape}"
-    )
-
-
 class ComponentObservation(TableObservation):
     """``x | assignment ~ N(mu_assignment, Sigma_assignment)`` scored by :func:`component_log_prob`.
 
@@ -344,7 +316,7 @@ class ComponentObservation(TableObservation):
 # ---------------------------------------------------------------------------------------------
 
 
-class GaussianMixtureModel:
+class GaussianMixtureModel(DataPlateModel):
     """The Gaussian mixture as a Pyro model with an enumerated ``"assignment"`` site.
 
     Parameters
@@ -359,23 +331,17 @@ class GaussianMixtureModel:
 
     Notes
     -----
-    Call it as ``model(x)`` to condition on data of shape (N, D), ``model(x, subsample=idx)``
-    to condition on the rows ``idx`` with the likelihood scaled by ``N / len(idx)``, or
-    ``model(n_samples=N)`` to draw from the prior predictive. ``max_plate_nesting`` is 1.
+    Call it as ``model(x)``, ``model(x, subsample=idx)`` or ``model(n_samples=N)`` (see
+    :class:`~ppl_mixtures.models._sites.DataPlateModel`). ``max_plate_nesting`` is 1.
     Site names: ``"weights"``, ``"means"``, ``"variances"``, ``"corr_cholesky"`` (tied and
     full), ``"assignment"``, ``"obs"``; plates ``"components"`` and ``"data"``.
     """
 
-    max_plate_nesting = 1
     discrete_sites = ("assignment",)
+    _params_to_sites = staticmethod(params_to_sites)
 
-    def __init__(
-        self,
-        n_components: int,
-        n_features: int,
-        covariance_type: str,
-        priors: dict[str, dist.Distribution],
-    ) -> None:
+    def __init__(self, n_components: int, n_features: int, covariance_type: str,
+                 priors: dict[str, dist.Distribution]) -> None:
         if covariance_type not in COVARIANCE_TYPES:
             raise ValueError(
                 f"covariance_type={covariance_type!r} is not one of {COVARIANCE_TYPES}"
@@ -386,9 +352,7 @@ class GaussianMixtureModel:
         needed = [s for s in GMM_GLOBAL_SITES if s != "corr_cholesky"]
         if self._has_correlations:
             needed.append("corr_cholesky")
-        missing = [s for s in needed if s not in priors]
-        if missing:
-            raise ValueError(f"priors is missing {missing}; start from default_gmm_priors(...)")
+        _sites.check_priors(priors, needed, "default_gmm_priors")
         self.priors = priors
 
     @property
@@ -402,13 +366,13 @@ class GaussianMixtureModel:
     def _sample_globals(self) -> dict[str, Tensor]:
         n_features, tied = self.n_features, self.covariance_type in TIED_TYPES
         sites = {"weights": pyro.sample("weights", self.priors["weights"])}
-        variance_prior = _site_distribution(
+        variance_prior = _sites.site_distribution(
             self.priors["variances"], self._variance_event_shape(), "variances"
         )
         corr_prior = self.priors.get("corr_cholesky")
         with pyro.plate("components", self.n_components):
             sites["means"] = pyro.sample(
-                "means", _site_distribution(self.priors["means"], (n_features,), "means")
+                "means", _sites.site_distribution(self.priors["means"], (n_features,), "means")
             )
             if not tied:
                 sites["variances"] = pyro.sample("variances", variance_prior)
@@ -456,29 +420,8 @@ class GaussianMixtureModel:
         scale_tril = component_variances.sqrt()[..., :, None] * corr
         return dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
-    def __call__(
-        self,
-        x: Tensor | None = None,
-        subsample: Tensor | None = None,
-        n_samples: int | None = None,
-    ) -> Tensor:
-        """Run the model; returns the observations (sampled when ``x`` is None)."""
-        if x is None and n_samples is None:
-            raise ValueError("pass data x of shape (N, D) or n_samples to sample from the prior")
-        sites = self._sample_globals()
-        size = x.shape[0] if x is not None else n_samples
-        with pyro.plate("data", size, subsample=subsample):
-            assignment = pyro.sample(
-                "assignment",
-                dist.Categorical(sites["weights"]),
-                infer={"enumerate": "parallel"},
-            )
-            observed = None if x is None else (x if subsample is None else x[subsample])
-            return pyro.sample("obs", self._observation(sites, assignment), obs=observed)
-
-    def log_prior(self, params: GMMParams) -> Tensor:
-        """``log p(theta)`` of the global sites at ``params`` (a scalar)."""
-        return log_prior(self._sample_globals, params_to_sites(params))
+    def _sample_locals(self, sites: dict[str, Tensor]) -> dist.Distribution:
+        return self._observation(sites, _sites.sample_labels("assignment", sites["weights"]))
 
 
 def map_guide(model: GaussianMixtureModel, init_params: GMMParams) -> AutoDelta:
@@ -487,7 +430,7 @@ def map_guide(model: GaussianMixtureModel, init_params: GMMParams) -> AutoDelta:
     ``-TraceEnum_ELBO`` with this guide equals ``log p(x | theta) + log p(theta)`` at the
     guide's values: the assignment sites are summed out exactly by enumeration.
     """
-    return point_mass_guide(model, params_to_sites(init_params), model.discrete_sites)
+    return _sites.point_mass_guide(model, params_to_sites(init_params), model.discrete_sites)
 
 
 def mean_field_guide(
@@ -495,8 +438,8 @@ def mean_field_guide(
 ) -> AutoNormal:
     """Independent Normals on the unconstrained global sites, centred at ``init_params``."""
     return AutoNormal(
-        globals_only(model, model.discrete_sites),
-        init_loc_fn=init_to_value(values=detached_copies(params_to_sites(init_params))),
+        _sites.globals_only(model, model.discrete_sites),
+        init_loc_fn=init_to_value(values=_sites.detached_copies(params_to_sites(init_params))),
         init_scale=init_scale,
     )
 

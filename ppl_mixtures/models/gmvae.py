@@ -1,7 +1,7 @@
 """The Gaussian mixture variational autoencoder (GMVAE): networks, helpers, Pyro model and guide.
 
-Generative model (seed 002, eqs. 1a-1d), with the seed's names (y data, x and w continuous
-latents, z the cluster)::
+Generative model (Dilokthanakul et al. 2016, eqs. 1a-1d), with the paper's names (y data, x
+and w continuous latents, z the cluster)::
 
     w[n]   ~ N(0, I_{Dw})                                         site "w",   (N, Dw)
     z[n]   ~ Categorical(1/K)            (enumerated)             site "z",   (N,)
@@ -11,7 +11,7 @@ latents, z the cluster)::
 
 One network (the *conditional prior* network, beta) maps ``w`` to all K means and variances at
 once. The recognition model (eq. 3's mean-field family) is ``q(x | y) q(w | y)``, two Gaussians
-whose parameters come from one shared encoder (seed Table A.1). The z-posterior is not a
+whose parameters come from one shared encoder (their Table A.1). The z-posterior is not a
 variational factor: it is ``p(z | x, w)`` in closed form (eq. 3).
 
 Two ways of treating z give two selectable objectives (``z_inference``):
@@ -25,8 +25,8 @@ Two ways of treating z give two selectable objectives (``z_inference``):
     prior term ``sum_k p(z=k | x, w) log N(x | mu_k(w), sigma_k(w))`` (eq. 5, evaluated at the
     sampled ``x`` rather than with the analytic Gaussian KL), and a factor ``"z_prior"`` adds
     ``-z_prior_weight * max(free_bits, KL(p(z | x, w) || p(z)))`` (the z-prior term, eqs. 6-7,
-    the *free bits* or minimum-information constraint). The max is taken per data point and
-    per Monte Carlo sample of (x, w).
+    the *free bits* or minimum-information constraint of Kingma et al. 2016). The max is taken
+    per data point and per Monte Carlo sample of (x, w).
 
 With ``free_bits=0`` and ``z_prior_weight=1`` the two objectives are equal sample by sample,
 since ``sum_k r_k [log pi_k + log p(x | z=k, w) - log r_k] = log p(x | w)`` for
@@ -42,8 +42,8 @@ can replace a preset one (images are flattened: ``D`` is the number of pixels).
 - ``decoder``: (..., Dx) -> (..., D) Bernoulli logits, or (..., 2 D) ``[loc, log_var]``.
   The Bernoulli likelihood accepts grey levels in [0, 1] (scored by the binary cross-entropy).
 
-Variances are exponentiated log-variances (seed Table A.1: "we exponentiate the variance
-components"), with the log-variance clamped to ``[-LOG_VAR_BOUND, LOG_VAR_BOUND]``.
+Variances are exponentiated log-variances (as in Table A.1 of Dilokthanakul et al. 2016), with
+the log-variance clamped to ``[-LOG_VAR_BOUND, LOG_VAR_BOUND]``.
 
 The networks are registered with ``pyro.module(..., update_module_params=True)`` at every call
 of the model and the guide, so their parameters live in the Pyro param store: the SVI trainer's
@@ -70,7 +70,7 @@ LOG_VAR_BOUND = 15.0
 
 @dataclass(frozen=True)
 class Architecture:
-    """Sizes of the three MLPs (seed Tables A.1-A.3).
+    """Sizes of the three MLPs (Dilokthanakul et al. 2016, Tables A.1-A.3).
 
     Attributes
     ----------
@@ -83,7 +83,7 @@ class Architecture:
     decoder_hidden : tuple of int
         Hidden widths of the observation network p(y | x) (ReLU).
     conv : tuple of (channels, kernel, stride, padding), default ()
-        Convolutions (ReLU) before the encoder's fully connected layers, the seed's
+        Convolutions (ReLU) before the encoder's fully connected layers, in the paper's
         "conv 16x6x6 (1-0)" notation; the decoder mirrors them with transposed convolutions
         after its fully connected layers. Empty: fully connected networks only.
     image_channels : int, default 1
@@ -100,18 +100,18 @@ class Architecture:
     image_channels: int = 1
 
 
-#: Presets from the seed's appendix. ``"synthetic"`` is the pinwheel network exactly;
-#: ``"mnist_mlp"`` keeps the MNIST sizes (Dx=200, Dw=150, 500 hidden units) with fully connected
-#: layers in place of the convolutions and without batch normalisation. ``"digits_mlp"`` keeps
-#: those hidden widths with small latents (Dx=10, Dw=2): on scikit-learn's 8x8 digits the
-#: MNIST latents put every image in one cluster (with or without free bits), these reached
-#: Hungarian accuracy 0.79-0.88 over three seeds (Gaussian likelihood,
-#: ``observation_variance=0.05``, closed-form z-term with free bits 1; ``bench/gmvae_digits.py``).
-#: ``"mnist_conv"`` is the seed's MNIST network (Tables A.1-A.3: conv 16x6x6 (1-0), 32x6x6
-#: (1-0), 64x4x4 (2-1), fc 500; the decoder mirrored with transposed convolutions) for 28x28
-#: images, without batch normalisation; ``"digits_conv"`` is its 8x8 counterpart (conv 32x3x3
-#: (1-1), 64x4x4 (2-1), fc 500) with the ``"digits_mlp"`` latents; ``"svhn_conv"`` the seed's
-#: SVHN network for 32x32 colour images (flattened channel-first, D = 3 * 32 * 32).
+#: Presets from the appendix of Dilokthanakul et al. (2016). ``"synthetic"`` is the pinwheel network
+#: exactly; ``"mnist_mlp"`` keeps the MNIST sizes (Dx=200, Dw=150, 500 hidden units) with fully
+#: connected layers in place of the convolutions and without batch normalisation. ``"digits_mlp"``
+#: keeps those hidden widths with small latents (Dx=10, Dw=2): on scikit-learn's 8x8 digits the
+#: MNIST latents put every image in one cluster (with or without free bits), these reached Hungarian
+#: accuracy 0.79-0.88 over three seeds (Gaussian likelihood, ``observation_variance=0.05``,
+#: closed-form z-term with free bits 1; ``bench/gmvae_digits.py``). ``"mnist_conv"`` is the paper's
+#: MNIST network (Tables A.1-A.3: conv 16x6x6 (1-0), 32x6x6 (1-0), 64x4x4 (2-1), fc 500; the decoder
+#: mirrored with transposed convolutions) for 28x28 images, without batch normalisation;
+#: ``"digits_conv"`` is its 8x8 counterpart (conv 32x3x3 (1-1), 64x4x4 (2-1), fc 500) with the
+#: ``"digits_mlp"`` latents; ``"svhn_conv"`` the paper's SVHN network for 32x32 colour images
+#: (flattened channel-first, D = 3 * 32 * 32).
 PRESETS: dict[str, Architecture] = {
     "synthetic": Architecture(2, 2, (120, 120), (120,), (120, 120)),
     "mnist_mlp": Architecture(200, 150, (500,), (500,), (500,)),
@@ -134,7 +134,7 @@ def auto_preset(data_dim: int) -> str:
 
     The MNIST latent sizes (Dx=200, Dw=150) put all of scikit-learn's digits in one cluster,
     so wider data gets the small latents measured on digits; choose ``"mnist_conv"`` or
-    ``"mnist_mlp"`` explicitly to follow the seed on MNIST-sized data.
+    ``"mnist_mlp"`` explicitly to follow Dilokthanakul et al. (2016) on MNIST-sized data.
     """
     return "synthetic" if data_dim <= AUTO_SYNTHETIC_MAX_FEATURES else "digits_mlp"
 
@@ -305,7 +305,7 @@ class GMVAENetworks(nn.Module):
         self.decoder = decoder or mlp(arch.x_dim, arch.decoder_hidden, out, nn.ReLU)
 
     def encode(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Parameters of q(x | y) and q(w | y) (seed Table A.1).
+        """Parameters of q(x | y) and q(w | y) (Dilokthanakul et al. 2016, Table A.1).
 
         Parameters
         ----------
@@ -321,7 +321,7 @@ class GMVAENetworks(nn.Module):
         return (*_split_gaussian(x_raw, self.x_dim), *_split_gaussian(w_raw, self.w_dim))
 
     def conditional_prior(self, w: Tensor) -> tuple[Tensor, Tensor]:
-        """All K components of p(x | w, z) in one forward pass (eq. 1c, seed Table A.2).
+        """All K components of p(x | w, z) in one forward pass (eq. 1c, Table A.2).
 
         Parameters
         ----------
@@ -343,7 +343,7 @@ class GMVAENetworks(nn.Module):
         raw = self.decoder(x)
         if self.likelihood == "bernoulli":
             # Grey levels in [0, 1] are scored by the cross-entropy -BCE(y, sigmoid(raw)), as
-            # the seed does for MNIST; the support check would reject non-binary y.
+            # Dilokthanakul et al. (2016) do for MNIST; the support check would reject non-binary y.
             return dist.Bernoulli(logits=raw, validate_args=False).to_event(1)
         if self.observation_scale is not None:  # fixed noise: the decoder gives the mean only
             return dist.Normal(raw, torch.full_like(raw, self.observation_scale)).to_event(1)
@@ -373,15 +373,8 @@ def component_log_prob(x: Tensor, means: Tensor, scales: Tensor) -> Tensor:
 def z_posterior_logits(x: Tensor, means: Tensor, scales: Tensor) -> Tensor:
     """Log of the z-posterior ``p(z = k | x, w)`` in closed form (eq. 3), uniform pi.
 
-    Parameters
-    ----------
-    x : Tensor, shape (..., Dx)
-    means, scales : Tensor, shape (..., K, Dx)
-
-    Returns
-    -------
-    Tensor, shape (..., K)
-        Normalised log-probabilities.
+    Takes the arguments of :func:`component_log_prob` and normalises its (..., K) result over
+    the components: the log-probabilities returned, shape (..., K), log-sum-exp to zero.
     """
     return torch.log_softmax(component_log_prob(x, means, scales), dim=-1)
 
@@ -549,7 +542,8 @@ def sample(
     networks : GMVAENetworks
     n_samples : int
     component : int, optional
-        Fix z to this cluster (the seed's Fig. 5a rows); None draws z ~ Cat(1/K).
+        Fix z to this cluster (the rows of Fig. 5a of Dilokthanakul et al. 2016); None draws
+        z ~ Cat(1/K).
     generator : torch.Generator, optional
     observation : {"sample", "mean"}
         Return draws of y, or the mean of p(y | x) (pixel probabilities for Bernoulli).
@@ -591,6 +585,7 @@ def sample(
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(eq=False)
 class GMVAEModel:
     """The GMVAE as a Pyro model ``model(y, subsample=None)`` with its guide ``model.guide``.
 
@@ -612,19 +607,11 @@ class GMVAEModel:
 
     max_plate_nesting = 1
 
-    def __init__(
-        self,
-        networks: GMVAENetworks,
-        z_inference: str = "enumerate",
-        free_bits: float = 0.0,
-        z_prior_weight: float = 1.0,
-        name: str = "gmvae",
-    ) -> None:
-        self.networks = networks
-        self.z_inference = z_inference
-        self.free_bits = free_bits
-        self.z_prior_weight = z_prior_weight
-        self.name = name
+    networks: GMVAENetworks
+    z_inference: str = "enumerate"
+    free_bits: float = 0.0
+    z_prior_weight: float = 1.0
+    name: str = "gmvae"
 
     def _register(self) -> GMVAENetworks:
         return pyro.module(self.name, self.networks, update_module_params=True)
@@ -653,7 +640,7 @@ class GMVAEModel:
             pyro.sample("obs", networks.observation(x), obs=batch)
 
     def guide(self, y: Tensor, subsample: Tensor | None = None) -> None:
-        """The recognition model q(w | y) q(x | y) (eq. 3's family, seed Table A.1)."""
+        """The recognition model q(w | y) q(x | y) (eq. 3's family, Table A.1)."""
         networks = self._register()
         with pyro.plate("data", y.shape[0], subsample=subsample) as index:
             x_loc, x_scale, w_loc, w_scale = networks.encode(y[index])

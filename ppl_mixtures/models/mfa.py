@@ -1,6 +1,6 @@
 """The mixture of factor analysers (MFA): parameters, deterministic helpers, Pyro model, guides.
 
-Generative model (seed 000, section 1, with its names: G = K components, J = D features,
+Generative model (Selosse et al. 2020, section 1, with its names: G = K components, J = D features,
 R = r factors, eta = means, Lambda = loadings, psi = noise variances, pi = weights)::
 
     weights            ~ Dirichlet(alpha)                      site "weights",         (K,)
@@ -12,7 +12,7 @@ R = r factors, eta = means, Lambda = loadings, psi = noise variances, pi = weigh
     obs[n] = means[g] + loadings[g] z[n] + u[n],   u[n] ~ N(0, diag(noise_variances[g]))
                                                                site "obs",             (N, D)
 
-Integrating ``z`` out gives the Gaussian mixture of seed 000, section 1,
+Integrating ``z`` out gives the Gaussian mixture of Selosse et al. (2020), section 1,
 ``f(x) = sum_g pi_g N(x; eta_g, Sigma_g)`` with ``Sigma_g = Lambda_g Lambda_g^T + psi_g``.
 The Pyro model comes in two forms of the same generative code:
 
@@ -41,29 +41,30 @@ from pyro.infer.autoguide import AutoDelta
 from pyro.ops.indexing import Vindex
 from torch import Tensor
 
+from ppl_mixtures.models import _sites
 from ppl_mixtures.models._observation import TableObservation
-from ppl_mixtures.models._sites import log_prior, point_mass_guide
-from ppl_mixtures.models.gmm import _site_distribution
+from ppl_mixtures.models._sites import ComponentParams, DataPlateModel, LocalGaussianGuide
+from ppl_mixtures.models.priors import data_moments, default_gmm_priors
 
-#: Names of the global sites of the MFA, in the order the model samples them.
-MFA_GLOBAL_SITES = ("weights", "means", "loadings", "noise_variances")
 #: The two forms of :class:`MixtureOfFactorAnalyzersModel`.
 FORMS = ("collapsed", "latent")
+#: Names of the global sites of the MFA, in the order the model samples them.
+MFA_GLOBAL_SITES = ("weights", "means", "loadings", "noise_variances")
 
 
 @dataclass
-class MFAParams:
+class MFAParams(ComponentParams):
     """Parameters of a mixture of factor analysers.
 
     Attributes
     ----------
-    weights : Tensor, shape (n_components,)
-        Mixing proportions ``pi``, positive, summing to one.
-    means : Tensor, shape (n_components, n_features)
-        Component means ``eta_g``.
-    loadings : Tensor, shape (n_components, n_features, n_factors)
-        Loading matrices ``Lambda_g``.
-    noise_variances : Tensor, shape (n_components, n_features)
+    weights : Tensor, shape (K,)
+        Mixing proportions ``pi``, positive, summing to one (K = ``n_components``).
+    means : Tensor, shape (K, D)
+        Component means ``eta_g`` (D = ``n_features``).
+    loadings : Tensor, shape (K, D, r)
+        Loading matrices ``Lambda_g`` (r = ``n_factors``).
+    noise_variances : Tensor, shape (K, D)
         Diagonals of ``psi_g``, positive.
     """
 
@@ -73,20 +74,8 @@ class MFAParams:
     noise_variances: Tensor
 
     @property
-    def n_components(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def n_features(self) -> int:
-        return self.means.shape[1]
-
-    @property
     def n_factors(self) -> int:
         return self.loadings.shape[-1]
-
-    def to(self, *args, **kwargs) -> MFAParams:
-        """Move every tensor, as ``Tensor.to`` does."""
-        return MFAParams(**{name: t.to(*args, **kwargs) for name, t in self.tensors().items()})
 
     def tensors(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -136,7 +125,7 @@ def component_terms(
 
     With ``b_ng = Lambda_g^T psi_g^-1 (x_n - eta_g)`` and ``M_g = C_g C_g^T`` (see
     :class:`_Capacitance`), the Woodbury identity gives the Mahalanobis distance under
-    ``Sigma_g = Lambda_g Lambda_g^T + psi_g`` (seed 000, section 1) as
+    ``Sigma_g = Lambda_g Lambda_g^T + psi_g`` (Selosse et al. 2020, section 1) as
     ``(x - eta)^T psi^-1 (x - eta) - |C_g^-1 b_ng|^2``, and the posterior of the factors is
     ``z | x_n, g ~ N(M_g^-1 b_ng, M_g^-1)``. Everything is vectorised over samples and
     components: one (N, D) @ (D, K r) product and K batched r x r triangular solves.
@@ -201,7 +190,8 @@ def log_joint(x: Tensor, params: MFAParams) -> Tensor:
     """``log pi_g + log f_g(x_n)``, shape (n_samples, n_components).
 
     Its ``logsumexp`` over components is each sample's term of the observed-data
-    log-likelihood ``l_o(theta; x)`` (seed 000, section 1), its softmax the responsibilities.
+    log-likelihood ``l_o(theta; x)`` (Selosse et al. 2020, section 1), its softmax the
+    responsibilities.
     """
     return component_log_prob(x, params) + params.weights.log()
 
@@ -234,7 +224,7 @@ def posterior_factors(x: Tensor, params: MFAParams) -> tuple[Tensor, Tensor]:
 def sample(
     params: MFAParams, n_samples: int, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Draw from the mixture by the generative process of seed 000, section 1.
+    """Draw from the mixture by the generative process of Selosse et al. (2020), section 1.
 
     Returns
     -------
@@ -301,23 +291,19 @@ def default_mfa_priors(
         One prior per name of :data:`MFA_GLOBAL_SITES`, for one component's value (the model
         expands it over the components plate); on ``x``'s device and dtype.
     """
-    n_features = x.shape[-1]
-    data_mean = x.mean(0)
-    data_var = x.var(0) if x.shape[0] > 1 else torch.ones_like(data_mean)
-    data_var = data_var.clamp_min(torch.finfo(x.dtype).tiny ** 0.5)
-    data_std = data_var.sqrt()
-    concentration = torch.full(
-        (n_components,), weight_concentration, dtype=x.dtype, device=x.device
+    # weights, means and noise variances: the priors of a GMM with diagonal covariances
+    diagonal = default_gmm_priors(
+        x, n_components, "diag", weight_concentration=weight_concentration,
+        mean_scale_factor=mean_scale_factor, variance_concentration=variance_concentration,
+        variance_rate_factor=variance_rate_factor,
     )
-    loading_scale = (loading_scale_factor * data_std)[:, None].expand(n_features, n_factors)
-    rate = variance_rate_factor * data_var
+    data_std = data_moments(x)[1].sqrt()
+    loading_scale = (loading_scale_factor * data_std)[:, None].expand(x.shape[-1], n_factors)
     return {
-        "weights": dist.Dirichlet(concentration),
-        "means": dist.Normal(data_mean, mean_scale_factor * data_std).to_event(1),
+        "weights": diagonal["weights"],
+        "means": diagonal["means"],
         "loadings": dist.Normal(torch.zeros_like(loading_scale), loading_scale).to_event(2),
-        "noise_variances": dist.InverseGamma(
-            torch.full_like(rate, variance_concentration), rate
-        ).to_event(1),
+        "noise_variances": diagonal["variances"],
     }
 
 
@@ -354,7 +340,7 @@ class FactorAnalyzerObservation(TableObservation):
 # ---------------------------------------------------------------------------------------------
 
 
-class MixtureOfFactorAnalyzersModel:
+class MixtureOfFactorAnalyzersModel(DataPlateModel):
     """The MFA as a Pyro model with an enumerated ``"assignment"`` site, in two forms.
 
     Parameters
@@ -369,15 +355,14 @@ class MixtureOfFactorAnalyzersModel:
 
     Notes
     -----
-    Call it as ``model(x)`` with data of shape (N, D), ``model(x, subsample=idx)`` to condition
-    on rows ``idx`` with the likelihood scaled by ``N / len(idx)``, or ``model(n_samples=N)``
-    to draw from the prior predictive. ``max_plate_nesting`` is 1. Sites: ``"weights"``,
-    ``"means"``, ``"loadings"``, ``"noise_variances"``, ``"assignment"``, ``"z"`` (latent form)
-    and ``"obs"``; plates ``"components"`` and ``"data"``.
+    Call it as ``model(x)``, ``model(x, subsample=idx)`` or ``model(n_samples=N)`` (see
+    :class:`~ppl_mixtures.models._sites.DataPlateModel`). ``max_plate_nesting`` is 1. Sites:
+    ``"weights"``, ``"means"``, ``"loadings"``, ``"noise_variances"``, ``"assignment"``, ``"z"``
+    (latent form) and ``"obs"``; plates ``"components"`` and ``"data"``.
     """
 
-    max_plate_nesting = 1
     discrete_sites = ("assignment",)
+    _params_to_sites = staticmethod(params_to_sites)
 
     def __init__(
         self,
@@ -389,9 +374,7 @@ class MixtureOfFactorAnalyzersModel:
     ) -> None:
         if form not in FORMS:
             raise ValueError(f"form={form!r} is not one of {FORMS}")
-        missing = [s for s in MFA_GLOBAL_SITES if s not in priors]
-        if missing:
-            raise ValueError(f"priors is missing {missing}; start from default_mfa_priors(...)")
+        _sites.check_priors(priors, MFA_GLOBAL_SITES, "default_mfa_priors")
         self.n_components = n_components
         self.n_features = n_features
         self.n_factors = n_factors
@@ -413,7 +396,7 @@ class MixtureOfFactorAnalyzersModel:
         with pyro.plate("components", self.n_components):
             for name, shape in shapes.items():
                 sites[name] = pyro.sample(
-                    name, _site_distribution(self.priors[name], shape, name)
+                    name, _sites.site_distribution(self.priors[name], shape, name)
                 )
         return sites
 
@@ -439,33 +422,11 @@ class MixtureOfFactorAnalyzersModel:
         scale = Vindex(sites["noise_variances"])[..., assignment, :].sqrt()
         return dist.Normal(loc, scale).to_event(1)
 
-    def __call__(
-        self,
-        x: Tensor | None = None,
-        subsample: Tensor | None = None,
-        n_samples: int | None = None,
-    ) -> Tensor:
-        """Run the model; returns the observations (sampled when ``x`` is None)."""
-        if x is None and n_samples is None:
-            raise ValueError("pass data x of shape (N, D) or n_samples to sample from the prior")
-        sites = self._sample_globals()
-        size = x.shape[0] if x is not None else n_samples
-        with pyro.plate("data", size, subsample=subsample):
-            assignment = pyro.sample(
-                "assignment",
-                dist.Categorical(sites["weights"]),
-                infer={"enumerate": "parallel"},
-            )
-            if self.form == "collapsed":
-                observation = self._collapsed_observation(sites, assignment)
-            else:
-                observation = self._latent_observation(sites, assignment)
-            observed = None if x is None else (x if subsample is None else x[subsample])
-            return pyro.sample("obs", observation, obs=observed)
-
-    def log_prior(self, params: MFAParams) -> Tensor:
-        """``log p(theta)`` of the global sites at ``params`` (a scalar)."""
-        return log_prior(self._sample_globals, params_to_sites(params))
+    def _sample_locals(self, sites: dict[str, Tensor]) -> dist.Distribution:
+        assignment = _sites.sample_labels("assignment", sites["weights"])
+        if self.form == "collapsed":
+            return self._collapsed_observation(sites, assignment)
+        return self._latent_observation(sites, assignment)
 
 
 def map_guide(model: MixtureOfFactorAnalyzersModel, init_params: MFAParams) -> AutoDelta:
@@ -476,10 +437,10 @@ def map_guide(model: MixtureOfFactorAnalyzersModel, init_params: MFAParams) -> A
     out exactly by enumeration and the factors are integrated out analytically. The guide
     starts from copies of ``init_params``, which training leaves untouched.
     """
-    return point_mass_guide(model, params_to_sites(init_params), model.local_sites)
+    return _sites.point_mass_guide(model, params_to_sites(init_params), model.local_sites)
 
 
-class LatentFactorGuide:
+class LatentFactorGuide(LocalGaussianGuide):
     """Guide of the latent form: MAP globals and one full-covariance Gaussian ``q(z_n)`` per row.
 
     ``q(theta, z) = delta(theta) prod_n N(z_n | m_n, S_n S_n^T)`` with ``m_n`` (N, r) and lower
@@ -501,62 +462,26 @@ class LatentFactorGuide:
         probable component under ``init_params``; otherwise at the prior ``N(0, I_r)``.
     """
 
+    loc_param = "LatentFactorGuide.z_loc"
+    scale_tril_param = "LatentFactorGuide.z_scale_tril"
+    like_site = "means"
+
     def __init__(
         self,
         model: MixtureOfFactorAnalyzersModel,
         init_params: MFAParams,
         x: Tensor | None = None,
     ) -> None:
-        if model.form != "latent":
-            raise ValueError("LatentFactorGuide needs a model of form 'latent'; use map_guide")
-        self.model = model
-        self.global_guide = map_guide(model, init_params)
-        self._init_locals = None if x is None else _posterior_under_best(x, init_params)
+        super().__init__(model, map_guide, init_params, model.n_factors)
+        if x is not None:
+            with torch.no_grad():
+                log_prob, means, covariances = component_terms(x, init_params)
+                self._init_locals = _sites.posterior_at_best(
+                    log_prob + init_params.weights.log(), means, covariances
+                )
 
-    def _local_params(self, n_samples: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        n_factors = self.model.n_factors
-        if self._init_locals is not None:
-            loc_init, tril_init = self._init_locals
-        else:
-            loc_init = like.new_zeros(n_samples, n_factors)
-            tril_init = torch.eye(n_factors, dtype=like.dtype, device=like.device).expand(
-                n_samples, n_factors, n_factors
-            )
-        loc = pyro.param("LatentFactorGuide.z_loc", lambda: loc_init.detach().clone())
-        scale_tril = pyro.param(
-            "LatentFactorGuide.z_scale_tril",
-            lambda: tril_init.detach().clone(),
-            constraint=dist.constraints.lower_cholesky,
-        )
-        return loc, scale_tril
-
-    def __call__(
-        self,
-        x: Tensor | None = None,
-        subsample: Tensor | None = None,
-        n_samples: int | None = None,
-    ) -> dict[str, Tensor]:
-        sites = self.global_guide(x, subsample=subsample, n_samples=n_samples)
-        size = x.shape[0] if x is not None else n_samples
-        loc, scale_tril = self._local_params(size, sites["means"])
-        with pyro.plate("data", size, subsample=subsample) as rows:
-            sites["z"] = pyro.sample(
-                "z", dist.MultivariateNormal(loc[rows], scale_tril=scale_tril[rows])
-            )
-        return sites
-
-    def median(self) -> dict[str, Tensor]:
-        """Values of the global sites."""
-        return self.global_guide.median()
-
-
-def _posterior_under_best(x: Tensor, params: MFAParams) -> tuple[Tensor, Tensor]:
-    """Mean (N, r) and Cholesky factor (N, r, r) of ``p(z_n | x_n, g_n)``, g_n most probable."""
-    with torch.no_grad():
-        log_prob, means, covariances = component_terms(x, params)
-        best = (log_prob + params.weights.log()).argmax(-1)
-        rows = torch.arange(x.shape[0], device=x.device)
-        return means[rows, best], torch.linalg.cholesky(covariances)[best]
+    def _sample_scores(self, sites: dict[str, Tensor], scores: dist.Distribution) -> None:
+        sites["z"] = pyro.sample("z", scores)
 
 
 def guide_params(guide: AutoDelta | LatentFactorGuide) -> MFAParams:

@@ -8,8 +8,8 @@ shape; a distribution whose ``event_shape`` already equals the site's is used as
 
 The defaults are weakly informative and scaled to the data (empirical Bayes), so that the
 MAP estimate stays close to maximum likelihood while components cannot collapse onto a
-single point (the singularity of seed 001, section 2): the inverse-gamma prior on every
-variance has its mode away from zero.
+single point (the singularity discussed by Balshaw 2022, section 2): the inverse-gamma prior on
+every variance has its mode away from zero.
 """
 
 from __future__ import annotations
@@ -20,6 +20,19 @@ from torch import Tensor
 
 #: Names of the global sites of the Gaussian mixture, in the order the model samples them.
 GMM_GLOBAL_SITES = ("weights", "means", "variances", "corr_cholesky")
+
+
+def data_moments(x: Tensor, moments: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and variance of ``x`` (or ``moments``, moved to ``x``'s dtype and device).
+
+    One row has variance one; every variance is floored at ``sqrt(tiny)`` of the dtype.
+    """
+    if moments is not None:
+        data_mean, data_var = (m.to(dtype=x.dtype, device=x.device) for m in moments)
+    else:
+        data_mean = x.mean(0)
+        data_var = x.var(0) if x.shape[0] > 1 else torch.ones_like(data_mean)
+    return data_mean, data_var.clamp_min(torch.finfo(x.dtype).tiny ** 0.5)
 
 
 def default_gmm_priors(
@@ -65,12 +78,7 @@ def default_gmm_priors(
         Keys among :data:`GMM_GLOBAL_SITES`, on ``x``'s device and dtype.
     """
     n_features = x.shape[-1]
-    if moments is not None:
-        data_mean, data_var = (m.to(dtype=x.dtype, device=x.device) for m in moments)
-    else:
-        data_mean = x.mean(0)
-        data_var = x.var(0) if x.shape[0] > 1 else torch.ones_like(data_mean)
-    data_var = data_var.clamp_min(torch.finfo(x.dtype).tiny ** 0.5)
+    data_mean, data_var = data_moments(x, moments)
     concentration = torch.full((n_components,), weight_concentration, dtype=x.dtype, device=x.device)
     priors: dict[str, dist.Distribution] = {
         "weights": dist.Dirichlet(concentration),

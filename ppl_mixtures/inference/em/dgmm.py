@@ -2,7 +2,7 @@
 
 Which EM this is
 ----------------
-Not the seed's layer-wise scheme with *sampled* scores (seed 000, section 2.3; the CRAN
+Not the layer-wise scheme with *sampled* scores of Selosse et al. (2020, section 2.3; the CRAN
 deepgmm code draws the z's stochastically, so its likelihood may go down). Here the
 complete data are ``(x, s_1..s_h, z^(1)..z^(h))`` and the complete log-likelihood is::
 
@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ppl_mixtures.inference.em.loop import SummedStats
 from ppl_mixtures.inference.init import initial_responsibilities
 from ppl_mixtures.models.dgmm import DGMMParams, log_joint, posterior_scores
 
@@ -54,11 +55,11 @@ _EMPTY_FRACTION = 1e-10
 
 
 @dataclass
-class DGMMStats:
+class DGMMStats(SummedStats):
     """Sufficient statistics of one E-step (sums over samples: they add across batches).
 
-    The fields named by ``summed_fields`` are sums over samples: the statistics of batches,
-    or of every rank's shard, add up to those of all the data. ``shift`` and ``params`` are
+    The fields named by ``summed_fields`` are sums over samples (see
+    :class:`~ppl_mixtures.inference.em.loop.SummedStats`). ``shift`` and ``params`` are
     functions of the E-step's parameters alone, the same for every batch and rank: carried
     along, not summed.
 
@@ -79,22 +80,13 @@ class DGMMStats:
         The E-step's parameters (kept by empty components).
     """
 
-    #: Fields that are sums over samples (added across batches, all-reduced across ranks).
-    summed_fields: ClassVar[tuple[str, ...]] = (
-        "n_samples", "log_likelihood", "path_mass", "first_moment", "second_moment",
-    )
+    summed_fields = (*SummedStats.summed_fields, "path_mass", "first_moment", "second_moment")
 
-    n_samples: float
-    log_likelihood: Tensor
     path_mass: Tensor
     first_moment: Tensor
     second_moment: Tensor
     shift: Tensor
     params: DGMMParams
-
-    def __add__(self, other: DGMMStats) -> DGMMStats:
-        return replace(self, **{name: getattr(self, name) + getattr(other, name)
-                                for name in self.summed_fields})
 
 
 def model_mean(params: DGMMParams) -> Tensor:
@@ -237,13 +229,14 @@ def anneal(x: Any, params: DGMMParams, start_temperature: float, n_iter: int,
            reg_covar: float = 1e-6, *,
            tempered_e_step: Callable[[Any, DGMMParams, float], DGMMStats] | None = None,
            ) -> tuple[DGMMParams, list[float]]:
-    """Deterministic-annealing EM: ``n_iter`` tempered EM steps, T from ``start_temperature``
-    down to 1 on a geometric schedule.
+    """Deterministic-annealing EM (Ueda & Nakano 1998): ``n_iter`` tempered EM steps, T from
+    ``start_temperature`` down to 1 on a geometric schedule.
 
     At T > 1 the path responsibilities are flattened (``p(s | x)^(1/T)``, renormalised), so
     early M-steps see every path with some mass: paths are not emptied before the deeper layers
-    have found their structure, the failure of plain EM in the seed's Table 2. The tempered steps
-    are not monotone in the likelihood; run plain EM (``temperature=1``) afterwards.
+    have found their structure, the failure of plain EM in Table 2 of Selosse et al. (2020). The
+    tempered steps are not monotone in the likelihood; run plain EM (``temperature=1``)
+    afterwards.
 
     Parameters
     ----------
@@ -388,9 +381,9 @@ def realign_scores(x: Tensor, params: DGMMParams, generator: torch.Generator,
     Under the model every first-layer component maps the *same* score distribution
     ``z^(1)`` (a mixture over the deeper paths) to the data (eq. 2); a layer-wise start
     estimates each component's scores in its own arbitrary frame, and the layers above then
-    see G_1 rotated copies of one mixture, which EM does not untangle (the seed's empty
-    paths and low deeper-layer ARI). Here, for each first-layer component g (rows assigned to
-    it by their most probable path):
+    see G_1 rotated copies of one mixture, which EM does not untangle (the empty paths and
+    low deeper-layer ARI of Selosse et al. 2020). Here, for each first-layer component g (rows
+    assigned to it by their most probable path):
 
     1. whiten its posterior-mean scores: ``w = W_g (E[z^(1) | x, g] - m_g)``;
     2. cluster them into ``k = G_2 ... G_h`` groups (k-means) and find the orthogonal

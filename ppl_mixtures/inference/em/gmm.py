@@ -11,13 +11,12 @@ in float32 when clusters lie far from the origin.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import ClassVar
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ppl_mixtures.inference.em.loop import sum_over_batches
+from ppl_mixtures.inference.em.loop import SummedStats, sum_over_batches
 from ppl_mixtures.models.gmm import DIAGONAL_TYPES, GMMParams, _row_chunks, log_joint
 
 #: Floor on each component's total responsibility, as scikit-learn adds (10 * eps).
@@ -27,15 +26,13 @@ _E_STEP_BLOCK_ELEMENTS = 1 << 21
 
 
 @dataclass
-class GMMStats:
+class GMMStats(SummedStats):
     """Sufficient statistics of one E-step (sums over samples, so they add across batches).
 
     Attributes
     ----------
-    n_samples : float
-        Number of samples summed.
-    log_likelihood : Tensor, scalar
-        ``sum_n log p(x_n | theta)`` at the parameters of the E-step.
+    n_samples, log_likelihood
+        See :class:`~ppl_mixtures.inference.em.loop.SummedStats`.
     resp_sum : Tensor, shape (K,)
         ``N_k = sum_n r_nk``.
     first_moment : Tensor, shape (K, D)
@@ -48,25 +45,16 @@ class GMMStats:
         every batch and on every rank, so it is kept, not added).
     """
 
-    #: The fields that are sums over samples: added across batches, all-reduced across ranks.
-    summed_fields: ClassVar[tuple[str, ...]] = (
-        "n_samples", "log_likelihood", "resp_sum", "first_moment", "second_moment",
-    )
+    summed_fields = (*SummedStats.summed_fields, "resp_sum", "first_moment", "second_moment")
 
-    n_samples: float
-    log_likelihood: Tensor
     resp_sum: Tensor
     first_moment: Tensor
     second_moment: Tensor
     shift: Tensor
 
-    def __add__(self, other: GMMStats) -> GMMStats:
-        return replace(self, **{name: getattr(self, name) + getattr(other, name)
-                                for name in self.summed_fields})
-
 
 def responsibilities(x: Tensor, params: GMMParams) -> tuple[Tensor, Tensor]:
-    """Posterior probabilities of the components (seed 001, eq. 17).
+    """Posterior probabilities of the components (Balshaw 2022, eq. 17).
 
     Returns
     -------
@@ -145,10 +133,12 @@ def e_step(x: Tensor, params: GMMParams) -> GMMStats:
     ----------
     x : Tensor, shape (n_samples, n_features)
     params : GMMParams
+        The current parameters; their means are the ``shift`` of the moments.
 
     Returns
     -------
     GMMStats
+        The statistics of all of ``x``, as one block would give them.
     """
     rows = e_step_block_rows(params.n_components)
     if x.shape[0] <= rows:
@@ -181,10 +171,10 @@ def stats_from_responsibilities(x: Tensor, resp: Tensor, sample_log_likelihood: 
 def m_step(stats: GMMStats, covariance_type: str, reg_covar: float = 1e-6) -> GMMParams:
     """M-step: the parameters that maximise the expected complete log-likelihood.
 
-    Seed 001's updates: ``pi_k = N_k / N``, ``mu_k = sum_n r_nk x_n / N_k`` and the
+    The updates of Balshaw (2022): ``pi_k = N_k / N``, ``mu_k = sum_n r_nk x_n / N_k`` and the
     responsibility-weighted covariance under each constraint; ``reg_covar`` is added to every
     variance so that no component can shrink onto a single point (the singularity of
-    seed 001, section 2).
+    Balshaw 2022, section 2).
 
     Parameters
     ----------

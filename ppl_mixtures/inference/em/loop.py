@@ -3,7 +3,8 @@
 A model plugs in three pure functions: ``init_params(i) -> params`` (the i-th restart),
 ``e_step(x, params) -> stats`` and ``m_step(stats) -> params``. ``stats`` must carry
 ``log_likelihood`` (the summed log-likelihood at the E-step's parameters) and ``n_samples``,
-and add up with ``+`` (sums over samples).
+and add up with ``+`` (sums over samples): the models' statistics derive from
+:class:`SummedStats`.
 
 The loop never looks inside ``x``: it only hands it to ``e_step``. So the same loop runs EM
 in memory (``x`` a tensor, ``e_step`` the model's), out of core (``x`` a re-iterable stream of
@@ -17,8 +18,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
@@ -62,6 +63,39 @@ class EMResult:
     best_init: int = 0
     restart_log_likelihoods: list[float] = field(default_factory=list)
     decreases: list[int] = field(default_factory=list)
+
+
+_Stats = TypeVar("_Stats", bound="SummedStats")
+
+
+@dataclass
+class SummedStats:
+    """Base of the models' E-step statistics, which add across batches and ranks.
+
+    The fields named by ``summed_fields`` are sums over samples: ``+`` adds them, so the
+    statistics of batches, or of every rank's shard, add up to those of all the data
+    (:func:`ppl_mixtures.distributed.all_reduce_e_step` all-reduces the same fields). The
+    other fields are functions of the E-step's parameters alone, the same for every batch and
+    rank: ``+`` carries them along from the left operand. A subclass appends its sums to
+    ``summed_fields`` and declares its fields after these two.
+
+    Attributes
+    ----------
+    n_samples : float
+        Number of samples summed.
+    log_likelihood : Tensor, scalar
+        ``sum_n log p(x_n | theta)`` at the parameters of the E-step.
+    """
+
+    #: Fields that are sums over samples (added across batches, all-reduced across ranks).
+    summed_fields: ClassVar[tuple[str, ...]] = ("n_samples", "log_likelihood")
+
+    n_samples: float
+    log_likelihood: Tensor
+
+    def __add__(self: _Stats, other: _Stats) -> _Stats:
+        return replace(self, **{name: getattr(self, name) + getattr(other, name)
+                                for name in self.summed_fields})
 
 
 def _rounding_slack(value: float, dtype: torch.dtype) -> float:

@@ -1,7 +1,7 @@
 """Pure E- and M-steps of EM for the mixture of factor analysers.
 
 The algorithm is the exact EM of Ghahramani & Hinton (1996, "The EM algorithm for mixtures of
-factor analyzers") for the model of seed 000, section 1: the complete data are the
+factor analyzers") for the model of Selosse et al. (2020), section 1: the complete data are the
 assignments *and* the factors, and the E-step takes *expectations* of the factors
 (``E[z | x_n, g]`` and ``E[z z^T | x_n, g]``), never samples. Each iteration therefore
 maximises a lower bound that touches the log-likelihood at the current parameters, so the
@@ -22,13 +22,13 @@ No D x D matrix is formed, except in :func:`params_from_responsibilities` (initi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import ClassVar
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ppl_mixtures.inference.em.gmm import moments
+from ppl_mixtures.inference.em.loop import SummedStats
 from ppl_mixtures.models.mfa import MFAParams, component_terms
 
 #: Pseudo-weight, in units of the dtype's eps, given to every component (as scikit-learn's
@@ -38,23 +38,21 @@ _NK_FLOOR_FACTOR = 10.0
 
 
 @dataclass
-class MFAStats:
+class MFAStats(SummedStats):
     """Sufficient statistics of one E-step (sums over samples, so they add across batches).
 
-    Every field but ``shift`` is a sum over samples (``summed_fields``): the statistics of
-    batches, or of every rank's shard, add up to those of all the data. ``shift`` is the
-    E-step's means, a function of the parameters alone, so it is the same for every batch
-    and every rank and is carried along, not summed.
+    Every field but ``shift`` is a sum over samples (``summed_fields``, see
+    :class:`~ppl_mixtures.inference.em.loop.SummedStats`). ``shift`` is the E-step's means, a
+    function of the parameters alone, so it is the same for every batch and every rank and is
+    carried along, not summed.
 
     With responsibilities ``h_ng``, factor posteriors ``E[z | x_n, g]`` and the shift
     ``s_g`` (the E-step's means):
 
     Attributes
     ----------
-    n_samples : float
-        Number of samples summed.
-    log_likelihood : Tensor, scalar
-        ``sum_n log f(x_n; theta)`` at the parameters of the E-step.
+    n_samples, log_likelihood
+        The samples summed and ``sum_n log f(x_n; theta)`` at the E-step's parameters.
     resp_sum : Tensor, shape (K,)
         ``N_g = sum_n h_ng``.
     first_moment : Tensor, shape (K, D)
@@ -71,14 +69,11 @@ class MFAStats:
         The means of the E-step's parameters.
     """
 
-    #: Fields that are sums over samples (added across batches, all-reduced across ranks).
-    summed_fields: ClassVar[tuple[str, ...]] = (
-        "n_samples", "log_likelihood", "resp_sum", "first_moment", "second_moment",
+    summed_fields = (
+        *SummedStats.summed_fields, "resp_sum", "first_moment", "second_moment",
         "cross_moment", "factor_sum", "factor_second_moment",
     )
 
-    n_samples: float
-    log_likelihood: Tensor
     resp_sum: Tensor
     first_moment: Tensor
     second_moment: Tensor
@@ -86,10 +81,6 @@ class MFAStats:
     factor_sum: Tensor
     factor_second_moment: Tensor
     shift: Tensor
-
-    def __add__(self, other: MFAStats) -> MFAStats:
-        return replace(self, **{name: getattr(self, name) + getattr(other, name)
-                                for name in self.summed_fields})
 
 
 def responsibilities(x: Tensor, params: MFAParams) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -118,6 +109,7 @@ def e_step(x: Tensor, params: MFAParams) -> MFAStats:
     ----------
     x : Tensor, shape (n_samples, n_features)
     params : MFAParams
+        The current parameters, at which the posteriors are taken; their means are the shift.
 
     Returns
     -------
@@ -209,7 +201,7 @@ def params_from_responsibilities(
 
     Each component's weighted covariance ``S_g`` (D x D, formed only here) is eigendecomposed;
     ``Lambda_g = U_r (L_r - sigma^2 I)^(1/2)`` from its top r eigenpairs, with ``sigma^2`` the
-    mean of the other eigenvalues (Tipping & Bishop's PPCA estimate), and
+    mean of the other eigenvalues (the PPCA estimate of Tipping & Bishop 1999), and
     ``psi_g = max(diag(S_g - Lambda_g Lambda_g^T), 0) + reg_covar``.
 
     Parameters

@@ -1,0 +1,139 @@
+"""``ppl-mixtures fit MODEL``: load the data, build the family's estimator, fit, write.
+
+Nothing here names a model: the family (:mod:`ppl_mixtures.registry`) says which estimator to
+build, which options it takes and which inference paths checkpoint or run distributed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ppl_mixtures.cli.common import (
+    CHECKPOINT_FILE,
+    DEFAULT_N_COMPONENTS,
+    PROG,
+    CLIError,
+    load_data,
+)
+from ppl_mixtures.registry import Family, get_family
+
+__all__ = ["build_estimator", "check_options", "fit_and_write", "run_fit"]
+
+
+def check_options(family: Family, args: argparse.Namespace) -> None:
+    """Reject option combinations the family does not support (exit code 2)."""
+    components = family.components_option
+    if components is not None and args.n_components is not None:
+        raise CLIError(f"fit {family.name} takes {components.flag} {components.metavar} "
+                       "(the components), not --n-components")
+    if args.resume and args.inference not in family.resume:
+        raise CLIError(f"--resume applies to --inference {' or '.join(family.resume)} only "
+                       f"({args.inference.upper()} runs are not checkpointed)")
+    if args.distributed and args.inference not in family.distributed:
+        raise CLIError(f"--distributed needs --inference {' or '.join(family.distributed)}, "
+                       f"not {args.inference}")
+
+
+def _n_components(family: Family, args: argparse.Namespace, labels: np.ndarray | None) -> Any:
+    """K: the family's own option (e.g. dgmm's --layers), --n-components, the labels, or 3."""
+    components = family.components_option
+    if components is not None:
+        return getattr(args, components.dest)
+    if args.n_components is not None:
+        return args.n_components
+    if labels is not None:
+        return len(np.unique(labels))
+    return DEFAULT_N_COMPONENTS
+
+
+def build_estimator(family: Family, args: argparse.Namespace, n_components: Any,
+                    checkpoint: Path) -> Any:
+    """The family's estimator with the parsed options.
+
+    The common options go to the estimator when its constructor takes them; ``--n-init``,
+    ``--max-iter``, ``--tol`` and ``--dtype``, when given to an estimator that does not take
+    them, are an error rather than silently ignored. Options left unset (``None``) leave the
+    estimator's defaults.
+    """
+    cls = family.estimator_class()
+    accepted = inspect.signature(cls).parameters
+    kwargs: dict[str, Any] = {}
+    requested = {
+        "--n-init": ("n_init", args.n_init),
+        "--max-iter": ("max_iter", args.max_iter),
+        "--tol": ("tol", args.tol),
+        "--dtype": ("dtype", args.dtype),
+    }
+    for flag, (name, value) in requested.items():
+        if value is None:
+            continue
+        if name not in accepted:
+            raise CLIError(f"fit {family.name} does not take {flag}")
+        kwargs[name] = value
+    settings = {
+        "inference": args.inference,
+        "random_state": args.seed,
+        "device": args.device,
+        "progress": args.progress,
+        "distributed": args.distributed,
+        "checkpoint_path": str(checkpoint) if args.inference in family.resume else None,
+    }
+    kwargs.update({name: value for name, value in settings.items()
+                   if value is not None and name in accepted})
+    for option in family.options:
+        value = getattr(args, option.dest)
+        if value is not None:
+            kwargs[option.arg] = value
+    kwargs["n_components"] = n_components
+    return cls(**kwargs)
+
+
+def fit_and_write(est: Any, X: np.ndarray, out: Path, resume: bool,
+                  write: Callable[[], None]) -> int:
+    """Fit ``est`` on ``X``, then ``write`` the outputs.
+
+    With ``est.distributed`` (``--distributed`` under torchrun) each process fits its rows
+    ``rank::world_size`` and rank 0 alone writes.
+    """
+    out.mkdir(parents=True, exist_ok=True)  # before fitting: SVI checkpoints go there
+    if not getattr(est, "distributed", False):
+        est.fit(X, resume=resume)
+        write()
+        return 0
+    import torch.distributed
+
+    from ppl_mixtures.distributed import init_from_env
+
+    rank, world_size = init_from_env()
+    try:
+        est.fit(X[rank::world_size], resume=resume)
+        if rank == 0:
+            write()
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """``ppl-mixtures fit MODEL``: fit, print the summary, write the outputs."""
+    from ppl_mixtures.cli.outputs import write_outputs
+
+    family = get_family(args.model)
+    check_options(family, args)
+    X, labels = load_data(args)
+    n_components = _n_components(family, args, labels)
+    out = args.out if args.out is not None else Path("runs") / family.name
+    checkpoint = out / CHECKPOINT_FILE
+    if args.resume and not checkpoint.exists():
+        print(f"{PROG}: note: no checkpoint at {checkpoint}; starting afresh", file=sys.stderr)
+    est = build_estimator(family, args, n_components, checkpoint)
+    return fit_and_write(est, X, out, args.resume,
+                         lambda: write_outputs(family, args, est, X, labels, out))

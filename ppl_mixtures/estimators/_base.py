@@ -1,0 +1,423 @@
+"""The one base of the zoo's scikit-learn style estimators.
+
+A family's estimator declares its constructor arguments' constraints
+(``_parameter_constraints``, checked at the start of :meth:`MixtureEstimator.fit`), the
+inference paths it offers and their defaults, and implements these hooks:
+
+``_check_arguments()``
+    Checks that involve several arguments (single arguments are declared).
+``_fit(source, generator, resume)``
+    Fit on a :class:`~ppl_mixtures.estimators._sources.DataSource`, setting ``params_``,
+    ``model_``, ``guide_``, ``converged_``, ``n_iter_``, ``history_``.
+``_log_joint(x)``
+    The (N, C) table ``log p(x_n, cluster c)``: its softmax is :meth:`predict_proba`, its
+    logsumexp :meth:`score_samples`.
+``_n_parameters()``, ``_sample_tensors(n, generator)``, ``_set_fitted()``
+    Free parameters (for BIC/AIC), draws, and the NumPy fitted attributes.
+``_param_tensors()``, ``_restore(state)``
+    What :meth:`save` stores beside the arguments and fitted attributes, and how
+    :meth:`load` rebuilds ``params_``, ``model_`` and ``guide_`` from it.
+
+Everything public runs inside :func:`~ppl_mixtures._rng.fork_rng`: fits draw from
+their own generators and leave the user's global random streams as they found them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import TraceEnum_ELBO
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ppl_mixtures import distributed as process_group
+from ppl_mixtures import io, metrics
+from ppl_mixtures._rng import keeps_global_rng
+from ppl_mixtures.estimators._sources import (
+    DataSource,
+    StreamSource,
+    check_one_pass,
+    is_batch_source,
+)
+from ppl_mixtures.estimators._validation import (
+    Constraint,
+    check_int,
+    resolve_device,
+    resolve_dtype,
+    validate_parameters,
+)
+from ppl_mixtures.inference.em import run_em
+from ppl_mixtures.inference.init import resolve_generator
+from ppl_mixtures.inference.svi import SVITrainer
+
+#: Fitted attributes that :meth:`MixtureEstimator.save` rebuilds instead of storing.
+_REBUILT = ("model_", "guide_", "params_", "param_store_state_", "networks_")
+
+
+class MixtureEstimator(DensityMixin, BaseEstimator):
+    """Common machinery of the mixture estimators (see the module docstring for the hooks)."""
+
+    #: Argument name -> constraints, one of which the value must satisfy.
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
+    #: Inference paths: all, those that fit a stream of batches, those that run distributed.
+    _inference_methods: ClassVar[tuple[str, ...]] = ()
+    _stream_inference_methods: ClassVar[tuple[str, ...]] = ()
+    _distributed_inference_methods: ClassVar[tuple[str, ...]] = ()
+    #: Per-path defaults of ``max_iter``, ``tol`` and ``lr`` (used where the argument is None).
+    _default_max_iter: ClassVar[dict[str, int]] = {}
+    _default_tol: ClassVar[dict[str, float]] = {}
+    _default_lr: ClassVar[dict[str, float]] = {}
+    #: Ends the advice of the too-few-rows error (e.g. the estimator's ``*_init`` arguments).
+    _init_hint: ClassVar[str] = ""
+
+    # ------------------------------------------------------------------------- validation
+
+    def _check_arguments(self) -> None:
+        """Checks that involve several arguments (a hook; nothing by default)."""
+
+    def _prepare(self) -> None:
+        """Validate every argument and resolve ``_max_iter``, ``_tol`` and ``_lr``."""
+        validate_parameters(self)
+        inference = getattr(self, "inference", None)
+        if inference is not None and inference not in self._inference_methods:
+            raise ValueError(f"inference={inference!r} is not supported for "
+                             f"{type(self).__name__}; use one of {self._inference_methods}")
+        if getattr(self, "distributed", False):
+            if inference not in self._distributed_inference_methods:
+                names = " and ".join(repr(n) for n in self._distributed_inference_methods)
+                only = " only" if len(self._distributed_inference_methods) == 1 else ""
+                raise ValueError(
+                    f"distributed=True is implemented for inference={names}{only}, not "
+                    f"inference={inference!r}; use {names}, or distributed=False"
+                )
+            process_group.require_initialized("distributed=True")
+        self._check_arguments()
+        max_iter = getattr(self, "max_iter", None)
+        self._max_iter = max_iter or self._default_max_iter.get(inference)
+        tol = getattr(self, "tol", None)
+        self._tol = tol if tol is not None else self._default_tol.get(inference)
+        lr = getattr(self, "lr", None)
+        self._lr = lr if lr is not None else self._default_lr.get(inference)
+
+    def _n_clusters(self) -> int:
+        return self.n_components
+
+    def _validate_x(self, X: Any, reset: bool) -> torch.Tensor:
+        X = validate_data(
+            self, X, reset=reset, dtype=[np.float64, np.float32], ensure_min_samples=1
+        )
+        if reset:
+            self._dtype = resolve_dtype(self.dtype, X.dtype)
+            self._device = resolve_device(self.device)
+        # np.require copies only read-only arrays (torch cannot share their memory)
+        return torch.as_tensor(np.require(X, requirements="W"), dtype=self._dtype).to(self._device)
+
+    def _source(self, X: Any) -> DataSource:
+        """The data of a fit as one :class:`DataSource` (a matrix, a stream, a shard)."""
+        distributed = bool(getattr(self, "distributed", False))
+        if is_batch_source(X):
+            if self.inference not in self._stream_inference_methods:
+                names = [repr(name) for name in self._stream_inference_methods] or ["none"]
+                paths = " or ".join([", ".join(names[:-1]), names[-1]] if names[:-1] else names)
+                raise ValueError(
+                    "a stream of batches (DataLoader, list of arrays, iterator) can be fitted "
+                    f"with inference={paths}, not inference={self.inference!r}; pass one array"
+                )
+            self._check_stream(X)
+            check_one_pass(X, self._max_iter, self.n_init, "EM iterations (one pass each)")
+            self._device = resolve_device(self.device)
+            source: DataSource = StreamSource(X, self._validate_x, distributed)
+        else:
+            source = DataSource(self._validate_x(X, reset=True), distributed)
+            if not distributed and source.sample.shape[0] < self._n_clusters():
+                raise ValueError(
+                    f"n_samples={source.sample.shape[0]} should be >= "
+                    f"n_components={self._n_clusters()}; pass more samples or lower "
+                    "n_components"
+                )
+        if distributed:
+            sample = source.sample
+            process_group.check_shards(sample.shape[1], sample.dtype,
+                                       None if source.streamed else sample.shape[0],
+                                       self._n_clusters())
+        return source
+
+    def _check_stream(self, X: Any) -> None:
+        """Refuse options that need all the data at once (a hook; nothing by default)."""
+
+    # ---------------------------------------------------------------------------- fitting
+
+    @keeps_global_rng
+    def fit(self, X: Any, y: Any = None, *, resume: bool = False):
+        """Fit the model to ``X``.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features), or a stream of such batches
+            A ``torch.utils.data.DataLoader`` (batches ``x`` or ``(x, y)``), a list or tuple
+            of 2-D arrays, or an iterator (read once), for the inference paths that fit
+            streams (see the class docstring). With ``distributed=True``: this rank's shard.
+        y : ignored
+        resume : bool, default False
+            SVI only: continue from ``checkpoint_path`` when it exists.
+
+        Returns
+        -------
+        self
+        """
+        self._prepare()
+        return self._fit_source(self._source(X), resume)
+
+    def _fit_source(self, source: DataSource, resume: bool):
+        """Fit on ``source`` (``_fit``), timed, in its own Pyro param store scope.
+
+        ``lower_bound_`` comes from :meth:`_lower_bound`.
+        """
+        generator = resolve_generator(self.random_state, self._device)
+        start = time.perf_counter()
+        with pyro.get_param_store().scope() as state:
+            self._fit(source, generator, resume)
+        self.param_store_state_ = state
+        self.fit_seconds_ = time.perf_counter() - start
+        self._set_fitted()
+        bound = self._lower_bound(source)
+        if bound is not None:
+            self.lower_bound_ = bound
+        return self
+
+    def _lower_bound(self, source: DataSource) -> float | None:
+        """``lower_bound_`` after a fit: the mean log-likelihood of one in-memory matrix.
+
+        None leaves the value ``_fit`` set (EM's final pass over a stream or every rank's
+        shard). A hook: an estimator whose likelihood is intractable returns its bound.
+        """
+        if not source.whole_data_in_memory:
+            return None
+        with torch.no_grad():
+            return float(torch.logsumexp(self._log_joint(source.data), -1).mean())
+
+    def _fit_em_restarts(self, source: DataSource, draw: Callable[[torch.Tensor], Any],
+                         e_step: Callable, m_step: Callable, desc: str,
+                         map_guide: Callable, needs_rows: bool = True,
+                         init_params: Callable[[int], Any] | None = None) -> None:
+        """Run the shared EM loop with ``n_init``, ``max_iter``, ``tol``, ``progress``.
+
+        ``draw(sample)`` gives initial parameters (on rank 0, broadcast), unless
+        ``init_params(i)`` is given. Sets ``params_``, ``converged_``, ``n_iter_``,
+        ``history_``, ``lower_bound_`` (the final log-likelihood per sample),
+        ``restart_log_likelihoods_`` and ``guide_`` (``map_guide(model_, params_)``, its
+        global parameters created at the EM estimate).
+        """
+        if init_params is None:
+            init_params = source.initializer(draw, self.n_components, self._n_clusters(),
+                                             needs_rows, self._init_hint)
+        options = source.em_options(self.progress)
+        first_row = options.pop("first_row")
+        result = run_em(source.data, init_params=init_params, e_step=source.e_step(e_step),
+                        m_step=m_step, n_init=self.n_init, max_iter=self._max_iter,
+                        tol=self._tol, desc=desc, **options)
+        self.params_ = result.params
+        self.converged_ = result.converged
+        self.n_iter_ = result.n_iter
+        self.history_ = result.history
+        self.lower_bound_ = result.log_likelihood
+        self.restart_log_likelihoods_ = result.restart_log_likelihoods
+        self.guide_ = map_guide(self.model_, self.params_)
+        self.guide_(first_row)
+
+    def _fit_svi_restarts(self, source: DataSource, generator: torch.Generator, resume: bool,
+                          make_guide: Callable[[], Any]) -> tuple[Any, Any]:
+        """SVI from ``n_init`` starts; keep the guide with the lowest final loss.
+
+        ``make_guide()`` builds a fresh guide at a new initial point (it may draw from
+        ``generator``). Each start checkpoints to ``checkpoint_path`` (suffixed ``.initN``
+        when ``n_init > 1``). A stream is fitted one step per batch (its rows counted by
+        :meth:`DataSource.moments` beforehand). Sets ``guide_``, ``converged_``, ``n_iter_``,
+        ``history_`` and leaves the winning guide's values in the current Pyro param store.
+
+        Returns
+        -------
+        guide, SVIResult
+        """
+        best = None
+        for index in range(self.n_init):
+            pyro.clear_param_store()  # the fit's own scope: the user's store is untouched
+            guide = make_guide()
+            checkpoint = self.checkpoint_path
+            if checkpoint is not None and self.n_init > 1:
+                checkpoint = f"{os.fspath(checkpoint)}.init{index}"
+            trainer = SVITrainer(
+                self.model_, guide, lr=self._lr, batch_size=self.batch_size,
+                max_steps=self._max_iter, tol=self._tol, progress=self.progress,
+                checkpoint_path=checkpoint,
+                seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+                distributed=source.distributed,
+            )
+            if source.streamed:
+                result = trainer.fit_batches(source, source.n_rows, resume=resume)
+                loss = trainer.evaluate_loss_batches(source, source.n_rows)
+            else:
+                result = trainer.fit(source.data, resume=resume)
+                loss = trainer.evaluate_loss(source.data)
+            if best is None or loss < best[0]:
+                best = (loss, guide, result, pyro.get_param_store().get_state())
+        _, guide, result, state = best
+        pyro.get_param_store().set_state(state)
+        self.guide_ = guide
+        self.converged_ = result.converged
+        self.n_iter_ = result.n_steps
+        self.history_ = result.history
+        return guide, result
+
+    # --------------------------------------------------------------------------- prediction
+
+    def _fitted_x(self, X: Any) -> torch.Tensor:
+        self._check_fitted()
+        return self._validate_x(X, reset=False)
+
+    def _check_fitted(self) -> None:
+        check_is_fitted(
+            self, "params_",
+            msg=f"This {type(self).__name__} is not fitted yet; call fit(X) first.",
+        )
+
+    @keeps_global_rng
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Log-likelihood ``log p(x_n)`` of every sample, shape (n_samples,)."""
+        x = self._fitted_x(X)
+        with torch.no_grad():
+            return torch.logsumexp(self._log_joint(x), -1).cpu().numpy()
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood per sample (scikit-learn's meaning)."""
+        return float(self.score_samples(X).mean())
+
+    @keeps_global_rng
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Posterior cluster probabilities, shape (n_samples, n_clusters)."""
+        x = self._fitted_x(X)
+        with torch.no_grad():
+            return torch.softmax(self._log_joint(x), -1).cpu().numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Most probable cluster of every sample, shape (n_samples,)."""
+        return self.predict_proba(X).argmax(axis=1)
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion ``-2 log L + p log N`` (lower is better)."""
+        total = float(self.score_samples(X).sum())
+        return metrics.bic(total, self._n_parameters(), len(np.asarray(X)))
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
+        total = float(self.score_samples(X).sum())
+        return metrics.aic(total, self._n_parameters(), len(np.asarray(X)))
+
+    @keeps_global_rng
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n_samples`` from the fitted model.
+
+        Returns
+        -------
+        X : ndarray, shape (n_samples, n_features)
+        y : ndarray, shape (n_samples,)
+            The cluster of each draw.
+        """
+        self._check_fitted()
+        check_int(n_samples, "n_samples", 1)
+        generator = resolve_generator(self.random_state, self._device)
+        with torch.no_grad():
+            x, labels = self._sample_tensors(n_samples, generator)
+        return x.cpu().numpy(), labels.cpu().numpy()
+
+    @keeps_global_rng
+    def elbo_loss(self, X: Any) -> float:
+        """``TraceEnum_ELBO`` loss of the fitted model and guide on ``X`` (sum over samples).
+
+        With the point-mass guide of EM and MAP fits this is ``-(log p(X | theta) +
+        log p(theta))``: the identity that ties EM and SVI together.
+        """
+        x = self._fitted_x(X)
+        with pyro.get_param_store().scope(self.param_store_state_), torch.no_grad():
+            loss = TraceEnum_ELBO(max_plate_nesting=1).loss(self.model_, self.guide_, x)
+        return float(loss)
+
+    # ---------------------------------------------------------------------------- save/load
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the estimator to ``path`` in the safe format of :mod:`ppl_mixtures.io`.
+
+        The file holds the arguments, the fitted attributes and tensors, the priors and the
+        library versions; it is written atomically and :meth:`load` rebuilds an estimator
+        whose predictions, scores and continued training equal this one's. Reading it runs
+        no code (no pickle).
+        """
+        self._check_fitted()
+        fitted = {k: v for k, v in vars(self).items()
+                  if k.endswith("_") and not k.startswith("_") and k not in _REBUILT}
+        content = {
+            "class": type(self).__name__,
+            "arguments": self.get_params(deep=False),
+            "fitted": fitted,
+            "params": {k: v.detach() for k, v in self._param_tensors().items()},
+            "extra": self._extra_state(),
+            "dtype": self._dtype,
+            "priors": getattr(self.model_, "priors", None),
+        }
+        try:
+            io.write(path, "estimator", content)
+        except TypeError as error:
+            raise TypeError(f"cannot save this {type(self).__name__}: {error}") from None
+
+    def _extra_state(self) -> dict[str, Any]:
+        """State beyond the public attributes that :meth:`save` must keep (a hook)."""
+        return {}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str = "auto"):
+        """Read an estimator written by :meth:`save`; nothing in the file is executed.
+
+        Parameters
+        ----------
+        path : str or path-like
+        device : str, default "auto"
+            Where the fitted tensors go.
+
+        Raises
+        ------
+        ppl_mixtures.io.FileFormatError
+            When the file is a pickle, damaged, of another format version, or holds another
+            estimator class.
+        """
+        content, _ = io.read(path, "estimator")
+        if content.get("class") != cls.__name__:
+            raise io.FileFormatError(
+                f"{os.fspath(path)} holds a {content.get('class')!r}, not a {cls.__name__}; "
+                "read it with ppl_mixtures.load_estimator(path)"
+            )
+        return cls._from_content(content, device)
+
+    def _placeholder_row(self) -> torch.Tensor:
+        """One row of zeros: builds a guide's global parameters as a row of data would."""
+        return torch.zeros(1, self.n_features_in_, dtype=self._dtype, device=self._device)
+
+    @classmethod
+    @keeps_global_rng
+    def _from_content(cls, content: dict, device: str):
+        """Rebuild an estimator from what :meth:`save` wrote (already read from disk)."""
+        est = cls(**{**content["arguments"], "device": device})
+        for name, value in content["fitted"].items():
+            setattr(est, name, value)
+        est._dtype = content["dtype"]
+        est._device = resolve_device(device)
+        content["params"] = {k: v.to(est._device) for k, v in content["params"].items()}
+        with pyro.get_param_store().scope() as state:
+            est._restore(content)
+        est.param_store_state_ = state
+        return est

@@ -1,0 +1,422 @@
+"""scikit-learn style estimator for the deep Gaussian mixture (Viroli & McLachlan 2019;
+Selosse et al. 2020, section 2).
+
+:class:`DeepGaussianMixture` builds the Pyro model of :mod:`ppl_mixtures.models.dgmm` and fits
+it by exact EM (:mod:`ppl_mixtures.inference.em.dgmm`) or by SVI. Clusters are the *paths*
+of the network (the global GMM of eq. 3), numbered row-major with ``s_1`` slowest.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+
+from ppl_mixtures._rng import keeps_global_rng
+from ppl_mixtures.estimators._base import MixtureEstimator
+from ppl_mixtures.estimators._sources import DataSource
+from ppl_mixtures.estimators._validation import (
+    BOOLEAN,
+    COMMON_CONSTRAINTS,
+    DICT,
+    NONE,
+    Integer,
+    IntegerSequence,
+    Options,
+    Real,
+    check_int,
+)
+from ppl_mixtures.inference.em import dgmm as em_dgmm
+from ppl_mixtures.inference.em.loop import run_em
+from ppl_mixtures.inference.init import INIT_METHODS
+from ppl_mixtures.models import dgmm
+from ppl_mixtures.models.dgmm_identify import CONSTRAINTS, identify
+
+INFERENCE_METHODS = ("em", "svi")
+
+
+def _as_int_tuple(value: Any, name: str) -> tuple[int, ...]:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        items = tuple(value)
+    except TypeError as err:
+        raise ValueError(f"{name}={value!r} must be a sequence of positive integers") from err
+    if not items:
+        raise ValueError(f"{name}={value!r} must hold one entry per layer (at least one)")
+    for item in items:
+        check_int(item, name + " entries", 1)
+    return tuple(int(item) for item in items)
+
+
+class DeepGaussianMixture(MixtureEstimator):
+    """Deep Gaussian mixture (stacked mixtures of factor analysers) fitted by EM or SVI.
+
+    Layers ``l = 1..h``: ``z^(l-1) = eta^(l)_{s_l} + Lambda^(l)_{s_l} z^(l) + u^(l)`` with
+    ``x = z^(0)`` and ``z^(h) ~ N(0, I)`` (Selosse et al. 2020, eq. 1). Marginally a Gaussian mixture over
+    the ``P = prod_l G_l`` paths (eqs. 3-6); :meth:`predict` returns the path.
+
+    Parameters
+    ----------
+    n_components : sequence of int, default (3, 3, 2)
+        ``(G_1, ..., G_h)``: components per layer.
+    n_factors : sequence of int, default (11, 6, 2)
+        ``(r_1, ..., r_h)``, strictly decreasing and below ``n_features``.
+    inference : {"em", "svi"}, default "em"
+        ``"em"``: exact monotone EM over all layers (expectations, not sampled scores; see
+        :mod:`ppl_mixtures.inference.em.dgmm`), in memory or out of core: :meth:`fit` on a
+        stream of batches (a ``DataLoader``, a list of arrays) runs one pass over the
+        batches per EM iteration (and per annealing step), adding up the E-step's
+        sufficient statistics; the layer-wise start is drawn from the first batch.
+        ``"svi"``: MAP by ``TraceEnum_ELBO`` over the Pyro model (layers' labels enumerated).
+    form : {"collapsed", "latent"}, default "collapsed"
+        SVI only: scores integrated out, or sampled with a local Gaussian guide
+        (:class:`~ppl_mixtures.models.dgmm.LatentScoreGuide`; a lower bound, for small data).
+    n_init : int, default 1
+        Restarts from independent initialisations; the best final objective is kept.
+    max_iter : int, optional
+        EM iterations (default 500) or SVI steps (default 2000).
+    tol : float, optional
+        EM: change of the mean log-likelihood per sample (default 1e-5). SVI: relative change
+        of the smoothed loss (default 1e-6).
+    init_params : {"kmeans", "random", "k-means++", "random_from_data"}, default "kmeans"
+        Layer-wise start (:func:`~ppl_mixtures.inference.em.dgmm.initial_params`): cluster the
+        layer's input with this method, fit a PPCA per cluster, pass the scores up.
+    reg_covar : float, default 1e-6
+        Floor on every noise variance (EM).
+    anneal_start : float, default 1.0
+        EM only. With a value T0 > 1, each start first runs ``anneal_iter`` deterministic-
+        annealing steps (path responsibilities ``p(s | x)^(1/T)``, T from T0 down to 1; see
+        :func:`~ppl_mixtures.inference.em.dgmm.anneal`), then plain monotone EM. On held-out
+        draws of the section 3.1 setting of Selosse et al. (2020), T0=5 raised the mean path ARI from 0.52 to
+        0.58 and kept more paths non-empty; on wine it found higher likelihoods whose first
+        layer matched the cultivars less well (``bench/RESULTS.md``). 1.0: no annealing.
+        Works on streams (one pass per tempered step; not on an iterator, read once) and
+        with ``distributed=True`` (tempered statistics summed over ranks).
+    anneal_iter : int, default 150
+        Tempered steps when ``anneal_start > 1``; not counted in ``max_iter`` nor ``history_``.
+    realign : bool, default False
+        EM only. Each start is first fitted (annealing if asked, then EM), then its first
+        layer is kept and the layers above restart from the first layer's scores put in one
+        frame (:func:`~ppl_mixtures.inference.em.dgmm.realign_scores`), then EM runs again
+        (``history_`` holds this second run). Doubles the cost of a start. With annealing, it
+        raised the mean path ARI on held-out section 3.1 draws from 0.58 to 0.70 and used
+        17.7 of 18 paths on average (``bench/RESULTS.md``). Needs all the data in memory
+        (k-means on every row's scores): not with a stream of batches nor
+        ``distributed=True``.
+    identifiability : {None, "lower_triangular", "diagonal", "orthonormal"}, default None
+        After fitting, map the parameters to this canonical form of Selosse et al. (2020), section 3.4
+        (:func:`~ppl_mixtures.models.dgmm_identify.identify`: last-layer loadings rotated to the
+        constraint, intermediate scores centred, scaled, ordered and signed). The likelihood,
+        the predictions and the path numbering do not change; fitted loadings of different
+        runs become comparable. Use :func:`~ppl_mixtures.models.dgmm_identify.match_layers`
+        to align component labels across runs.
+    priors : dict of str to Distribution, optional
+        Replace some of :func:`~ppl_mixtures.models.dgmm.default_dgmm_priors` (SVI; EM is
+        maximum likelihood).
+    lr : float, optional
+        SVI learning rate (Adam); None: 0.01.
+    batch_size : int, optional
+        SVI minibatch size.
+    random_state, device, dtype, progress, checkpoint_path
+        As for :class:`~ppl_mixtures.estimators.GaussianMixture`.
+    distributed : bool, default False
+        EM across processes (``inference="em"`` only), as for
+        :class:`~ppl_mixtures.estimators.MixtureOfFactorAnalyzers`: ``X`` in :meth:`fit`
+        is this rank's shard (an array or a stream), the E-step's statistics are summed over
+        the ranks, and every rank ends with the fit to all the data. The layer-wise start is
+        drawn on rank 0's shard (its first batch for a stream) and broadcast; annealing then
+        runs on all ranks; ``realign=True`` is refused. See ``docs/scaling.md``.
+
+    Attributes
+    ----------
+    weights_ : ndarray, shape (P,)
+        Path weights (eq. 4), path order.
+    means_ : ndarray, shape (P, n_features)
+    covariances_ : ndarray, shape (P, n_features, n_features)
+        Path moments (eqs. 5-6).
+    layer_weights_, eta_, loadings_, noise_variances_ : list of ndarray
+        Per-layer parameters (shapes of :class:`~ppl_mixtures.models.dgmm.DGMMParams`).
+    converged_, n_iter_, history_, lower_bound_, n_features_in_, fit_seconds_
+        As for :class:`~ppl_mixtures.estimators.GaussianMixture`; ``history_`` holds the mean
+        log-likelihood per EM iteration or the loss per sample of each SVI step.
+    params_ : DGMMParams
+    model_ : DeepGaussianMixtureModel
+    guide_ : AutoDelta or LatentScoreGuide
+    """
+
+    _parameter_constraints = {
+        **COMMON_CONSTRAINTS,
+        "n_components": [IntegerSequence(1), Integer(1)],
+        "n_factors": [IntegerSequence(1), Integer(1)],
+        "inference": [Options(INFERENCE_METHODS)],
+        "form": [Options(dgmm.FORMS)],
+        "init_params": [Options(INIT_METHODS)],
+        "reg_covar": [Real(0.0)],
+        "anneal_start": [Real(1.0)],
+        "anneal_iter": [Integer(0)],
+        "realign": [BOOLEAN],
+        "identifiability": [Options(CONSTRAINTS), NONE],
+        "priors": [DICT, NONE],
+    }
+    _inference_methods = INFERENCE_METHODS
+    _stream_inference_methods = ("em",)
+    _distributed_inference_methods = ("em",)
+    _default_max_iter = {"em": 500, "svi": 2000}
+    _default_tol = {"em": 1e-5, "svi": 1e-6}
+    _default_lr = {"svi": 0.01}
+
+    def __init__(
+        self,
+        n_components: Sequence[int] = (3, 3, 2),
+        n_factors: Sequence[int] = (11, 6, 2),
+        *,
+        inference: str = "em",
+        form: str = "collapsed",
+        n_init: int = 1,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        init_params: str = "kmeans",
+        reg_covar: float = 1e-6,
+        anneal_start: float = 1.0,
+        anneal_iter: int = 150,
+        realign: bool = False,
+        identifiability: str | None = None,
+        priors: dict | None = None,
+        lr: float | None = None,
+        batch_size: int | None = None,
+        random_state: Any = None,
+        device: str = "auto",
+        dtype: Any = None,
+        progress: bool = True,
+        checkpoint_path: str | None = None,
+        distributed: bool = False,
+    ) -> None:
+        self.n_components = n_components
+        self.n_factors = n_factors
+        self.inference = inference
+        self.form = form
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init_params = init_params
+        self.reg_covar = reg_covar
+        self.anneal_start = anneal_start
+        self.anneal_iter = anneal_iter
+        self.realign = realign
+        self.identifiability = identifiability
+        self.priors = priors
+        self.lr = lr
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.progress = progress
+        self.checkpoint_path = checkpoint_path
+        self.distributed = distributed
+
+    # ----------------------------------------------------------------------------- validation
+
+    def _n_clusters(self) -> int:
+        return math.prod(_as_int_tuple(self.n_components, "n_components"))
+
+    def _check_arguments(self) -> None:
+        components = _as_int_tuple(self.n_components, "n_components")
+        factors = _as_int_tuple(self.n_factors, "n_factors")
+        if len(components) != len(factors):
+            raise ValueError(
+                f"n_components={components} and n_factors={factors} must have the same "
+                "length: one number of components and one factor dimension per layer"
+            )
+        if any(factors[k] <= factors[k + 1] for k in range(len(factors) - 1)):
+            raise ValueError(
+                f"n_factors={factors} must be strictly decreasing (r_1 > r_2 > ... > r_h): "
+                "each layer reduces the dimension of the one below"
+            )
+        if self.form == "latent" and self.inference != "svi":
+            raise ValueError("form='latent' needs inference='svi' (EM integrates the scores)")
+        if self.identifiability is not None and self.form == "latent":
+            raise ValueError("identifiability applies to form='collapsed' (the latent form's "
+                             "guide holds per-sample scores in the fitted coordinates)")
+        if self.anneal_start > 1.0 and self.inference != "em":
+            raise ValueError("anneal_start > 1 applies to inference='em' only; leave it at 1.0")
+        if self.realign and self.inference != "em":
+            raise ValueError("realign=True applies to inference='em' only")
+        if self.realign and self.distributed:
+            self._refuse_realign("distributed=True (one shard per rank)")
+        self._components, self._factors = components, factors
+
+    def _refuse_realign(self, where: str) -> None:
+        raise ValueError(
+            f"realign=True runs k-means on the scores of all the data at once, which "
+            f"{where} does not hold; set realign=False (anneal_start > 1 still works), "
+            "or fit one in-memory array"
+        )
+
+    def _check_stream(self, source: Any) -> None:
+        """Refuse what a stream cannot give: all rows at once, or a second read."""
+        if self.realign:
+            self._refuse_realign("a stream of batches")
+        if isinstance(source, Iterator) and self.anneal_start > 1.0 and self.anneal_iter > 0:
+            raise ValueError(
+                f"anneal_start={self.anneal_start} makes anneal_iter={self.anneal_iter} passes "
+                "over the data before EM, but an iterator can be traversed once; pass a list "
+                "or a DataLoader, or anneal_start=1.0"
+            )
+
+    def _check_n_features(self, n_features: int) -> None:
+        if self._factors[0] >= n_features:
+            raise ValueError(
+                f"n_factors[0]={self._factors[0]} must be < n_features={n_features} "
+                "(n_features > r_1 > ... > r_h); lower n_factors"
+            )
+
+    # ------------------------------------------------------------------------------- fitting
+
+    def _initial_params(self, x: torch.Tensor, generator: torch.Generator) -> dgmm.DGMMParams:
+        return em_dgmm.initial_params(x, self._components, self._factors, self.init_params, generator,
+                                      self.reg_covar)
+
+    def _build_model(self, priors: dict) -> dgmm.DeepGaussianMixtureModel:
+        return dgmm.DeepGaussianMixtureModel(self._components, self._factors,
+                                             self.n_features_in_, priors, form=self.form)
+
+    def _fit(self, source: DataSource, generator: torch.Generator, resume: bool) -> None:
+        x = source.sample  # a stream (EM only): its first batch
+        self._check_n_features(x.shape[1])
+        priors = dgmm.default_dgmm_priors(x, self._components, self._factors)
+        priors.update(self.priors or {})
+        self.model_ = self._build_model(priors)
+        if self.inference == "em":
+            self._fit_em(source, generator)
+        else:
+            self._fit_svi(source, generator, resume)
+        if self.identifiability is not None:
+            self.params_ = identify(self.params_, self.identifiability)
+            pyro.clear_param_store()  # the fit's scope only: the guide restarts at params_
+            self.guide_ = dgmm.map_guide(self.model_, self.params_)
+            self.guide_(x[:1])
+
+    def _em_start(self, source: DataSource, start: dgmm.DGMMParams,
+                  generator: torch.Generator) -> dgmm.DGMMParams:
+        """Annealing (``anneal_start``) and realignment (``realign``) from the layer-wise start.
+
+        The tempered E-steps go through the same sums over batches and ranks as EM's.
+        Realignment needs the data in memory (checked before fitting).
+        """
+        params, _ = em_dgmm.anneal(
+            source.data, start, float(self.anneal_start), int(self.anneal_iter), self.reg_covar,
+            tempered_e_step=lambda data, current, temperature: source.e_step(
+                functools.partial(em_dgmm.e_step, temperature=temperature))(data, current),
+        )
+        if self.realign:
+            x = source.data
+            first = run_em(x, init_params=lambda _: params, e_step=em_dgmm.e_step,
+                           m_step=self._m_step, n_init=1, max_iter=self._max_iter,
+                           tol=self._tol, progress=False)
+            params = em_dgmm.realign_scores(x, first.params, generator, self.reg_covar)
+        return params
+
+    def _m_step(self, stats: em_dgmm.DGMMStats) -> dgmm.DGMMParams:
+        return em_dgmm.m_step(stats, self.reg_covar)
+
+    def _fit_em(self, source: DataSource, generator: torch.Generator) -> None:
+        """EM on a matrix, a stream (summed over batches) or a shard (summed over ranks).
+
+        The layer-wise start is drawn from the sample (on rank 0 alone when distributed,
+        sent as one flat tensor), then every rank anneals and runs EM.
+        """
+        n_features = source.sample.shape[1]
+
+        def draw(x: torch.Tensor) -> dgmm.DGMMParams | torch.Tensor:
+            start = self._initial_params(x, generator)
+            return dgmm.flatten_params(start) if self.distributed else start
+
+        initial = source.initializer(draw, self.n_components, self._n_clusters())
+
+        def init(index: int) -> dgmm.DGMMParams:
+            start = initial(index)
+            if self.distributed:
+                start = dgmm.unflatten_params(start, n_features, self._components,
+                                                self._factors)
+            return self._em_start(source, start, generator)
+
+        self._fit_em_restarts(source, draw, em_dgmm.e_step, self._m_step, "DGMM EM",
+                              dgmm.map_guide, init_params=init)
+
+    def _make_guide(self, x: torch.Tensor, generator: torch.Generator):
+        start = self._initial_params(x, generator)
+        if self.form == "latent":
+            return dgmm.LatentScoreGuide(self.model_, start, x)
+        return dgmm.map_guide(self.model_, start)
+
+    def _fit_svi(self, source: DataSource, generator: torch.Generator, resume: bool) -> None:
+        if self.form == "latent" and self.batch_size is not None:
+            raise ValueError("form='latent' keeps one local Gaussian per row; use batch_size=None")
+        guide, _ = self._fit_svi_restarts(source, generator, resume,
+                                          lambda: self._make_guide(source.data, generator))
+        self.params_ = dgmm.guide_params(guide, len(self._components))
+
+    def _set_fitted(self) -> None:
+        def to_numpy(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+            return [t.detach().cpu().numpy() for t in tensors]
+
+        params = self.params_
+        with torch.no_grad():
+            log_weights, means, covariances = dgmm.path_moments(params)
+        self.weights_ = log_weights.exp().cpu().numpy()
+        self.means_ = means.cpu().numpy()
+        self.covariances_ = covariances.cpu().numpy()
+        self.layer_weights_ = to_numpy(params.weights)
+        self.eta_ = to_numpy(params.eta)
+        self.loadings_ = to_numpy(params.loadings)
+        self.noise_variances_ = to_numpy(params.noise_variances)
+
+    # ---------------------------------------------------------------------------- prediction
+
+    def _log_joint(self, x: torch.Tensor) -> torch.Tensor:
+        return dgmm.log_joint(x, self.params_)
+
+    def _n_parameters(self) -> int:
+        return dgmm.n_parameters(self.n_features_in_, self._components, self._factors)
+
+    def _sample_tensors(self, n_samples: int, generator: torch.Generator):
+        return dgmm.sample(self.params_, n_samples, generator)
+
+    @keeps_global_rng
+    def predict_layers(self, X: Any) -> np.ndarray:
+        """Per-layer labels ``(s_1, ..., s_h)`` of each sample's most probable path.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of int, shape (n_samples, h)
+        """
+        paths = torch.as_tensor(self.predict(X))
+        return dgmm.layer_labels(paths, self._components).numpy()
+
+    # ------------------------------------------------------------------------------ save/load
+
+    def _param_tensors(self) -> dict[str, torch.Tensor]:
+        return self.params_.tensors()
+
+    def _restore(self, content: dict) -> None:
+        self._check_arguments()
+        self.params_ = dgmm.sites_to_params(content["params"], len(self._components))
+        self.model_ = self._build_model(content["priors"])
+        self.guide_ = dgmm.map_guide(self.model_, self.params_)
+        self.guide_(self._placeholder_row())
+
+
+n_parameters = dgmm.n_parameters  # also here, beside the estimator that counts with it
+
+__all__ = ["DeepGaussianMixture", "n_parameters"]

@@ -1,0 +1,291 @@
+"""The model families: one entry per estimator, read by the command line and the diagnostics.
+
+A family says, declaratively, what the code around an estimator needs to treat it generically:
+where its class lives, how ``ppl-mixtures fit NAME`` offers it (help, inference paths,
+``--distributed`` and ``--resume``, its own options, the default data) and how its fitted
+results are drawn (a plot label, whether ``covariances_`` must be expanded to full matrices).
+Adding a model means its model file, its EM steps, its estimator and one entry here.
+
+Classes are named by import strings (``"module:attribute"``) and imported on first use, so
+importing this module imports neither torch nor Pyro.
+
+Examples
+--------
+>>> from ppl_mixtures.registry import FAMILIES, get_family
+>>> sorted(FAMILIES)
+['dgmm', 'gmm', 'gmvae', 'mfa']
+>>> get_family("mfa").inference
+('em', 'svi')
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "FAMILIES",
+    "OPTION_TYPES",
+    "Family",
+    "Option",
+    "estimator_class",
+    "family_of",
+    "get_family",
+]
+
+#: Value types of :class:`Option`: an integer >= 1, comma-separated integers >= 1, a number
+#: > 0, a number >= 0, or one of ``Option.choices``.
+OPTION_TYPES = ("count", "counts", "positive", "nonnegative", "choice")
+
+#: ``ppl_mixtures.models.gmm.COVARIANCE_TYPES``, repeated so that this module needs no torch
+#: (``tests/test_cli.py`` checks that the two agree).
+COVARIANCE_TYPES = ("spherical", "diag", "tied_diag", "tied", "full")
+#: ``ppl_mixtures.models.gmvae.PRESETS`` by name (likewise kept in step by a test).
+GMVAE_PRESETS = ("synthetic", "digits_mlp", "digits_conv", "mnist_mlp", "mnist_conv", "svhn_conv")
+
+
+@dataclass(frozen=True)
+class Option:
+    """A family's own command-line option, passed to the estimator as one keyword argument.
+
+    Attributes
+    ----------
+    flag : str
+        The option, e.g. ``"--n-factors"``.
+    arg : str
+        The estimator's keyword argument it sets, e.g. ``"n_factors"``. An option whose
+        ``arg`` is ``"n_components"`` replaces ``--n-components`` for its family.
+    type : str
+        One of :data:`OPTION_TYPES`.
+    default : Any
+        The value when the option is not given; ``None`` leaves the estimator's default.
+    help : str
+        The ``--help`` line, stating the default.
+    choices : tuple of str
+        The allowed values of a ``"choice"`` option.
+    metavar : str or None
+        The value's name in ``--help`` (default: from the flag).
+    """
+
+    flag: str
+    arg: str
+    type: str
+    default: Any = None
+    help: str = ""
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in OPTION_TYPES:
+            raise ValueError(f"Option {self.flag}: type={self.type!r} is not one of "
+                             f"{OPTION_TYPES}")
+        if (self.type == "choice") != bool(self.choices):
+            raise ValueError(f"Option {self.flag}: choices go with type='choice' only")
+
+    @property
+    def dest(self) -> str:
+        """Where ``argparse`` stores the value (apart from the common options' names)."""
+        return "option_" + self.arg
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: its estimator and how the command line and diagnostics treat it.
+
+    Attributes
+    ----------
+    name : str
+        The ``fit`` sub-command and the key in :data:`FAMILIES`.
+    estimator : str
+        The estimator class as ``"module:Class"``, imported by :meth:`estimator_class`.
+    help : str
+        One line for ``ppl-mixtures fit --help``.
+    description : str
+        The paragraph of ``ppl-mixtures fit NAME --help``.
+    label : str
+        Short plot label, a :meth:`str.format` template of the fitted estimator ``est``,
+        e.g. ``"MFA (r={est.n_factors}, {est.inference})"``.
+    inference : tuple of str
+        The estimator's ``inference`` paths the command line offers; the first is the
+        default. With one path, ``fit NAME`` has no ``--inference`` option.
+    options : tuple of Option
+        The family's own options.
+    dataset : str
+        The built-in data set that ``--data`` defaults to.
+    distributed : tuple of str
+        The inference paths that run under ``--distributed`` (torchrun); empty: no option.
+    resume : tuple of str
+        The inference paths that write a checkpoint and continue from it with ``--resume``.
+    expand_covariances : str or None
+        ``"module:function"`` mapping the estimator's ``params_`` to the (K, D, D) covariance
+        matrices when ``covariances_`` is not already full (a GMM's per-type shapes);
+        ``None`` when it is (or when there is none: no ellipses are drawn).
+    outputs : str
+        What ``fit`` writes besides the model: ``"mixture"`` (summary of the mixture,
+        ``clusters.png``, ``history.png``) or ``"latent"`` (a deep latent model:
+        ``history.png``, ``latent.png`` and, for square images, ``samples.png``).
+    """
+
+    name: str
+    estimator: str
+    help: str
+    description: str
+    label: str
+    inference: tuple[str, ...]
+    options: tuple[Option, ...] = ()
+    dataset: str = "gmm"
+    distributed: tuple[str, ...] = ()
+    resume: tuple[str, ...] = ("svi",)
+    expand_covariances: str | None = None
+    outputs: str = "mixture"
+
+    @property
+    def components_option(self) -> Option | None:
+        """The option that gives ``n_components`` instead of ``--n-components``, if any."""
+        return next((option for option in self.options if option.arg == "n_components"), None)
+
+    def estimator_class(self) -> type:
+        """The estimator class (imported on first use)."""
+        return _resolve(self.estimator)
+
+    def plot_label(self, est: Any) -> str:
+        """The short label of the fitted estimator ``est`` for plot titles."""
+        return self.label.format(est=est)
+
+    def full_covariances(self, est: Any) -> Any:
+        """(K, D, D) covariance matrices of the fitted ``est`` as an ndarray, or ``None``."""
+        if self.expand_covariances is None:
+            return getattr(est, "covariances_", None)
+        return _resolve(self.expand_covariances)(est.params_).detach().cpu().numpy()
+
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (
+    Family(
+        "gmm", "ppl_mixtures.estimators:GaussianMixture", "Gaussian mixture (EM or SVI)",
+        "Fit a Gaussian mixture by EM or by SVI over the same Pyro model.",
+        "GMM ({est.covariance_type}, {est.inference})", ("em", "svi", "sgd"),
+        options=(
+            Option("--covariance-type", "covariance_type", "choice", "full",
+                   "covariance constraint (default: full)", choices=COVARIANCE_TYPES),
+            Option("--batch-size", "batch_size", "count", None, "SVI/SGD minibatch size "
+                   "(default: full batch for SVI, 1 for SGD)", metavar="B"),
+            Option("--lr", "lr", "positive", None,
+                   "learning rate (default: 0.05 for SVI, 0.011 for SGD)"),
+        ),
+        distributed=("em", "svi"),
+        expand_covariances="ppl_mixtures.models.gmm:covariance_matrices",
+    ),
+    Family(
+        "mfa", "ppl_mixtures.estimators:MixtureOfFactorAnalyzers",
+        "mixture of factor analysers (EM or SVI)",
+        "Fit a mixture of factor analysers (x = eta_g + Lambda_g z + u) by EM or by SVI over "
+        "the same (collapsed) Pyro model.",
+        "MFA (r={est.n_factors}, {est.inference})", ("em", "svi"),
+        options=(
+            Option("--n-factors", "n_factors", "count", 2, "latent factors per component, "
+                   "< number of features (default: 2)", metavar="R"),
+            Option("--batch-size", "batch_size", "count", None,
+                   "SVI minibatch size (default: full batch)", metavar="B"),
+            Option("--lr", "lr", "positive", None, "SVI learning rate (default: 0.05)"),
+        ),
+        distributed=("em",),
+    ),
+    Family(
+        "dgmm", "ppl_mixtures.estimators:DeepGaussianMixture",
+        "deep Gaussian mixture (EM or SVI)",
+        "Fit a deep Gaussian mixture (stacked mixtures of factor analysers; Viroli & McLachlan "
+        "2019, Selosse et al. 2020) by exact EM or by SVI; clusters are the paths through the "
+        "layers.",
+        "DGMM (G={est.n_components}, r={est.n_factors}, {est.inference})", ("em", "svi"),
+        options=(
+            Option("--layers", "n_components", "counts", (3, 3, 2), "components per layer "
+                   "(default: 3,3,2; replaces --n-components)", metavar="G1,G2,..."),
+            Option("--n-factors", "n_factors", "counts", (11, 6, 2), "factor dimension per "
+                   "layer, strictly decreasing and below the number of features (default: "
+                   "11,6,2)", metavar="R1,R2,..."),
+            Option("--batch-size", "batch_size", "count", None,
+                   "SVI minibatch size (default: full batch)", metavar="B"),
+            Option("--lr", "lr", "positive", None, "SVI learning rate (default: 0.01)"),
+            Option("--anneal-start", "anneal_start", "positive", 1.0, "EM only: deterministic "
+                   "annealing from temperature T0 > 1 before EM (default: 1, off)",
+                   metavar="T0"),
+        ),
+        distributed=("em",),
+    ),
+    Family(
+        "gmvae", "ppl_mixtures.estimators:GMVAE", "Gaussian-mixture VAE (SVI)",
+        "Train a Gaussian-mixture VAE (Dilokthanakul et al. 2016) by SVI; --max-iter counts "
+        "epochs. Writes model.safetensors, summary.json, history.png, latent.png (the clustered latent x, "
+        "coloured by cluster) and, for square images (e.g. --data digits), samples.png (one "
+        "row of generated images per component).",
+        "GMVAE (K={est.n_components}, {est.preset_})", ("svi",),
+        options=(
+            Option("--preset", "preset", "choice", "auto", "network sizes; auto: synthetic up "
+                   "to 16 features, digits_mlp above (default: auto)",
+                   choices=("auto", *GMVAE_PRESETS)),
+            Option("--likelihood", "likelihood", "choice", "gaussian",
+                   "p(y | x) (default: gaussian)", choices=("gaussian", "bernoulli")),
+            Option("--observation-variance", "observation_variance", "positive", 0.01,
+                   "fixed Gaussian variance, a fraction of the data's (default: 0.01)",
+                   metavar="V"),
+            Option("--z-inference", "z_inference", "choice", "enumerate", "z summed out, or "
+                   "the closed-form term of Dilokthanakul et al. (2016) with free bits "
+                   "(default: enumerate)",
+                   choices=("enumerate", "closed_form")),
+            Option("--free-bits", "free_bits", "nonnegative", 0.0,
+                   "lambda of the closed-form z term (default: 0)", metavar="L"),
+            Option("--num-particles", "num_particles", "count", 1,
+                   "samples of (x, w) per data point (default: 1)", metavar="M"),
+            Option("--batch-size", "batch_size", "count", 128, "minibatch size (default: 128)",
+                   metavar="B"),
+            Option("--lr", "lr", "positive", 1e-3, "Adam learning rate (default: 0.001)"),
+        ),
+        distributed=("svi",), outputs="latent",
+    ),
+)}
+
+
+@functools.cache
+def _resolve(reference: str) -> Any:
+    """The object named by ``"module:attribute"``."""
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def get_family(name: str) -> Family:
+    """The family called ``name``.
+
+    Raises
+    ------
+    ValueError
+        If there is none; the message lists the names.
+    """
+    try:
+        return FAMILIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown model family {name!r}; expected one of "
+                         f"{', '.join(FAMILIES)}") from None
+
+
+def estimator_class(name: str) -> type:
+    """The estimator class of the family called ``name`` (see :func:`get_family`)."""
+    return get_family(name).estimator_class()
+
+
+def family_of(estimator: Any) -> Family:
+    """The family of an estimator instance or class (a subclass belongs to its parent's).
+
+    Raises
+    ------
+    ValueError
+        If neither the class nor any of its bases is a registered estimator.
+    """
+    cls = estimator if isinstance(estimator, type) else type(estimator)
+    by_class = {family.estimator_class(): family for family in FAMILIES.values()}
+    for base in cls.__mro__:
+        if base in by_class:
+            return by_class[base]
+    raise ValueError(f"{cls.__name__} is not the estimator of a registered model family "
+                     f"({', '.join(FAMILIES)}); add it to ppl_mixtures.registry.FAMILIES")

@@ -1,0 +1,446 @@
+"""The ``ppl-mixtures`` command line, run in-process through ``main``, and the family registry."""
+
+import dataclasses
+import inspect
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ppl_mixtures import __version__, registry
+from ppl_mixtures.cli import build_parser, main
+from ppl_mixtures.datasets import make_gmm
+from ppl_mixtures.registry import FAMILIES, Family, Option, estimator_class, family_of, get_family
+
+OUTPUTS = ("model.safetensors", "summary.json", "clusters.png", "history.png")
+SUMMARY_KEYS = {
+    "model", "dataset", "n_samples", "n_features", "n_components", "covariance_type", "n_factors",
+    "inference", "converged", "n_iter", "mean_log_likelihood", "bic", "aic", "ari", "nmi",
+    "cluster_accuracy", "seconds", "seed", "device", "dtype", "version",
+}
+#: Measured on the built-in "gmm" data (two of its three components overlap): EM and
+#: scikit-learn's GaussianMixture both reach ARI 0.873 and cluster accuracy 0.955.
+MIN_ARI, MIN_ACCURACY = 0.80, 0.92
+
+
+def fit(tmp_path, *args):
+    return main(["fit", "gmm", "--out", str(tmp_path), "--no-progress", "--device", "cpu", *args])
+
+
+def read_summary(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_default_run_prints_summary_and_writes_outputs(tmp_path, capsys):
+    assert fit(tmp_path, "--max-iter", "50") == 0
+    printed = capsys.readouterr().out
+    for line in ("dataset", "samples (N)", "features (D)", "components (K)", "inference",
+                 "converged", "iterations", "mean log-likelihood", "BIC", "AIC", "ARI", "NMI",
+                 "cluster accuracy", "seconds"):
+        assert line in printed
+    for name in OUTPUTS:
+        assert (tmp_path / name).stat().st_size > 0
+    summary = read_summary(tmp_path)
+    assert set(summary) == SUMMARY_KEYS
+    assert (summary["dataset"], summary["n_samples"], summary["n_features"]) == ("gmm", 1500, 2)
+    assert summary["n_components"] == 3  # the number of distinct labels
+    assert summary["inference"] == "em" and summary["covariance_type"] == "full"
+    assert summary["ari"] > MIN_ARI and summary["cluster_accuracy"] > MIN_ACCURACY
+    assert f"{summary['bic']:.2f}" in printed
+    assert summary["bic"] > summary["aic"]
+
+
+def test_saved_model_reloads_with_the_summary_numbers(tmp_path):
+    from ppl_mixtures.datasets import load_dataset
+    from ppl_mixtures.estimators import GaussianMixture
+
+    assert fit(tmp_path, "--covariance-type", "diag", "--n-components", "4") == 0
+    summary = read_summary(tmp_path)
+    est = GaussianMixture.load(tmp_path / "model.safetensors", device="cpu")
+    X, _ = load_dataset("gmm")
+    assert est.covariance_type == "diag" and est.n_components == 4
+    assert est.score(X) == pytest.approx(summary["mean_log_likelihood"], rel=1e-10)
+
+
+def test_svi_resume_continues_the_step_count(tmp_path, capsys):
+    args = ("--inference", "svi", "--tol", "0", "--lr", "0.02")
+    assert fit(tmp_path, *args, "--max-iter", "20") == 0
+    first = read_summary(tmp_path)
+    assert first["n_iter"] == 20 and not first["converged"]
+    assert (tmp_path / "checkpoint.safetensors").exists()
+    capsys.readouterr()
+
+    assert fit(tmp_path, *args, "--max-iter", "40", "--resume") == 0
+    second = read_summary(tmp_path)
+    assert second["n_iter"] == 40
+    assert "steps" in capsys.readouterr().out
+    assert second["mean_log_likelihood"] >= first["mean_log_likelihood"] - 1e-3
+    assert second["ari"] > MIN_ARI
+
+
+def test_svi_run_converges_on_builtin_data(tmp_path):
+    assert fit(tmp_path, "--inference", "svi", "--max-iter", "200") == 0
+    summary = read_summary(tmp_path)
+    assert summary["inference"] == "svi" and 0 < summary["n_iter"] <= 200
+    assert summary["ari"] > MIN_ARI
+
+
+def test_csv_with_label_column(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 150)
+    X = rng.normal(size=(300, 3)) + 8.0 * y[:, None]  # two well separated blobs
+    path = tmp_path / "data.csv"
+    rows = [f"{a},{b},{c},{'ab'[label]}" for (a, b, c), label in zip(X, y, strict=True)]
+    path.write_text("f1,f2,f3,species\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    assert fit(out, "--data", str(path), "--label-column", "species",
+               "--covariance-type", "tied") == 0
+    summary = read_summary(out)
+    assert (summary["n_samples"], summary["n_features"], summary["n_components"]) == (300, 3, 2)
+    assert summary["ari"] == pytest.approx(1.0)
+    assert "ARI" in capsys.readouterr().out
+
+
+def test_csv_without_labels_defaults_to_three_components(tmp_path, capsys):
+    X, _ = make_gmm(n_samples=200, n_components=3, n_features=2, random_state=2)
+    path = tmp_path / "plain.csv"
+    np.savetxt(path, X, delimiter=",")
+    assert fit(tmp_path / "run", "--data", str(path), "--max-iter", "20") == 0
+    summary = read_summary(tmp_path / "run")
+    assert summary["n_components"] == 3 and summary["ari"] is None
+    assert "ARI" not in capsys.readouterr().out
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "fit" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "gmm", "--help"])
+    assert exit_info.value.code == 0
+    assert "--n-components" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def assert_one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "error" in lines[0] and "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_unknown_dataset_exits_2_naming_it(tmp_path, capsys):
+    assert fit(tmp_path, "--data", "no-such-data") == 2
+    assert_one_line_error(capsys, "ppl-mixtures: error:", "no-such-data")
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_missing_file_exits_2(tmp_path, capsys):
+    assert fit(tmp_path, "--data", str(tmp_path / "missing.csv")) == 2
+    assert_one_line_error(capsys, "missing.csv")
+
+
+def test_bad_csv_exits_2(tmp_path, capsys):
+    path = tmp_path / "bad.csv"
+    path.write_text("1,2\n3,oops\n")
+    assert fit(tmp_path, "--data", str(path)) == 2
+    assert_one_line_error(capsys, "oops")
+
+
+def test_too_many_components_for_the_data_exits_2(tmp_path, capsys):
+    path = tmp_path / "tiny.csv"
+    path.write_text("1,2\n3,4\n")
+    assert fit(tmp_path, "--data", str(path), "--n-components", "5") == 2
+    assert_one_line_error(capsys, "n_components")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("--n-components", "0"), "--n-components"),
+        (("--n-components", "two"), "--n-components"),
+        (("--lr", "-1"), "--lr"),
+        (("--covariance-type", "round"), "--covariance-type"),
+    ],
+)
+def test_bad_arguments_exit_2(tmp_path, capsys, args, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        fit(tmp_path, *args)
+    assert exit_info.value.code == 2
+    assert_one_line_error(capsys, needle)
+
+
+def test_resume_with_em_exits_2(tmp_path, capsys):
+    assert fit(tmp_path, "--resume") == 2
+    assert_one_line_error(capsys, "--resume")
+
+
+def test_console_script_help():
+    script = shutil.which("ppl-mixtures")
+    if script is None:
+        pytest.skip("the ppl-mixtures console script is not installed")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "fit" in result.stdout
+
+
+def test_fit_mfa_on_wine(tmp_path, capsys):
+    out = tmp_path / "mfa"
+    assert main(["fit", "mfa", "--data", "wine", "--n-factors", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "mfa" and summary["n_factors"] == 2
+    assert summary["ari"] > 0.8  # measured 0.861 with the default seed
+    assert "factors" in capsys.readouterr().out
+    for name in ("model.safetensors", "clusters.png", "history.png"):
+        assert (out / name).exists()
+
+
+def test_fit_mfa_too_many_factors_exits_2(tmp_path, capsys):
+    assert main(["fit", "mfa", "--n-factors", "5", "--out", str(tmp_path / "m")]) == 2
+    assert "n_factors=5 must be < n_features=2" in capsys.readouterr().err
+
+
+def test_fit_gmm_by_max_component_sgd(tmp_path):
+    assert fit(tmp_path, "--inference", "sgd", "--covariance-type", "diag", "--max-iter", "3") == 0
+    summary = read_summary(tmp_path)
+    assert summary["inference"] == "sgd" and summary["n_iter"] == 3
+    assert summary["mean_log_likelihood"] is not None and (tmp_path / "history.png").exists()
+
+
+def test_diagnose_writes_the_report_for_posterior_draws(tmp_path, capsys):
+    from ppl_mixtures.datasets import load_dataset
+    from ppl_mixtures.estimators import GaussianMixture
+
+    X, _ = load_dataset("gmm")
+    est = GaussianMixture(3, covariance_type="diag", inference="svi", guide="mean_field",
+                          max_iter=150, random_state=0, progress=False).fit(X)
+    est.save(tmp_path / "model.safetensors")
+    out = tmp_path / "diag"
+    code = main(["diagnose", str(tmp_path / "model.safetensors"), "--data", "gmm",
+                 "--out", str(out), "--num-samples", "20"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "LOO elpd" in printed and "n/a" not in printed and "max r_hat" in printed
+    for name in ("inference_data.nc", "summary.csv", "report.md", "clusters.png",
+                 "responsibilities.png", "trace.png"):
+        assert (out / name).stat().st_size > 0, name
+    import arviz as az
+
+    idata = az.from_netcdf(str(out / "inference_data.nc"))
+    assert idata.posterior.sizes["draw"] == 20 and "log_likelihood" in idata.groups()
+
+
+def test_diagnose_rejects_a_missing_model_and_mismatched_data(tmp_path, capsys):
+    assert main(["diagnose", str(tmp_path / "none.safetensors"), "--data", "gmm"]) == 2
+    assert "MODEL_FILE" in capsys.readouterr().err
+    assert fit(tmp_path, "--max-iter", "5") == 0
+    code = main(["diagnose", str(tmp_path / "model.safetensors"), "--data", "wine",
+                 "--out", str(tmp_path / "d")])
+    assert code == 2
+    assert "features" in capsys.readouterr().err
+
+
+def test_fit_gmvae_writes_figures_and_resumes(tmp_path, capsys):
+    args = ["fit", "gmvae", "--data", "digits", "--preset", "digits_mlp", "--out",
+            str(tmp_path), "--no-progress", "--device", "cpu"]
+    assert main([*args, "--max-iter", "1"]) == 0
+    first = read_summary(tmp_path)
+    assert first["n_components"] == 10 and first["n_features"] == 64
+    for name in ("model.safetensors", "summary.json", "history.png", "latent.png", "samples.png",
+                 "checkpoint.safetensors"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert main([*args, "--max-iter", "2", "--resume"]) == 0
+    second = read_summary(tmp_path)
+    assert second["steps"] == 2 * first["steps"]  # one more epoch from the checkpoint
+    from ppl_mixtures.estimators import load_estimator
+    from ppl_mixtures.registry import estimator_class
+
+    assert isinstance(load_estimator(tmp_path / "model.safetensors", device="cpu"),
+                      estimator_class("gmvae"))
+
+
+@pytest.mark.parametrize("model, inference", [("gmm", "em"), ("gmm", "svi"), ("mfa", "em")])
+def test_fit_distributed_under_torchrun(tmp_path, model, inference):
+    from _launch import torchrun
+
+    out = tmp_path / inference
+    options = ["--data", "gmm", "--inference", inference, "--max-iter", "60", "--seed", "0",
+               "--no-progress"] + (["--n-factors", "1"] if model == "mfa" else [])
+    log = torchrun(["-m", "ppl_mixtures.cli", "fit", model, "--distributed", *options,
+                    "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert main(["fit", model, *options, "--out", str(tmp_path / "one")]) == 0
+    single = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert summary["n_samples"] == 1500  # scored on every row, fitted from two shards
+    # measured (GMM): ARI 0.873 (EM) and 0.871 (SVI) in one process and in two
+    assert summary["ari"] == pytest.approx(single["ari"], abs=0.02)
+    assert summary["mean_log_likelihood"] == pytest.approx(single["mean_log_likelihood"],
+                                                           abs=0.01)
+    assert (out / "model.safetensors").exists() and log.count("samples (N)") == 1  # rank 0 alone
+    if inference == "svi":
+        assert (out / "checkpoint.safetensors").exists()
+        assert (out / "checkpoint.rank1.safetensors").exists()
+
+
+def test_distributed_needs_em_or_svi_and_torchrun(capsys):
+    assert main(["fit", "gmm", "--distributed", "--inference", "sgd", "--data", "gmm"]) == 2
+    assert "--distributed needs --inference em or svi" in capsys.readouterr().err
+    assert main(["fit", "mfa", "--distributed", "--inference", "svi", "--data", "gmm"]) == 2
+    assert "--distributed needs --inference em, not svi" in capsys.readouterr().err
+    assert main(["fit", "gmm", "--distributed", "--data", "gmm", "--no-progress"]) == 2
+    assert "torchrun" in capsys.readouterr().err
+
+
+def test_fit_gmvae_distributed_under_torchrun(tmp_path):
+    from _launch import torchrun
+
+    out = tmp_path / "gmvae"
+    log = torchrun(["-m", "ppl_mixtures.cli", "fit", "gmvae", "--distributed", "--data",
+                    "pinwheel", "--max-iter", "3", "--batch-size", "100", "--seed", "0",
+                    "--no-progress", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_samples"] == 2000 and summary["steps"] == 3 * 10  # 1000 rows a rank
+    assert (out / "model.safetensors").exists() and (out / "checkpoint.rank1.safetensors").exists()
+    assert log.count("elbo_per_sample") == 1  # rank 0 alone prints
+
+
+# ---------------------------------------------------------------------------------------------
+# The package layout and the family registry
+# ---------------------------------------------------------------------------------------------
+
+
+def test_python_dash_m_runs_the_package(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ppl_mixtures.cli", "fit", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for name in FAMILIES:
+        assert name in result.stdout
+
+
+def test_registry_imports_no_torch():
+    code = ("import sys, ppl_mixtures.registry as r; r.get_family('gmm'); "
+            "print(sorted(m for m in ('torch', 'pyro', 'sklearn') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_registry_api():
+    from ppl_mixtures.estimators import (
+        GMVAE,
+        DeepGaussianMixture,
+        GaussianMixture,
+        MixtureOfFactorAnalyzers,
+    )
+
+    classes = {"gmm": GaussianMixture, "mfa": MixtureOfFactorAnalyzers,
+               "dgmm": DeepGaussianMixture, "gmvae": GMVAE}
+    assert set(FAMILIES) == set(classes)
+    for name, cls in classes.items():
+        family = get_family(name)
+        assert family.name == name and estimator_class(name) is cls
+        assert family_of(cls) is family and family_of(cls()) is family
+        assert family.inference and set(family.distributed) <= set(family.inference)
+        assert family.outputs in ("mixture", "latent")
+    with pytest.raises(ValueError, match="unknown model family 'vae'.*gmm, mfa, dgmm, gmvae"):
+        get_family("vae")
+
+    class Tuned(MixtureOfFactorAnalyzers):  # a subclass belongs to its parent's family
+        pass
+
+    assert family_of(Tuned) is get_family("mfa")
+    with pytest.raises(ValueError, match="dict is not the estimator of a registered"):
+        family_of({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        get_family("gmm").name = "other"
+    with pytest.raises(ValueError, match="type='float'"):
+        Option("--x", "x", "float")
+    assert get_family("dgmm").components_option.flag == "--layers"
+    assert get_family("gmm").components_option is None
+
+
+def test_every_family_option_is_an_estimator_argument():
+    for family in FAMILIES.values():
+        accepted = inspect.signature(family.estimator_class()).parameters
+        assert "max_iter" in accepted, family.name
+        for option in family.options:
+            assert option.arg in accepted, (family.name, option.flag)
+        if family.resume:
+            assert "checkpoint_path" in accepted, family.name
+        if family.distributed:
+            assert "distributed" in accepted, family.name
+
+
+def test_registry_copies_of_model_constants_agree():
+    from ppl_mixtures.models import gmm, gmvae
+
+    assert registry.COVARIANCE_TYPES == tuple(gmm.COVARIANCE_TYPES)
+    assert set(registry.GMVAE_PRESETS) == set(gmvae.PRESETS)
+
+
+def test_plot_labels_and_full_covariances(tmp_path):
+    X, _ = make_gmm(120, 2, 2, covariance_type="diag", random_state=0)
+    est = estimator_class("gmm")(2, covariance_type="diag", max_iter=5, progress=False,
+                                 random_state=0).fit(X)
+    family = family_of(est)
+    assert family.plot_label(est) == "GMM (diag, em)"
+    full = family.full_covariances(est)
+    assert full.shape == (2, 2, 2)
+    np.testing.assert_allclose(np.diagonal(full, axis1=1, axis2=2), est.covariances_)
+    mfa = estimator_class("mfa")(2, n_factors=1, max_iter=5, progress=False,
+                                 random_state=0).fit(X)
+    assert family_of(mfa).plot_label(mfa) == "MFA (r=1, em)"
+    assert family_of(mfa).full_covariances(mfa) is mfa.covariances_
+
+
+def test_parser_is_built_from_the_registry():
+    parser = build_parser()
+    for name, family in FAMILIES.items():
+        args = parser.parse_args(["fit", name])
+        assert args.model == name and args.inference == family.inference[0]
+        assert args.data == family.dataset
+        for option in family.options:
+            assert getattr(args, option.dest) == option.default
+    assert parser.parse_args(["fit", "dgmm", "--layers", "2,2"]).option_n_components == (2, 2)
+
+
+def test_an_added_family_needs_one_registry_entry(tmp_path, monkeypatch, capsys):
+    family = Family(
+        "spherical", "ppl_mixtures.estimators:GaussianMixture", "spherical Gaussian mixture",
+        "A family added in one entry.", "spherical GMM ({est.inference})", ("em",),
+        options=(Option("--covariance-type", "covariance_type", "choice", "spherical",
+                        "fixed", choices=("spherical",)),),
+        expand_covariances="ppl_mixtures.models.gmm:covariance_matrices",
+    )
+    monkeypatch.setitem(registry.FAMILIES, "spherical", family)
+    out = tmp_path / "spherical"
+    assert main(["fit", "spherical", "--max-iter", "5", "--out", str(out), "--no-progress",
+                 "--device", "cpu"]) == 0
+    summary = read_summary(out)
+    assert summary["model"] == "spherical" and summary["covariance_type"] == "spherical"
+    assert (out / "model.safetensors").exists() and (out / "clusters.png").exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # one inference path: no --inference option
+        main(["fit", "spherical", "--inference", "svi"])
+
+
+def test_options_the_estimator_does_not_take_exit_2(tmp_path, capsys):
+    assert main(["fit", "gmvae", "--n-init", "3", "--out", str(tmp_path)]) == 2
+    assert_one_line_error(capsys, "fit gmvae does not take --n-init")
+    assert main(["fit", "gmm", "--inference", "sgd", "--resume", "--out", str(tmp_path)]) == 2
+    assert_one_line_error(capsys, "--resume applies to --inference svi only",
+                          "SGD runs are not checkpointed")

@@ -1,0 +1,376 @@
+"""Tests of the GMVAE: the z-term identity, checkpoints, the estimator, pinwheel and IDX data."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from pyro.infer import TraceEnum_ELBO
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import adjusted_rand_score
+
+from ppl_mixtures.datasets import load_mnist_idx, make_pinwheel, read_idx
+from ppl_mixtures.estimators.gmvae import GMVAE
+from ppl_mixtures.inference.svi import SVITrainer
+from ppl_mixtures.models import gmvae
+
+TINY = gmvae.Architecture(x_dim=2, w_dim=3, encoder_hidden=(8,), prior_hidden=(8,),
+                          decoder_hidden=(8,))
+TINY_ARGS = dict(latent_dim=2, w_dim=2, hidden_dims=(8,), prior_hidden_dims=(8,))
+
+
+def _tiny_networks(likelihood: str, n_features: int = 5, n_components: int = 4):
+    torch.manual_seed(0)
+    return gmvae.GMVAENetworks(n_features, n_components, TINY, likelihood)
+
+
+def _data(likelihood: str, n_samples: int = 7, n_features: int = 5) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    y = torch.rand(n_samples, n_features, generator=generator)
+    return torch.bernoulli(y, generator=generator) if likelihood == "bernoulli" else y
+
+
+# --------------------------------------------------------------------------------- identity
+
+
+@pytest.mark.parametrize("likelihood", gmvae.LIKELIHOODS)
+def test_enumerated_and_closed_form_elbo_agree(likelihood):
+    """Eq. (4) with lambda=0, weight 1 equals the enumerated ELBO sample by sample."""
+    networks, y = _tiny_networks(likelihood), _data(likelihood)
+    losses = []
+    for mode in gmvae.Z_INFERENCE:
+        model = gmvae.GMVAEModel(networks, mode)
+        pyro.set_rng_seed(3)
+        losses.append(TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
+                      .loss(model, model.guide, y))
+        pyro.set_rng_seed(3)
+        losses.append(-float(gmvae.elbo_per_sample(networks, y, z_inference=mode).sum().detach()))
+    assert losses == pytest.approx([losses[0]] * 4, rel=1e-12, abs=1e-12)
+
+
+def test_closed_form_free_bits_and_weight():
+    """The z-prior term is -weight * max(lambda, KL); its KL lies in [0, log K]."""
+    networks, y = _tiny_networks("gaussian"), _data("gaussian")
+    x_loc, _, w_loc, _ = networks.encode(y)
+    means, scales = networks.conditional_prior(w_loc)
+    kl = gmvae.z_prior_kl(gmvae.z_posterior_logits(x_loc, means, scales))
+    assert bool((kl >= 0).all()) and bool((kl <= np.log(4) + 1e-12).all())
+    plain = gmvae.conditional_prior_objective(x_loc, means, scales, "closed_form")
+    free = gmvae.conditional_prior_objective(x_loc, means, scales, "closed_form", 10.0, 0.5)
+    torch.testing.assert_close(free - plain, kl - 0.5 * 10.0)
+
+
+def test_num_particles_average():
+    networks, y = _tiny_networks("gaussian"), _data("gaussian")
+    pyro.set_rng_seed(5)
+    two = gmvae.elbo_per_sample(networks, y, num_particles=2)
+    pyro.set_rng_seed(5)
+    first, second = gmvae.elbo_per_sample(networks, y), gmvae.elbo_per_sample(networks, y)
+    torch.testing.assert_close(two, (first + second) / 2)
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def _train(path, steps, resume=False):
+    networks = _tiny_networks("gaussian")
+    model = gmvae.GMVAEModel(networks, "closed_form", free_bits=0.1)
+    trainer = SVITrainer(model, model.guide, lr=0.01, batch_size=4, max_steps=steps, tol=0,
+                         progress=False, checkpoint_path=path, checkpoint_every=3, seed=7)
+    result = trainer.fit(_data("gaussian", n_samples=10), resume=resume)
+    model._register()
+    return result, {k: v.detach().clone() for k, v in networks.named_parameters()}
+
+
+def test_checkpoint_resume_matches_uninterrupted_run(tmp_path):
+    full, full_params = _train(tmp_path / "full.pt", 8)
+    pyro.clear_param_store()
+    _train(tmp_path / "split.pt", 4)
+    pyro.clear_param_store()
+    resumed, resumed_params = _train(tmp_path / "split.pt", 8, resume=True)
+    assert resumed.history == full.history
+    for name, value in full_params.items():
+        torch.testing.assert_close(resumed_params[name], value, rtol=0, atol=0)
+
+
+# -------------------------------------------------------------------------------- estimator
+
+
+def _fitted(**kwargs):
+    X, _ = make_pinwheel(20, n_classes=3, random_state=0)
+    args = dict(n_components=3, max_iter=2, batch_size=16, progress=False, random_state=0,
+                device="cpu", **TINY_ARGS)
+    args.update(kwargs)
+    return GMVAE(**args).fit(X), X
+
+
+def test_not_fitted_and_clone():
+    est = GMVAE(3, free_bits=0.5, z_inference="closed_form", **TINY_ARGS)
+    with pytest.raises(NotFittedError):
+        est.predict(np.zeros((2, 2)))
+    cloned = clone(est)
+    assert cloned.get_params() == est.get_params()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(n_components=0), dict(likelihood="poisson"), dict(z_inference="gibbs"),
+     dict(free_bits=0.5), dict(networks={"body": torch.nn.Linear(2, 2)}), dict(lr=0),
+     dict(observation_variance=0.0), dict(observation_variance="small")],
+)
+def test_bad_arguments(kwargs):
+    X, _ = make_pinwheel(10, random_state=0)
+    with pytest.raises(ValueError):
+        GMVAE(**{"n_components": 3, **kwargs}).fit(X)
+
+
+def test_bernoulli_rejects_data_outside_unit_interval():
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        _fitted(likelihood="bernoulli")
+
+
+@pytest.mark.parametrize("z_inference", gmvae.Z_INFERENCE)
+def test_estimator_outputs(z_inference, tmp_path):
+    extra = {"free_bits": 0.2} if z_inference == "closed_form" else {}
+    est, X = _fitted(z_inference=z_inference, **extra)
+    assert est.n_iter_ == 2 * 4 and len(est.history_) == 8
+    proba = est.predict_proba(X)
+    assert proba.shape == (60, 3) and np.allclose(proba.sum(1), 1)
+    assert np.array_equal(est.predict(X), proba.argmax(1))
+    assert est.transform(X).shape == (60, 2) and est.transform(X, latent="w").shape == (60, 2)
+    assert est.score_samples(X).shape == (60,) and np.isfinite(est.score(X))
+    samples, labels = est.sample(5)
+    assert samples.shape == (5, 2) and labels.shape == (5,)
+    samples, labels = est.sample(4, component=1, observation="mean")
+    assert samples.shape == (4, 2) and set(labels) == {1}
+    assert not hasattr(est, "bic") and not hasattr(est, "aic")
+    with pytest.raises(AttributeError, match="has no attribute 'bic'") as error:
+        est.bic(X)
+    assert "no bic/aic; compare models with score(X)" in str(error.value.__cause__)
+    path = tmp_path / "gmvae.pt"
+    est.save(path)
+    loaded = GMVAE.load(path, device="cpu")
+    np.testing.assert_array_equal(loaded.predict_proba(X), proba)
+    np.testing.assert_array_equal(loaded.transform(X), est.transform(X))
+
+
+def test_user_networks_and_bernoulli():
+    X = (np.random.default_rng(0).random((40, 6)) > 0.5).astype(np.float64)
+    encoder = torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.ReLU(),
+                                  torch.nn.Linear(10, 2 * (2 + 2)))
+    est = GMVAE(2, likelihood="bernoulli", networks={"encoder": encoder}, max_iter=1,
+                progress=False, random_state=0, **TINY_ARGS).fit(X)
+    assert est.networks_.encoder is not encoder  # the user's module is left untouched
+    samples, _ = est.sample(3)
+    assert set(np.unique(samples)) <= {0.0, 1.0}
+
+
+def test_learned_observation_variance():
+    """observation_variance=None: the decoder outputs a mean and a log-variance per feature."""
+    est, X = _fitted(observation_variance=None)
+    assert est.observation_scale_ is None and est.networks_.decoder[-1].out_features == 4
+    samples, _ = est.sample(3)
+    means, _ = est.sample(3, observation="mean")
+    assert samples.shape == means.shape == (3, 2) and np.isfinite(est.score(X))
+
+
+def test_random_state_reproducible():
+    first, X = _fitted()
+    second, _ = _fitted()
+    np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
+
+
+# ------------------------------------------------------------------------------- pinwheel
+
+
+def _pinwheel_ari(n_per_class: int, seed: int, **kwargs) -> float:
+    X, y = make_pinwheel(n_per_class, random_state=0)
+    est = GMVAE(5, batch_size=100, lr=3e-3, max_iter=60, random_state=seed, progress=False,
+                **kwargs).fit(X)
+    return adjusted_rand_score(y, est.predict(X))
+
+
+def test_training_raises_the_elbo_on_pinwheel():
+    X, _ = make_pinwheel(100, random_state=0)
+    short = GMVAE(5, max_iter=1, batch_size=100, random_state=0, progress=False).fit(X)
+    longer = GMVAE(5, max_iter=15, batch_size=100, random_state=0, progress=False).fit(X)
+    assert longer.score(X) > short.score(X) + 1.0  # measured -96.7 -> -2.8 per sample
+
+
+def test_pinwheel_clusters_fast():
+    # 500 points, 60 epochs: measured ARI 0.935 / 0.920 / 0.909 for seeds 0 / 1 / 2
+    assert _pinwheel_ari(100, seed=0) > 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kwargs", [{}, {"z_inference": "closed_form", "free_bits": 1.6}])
+def test_pinwheel_ari(kwargs):
+    # 2000 points: measured ARI 0.978 / 0.961 / 0.978 (enumerate), 0.990 / 0.977 / 0.986
+    # (closed form, free bits 1.6) for seeds 0 / 1 / 2
+    assert min(_pinwheel_ari(400, seed=seed, **kwargs) for seed in range(2)) >= 0.9
+
+
+def test_make_pinwheel_shapes_and_determinism():
+    X, y = make_pinwheel(30, n_classes=4, random_state=3)
+    assert X.shape == (120, 2) and y.shape == (120,) and y.dtype == np.int64
+    assert np.bincount(y).tolist() == [30] * 4
+    X2, y2 = make_pinwheel(30, n_classes=4, random_state=3)
+    np.testing.assert_array_equal(X, X2)
+    np.testing.assert_array_equal(y, y2)
+    assert not np.array_equal(X, make_pinwheel(30, n_classes=4, random_state=4)[0])
+    with pytest.raises(ValueError, match="n_per_class"):
+        make_pinwheel(0)
+
+
+# ------------------------------------------------------------------------------------ IDX
+
+
+def _idx_bytes(array: np.ndarray, type_code: int) -> bytes:
+    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+@pytest.fixture
+def mnist_files(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(6, 4, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=6, dtype=np.uint8)
+    images_path, labels_path = tmp_path / "images-idx3-ubyte", tmp_path / "labels-idx1-ubyte.gz"
+    images_path.write_bytes(_idx_bytes(images, 0x08))
+    labels_path.write_bytes(gzip.compress(_idx_bytes(labels, 0x08)))
+    return images, labels, images_path, labels_path
+
+
+def test_load_mnist_idx(mnist_files):
+    images, labels, images_path, labels_path = mnist_files
+    X, y = load_mnist_idx(images_path, labels_path)
+    assert X.shape == (6, 12) and X.dtype == np.float64
+    np.testing.assert_allclose(X, images.reshape(6, 12) / 255.0)
+    np.testing.assert_array_equal(y, labels)
+    assert load_mnist_idx(images_path)[1] is None
+
+
+def test_read_idx_other_types(tmp_path):
+    values = np.arange(6, dtype=np.int32).reshape(2, 3) - 3
+    path = tmp_path / "ints"
+    path.write_bytes(_idx_bytes(values, 0x0C))
+    np.testing.assert_array_equal(read_idx(path), values)
+    floats = np.linspace(0, 1, 4).reshape(2, 2)
+    path.write_bytes(_idx_bytes(floats, 0x0E))
+    np.testing.assert_array_equal(load_mnist_idx(path)[0], floats)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x00\x00", "too short"),
+        (b"\x01\x00\x08\x01\x00\x00\x00\x01\x05", "magic number"),
+        (b"\x00\x00\x07\x01\x00\x00\x00\x01\x05", "type code"),
+        (b"\x00\x00\x08\x02\x00\x00\x00\x01", "truncated"),
+        (b"\x00\x00\x08\x01\x00\x00\x00\x03\x05", "needs 3"),
+    ],
+)
+def test_read_idx_errors(tmp_path, content, message):
+    path = tmp_path / "bad"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        read_idx(path)
+
+
+def test_load_mnist_idx_errors(tmp_path, mnist_files):
+    _, labels, images_path, labels_path = mnist_files
+    with pytest.raises(FileNotFoundError):
+        load_mnist_idx(tmp_path / "missing")
+    with pytest.raises(ValueError, match="at least 2"):
+        load_mnist_idx(labels_path)
+    with pytest.raises(ValueError, match="1-D"):
+        load_mnist_idx(images_path, images_path)
+    short = tmp_path / "short-labels"
+    short.write_bytes(_idx_bytes(labels[:4], 0x08))
+    with pytest.raises(ValueError, match="6 images but"):
+        load_mnist_idx(images_path, short)
+    broken = tmp_path / "broken.gz"
+    broken.write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match="could not be read"):
+        load_mnist_idx(broken)
+
+
+def test_digits_preset_sizes():
+    """The small-latent preset measured on digits (bench/gmvae_digits.py): Dx=10, Dw=2."""
+    X = np.random.default_rng(0).random((40, 64))
+    est = GMVAE(10, preset="digits_mlp", likelihood="gaussian", max_iter=1, batch_size=20,
+                progress=False, random_state=0).fit(X)
+    assert (est.networks_.x_dim, est.networks_.w_dim) == (10, 2)
+    assert est.networks_.encoder[0].out_features == 500
+    assert est.predict(X).shape == (40,) and np.isfinite(est.score(X))
+
+
+def test_auto_preset_follows_the_number_of_features():
+    assert gmvae.auto_preset(2) == "synthetic" and gmvae.auto_preset(64) == "digits_mlp"
+    X = np.random.default_rng(0).random((30, 64))
+    est = GMVAE(3, max_iter=1, batch_size=30, progress=False, random_state=0).fit(X)
+    assert est.preset_ == "digits_mlp" and est.networks_.x_dim == 10
+
+
+@pytest.mark.parametrize(
+    "preset, image_shape",
+    [("digits_conv", (1, 8, 8)), ("mnist_conv", (1, 28, 28)), ("svhn_conv", (3, 32, 32))],
+)
+@pytest.mark.parametrize("likelihood, scale", [("bernoulli", None), ("gaussian", None),
+                                                ("gaussian", 0.1)])
+def test_conv_presets_mirror_the_image(preset, image_shape, likelihood, scale):
+    """The transposed convolutions give back the input's size, for every head of p(y | x)."""
+    arch = gmvae.PRESETS[preset]
+    data_dim = int(np.prod(image_shape))
+    networks = gmvae.GMVAENetworks(data_dim, 4, arch, likelihood, observation_scale=scale)
+    y = torch.rand(2, 3, data_dim)
+    x_loc, x_scale, w_loc, w_scale = networks.encode(y)
+    assert x_loc.shape == x_scale.shape == (2, 3, arch.x_dim)
+    assert w_loc.shape == w_scale.shape == (2, 3, arch.w_dim)
+    assert networks.encoder.convolutions[0].in_channels == image_shape[0]
+    observation = networks.observation(torch.randn(5, 2, 3, arch.x_dim))
+    assert observation.batch_shape == (5, 2, 3) and observation.event_shape == (data_dim,)
+    assert torch.isfinite(observation.log_prob(y)).all()
+
+
+def test_conv_encoder_sees_pixels_in_place():
+    """A single-pixel change moves only the outputs whose receptive field holds it."""
+    encoder = gmvae.ConvEncoder(8, 1, ((2, 3, 1, 1),), (), 4)
+    image = torch.zeros(1, 64)
+    features = encoder.convolutions(image.reshape(-1, 1, 8, 8))
+    image[0, 0] = 1.0  # top-left pixel: only the 2x2 top-left outputs of a 3x3 conv change
+    changed = (encoder.convolutions(image.reshape(-1, 1, 8, 8)) != features).any(1)[0]
+    assert changed[:2, :2].all() and not changed[2:].any() and not changed[:, 2:].any()
+
+
+def test_conv_preset_fits_saves_and_loads(tmp_path):
+    X = np.random.default_rng(1).random((40, 64))
+    est = GMVAE(3, preset="digits_conv", likelihood="bernoulli", max_iter=2, batch_size=20,
+                progress=False, random_state=0).fit(X)
+    assert isinstance(est.networks_.encoder, gmvae.ConvEncoder)
+    assert np.isfinite(est.score(X)) and est.sample(4)[0].shape == (4, 64)
+    est.save(tmp_path / "conv.pt")
+    loaded = GMVAE.load(tmp_path / "conv.pt", device="cpu")
+    np.testing.assert_allclose(loaded.predict_proba(X), est.predict_proba(X), atol=1e-6)
+
+
+@pytest.mark.parametrize("preset, n_features, message", [
+    ("digits_conv", 65, "square images"),
+    ("mnist_conv", 64, "too small"),
+    ("svhn_conv", 32 * 32, "square images"),  # one channel where three are expected
+])
+def test_conv_preset_errors_name_the_preset(preset, n_features, message):
+    X = np.random.default_rng(0).random((10, n_features))
+    with pytest.raises(ValueError, match=f"preset='{preset}'.*{message}"):
+        GMVAE(2, preset=preset, max_iter=1, progress=False).fit(X)
+
+
+def test_cli_knows_every_preset():
+    from ppl_mixtures.cli import GMVAE_PRESETS
+
+    assert set(GMVAE_PRESETS) == set(gmvae.PRESETS)
