@@ -43,6 +43,31 @@ def fork_rng(cuda: bool = False) -> Iterator[None]:
         np.random.set_state(numpy_state)
 
 
+def seed_global(seed: int, device: torch.device | str | None = None) -> None:
+    """Seed Python's, NumPy's and torch's CPU generators, and the CUDA generator of ``device``.
+
+    What ``pyro.set_rng_seed`` does, without ``torch.manual_seed``'s reseeding of every CUDA
+    device (lazily, when CUDA is not initialised yet, which no fork could undo). Call it inside
+    :func:`fork_rng` so that the caller's streams come back afterwards.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+    device = None if device is None else torch.device(device)
+    if device is not None and device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
+@contextmanager
+def seeded_global_rng(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
+    """:func:`fork_rng` with the forked generators seeded by :func:`seed_global`."""
+    cuda = device is not None and torch.device(device).type == "cuda"
+    with fork_rng(cuda=cuda):
+        seed_global(seed, device)
+        yield
+
+
 def keeps_global_rng(method: F) -> F:
     """Decorate an estimator method so that it runs inside :func:`fork_rng`."""
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -34,6 +33,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from ppl_mixtures import metrics
+from ppl_mixtures._rng import seeded_global_rng
 from ppl_mixtures.inference.init import resolve_generator
 from ppl_mixtures.inference.mcmc import align_components
 
@@ -76,26 +76,6 @@ def _seed(random_state: Any) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
 
 
-@contextmanager
-def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's global generators for draws made inside Pyro, and restore them after.
-
-    Pyro samples guides and ``infer_discrete`` from torch's global generator: the CPU's, and
-    the CUDA device's when the data live there. Both are forked (saved, then restored on the
-    way out, whatever happens), so the user's global random stream is left as it was.
-    Only the generators of ``device`` are seeded (``torch.manual_seed`` would reseed every
-    CUDA device, and not restore the ones outside the fork).
-    """
-    cuda = [] if device.type != "cuda" else [
-        device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=cuda):
-        torch.default_generator.manual_seed(seed)
-        for index in cuda:
-            with torch.cuda.device(index):
-                torch.cuda.manual_seed(seed)
-        yield
-
-
 def _at(estimator: Any, params: Any) -> Any:
     """A shallow copy of ``estimator`` whose ``params_`` are ``params`` (for its helpers)."""
     twin = copy.copy(estimator)
@@ -136,7 +116,7 @@ def _posterior_params(estimator: Any, x: torch.Tensor, num_samples: int) -> list
 
     NUTS (GMM, MFA): the estimator's relabelled chains. SVI with a mean-field guide (GMM):
     ``num_samples`` draws of the guide (from torch's global generator: call it seeded, inside
-    :func:`_seeded_global_rng`). Anything else (EM, SGD, MAP SVI, DGMM): the point estimate.
+    :func:`~ppl_mixtures._rng.seeded_global_rng`). Anything else (EM, SGD, MAP SVI, DGMM): the point estimate.
     """
     if _is_nuts(estimator):
         samples = estimator.posterior_samples_
@@ -241,7 +221,7 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
         raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1")
     x = _fitted_x(estimator, X)
     seed = _seed(random_state)
-    with _seeded_global_rng(seed, x.device):  # guide draws come from the global generator
+    with seeded_global_rng(seed, x.device):  # guide draws come from the global generator
         grid = _posterior_params(estimator, x, num_samples)
     generator = resolve_generator(seed, x.device)
     n_rows = x.shape[0]
@@ -409,7 +389,7 @@ def sample_assignments(estimator: Any, X: Any, *, temperature: float = 0,
     decoder = infer_discrete(conditioned, first_available_dim=-1 - model.max_plate_nesting,
                              temperature=int(temperature))
     # infer_discrete draws (temperature 1) from torch's global generator
-    with _seeded_global_rng(_seed(random_state), x.device), torch.no_grad():
+    with seeded_global_rng(_seed(random_state), x.device), torch.no_grad():
         trace = poutine.trace(decoder).get_trace(x)
     return trace.nodes["assignment"]["value"].cpu().numpy()
 

@@ -288,7 +288,8 @@ class GaussianMixture(MixtureEstimator):
     def _fit(self, source: DataSource, generator: torch.Generator, resume: bool) -> None:
         self._sgd = None  # a new fit drops the SGD trainer of the last one
         sample = source.sample
-        given = _gmm_init.check_init_arrays(self, sample.shape[1]) if self.inference != "sgd" else {}
+        given = {} if self.inference == "sgd" else _gmm_init.check_init_arrays(self,
+                                                                              sample.shape[1])
         moments = None
         if self.inference == "svi" and not source.whole_data_in_memory:
             mean, variance, _ = source.moments()  # priors from all the data (and its rows)

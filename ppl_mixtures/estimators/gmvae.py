@@ -19,7 +19,7 @@ from sklearn.utils.metaestimators import available_if
 from torch import nn
 
 from ppl_mixtures import distributed as process_group
-from ppl_mixtures._rng import fork_rng, keeps_global_rng
+from ppl_mixtures._rng import keeps_global_rng, seeded_global_rng
 from ppl_mixtures.estimators._base import MixtureEstimator
 from ppl_mixtures.estimators._sources import DataSource
 from ppl_mixtures.estimators._validation import (
@@ -286,8 +286,7 @@ class GMVAE(MixtureEstimator):
             _, variance, rows = process_group.data_moments([x], self.distributed)
             data_variance = float(variance.mean()) if rows > 1 else 1.0
             self.observation_scale_ = math.sqrt(self.observation_variance * data_variance)
-        with fork_rng(cuda=x.device.type == "cuda"):
-            torch.manual_seed(seed)  # the networks' initial weights
+        with seeded_global_rng(seed, x.device):  # the networks' initial weights
             self._build(x.shape[1])
         steps_per_epoch = math.ceil(x.shape[0] / self.batch_size)
         if self.distributed:  # every rank must take the same number of steps
@@ -357,8 +356,7 @@ class GMVAE(MixtureEstimator):
         particles = num_particles or self.num_particles
         seed = int(torch.randint(0, 2**31 - 1, (1,),
                                  generator=resolve_generator(self.random_state)))
-        with fork_rng(cuda=x.device.type == "cuda"), torch.no_grad():
-            torch.manual_seed(seed)
+        with seeded_global_rng(seed, x.device), torch.no_grad():
             return gmvae.elbo_per_sample(self.networks_, x, particles).cpu().numpy()
 
     def score(self, X: Any, y: Any = None) -> float:

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyro
 import torch
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import init_to_value
@@ -21,7 +20,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ppl_mixtures._progress import progress_enabled
-from ppl_mixtures._rng import fork_rng
+from ppl_mixtures._rng import seeded_global_rng
 
 
 def run_nuts(
@@ -83,8 +82,7 @@ def run_nuts(
     if seed is None:
         mcmc.run(x)
         return mcmc
-    with fork_rng(cuda=x.device.type == "cuda"):  # the caller's random streams stay as they were
-        pyro.set_rng_seed(seed)
+    with seeded_global_rng(seed, x.device):  # the caller's random streams stay as they were
         mcmc.run(x)
     return mcmc
 

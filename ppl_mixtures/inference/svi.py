@@ -44,7 +44,7 @@ from torch import Tensor
 from ppl_mixtures import distributed as process_group
 from ppl_mixtures import io
 from ppl_mixtures._progress import progress_bar
-from ppl_mixtures._rng import fork_rng
+from ppl_mixtures._rng import fork_rng, seed_global
 
 #: Optimisers selectable by name; any other :class:`pyro.optim.PyroOptim` may be passed as is.
 OPTIMIZERS: dict[str, Callable[[dict], PyroOptim]] = {
@@ -295,8 +295,8 @@ class SVITrainer:
     checkpoint_every : int, default 100
         Steps between checkpoints; one is also written at the end of ``fit``.
     seed : int, optional
-        When given, a fresh ``fit`` runs inside :func:`ppl_mixtures._rng.fork_rng` and calls
-        ``pyro.set_rng_seed(seed)`` there (torch, python and numpy RNGs, which sampling
+        When given, a fresh ``fit`` runs inside :func:`ppl_mixtures._rng.fork_rng` and seeds
+        the forked generators there (torch's, python's and numpy's, which sampling
         guides use), so the caller's global random streams are left as they were; the batch
         generator is seeded with it too. When None, the run draws from the caller's global
         RNGs (``pyro.set_rng_seed`` before ``fit`` makes it reproducible) and advances them.
@@ -504,6 +504,7 @@ class SVITrainer:
         """
         if self.seed is None:
             return self._steps(probe, num_samples, steps, resume, model_kwargs, stream)
+        self._device = probe.device
         with fork_rng(cuda=probe.device.type == "cuda"):
             return self._steps(probe, num_samples, steps, resume, model_kwargs, stream)
 
@@ -666,7 +667,7 @@ class SVITrainer:
     def _start(self, num_samples: int, stream: bool = False) -> None:
         rank = torch_dist.get_rank() if self.distributed else 0
         if self.seed is not None:
-            pyro.set_rng_seed(self.seed + rank)
+            seed_global(self.seed + rank, self._device)
             sampler_seed = self.seed + rank
         else:
             sampler_seed = int(torch.randint(2**62, ()).item())
