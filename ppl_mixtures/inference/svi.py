@@ -19,10 +19,12 @@ Example
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -92,6 +94,8 @@ class _Progress:
     loss_ema: float | None = None
     stalled_checks: int = 0
     converged: bool = False
+    #: Batches of the current pass over a stream already used (resumption skips them).
+    stream_position: int = 0
 
 
 class ScaleSites(Messenger):
@@ -209,6 +213,47 @@ def load_param_store_values(saved: dict[str, Any]) -> None:
         target = store.get_param(name).unconstrained()
         with torch.no_grad():
             target.copy_(value.to(device=target.device, dtype=target.dtype))
+
+
+def _name(function: Any) -> str:
+    """A model's or guide's name for checkpoints: its class, or a function's qualified name."""
+    if hasattr(function, "__qualname__") and not isinstance(function, torch.nn.Module):
+        return function.__qualname__
+    return type(function).__name__
+
+
+def _settings(model: Any) -> dict[str, Any]:
+    """A model object's plain settings (numbers, strings, tuples of them), e.g. K, D, type.
+
+    Empty for a plain function.
+    """
+    if isinstance(model, types.FunctionType) or not hasattr(model, "__dict__"):
+        return {}
+    plain = (bool, int, float, str)
+    settings = {}
+    for key, value in sorted(vars(model).items()):
+        if key.startswith("_"):
+            continue
+        if isinstance(value, plain):
+            settings[key] = value
+        elif isinstance(value, tuple) and all(isinstance(v, plain) for v in value):
+            settings[key] = list(value)
+    return settings
+
+
+def _check_parameter_shapes(saved: dict[str, Tensor]) -> None:
+    """Refuse checkpoint values whose names or shapes differ from the param store's."""
+    store = pyro.get_param_store()
+    differ = [f"{name}: checkpoint {tuple(value.shape)}, this run "
+              f"{tuple(store.get_param(name).unconstrained().shape)}"
+              for name, value in saved.items()
+              if name in store  # others belong to the model, created at its first call
+              and tuple(store.get_param(name).unconstrained().shape) != tuple(value.shape)]
+    if differ:
+        raise ValueError("the checkpoint's parameters do not fit this model (" +
+                         "; ".join(differ[:3]) + "); it was written for another number of "
+                         "components, features or another model: pass another checkpoint_path "
+                         "or resume=False")
 
 
 def _constraint_name(parameter: str, constraint: Any) -> Any:
@@ -463,7 +508,9 @@ class SVITrainer:
             ``len(loader.dataset)``.
         resume : bool, default False
             Continue from the checkpoint: parameters, optimiser, step count, history and
-            random states are restored; the stream starts again from its first batch.
+            random states are restored, and the batches of the interrupted pass that were
+            already used are skipped (read and dropped), so the run equals an uninterrupted
+            one when the stream yields the same batches in the same order.
         **model_kwargs
             Passed to the model and the guide at every step.
 
@@ -482,14 +529,20 @@ class SVITrainer:
         first = _batch_tensor(first)
 
         def steps() -> Iterator[tuple[Tensor, Tensor | None]]:
+            skip = self._state.stream_position  # a resumed run goes on where the pass stopped
             source = itertools.chain([first], head)
             while True:
                 for batch in source:
+                    if skip:
+                        skip -= 1
+                        continue
                     batch = _batch_tensor(batch)
                     self._scale.local_factor = n_samples / batch.shape[0]
+                    self._state.stream_position += 1
                     yield batch, None
                 if one_pass:
                     return
+                self._state.stream_position = 0
                 source = iter(batches)
 
         return self._train(first, n_samples, steps, resume, model_kwargs, stream=True)
@@ -521,8 +574,10 @@ class SVITrainer:
             model, guide = self._scale(model), self._scale(guide)
         svi = SVI(model, guide, self._optim, loss=self.loss)
         path = self._checkpoint_file()
+        self._identity = self._run_identity(probe, num_samples)
         if resume and path is not None and os.path.exists(path):
             checkpoint, _ = io.read(path, "svi-checkpoint")
+            self._check_identity(path, checkpoint.get("identity", {}))
             self._restore(checkpoint, probe, model_kwargs, stream)
         else:
             self._start(num_samples, stream)
@@ -695,6 +750,7 @@ class SVITrainer:
             warmup = torch.arange(self._sampler.batch_size, device=x.device)
         with torch.no_grad():
             self.guide(x, subsample=warmup, **model_kwargs)
+        _check_parameter_shapes(checkpoint["param_store"]["values"])
         load_param_store_values(checkpoint["param_store"])
         # consumed lazily at each param's first step
         self._optim.set_state(_to_device(checkpoint["optimizer"], x.device))
@@ -734,8 +790,34 @@ class SVITrainer:
             "sampler": None if self._sampler is None else self._sampler.state_dict(),
             "rng": _rng_state(),
             "config": self.config,
+            "identity": self._identity,
         }
         io.write(self._checkpoint_file(), "svi-checkpoint", checkpoint)
+
+    def _run_identity(self, probe: Tensor, num_samples: int) -> dict[str, Any]:
+        """What a checkpoint belongs to: model, guide, data shape, dtype, rows, a fingerprint.
+
+        The fingerprint hashes the first rows of the data (of the first batch of a stream).
+        """
+        rows = probe[:64].detach().to("cpu").contiguous()
+        digest = hashlib.sha256(rows.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return {
+            "model": _name(self.model), "model_settings": _settings(self.model),
+            "guide": _name(self.guide),
+            "row_shape": list(probe.shape[1:]), "dtype": str(probe.dtype).removeprefix("torch."),
+            "n_samples": int(num_samples), "data_fingerprint": digest.hexdigest()[:16],
+        }
+
+    def _check_identity(self, path: str, stored: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another model, guide or data, naming what differs."""
+        differ = [f"{key}: checkpoint {stored[key]!r}, this run {value!r}"
+                  for key, value in self._identity.items()
+                  if key in stored and stored[key] != value]
+        if differ:
+            raise ValueError(
+                f"checkpoint {path} belongs to another run ({'; '.join(differ)}); pass another "
+                "checkpoint_path, delete the file, or resume=False to start afresh"
+            )
 
 
 def _check_process_group() -> int:

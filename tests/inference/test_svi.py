@@ -334,6 +334,43 @@ def test_stream_resumes_like_an_uninterrupted_run(tmp_path):
     torch.testing.assert_close(fitted_locs(), straight, rtol=0, atol=0)
 
 
+def test_stream_resumes_mid_pass_like_an_uninterrupted_run(tmp_path):
+    x = make_data()
+    batches = list(torch.split(x, 50))  # 4 batches: the stop at step 6 falls mid-pass
+    path = tmp_path / "stream.pt"
+    pyro.clear_param_store()
+    SVITrainer(mixture_model, make_guide(), lr=0.05, max_steps=10, tol=0,
+               progress=False).fit_batches(batches, n_samples=NUM_SAMPLES)
+    straight = fitted_locs()
+    pyro.clear_param_store()
+    SVITrainer(mixture_model, make_guide(), lr=0.05, max_steps=6, tol=0, progress=False,
+               checkpoint_path=path).fit_batches(batches, n_samples=NUM_SAMPLES)
+    assert file_format.read(path, "svi-checkpoint")[0]["progress"]["stream_position"] == 2
+    pyro.clear_param_store()
+    resumed = SVITrainer(mixture_model, make_guide(), lr=0.05, max_steps=10, tol=0,
+                         progress=False, checkpoint_path=path)
+    assert resumed.fit_batches(batches, n_samples=NUM_SAMPLES, resume=True).n_steps == 10
+    torch.testing.assert_close(fitted_locs(), straight, rtol=0, atol=0)
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+    from ppl_mixtures import GaussianMixture
+    from ppl_mixtures.datasets import make_gmm
+
+    x = make_gmm(n_samples=90, n_components=3, n_features=2, random_state=0)[0]
+    path = tmp_path / "run.safetensors"
+    options = dict(inference="svi", max_iter=5, checkpoint_path=path, progress=False,
+                   device="cpu", random_state=0)
+    GaussianMixture(3, **options).fit(x)
+    with pytest.raises(ValueError, match=r"belongs to another run \(model_settings"):
+        GaussianMixture(2, **options).fit(x, resume=True)
+    with pytest.raises(ValueError, match="data_fingerprint"):
+        GaussianMixture(3, **options).fit(x + 1.0, resume=True)
+    with pytest.raises(ValueError, match="belongs to another run"):
+        GaussianMixture(3, covariance_type="diag", **options).fit(x, resume=True)
+    GaussianMixture(3, **{**options, "max_iter": 8}).fit(x, resume=True)  # the same run goes on
+
+
 @pytest.mark.parametrize("batches, n_samples, error, match", [
     ([], 10, ValueError, "batches is empty"),
     ([torch.zeros(3)], 0, ValueError, "n_samples=0"),
