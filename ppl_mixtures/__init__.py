@@ -7,7 +7,7 @@ from ppl_mixtures._version import __version__
 
 _ESTIMATORS = ("DeepGaussianMixture", "GMVAE", "GaussianMixture", "MixtureOfFactorAnalyzers",
                "load_estimator")
-__all__ = [*_ESTIMATORS, "__version__"]
+__all__ = [*_ESTIMATORS, "__version__", "select_model"]
 
 
 def __getattr__(name: str):
@@ -15,4 +15,8 @@ def __getattr__(name: str):
         from ppl_mixtures import estimators
 
         return getattr(estimators, name)
+    if name == "select_model":
+        from ppl_mixtures.selection import select_model
+
+        return select_model
     raise AttributeError(f"module 'ppl_mixtures' has no attribute {name!r}")
