@@ -1,8 +1,11 @@
 """Posterior diagnostics of fitted mixtures: ArviZ data, relabelling, assignments, model choice.
 
-- :func:`to_inference_data` turns a fitted estimator into an :class:`arviz.InferenceData`
-  (posterior draws of the global parameters, the pointwise *marginal* log-likelihood,
-  posterior predictive draws), ready for ``az.summary``, ``az.loo`` and ``az.waic``.
+- :func:`to_inference_data` turns a fit with posterior draws (NUTS, a mean-field SVI guide)
+  into an :class:`arviz.InferenceData` (posterior draws of the global parameters, the
+  pointwise *marginal* log-likelihood, posterior predictive draws), ready for
+  ``az.summary``, ``az.loo`` and ``az.waic``; a point estimate only on request
+  (``point_estimate=True``: one draw, no log-likelihood group). :func:`has_posterior_draws`
+  and :func:`posterior_draws_hint` say whether a fit has draws and how to get them.
   It is built with ``arviz.from_dict``: ``arviz.from_pyro`` only accepts a
   ``pyro.infer.MCMC`` object (not a guide or a point estimate), and here the pointwise
   log-likelihood comes from the estimator's own (N, K) log joint with the assignments summed
@@ -18,8 +21,11 @@
 from __future__ import annotations
 
 import copy
+import logging
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -50,6 +56,47 @@ _COVARIANCE_DIMS = {
 
 
 # ---------------------------------------------------------------------------------------------
+# ArviZ
+# ---------------------------------------------------------------------------------------------
+
+#: The FutureWarning that ArviZ 0.2x prints once a day on import (its coming refactor).
+_ARVIZ_BANNER = r"\s*ArviZ is undergoing a major refactor"
+
+
+@contextmanager
+def quiet_arviz() -> Iterator[None]:
+    """Silence ArviZ's import banner (a ``FutureWarning`` about its refactor) and its log.
+
+    Only that warning is filtered; ArviZ's logger, which reports shape checks such as
+    "Shape validation failed" for a single chain (the callers here say why r_hat is
+    missing), is raised to ``ERROR`` for the duration. Other warnings (e.g. Pareto k) pass
+    through.
+    """
+    # ArviZ logs through its own ``arviz._log``, a Logger outside logging's registry
+    loggers = {id(logger): logger for logger in (
+        logging.getLogger("arviz"), getattr(sys.modules.get("arviz"), "_log", None))
+        if isinstance(logger, logging.Logger)}
+    levels = {key: logger.level for key, logger in loggers.items()}
+    for logger in loggers.values():
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_ARVIZ_BANNER, category=FutureWarning)
+            yield
+    finally:
+        for key, logger in loggers.items():
+            logger.setLevel(levels[key])
+
+
+def import_arviz() -> ModuleType:
+    """``import arviz``, without its once-a-day ``FutureWarning`` banner."""
+    with quiet_arviz():
+        import arviz
+
+    return arviz
+
+
+# ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
 
@@ -60,6 +107,61 @@ def _check_fitted(estimator: Any) -> None:
             f"estimator: this {type(estimator).__name__} is not fitted yet; call "
             "estimator.fit(X) before computing diagnostics"
         )
+
+
+def _family(estimator: Any) -> Any:
+    """The registry's family of ``estimator``, or None for an unregistered class."""
+    from ppl_mixtures.registry import family_of
+
+    try:
+        return family_of(estimator)
+    except ValueError:
+        return None
+
+
+def _check_tractable(estimator: Any) -> None:
+    family = _family(estimator)
+    if family is not None and not family.tractable_likelihood:
+        raise ValueError(
+            f"estimator: a {type(estimator).__name__} has no tractable likelihood and no "
+            "global weights, means and covariances to draw, so there is no InferenceData "
+            "(log-likelihood, WAIC, LOO) to build; score it with estimator.score(X), the "
+            "ELBO (a lower bound of the mean log-likelihood)"
+        )
+
+
+def has_posterior_draws(estimator: Any) -> bool:
+    """Whether a fitted estimator has posterior draws of its global parameters.
+
+    True for NUTS fits (``inference="nuts"``) and for SVI with a mean-field guide
+    (``GaussianMixture(inference="svi", guide="mean_field")``); False for point estimates
+    (EM, SGD, MAP SVI, every DGMM fit) and for models without a tractable likelihood.
+    """
+    return _is_nuts(estimator) or isinstance(getattr(estimator, "guide_", None), AutoNormal)
+
+
+def posterior_draws_hint(estimator: Any, command_line: bool = False) -> str:
+    """How to refit ``estimator``'s family with posterior draws, or that it cannot be.
+
+    Read from the registry: the family's NUTS path and an SVI guide option offering
+    ``mean_field``. ``command_line`` phrases it as ``fit`` options, else as arguments.
+    """
+    family = _family(estimator)
+    if family is None:
+        return ("fit with inference='nuts' or inference='svi' with guide='mean_field' where "
+                "the estimator offers them")
+    ways = []
+    if "nuts" in family.inference:
+        ways.append("--inference nuts" if command_line else "inference='nuts'")
+    if any(option.arg == "guide" and "mean_field" in option.choices
+           for option in family.options):
+        ways.append("--inference svi --guide mean_field" if command_line
+                    else "inference='svi' with guide='mean_field'")
+    if not ways:
+        paths = " and ".join(path.upper() for path in family.inference)
+        return (f"no {type(estimator).__name__} fit has them ({paths} give point "
+                "estimates)")
+    return "fit with " + " or ".join(ways)
 
 
 def _fitted_x(estimator: Any, X: Any) -> torch.Tensor:
@@ -167,7 +269,7 @@ def _covariance_dims(estimator: Any, covariances: np.ndarray) -> list[str]:
 
 
 def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
-                      random_state: Any = None):
+                      random_state: Any = None, point_estimate: bool = False):
     """Convert a fitted mixture estimator into an :class:`arviz.InferenceData`.
 
     Built with ``arviz.from_dict`` (``arviz.from_pyro`` only accepts a ``pyro.infer.MCMC``).
@@ -178,14 +280,20 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
         ``GaussianMixture`` or ``MixtureOfFactorAnalyzers`` with ``inference="nuts"``: the
         relabelled chains (``posterior_samples_``, ``num_chains`` chains).
         ``GaussianMixture(inference="svi", guide="mean_field")``: ``num_samples`` draws of
-        the guide. Any other fit (EM, SGD, MAP SVI, and every DGMM fit) is a point estimate:
-        one draw (chain=1, draw=1).
+        the guide. Any other fit (EM, SGD, MAP SVI, and every DGMM fit) is a point estimate,
+        refused unless ``point_estimate=True``. A GMVAE (no tractable likelihood) is refused.
     X : array-like, shape (n_samples, n_features)
         The data to score (usually the training data).
     num_samples : int, default 200
-        Draws of a mean-field guide (ignored otherwise).
+        Draws of a mean-field guide, at least 2 (ignored otherwise).
     random_state : int, RandomState, Generator or None
         Seeds the guide draws and the posterior predictive draws.
+    point_estimate : bool, default False
+        Accept a point estimate: one draw (chain=1, draw=1) of the posterior, the observed
+        data and one posterior predictive data set, but no ``log_likelihood`` group: WAIC
+        and LOO need posterior draws (ArviZ's ``loo`` cannot smooth one draw, and a WAIC of
+        one draw is only the summed log-likelihood). ``estimator.score_samples(X)`` gives
+        the pointwise log-likelihood at the estimate.
 
     Returns
     -------
@@ -196,7 +304,8 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
           component, feature), ``covariances`` (chain, draw, ...) with the estimator's
           ``covariances_`` shape (dims ``component``, ``feature``, ``feature_bis``). For
           MFA / DGMM these are the effective components (DGMM: the paths).
-        - ``log_likelihood``: ``obs`` (chain, draw, observation), the marginal
+        - ``log_likelihood`` (not for a point estimate): ``obs`` (chain, draw,
+          observation), the marginal
           ``log p(x_n | theta) = logsumexp_k log p(x_n, k | theta)`` at each draw.
         - ``observed_data``: ``obs`` (observation, feature).
         - ``posterior_predictive``: ``obs`` (chain, draw, observation, feature), one
@@ -207,18 +316,29 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
           ``acceptance_rate`` holds each chain's fraction of moves (Pyro's "acceptance
           rate"). Tree depths are not recorded by Pyro's NUTS.
 
-    Notes
-    -----
-    ``az.loo`` needs at least two draws (its Pareto smoothing sorts the importance ratios),
-    so a point estimate supports ``az.summary`` and ``az.waic`` (whose ``elpd_waic`` is then
-    the plug-in log-likelihood) but not ``az.loo``.
+    Raises
+    ------
+    ValueError
+        If the estimator is not fitted, has no tractable likelihood (GMVAE), or is a point
+        estimate without ``point_estimate=True``; the message says how to get draws.
     """
-    import arviz as az
-
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or (
-        num_samples < 1
+        num_samples < 2
     ):
-        raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1")
+        raise ValueError(f"num_samples={num_samples!r} must be an integer >= 2 (WAIC and LOO "
+                         "need at least two draws)")
+    _check_fitted(estimator)
+    _check_tractable(estimator)
+    draws = has_posterior_draws(estimator)
+    if not draws and not point_estimate:
+        raise ValueError(
+            f"estimator: this {type(estimator).__name__} "
+            f"(inference={getattr(estimator, 'inference', None)!r}) is a point estimate, one "
+            "draw, and ArviZ's loo and waic need posterior draws: "
+            f"{posterior_draws_hint(estimator)}; or pass point_estimate=True for a one-draw "
+            "InferenceData without log-likelihood (az.summary only)"
+        )
+    az = import_arviz()
     x = _fitted_x(estimator, X)
     seed = _seed(random_state)
     with seeded_global_rng(seed, x.device):  # guide draws come from the global generator
@@ -227,10 +347,11 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
     n_rows = x.shape[0]
     with torch.no_grad():
         log_lik = [[torch.logsumexp(_at(estimator, p)._log_joint(x), -1) for p in chain]
-                   for chain in grid]
+                   for chain in grid] if draws else None
         predictive = [[_at(estimator, p)._sample_tensors(n_rows, generator)[0] for p in chain]
                       for chain in grid]
-    log_lik_array = torch.stack([torch.stack(c) for c in log_lik]).cpu().numpy()
+    log_lik_array = None if log_lik is None else torch.stack(
+        [torch.stack(c) for c in log_lik]).cpu().numpy()
     posterior = _global_variables(estimator, grid)
     n_components, n_features = posterior["means"].shape[-2:]
     dims = {
@@ -247,7 +368,7 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
     if "feature_bis" not in dims["covariances"]:
         del coords["feature_bis"]
     sample_stats = None
-    if _is_nuts(estimator):
+    if _is_nuts(estimator) and log_lik_array is not None:
         with torch.no_grad():
             log_prior = np.array([[float(estimator.model_.log_prior(p)) for p in chain]
                                   for chain in grid])
@@ -255,18 +376,20 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
                         "diverging": estimator.sampler_stats_["diverging"]}
     # "obs" has dims (observation,) in log_likelihood but (observation, feature) in the data
     # groups, and from_dict takes one dims mapping: build the two halves and join them
-    idata = az.from_dict(
-        posterior=posterior, log_likelihood={"obs": log_lik_array}, sample_stats=sample_stats,
-        coords=coords, dims={**dims, "obs": ["observation"]},
-    )
-    data = az.from_dict(
-        observed_data={"obs": x.cpu().numpy()},
-        posterior_predictive={
-            "obs": torch.stack([torch.stack(c) for c in predictive]).cpu().numpy()
-        },
-        coords=coords, dims={"obs": ["observation", "feature"]},
-    )
-    idata.extend(data)
+    with quiet_arviz():
+        idata = az.from_dict(
+            posterior=posterior,
+            log_likelihood=None if log_lik_array is None else {"obs": log_lik_array},
+            sample_stats=sample_stats, coords=coords, dims={**dims, "obs": ["observation"]},
+        )
+        data = az.from_dict(
+            observed_data={"obs": x.cpu().numpy()},
+            posterior_predictive={
+                "obs": torch.stack([torch.stack(c) for c in predictive]).cpu().numpy()
+            },
+            coords=coords, dims={"obs": ["observation", "feature"]},
+        )
+        idata.extend(data)
     if sample_stats is not None:
         rates = estimator.sampler_stats_["acceptance_rate"]
         idata.sample_stats.attrs["acceptance_rate"] = [float(r) for r in rates]
@@ -408,17 +531,15 @@ def _criterion_value(estimator: Any, X: Any, criterion: str, log_likelihood: flo
         return metrics.aic(log_likelihood, n_params, n_rows)
     if criterion == "icl":
         return metrics.icl(log_likelihood, n_params, n_rows, estimator.predict_proba(X))
-    import arviz as az
-
-    idata = to_inference_data(estimator, X, random_state=random_state)
-    n_draws = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
-    if n_draws < 2:
+    if not has_posterior_draws(estimator):
         raise ValueError(
             "criterion='loo' needs posterior draws, but this estimator gives a point estimate; "
-            "use inference='nuts' or inference='svi' with guide='mean_field', or "
-            "criterion='bic'"
+            f"{posterior_draws_hint(estimator)}, or use criterion='bic'"
         )
-    return float(az.loo(idata).elpd_loo)
+    az = import_arviz()
+    idata = to_inference_data(estimator, X, random_state=random_state)
+    with quiet_arviz():
+        return float(az.loo(idata).elpd_loo)
 
 
 def select_n_components(estimator: Any, X: Any, candidates: Sequence[int],
@@ -511,6 +632,10 @@ def plot_selection(rows: Sequence[dict[str, Any]], ax: Any = None):
 __all__ = [
     "CRITERIA",
     "apply_relabelling",
+    "has_posterior_draws",
+    "import_arviz",
+    "posterior_draws_hint",
+    "quiet_arviz",
     "plot_selection",
     "relabel",
     "sample_assignments",

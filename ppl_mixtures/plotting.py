@@ -365,8 +365,10 @@ def plot_responsibilities(
         E.g. ``estimator.predict_proba(X)``; rows sum to 1.
     ax : matplotlib Axes, optional
     max_rows : int, default 500
-        At most this many rows, evenly spaced after sorting, so large data stay readable.
+        At most this many rows, evenly spaced after sorting, so large data stay readable;
+        the title then says how many of how many rows it shows.
     title : str, optional
+        Default ``"responsibilities"``; the row count is appended when rows are left out.
 
     Returns
     -------
@@ -378,15 +380,20 @@ def plot_responsibilities(
     if values.ndim != 2 or values.shape[0] == 0:
         raise ValueError(
             f"responsibilities has shape {values.shape}; expected (n_samples, n_components)")
+    if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or max_rows < 1:
+        raise ValueError(f"max_rows={max_rows!r} must be an integer >= 1")
     order = np.lexsort((-values.max(1), values.argmax(1)))
     rows = values[order]
-    if rows.shape[0] > max_rows:
-        rows = rows[np.linspace(0, rows.shape[0] - 1, max_rows).astype(int)]
+    n_rows = rows.shape[0]
+    shown = ""
+    if n_rows > max_rows:
+        rows = rows[np.linspace(0, n_rows - 1, max_rows).astype(int)]
+        shown = f" ({max_rows:,} of {n_rows:,} rows, evenly spaced)"
     fig, ax = _figure_and_axes(ax)
     image = ax.imshow(rows, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0,
                       vmax=1)
     fig.colorbar(image, ax=ax, label="posterior probability")
     ax.set_xlabel("component")
     ax.set_ylabel("sample (sorted by cluster)")
-    ax.set_title(title or "responsibilities")
+    ax.set_title((title or "responsibilities") + shown)
     return fig

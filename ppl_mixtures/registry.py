@@ -15,7 +15,7 @@ Examples
 >>> sorted(FAMILIES)
 ['dgmm', 'gmm', 'gmvae', 'mfa']
 >>> get_family("mfa").inference
-('em', 'svi')
+('em', 'svi', 'nuts')
 """
 
 from __future__ import annotations
@@ -67,6 +67,12 @@ class Option:
         The allowed values of a ``"choice"`` option.
     metavar : str or None
         The value's name in ``--help`` (default: from the flag).
+    inference : tuple of str
+        The inference paths the option applies to; empty: all. ``fit`` refuses the option,
+        given a value other than its default, with any other ``--inference``.
+    inference_defaults : tuple of (str, Any) pairs
+        The value on the command line, when the option is not given, for an inference path
+        (e.g. ``(("sgd", 32),)``: 32 for ``--inference sgd``), instead of ``default``.
     """
 
     flag: str
@@ -76,6 +82,8 @@ class Option:
     help: str = ""
     choices: tuple[str, ...] = ()
     metavar: str | None = None
+    inference: tuple[str, ...] = ()
+    inference_defaults: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.type not in OPTION_TYPES:
@@ -83,11 +91,23 @@ class Option:
                              f"{OPTION_TYPES}")
         if (self.type == "choice") != bool(self.choices):
             raise ValueError(f"Option {self.flag}: choices go with type='choice' only")
+        if self.inference and any(path not in self.inference
+                                  for path, _ in self.inference_defaults):
+            raise ValueError(f"Option {self.flag}: inference_defaults for a path outside "
+                             f"inference={self.inference}")
 
     @property
     def dest(self) -> str:
         """Where ``argparse`` stores the value (apart from the common options' names)."""
         return "option_" + self.arg
+
+    def applies_to(self, inference: str) -> bool:
+        """Whether the option has an effect with ``--inference inference``."""
+        return not self.inference or inference in self.inference
+
+    def default_for(self, inference: str) -> Any:
+        """The value when the option is not given, with ``--inference inference``."""
+        return dict(self.inference_defaults).get(inference, self.default)
 
 
 @dataclass(frozen=True)
@@ -113,7 +133,7 @@ class Family:
     options : tuple of Option
         The family's own options.
     dataset : str
-        The built-in data set that ``--data`` defaults to.
+        The built-in data set that ``--data`` defaults to; one the family's defaults fit.
     distributed : tuple of str
         The inference paths that run under ``--distributed`` (torchrun); empty: no option.
     resume : tuple of str
@@ -126,6 +146,18 @@ class Family:
         What ``fit`` writes besides the model: ``"mixture"`` (summary of the mixture,
         ``clusters.png``, ``history.png``) or ``"latent"`` (a deep latent model:
         ``history.png``, ``latent.png`` and, for square images, ``samples.png``).
+    tractable_likelihood : bool
+        Whether the estimator has an exact likelihood and global parameters (weights,
+        means, covariances): what ``diagnose`` needs for the log-likelihood, BIC, WAIC, LOO
+        and ArviZ data. False (a GMVAE): ``diagnose`` reports the ELBO and the clusters.
+    n_init : bool
+        Whether the estimator takes ``n_init`` (restarts): ``fit`` offers ``--n-init``.
+    max_iter_help : str
+        What ``--max-iter`` counts for the family, with its defaults, for ``--help``.
+    scale : tuple of (str, str) pairs
+        The ``--scale`` of an inference path when ``--scale`` is not given (otherwise
+        ``"none"``), e.g. ``(("sgd", "standard"),)``: the max-component SGD's step sizes
+        assume features of unit scale. ``fit`` prints the scaling it applied.
     """
 
     name: str
@@ -140,6 +172,11 @@ class Family:
     resume: tuple[str, ...] = ("svi",)
     expand_covariances: str | None = None
     outputs: str = "mixture"
+    tractable_likelihood: bool = True
+    n_init: bool = True
+    max_iter_help: str = ("EM iterations or SVI steps (default: the estimator's, e.g. 100 for "
+                          "EM, 1000 for SVI)")
+    scale: tuple[tuple[str, str], ...] = ()
 
     @property
     def components_option(self) -> Option | None:
@@ -149,6 +186,10 @@ class Family:
     def estimator_class(self) -> type:
         """The estimator class (imported on first use)."""
         return _resolve(self.estimator)
+
+    def default_scale(self, inference: str) -> str:
+        """The ``--scale`` of ``inference`` when ``--scale`` is not given."""
+        return dict(self.scale).get(inference, "none")
 
     def plot_label(self, est: Any) -> str:
         """The short label of the fitted estimator ``est`` for plot titles."""
@@ -163,34 +204,64 @@ class Family:
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family(
-        "gmm", "ppl_mixtures.estimators:GaussianMixture", "Gaussian mixture (EM or SVI)",
-        "Fit a Gaussian mixture by EM or by SVI over the same Pyro model.",
-        "GMM ({est.covariance_type}, {est.inference})", ("em", "svi", "sgd"),
+        "gmm", "ppl_mixtures.estimators:GaussianMixture",
+        "Gaussian mixture (EM, SVI, SGD or NUTS)",
+        "Fit a Gaussian mixture by EM, by SVI (MAP or mean-field guide), by the max-component "
+        "SGD of Gepperth & Pfuelb (2021) (on standardised features unless --scale says "
+        "otherwise) or by NUTS, over the same Pyro model.",
+        "GMM ({est.covariance_type}, {est.inference})", ("em", "svi", "sgd", "nuts"),
         options=(
             Option("--covariance-type", "covariance_type", "choice", "full",
                    "covariance constraint (default: full)", choices=COVARIANCE_TYPES),
+            Option("--guide", "guide", "choice", None, "SVI only: point estimates (map) or "
+                   "independent Normals whose draws diagnose turns into WAIC and LOO "
+                   "(mean_field) (default: map)", choices=("map", "mean_field"),
+                   inference=("svi",)),
             Option("--batch-size", "batch_size", "count", None, "SVI/SGD minibatch size "
-                   "(default: full batch for SVI, 1 for SGD)", metavar="B"),
+                   "(default: full batch for SVI; 32 for SGD here, where the Python "
+                   "estimator's default is 1)", metavar="B", inference=("svi", "sgd"),
+                   inference_defaults=(("sgd", 32),)),
             Option("--lr", "lr", "positive", None,
-                   "learning rate (default: 0.05 for SVI, 0.011 for SGD)"),
+                   "learning rate (default: 0.05 for SVI, 0.011 for SGD)",
+                   inference=("svi", "sgd")),
+            Option("--num-warmup", "num_warmup", "count", None,
+                   "NUTS only: warm-up steps per chain (default: 200)", metavar="W",
+                   inference=("nuts",)),
+            Option("--num-chains", "num_chains", "count", None, "NUTS only: chains, run one "
+                   "after the other; r_hat needs 2 or more (default: 1)", metavar="C",
+                   inference=("nuts",)),
         ),
         distributed=("em", "svi"),
         expand_covariances="ppl_mixtures.models.gmm:covariance_matrices",
+        max_iter_help="EM iterations (default: 100), SVI steps (1000), SGD epochs (20) or "
+        "NUTS draws per chain (200)",
+        scale=(("sgd", "standard"),),
     ),
     Family(
         "mfa", "ppl_mixtures.estimators:MixtureOfFactorAnalyzers",
-        "mixture of factor analysers (EM or SVI)",
-        "Fit a mixture of factor analysers (x = eta_g + Lambda_g z + u) by EM or by SVI over "
-        "the same (collapsed) Pyro model.",
-        "MFA (r={est.n_factors}, {est.inference})", ("em", "svi"),
+        "mixture of factor analysers (EM, SVI or NUTS)",
+        "Fit a mixture of factor analysers (x = eta_g + Lambda_g z + u) by EM, by SVI or by "
+        "NUTS over the same (collapsed) Pyro model.",
+        "MFA (r={est.n_factors}, {est.inference})", ("em", "svi", "nuts"),
         options=(
             Option("--n-factors", "n_factors", "count", 2, "latent factors per component, "
                    "< number of features (default: 2)", metavar="R"),
             Option("--batch-size", "batch_size", "count", None,
-                   "SVI minibatch size (default: full batch)", metavar="B"),
-            Option("--lr", "lr", "positive", None, "SVI learning rate (default: 0.05)"),
+                   "SVI minibatch size (default: full batch)", metavar="B",
+                   inference=("svi",)),
+            Option("--lr", "lr", "positive", None, "SVI learning rate (default: 0.05)",
+                   inference=("svi",)),
+            Option("--num-warmup", "num_warmup", "count", None,
+                   "NUTS only: warm-up steps per chain (default: 200)", metavar="W",
+                   inference=("nuts",)),
+            Option("--num-chains", "num_chains", "count", None, "NUTS only: chains, run one "
+                   "after the other; r_hat needs 2 or more (default: 1)", metavar="C",
+                   inference=("nuts",)),
         ),
+        dataset="wine",
         distributed=("em",),
+        max_iter_help="EM iterations (default: 200), SVI steps (1000) or NUTS draws per "
+        "chain (200)",
     ),
     Family(
         "dgmm", "ppl_mixtures.estimators:DeepGaussianMixture",
@@ -206,13 +277,17 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
                    "layer, strictly decreasing and below the number of features (default: "
                    "11,6,2)", metavar="R1,R2,..."),
             Option("--batch-size", "batch_size", "count", None,
-                   "SVI minibatch size (default: full batch)", metavar="B"),
-            Option("--lr", "lr", "positive", None, "SVI learning rate (default: 0.01)"),
+                   "SVI minibatch size (default: full batch)", metavar="B",
+                   inference=("svi",)),
+            Option("--lr", "lr", "positive", None, "SVI learning rate (default: 0.01)",
+                   inference=("svi",)),
             Option("--anneal-start", "anneal_start", "positive", 1.0, "EM only: deterministic "
                    "annealing from temperature T0 > 1 before EM (default: 1, off)",
-                   metavar="T0"),
+                   metavar="T0", inference=("em",)),
         ),
+        dataset="dgmm",
         distributed=("em",),
+        max_iter_help="EM iterations (default: 500) or SVI steps (2000)",
     ),
     Family(
         "gmvae", "ppl_mixtures.estimators:GMVAE", "Gaussian-mixture VAE (SVI)",
@@ -226,7 +301,8 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
                    "to 16 features, digits_mlp above (default: auto)",
                    choices=("auto", *GMVAE_PRESETS)),
             Option("--likelihood", "likelihood", "choice", "gaussian",
-                   "p(y | x) (default: gaussian)", choices=("gaussian", "bernoulli")),
+                   "p(y | x); bernoulli needs features in [0, 1], e.g. --scale minmax "
+                   "(default: gaussian)", choices=("gaussian", "bernoulli")),
             Option("--observation-variance", "observation_variance", "positive", 0.01,
                    "fixed Gaussian variance, a fraction of the data's (default: 0.01)",
                    metavar="V"),
@@ -242,7 +318,10 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
                    metavar="B"),
             Option("--lr", "lr", "positive", 1e-3, "Adam learning rate (default: 0.001)"),
         ),
-        distributed=("svi",), outputs="latent",
+        dataset="pinwheel", distributed=("svi",), outputs="latent",
+        tractable_likelihood=False, n_init=False,
+        max_iter_help="epochs: passes over the data, each of ceil(N / batch size) SVI steps "
+        "(default: 100)",
     ),
 )}
 

@@ -11,12 +11,14 @@ instead of stopping the search.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
 
 from ppl_mixtures.models.gmm import COVARIANCE_TYPES
 
@@ -147,7 +149,9 @@ def select_model(X: Any, n_components: Iterable[int] = range(1, 10),
                    "converged": None, "seconds": np.nan, "selected": False, "error": None}
             start = time.perf_counter()
             try:
-                fitted = clone(estimator).set_params(**params).fit(X)
+                with warnings.catch_warnings():  # recorded in the "converged" column instead
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    fitted = clone(estimator).set_params(**params).fit(X)
                 log_likelihood = float(fitted.score_samples(X).sum())
                 row.update(value=_criterion_value(fitted, X, criterion, log_likelihood,
                                                    random_state),

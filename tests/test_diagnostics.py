@@ -49,7 +49,7 @@ def nuts_fit(data):
     return _fit(data, inference="nuts", max_iter=30, num_warmup=30, num_chains=2)
 
 
-def _check_groups(idata, n_chains, n_draws, n_rows, n_features):
+def _check_groups(idata, n_chains, n_draws, n_rows, n_features, log_likelihood=True):
     posterior = idata.posterior
     sizes = dict(posterior.sizes)
     assert sizes.pop("feature_bis", n_features) == n_features
@@ -58,8 +58,11 @@ def _check_groups(idata, n_chains, n_draws, n_rows, n_features):
     assert posterior.means.dims == ("chain", "draw", "component", "feature")
     assert posterior.weights.dims == ("chain", "draw", "component")
     np.testing.assert_array_equal(posterior.component.values, np.arange(N_COMPONENTS))
-    assert idata.log_likelihood.obs.dims == ("chain", "draw", "observation")
-    assert idata.log_likelihood.obs.shape == (n_chains, n_draws, n_rows)
+    if log_likelihood:
+        assert idata.log_likelihood.obs.dims == ("chain", "draw", "observation")
+        assert idata.log_likelihood.obs.shape == (n_chains, n_draws, n_rows)
+    else:
+        assert "log_likelihood" not in idata.groups()
     assert idata.observed_data.obs.shape == (n_rows, n_features)
     assert idata.posterior_predictive.obs.dims == ("chain", "draw", "observation", "feature")
     assert idata.posterior_predictive.obs.shape == (n_chains, n_draws, n_rows, n_features)
@@ -76,19 +79,22 @@ def _arviz_stats(idata, loo=True):
             assert np.isfinite(az.loo(idata).elpd_loo)
 
 
-def test_inference_data_point_estimate_is_the_marginal_likelihood(em_fit, data):
-    idata = diagnostics.to_inference_data(em_fit, data, random_state=0)
-    _check_groups(idata, 1, 1, *data.shape)
-    # the marginalisation check: logsumexp over components == score_samples
-    np.testing.assert_allclose(idata.log_likelihood.obs.values[0, 0],
-                               em_fit.score_samples(data), rtol=0, atol=1e-10)
+def test_inference_data_of_a_point_estimate_only_on_request(em_fit, data):
+    """Issue: az.loo(to_inference_data(<SVI MAP fit>, X)) died inside ArviZ (IndexError)."""
+    map_fit = _fit(data, inference="svi", max_iter=20)
+    for est in (em_fit, map_fit):
+        with pytest.raises(ValueError, match=r"point estimate.*loo and waic need posterior "
+                           r"draws: fit with inference='nuts' or inference='svi' with "
+                           r"guide='mean_field'; or pass point_estimate=True"):
+            diagnostics.to_inference_data(est, data)
+    idata = diagnostics.to_inference_data(em_fit, data, random_state=0, point_estimate=True)
+    _check_groups(idata, 1, 1, *data.shape, log_likelihood=False)
     np.testing.assert_allclose(idata.posterior.means.values[0, 0], em_fit.means_)
     np.testing.assert_allclose(idata.posterior.covariances.values[0, 0], em_fit.covariances_)
     assert "sample_stats" not in idata.groups()
-    # one draw: az.loo cannot smooth a single importance ratio (documented); WAIC is plug-in
-    _arviz_stats(idata, loo=False)
-    waic = az.waic(idata)
-    np.testing.assert_allclose(waic.elpd_waic, em_fit.score_samples(data).sum(), rtol=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one draw: no spread
+        assert {"weights[0]", "means[1, 1]"} <= set(az.summary(idata, kind="stats").index)
 
 
 def test_inference_data_mean_field_svi(svi_fit, data):
@@ -128,13 +134,48 @@ def test_inference_data_nuts_chains(nuts_fit, data):
 
 def test_inference_data_mfa_point_estimate(data):
     mfa = MixtureOfFactorAnalyzers(2, n_factors=1, progress=False, random_state=0).fit(data)
-    idata = diagnostics.to_inference_data(mfa, data, random_state=0)
-    _check_groups(idata, 1, 1, *data.shape)
+    with pytest.raises(ValueError, match="posterior draws: fit with inference='nuts'; or"):
+        diagnostics.to_inference_data(mfa, data)
+    idata = diagnostics.to_inference_data(mfa, data, random_state=0, point_estimate=True)
+    _check_groups(idata, 1, 1, *data.shape, log_likelihood=False)
     assert idata.posterior.covariances.dims == ("chain", "draw", "component", "feature",
                                                 "feature_bis")
-    np.testing.assert_allclose(idata.log_likelihood.obs.values[0, 0], mfa.score_samples(data),
-                               rtol=0, atol=1e-10)
+    np.testing.assert_allclose(idata.posterior.covariances.values[0, 0], mfa.covariances_)
     assert diagnostics.sample_assignments(mfa, data).tolist() == mfa.predict(data).tolist()
+
+
+def test_draws_and_hints_come_from_the_registry(em_fit, svi_fit):
+    from ppl_mixtures.estimators import DeepGaussianMixture
+
+    assert not diagnostics.has_posterior_draws(em_fit)
+    assert diagnostics.has_posterior_draws(svi_fit)
+    assert diagnostics.posterior_draws_hint(em_fit, command_line=True) == (
+        "fit with --inference nuts or --inference svi --guide mean_field")
+    assert diagnostics.posterior_draws_hint(MixtureOfFactorAnalyzers()) == (
+        "fit with inference='nuts'")
+    assert diagnostics.posterior_draws_hint(DeepGaussianMixture()) == (
+        "no DeepGaussianMixture fit has them (EM and SVI give point estimates)")
+
+
+def test_a_gmvae_has_no_inference_data(data):
+    """Issue: diagnose on a GMVAE died with AttributeError '_sample_tensors'."""
+    from ppl_mixtures.estimators import GMVAE
+
+    est = GMVAE(2, max_iter=1, batch_size=100, progress=False, random_state=0).fit(data)
+    with pytest.raises(ValueError, match="GMVAE has no tractable likelihood.*score"):
+        diagnostics.to_inference_data(est, data, point_estimate=True)
+
+
+def test_quiet_arviz_silences_the_banner_only():
+    banner = ("\nArviZ is undergoing a major refactor to improve flexibility and "
+              "extensibility while maintaining a user-friendly interface.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with diagnostics.quiet_arviz():
+            warnings.warn(banner, FutureWarning, stacklevel=1)
+            warnings.warn("another FutureWarning", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["another FutureWarning"]
+    assert diagnostics.import_arviz() is az
 
 
 def test_relabel_recovers_planted_permutations():
@@ -230,6 +271,8 @@ def test_errors_name_the_argument(em_fit, data):
         diagnostics.sample_assignments(em_fit, data, temperature=0.5)
     with pytest.raises(ValueError, match="num_samples"):
         diagnostics.to_inference_data(em_fit, data, num_samples=0)
+    with pytest.raises(ValueError, match="num_samples=1 must be an integer >= 2"):
+        diagnostics.to_inference_data(em_fit, data, num_samples=1)
     with pytest.raises(ValueError, match="criterion='loo' needs posterior draws"):
         diagnostics.select_n_components(em_fit, data, [2], criterion="loo")
     with pytest.raises(ValueError, match="reference"):
@@ -276,7 +319,7 @@ def test_diagnostics_leave_the_global_random_streams_alone(svi_fit, em_fit, data
     random.seed(123)
     before = _global_states()
     diagnostics.to_inference_data(svi_fit, data, num_samples=5, random_state=random_state)
-    diagnostics.to_inference_data(em_fit, data, random_state=random_state)
+    diagnostics.to_inference_data(em_fit, data, random_state=random_state, point_estimate=True)
     for temperature in (0, 1):
         diagnostics.sample_assignments(svi_fit, data, temperature=temperature,
                                        random_state=random_state)

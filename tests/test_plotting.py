@@ -7,7 +7,12 @@ import pytest
 import torch
 from matplotlib.patches import Ellipse
 
-from ppl_mixtures.plotting import plot_clusters, plot_history, principal_plane
+from ppl_mixtures.plotting import (
+    plot_clusters,
+    plot_history,
+    plot_responsibilities,
+    principal_plane,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -122,3 +127,17 @@ def test_plot_history_has_one_line():
 def test_plot_history_rejects_empty():
     with pytest.raises(ValueError, match="non-empty"):
         plot_history([], ylabel="loss")
+
+
+def test_plot_responsibilities_says_when_it_shows_a_subset():
+    """Issue: responsibilities.png silently showed 500 of 1,500 rows."""
+    rng = np.random.default_rng(0)
+    values = rng.dirichlet(np.ones(3), size=1500)
+    (ax, _) = plot_responsibilities(values).axes  # the heatmap and its colour bar
+    assert ax.get_title() == "responsibilities (500 of 1,500 rows, evenly spaced)"
+    assert ax.images[0].get_array().shape == (500, 3)
+    fig = plot_responsibilities(values[:200], title="fit")
+    assert fig.axes[0].get_title() == "fit"  # every row shown: nothing to say
+    assert fig.axes[0].images[0].get_array().shape == (200, 3)
+    with pytest.raises(ValueError, match="max_rows=0"):
+        plot_responsibilities(values, max_rows=0)

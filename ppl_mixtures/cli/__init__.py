@@ -16,11 +16,19 @@ file, prints a summary and writes into ``--out``:
     SVI only: the trainer's checkpoint, from which ``--resume`` continues.
 
 ``ppl-mixtures diagnose MODEL_FILE --data ...`` writes the posterior diagnostics of a saved
-model; ``ppl-mixtures compare-dgmm`` runs the DGMM paper's experiment
+model (WAIC, LOO and r_hat only where the fit has posterior draws; the report says why
+not otherwise); ``ppl-mixtures compare-dgmm`` runs the DGMM paper's experiment
 (:mod:`ppl_mixtures.experiments.bumpy_journey`) and writes its report, tables and figures.
 
 Exit codes: 0 on success, 2 for bad input (arguments, data, files), 1 when fitting fails.
-Errors are printed as one line, ``ppl-mixtures: error: ...``, without a traceback.
+Errors are printed as one line, ``ppl-mixtures: error: ...``, without a traceback, and
+warnings as ``ppl-mixtures: warning: ...``.
+
+``--out`` is created only when a run has something to write there; a folder that is not
+empty is refused unless ``--overwrite`` (or ``--resume``) is given, and a run that fails
+removes what it created (but keeps an SVI checkpoint, for ``--resume``). Built-in data are
+raw; ``--scale`` preprocesses them (``fit --inference sgd`` standardises by default), and
+the summary always says which scaling was applied.
 
 Run ``ppl-mixtures --help`` or ``python -m ppl_mixtures.cli --help``.
 
@@ -33,6 +41,7 @@ Modules: :mod:`~ppl_mixtures.cli.parser` (arguments, sub-commands built from the
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +56,13 @@ def _fail(message: Any, code: int) -> int:
     text = " ".join(str(message).split()) or "unknown error"
     print(f"{PROG}: error: {text}", file=sys.stderr)
     return code
+
+
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Print a warning as one line, ``ppl-mixtures: warning: ...`` (no source line)."""
+    text = " ".join(str(message).split())
+    print(f"{PROG}: warning: {text}", file=sys.stderr if file is None else file)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,6 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ``SystemExit(2)``, as with any argparse program.
     """
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args: Any) -> int:
     try:
         return args.run(args)
     except FileNotFoundError as error:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["run_compare_dgmm"]
+from ppl_mixtures.cli.common import OutputFolder
+
+__all__ = ["COMPARE_OUTPUTS", "run_compare_dgmm"]
+
+#: Every file ``compare-dgmm`` may write into ``--out``.
+COMPARE_OUTPUTS = ("report.md", "runs.csv", "table1_bic.csv", "table2_nonempty.csv",
+                   "table3_layer_ari.csv", "mutual_ari_em.csv", "results.json",
+                   "fig2_layer1_ari.png", "fig3_path_ari.png", "fig4_bic_trace.png",
+                   "fig5_mutual_ari.png")
 
 
 def run_compare_dgmm(args: argparse.Namespace) -> int:
@@ -23,9 +31,11 @@ def run_compare_dgmm(args: argparse.Namespace) -> int:
         config = ExperimentConfig(n_samples=args.n_samples, em_max_iter=args.em_max_iter,
                                   svi_max_iter=args.svi_max_iter, **settings)
     config.check()
-    args.out.mkdir(parents=True, exist_ok=True)
+    folder = OutputFolder(args.out, overwrite=args.overwrite, outputs=COMPARE_OUTPUTS)
+    folder.check()
     result = run_experiment(config)
-    report = write_report(result, args.out)
+    with folder:
+        report = write_report(result, folder.create())
     header = f"{'method':<12} {'runs':>4} {'path ARI best':>13} {'mean':>6} {'log-lik best':>12}"
     lines = [header]
     for row in result.summary():

@@ -1,14 +1,15 @@
 """``ppl-mixtures fit MODEL``: load the data, build the family's estimator, fit, write.
 
 Nothing here names a model: the family (:mod:`ppl_mixtures.registry`) says which estimator to
-build, which options it takes and which inference paths checkpoint or run distributed.
+build, which options it takes (and with which inference paths), which inference paths
+checkpoint or run distributed, and which scale an inference path needs by default.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
-import sys
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,24 @@ import numpy as np
 
 from ppl_mixtures.cli.common import (
     CHECKPOINT_FILE,
+    CHECKPOINT_PATTERN,
     DEFAULT_N_COMPONENTS,
-    PROG,
+    MODEL_FILE,
+    SUMMARY_FILE,
     CLIError,
+    OutputFolder,
     load_data,
+    note,
+    scale_data,
 )
 from ppl_mixtures.registry import Family, get_family
 
-__all__ = ["build_estimator", "check_options", "fit_and_write", "run_fit"]
+__all__ = ["FIT_OUTPUTS", "build_estimator", "check_options", "fit_and_write", "resolve_scale",
+           "run_fit"]
+
+#: Every file ``fit`` may write into ``--out`` (any family).
+FIT_OUTPUTS = (MODEL_FILE, SUMMARY_FILE, "clusters.png", "history.png", "latent.png",
+               "samples.png", CHECKPOINT_PATTERN)
 
 
 def check_options(family: Family, args: argparse.Namespace) -> None:
@@ -39,6 +50,23 @@ def check_options(family: Family, args: argparse.Namespace) -> None:
     if args.distributed and args.inference not in family.distributed:
         raise CLIError(f"--distributed needs --inference {' or '.join(family.distributed)}, "
                        f"not {args.inference}")
+    for option in family.options:
+        value = getattr(args, option.dest)
+        if value is not None and value != option.default and not option.applies_to(
+            args.inference
+        ):
+            raise CLIError(f"{option.flag} applies to --inference "
+                           f"{' or '.join(option.inference)} only, not {args.inference}")
+
+
+def resolve_scale(family: Family, args: argparse.Namespace) -> tuple[str, str]:
+    """``(scale, why)``: ``--scale``, or the inference path's default, and how it was chosen."""
+    if args.scale is not None:
+        return args.scale, "--scale"
+    scale = family.default_scale(args.inference)
+    if scale == "none":
+        return scale, "default"
+    return scale, f"the default for --inference {args.inference}; --scale none turns it off"
 
 
 def _n_components(family: Family, args: argparse.Namespace, labels: np.ndarray | None) -> Any:
@@ -59,8 +87,9 @@ def build_estimator(family: Family, args: argparse.Namespace, n_components: Any,
 
     The common options go to the estimator when its constructor takes them; ``--n-init``,
     ``--max-iter``, ``--tol`` and ``--dtype``, when given to an estimator that does not take
-    them, are an error rather than silently ignored. Options left unset (``None``) leave the
-    estimator's defaults.
+    them, are an error rather than silently ignored. Options left unset (``None``) take the
+    family's command-line default for the inference path (e.g. ``--batch-size 32`` for SGD)
+    or leave the estimator's defaults.
     """
     cls = family.estimator_class()
     accepted = inspect.signature(cls).parameters
@@ -89,22 +118,28 @@ def build_estimator(family: Family, args: argparse.Namespace, n_components: Any,
                    if value is not None and name in accepted})
     for option in family.options:
         value = getattr(args, option.dest)
+        if value is None:
+            value = option.default_for(args.inference)
         if value is not None:
             kwargs[option.arg] = value
     kwargs["n_components"] = n_components
     return cls(**kwargs)
 
 
-def fit_and_write(est: Any, X: np.ndarray, out: Path, resume: bool,
+def fit_and_write(est: Any, X: np.ndarray, folder: OutputFolder, resume: bool,
                   write: Callable[[], None]) -> int:
-    """Fit ``est`` on ``X``, then ``write`` the outputs.
+    """Fit ``est`` on ``X``, then ``write`` the outputs into ``folder``.
 
-    With ``est.distributed`` (``--distributed`` under torchrun) each process fits its rows
-    ``rank::world_size`` and rank 0 alone writes.
+    The folder is made just before fitting when the fit writes a checkpoint there, else just
+    before writing. With ``est.distributed`` (``--distributed`` under torchrun) each process
+    fits its rows ``rank::world_size`` and rank 0 alone writes.
     """
-    out.mkdir(parents=True, exist_ok=True)  # before fitting: SVI checkpoints go there
+    checkpointed = getattr(est, "checkpoint_path", None) is not None
     if not getattr(est, "distributed", False):
+        if checkpointed:
+            folder.create()
         est.fit(X, resume=resume)
+        folder.create()
         write()
         return 0
     import torch.distributed
@@ -113,8 +148,11 @@ def fit_and_write(est: Any, X: np.ndarray, out: Path, resume: bool,
 
     rank, world_size = init_from_env()
     try:
+        if checkpointed:  # every rank writes its own checkpoint there
+            folder.create()
         est.fit(X[rank::world_size], resume=resume)
         if rank == 0:
+            folder.create()
             write()
         torch.distributed.barrier()
     finally:
@@ -128,12 +166,21 @@ def run_fit(args: argparse.Namespace) -> int:
 
     family = get_family(args.model)
     check_options(family, args)
-    X, labels = load_data(args)
-    n_components = _n_components(family, args, labels)
     out = args.out if args.out is not None else Path("runs") / family.name
+    args.out = out
+    rank = int(os.environ.get("RANK", "0")) if args.distributed else 0
+    folder = OutputFolder(out, overwrite=args.overwrite, resume=args.resume,
+                          outputs=FIT_OUTPUTS, cleanup=rank == 0)
+    folder.check(resume_hint="continue an SVI run" if args.inference in family.resume
+                 else None)
+    X, labels = load_data(args)
+    args.scale, args.scale_reason = resolve_scale(family, args)
+    X = scale_data(X, args.scale)
+    n_components = _n_components(family, args, labels)
     checkpoint = out / CHECKPOINT_FILE
     if args.resume and not checkpoint.exists():
-        print(f"{PROG}: note: no checkpoint at {checkpoint}; starting afresh", file=sys.stderr)
+        note(f"no checkpoint at {checkpoint}; starting afresh")
     est = build_estimator(family, args, n_components, checkpoint)
-    return fit_and_write(est, X, out, args.resume,
-                         lambda: write_outputs(family, args, est, X, labels, out))
+    with folder:
+        return fit_and_write(est, X, folder, args.resume,
+                             lambda: write_outputs(family, args, est, X, labels, out))

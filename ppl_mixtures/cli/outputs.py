@@ -16,13 +16,17 @@ from typing import Any
 import numpy as np
 
 from ppl_mixtures._version import __version__
-from ppl_mixtures.cli.common import MODEL_FILE
+from ppl_mixtures.cli.common import MODEL_FILE, SUMMARY_FILE
 from ppl_mixtures.registry import Family
 
 __all__ = [
     "WRITERS",
+    "format_rows",
     "format_summary",
     "label_scores",
+    "latent_figures",
+    "save_figures",
+    "scale_text",
     "summary",
     "write_latent_outputs",
     "write_mixture_outputs",
@@ -34,7 +38,29 @@ HISTORY_LABELS = {
     "sgd": ("epoch", "smoothed max-component loss per sample"),
     "em": ("iteration", "mean log-likelihood per sample"),
     "svi": ("step", "loss per sample (negative ELBO / N)"),
+    "nuts": ("draw", "mean log-likelihood per sample at the draw"),
 }
+#: What ``n_iter_`` counts, by inference path, in the printed summary.
+STEP_NAMES = {"em": "iterations", "svi": "steps", "sgd": "epochs", "nuts": "draws per chain"}
+
+
+def scale_text(args: argparse.Namespace) -> str:
+    """The printed ``scaling`` row: what ``--scale`` did and why."""
+    from ppl_mixtures.datasets import describe_scale
+
+    text = describe_scale(args.scale)
+    reason = getattr(args, "scale_reason", "default")
+    return text if reason in ("default", "--scale") else f"{text}: {reason}"
+
+
+def _inference_text(summary: dict[str, Any]) -> str:
+    text = summary["inference"]
+    details = []
+    if summary.get("guide"):
+        details.append(f"{summary['guide']} guide")
+    if summary.get("batch_size"):
+        details.append(f"batch size {summary['batch_size']}")
+    return f"{text} ({', '.join(details)})" if details else text
 
 
 def label_scores(labels: np.ndarray | None, predicted: np.ndarray) -> dict[str, float | None]:
@@ -61,15 +87,20 @@ def summary(family: Family, args: argparse.Namespace, est: Any, X: np.ndarray,
             labels: np.ndarray | None, predicted: np.ndarray) -> dict[str, Any]:
     """The numbers of a fitted mixture, as printed and written to ``summary.json``."""
     reference = next(iter(est._param_tensors().values()))
+    inference = est.inference
+    batch_size = getattr(est, "batch_size", None) if inference in ("svi", "sgd") else None
     return {
         "model": family.name,
         "dataset": str(args.data),
+        "scale": args.scale,
         "n_samples": int(X.shape[0]),
         "n_features": int(X.shape[1]),
         "n_components": _components(est.n_components),
         "covariance_type": getattr(est, "covariance_type", None),
         "n_factors": getattr(est, "n_factors", None),
-        "inference": est.inference,
+        "inference": inference,
+        "guide": getattr(est, "guide", None) if inference == "svi" else None,
+        "batch_size": None if batch_size is None else int(batch_size),
         "converged": bool(est.converged_),
         "n_iter": int(est.n_iter_),
         "mean_log_likelihood": est.score(X),
@@ -84,17 +115,18 @@ def summary(family: Family, args: argparse.Namespace, est: Any, X: np.ndarray,
     }
 
 
-def format_summary(summary: dict[str, Any], out: Path) -> str:
-    """The printed table of :func:`summary`."""
-    steps = "steps" if summary["inference"] == "svi" else "iterations"
+def format_summary(summary: dict[str, Any], out: Path, scaling: str | None = None) -> str:
+    """The printed table of :func:`summary` (``scaling``: the ``scaling`` row's text)."""
+    steps = STEP_NAMES.get(summary["inference"], "iterations")
     rows = [
         ("dataset", summary["dataset"]),
+        ("scaling", scaling or summary["scale"]),
         ("samples (N)", summary["n_samples"]),
         ("features (D)", summary["n_features"]),
         ("components (K)", summary["n_components"]),
         ("covariance type" if summary["n_factors"] is None else "factors",
          summary["covariance_type"] or summary["n_factors"]),
-        ("inference", summary["inference"]),
+        ("inference", _inference_text(summary)),
         ("converged", "yes" if summary["converged"] else "no"),
         (steps, summary["n_iter"]),
         ("mean log-likelihood", f"{summary['mean_log_likelihood']:.4f}"),
@@ -108,57 +140,111 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
             ("cluster accuracy", f"{summary['cluster_accuracy']:.4f}"),
         ]
     rows += [("seconds", f"{summary['seconds']:.2f}"), ("outputs", str(out))]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    return format_rows(rows)
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figures(figures: dict[str, Any], out: Path) -> None:
+    """Save every ``{file name: figure}`` into ``out`` and close them all."""
     from ppl_mixtures.plotting import _pyplot
 
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
+    plt = _pyplot()
+    try:
+        for name, fig in figures.items():
+            fig.savefig(out / name, dpi=100, bbox_inches="tight")
+    finally:
+        for fig in figures.values():
+            plt.close(fig)
 
 
-def _save_plots(family: Family, args: argparse.Namespace, est: Any, X: np.ndarray,
-                predicted: np.ndarray, out: Path) -> None:
+def _mixture_figures(family: Family, args: argparse.Namespace, est: Any, X: np.ndarray,
+                     predicted: np.ndarray) -> dict[str, Any]:
     from ppl_mixtures.plotting import plot_clusters, plot_history
 
-    _save(plot_clusters(
+    scaled = "" if args.scale == "none" else f" ({args.scale} scaled)"
+    figures = {"clusters.png": plot_clusters(
         X, predicted, means=est.means_, covariances=family.full_covariances(est),
-        title=f"{family.plot_label(est)} on {Path(args.data).name}: K={est._n_clusters()}",
-    ), out / "clusters.png")
+        title=f"{family.plot_label(est)} on {Path(args.data).name}{scaled}: "
+        f"K={est._n_clusters()}",
+    )}
     xlabel, ylabel = HISTORY_LABELS[est.inference]
-    _save(plot_history(est.history_, xlabel=xlabel, ylabel=ylabel, title="training history"),
-          out / "history.png")
+    figures["history.png"] = plot_history(est.history_, xlabel=xlabel, ylabel=ylabel,
+                                          title="training history")
+    return figures
 
 
 def write_mixture_outputs(family: Family, args: argparse.Namespace, est: Any, X: np.ndarray,
                           labels: np.ndarray | None, out: Path) -> None:
-    """Predict, write the model file, ``summary.json`` and the plots; print the summary."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Predict and draw, then write the model file, ``summary.json`` and the plots; print.
+
+    Everything is computed before the first file is written, so a failure leaves no
+    partial set of outputs.
+    """
     predicted = est.predict(X)
     numbers = summary(family, args, est, X, labels, predicted)
+    figures = _mixture_figures(family, args, est, X, predicted)
     est.save(out / MODEL_FILE)
-    (out / "summary.json").write_text(json.dumps(numbers, indent=2) + "\n")
-    _save_plots(family, args, est, X, predicted, out)
-    print(format_summary(numbers, out))
+    (out / SUMMARY_FILE).write_text(json.dumps(numbers, indent=2) + "\n")
+    save_figures(figures, out)
+    print(format_summary(numbers, out, scale_text(args)))
 
 
-def _latent_figures(est: Any, X: np.ndarray, predicted: np.ndarray, out: Path) -> None:
+def latent_figures(est: Any, X: np.ndarray, predicted: np.ndarray, *,
+                   history: bool = True) -> dict[str, Any]:
+    """``history.png``, ``latent.png`` and, for square images, ``samples.png`` of a GMVAE."""
     from ppl_mixtures.plotting import plot_centroid_grid, plot_clusters, plot_history
 
-    _save(plot_history(est.history_, xlabel="step", ylabel="loss per sample (negative ELBO)",
-                       title=f"{type(est).__name__} training"), out / "history.png")
-    _save(plot_clusters(est.transform(X), predicted,
-                        title=f"latent x of the {type(est).__name__} (K={est.n_components}), "
-                        "by cluster"), out / "latent.png")
+    name = type(est).__name__
+    figures = {}
+    if history:
+        figures["history.png"] = plot_history(
+            est.history_, xlabel="step", ylabel="loss per sample (negative ELBO)",
+            title=f"{name} training")
+    figures["latent.png"] = plot_clusters(
+        est.transform(X), predicted,
+        title=f"latent x of the {name} (K={est.n_components}), by cluster")
     side = math.isqrt(X.shape[1])
-    if side * side == X.shape[1] and side > 1:
+    if history and side * side == X.shape[1] and side > 1:
         per_row = 8
         images = np.concatenate([est.sample(per_row, component=k, observation="mean")[0]
                                  for k in range(est.n_components)])
-        _save(plot_centroid_grid(images, (est.n_components, per_row), (side, side),
-                                 title="samples per component (rows)"), out / "samples.png")
+        figures["samples.png"] = plot_centroid_grid(
+            images, (est.n_components, per_row), (side, side),
+            title="samples per component (rows)")
+    return figures
+
+
+def _latent_rows(numbers: dict[str, Any], scaling: str) -> list[tuple[str, Any]]:
+    """The printed table of a GMVAE fit, numbers formatted."""
+    rows: list[tuple[str, Any]] = [
+        ("dataset", numbers["dataset"]),
+        ("scaling", scaling),
+        ("samples (N)", numbers["n_samples"]),
+        ("features (D)", numbers["n_features"]),
+        ("components (K)", numbers["n_components"]),
+        ("preset", numbers["preset"]),
+        ("likelihood", numbers["likelihood"]),
+        ("z inference", numbers["z_inference"]),
+    ]
+    if numbers["free_bits"]:
+        rows.append(("free bits", f"{numbers['free_bits']:g}"))
+    rows += [
+        ("particles", numbers["num_particles"]),
+        ("epochs", numbers["epochs"]),
+        ("steps", numbers["steps"]),
+        ("ELBO per sample", f"{numbers['elbo_per_sample']:.4f} (a lower bound of the mean "
+         "log-likelihood)"),
+    ]
+    if numbers["ari"] is not None:
+        rows += [
+            ("ARI", f"{numbers['ari']:.4f}"),
+            ("NMI", f"{numbers['nmi']:.4f}"),
+            ("cluster accuracy", f"{numbers['cluster_accuracy']:.4f}"),
+        ]
+    rows += [
+        ("clusters used", f"{numbers['clusters_used']} of {numbers['n_components']}"),
+        ("seconds", f"{numbers['seconds']:.2f}"),
+    ]
+    return rows
 
 
 def write_latent_outputs(family: Family, args: argparse.Namespace, est: Any, X: np.ndarray,
@@ -166,7 +252,8 @@ def write_latent_outputs(family: Family, args: argparse.Namespace, est: Any, X: 
     """A deep latent model (GMVAE): the model file, ``summary.json``, the figures; print."""
     predicted = est.predict(X)
     numbers = {
-        "model": family.name, "dataset": str(args.data), "n_samples": int(X.shape[0]),
+        "model": family.name, "dataset": str(args.data), "scale": args.scale,
+        "n_samples": int(X.shape[0]),
         "n_features": int(X.shape[1]), "n_components": int(est.n_components),
         "preset": est.preset_, "likelihood": est.likelihood, "z_inference": est.z_inference,
         "free_bits": est.free_bits, "num_particles": est.num_particles,
@@ -175,12 +262,17 @@ def write_latent_outputs(family: Family, args: argparse.Namespace, est: Any, X: 
         "clusters_used": int(len(np.unique(predicted))), "seconds": float(est.fit_seconds_),
         "seed": args.seed, "version": __version__,
     }
+    figures = latent_figures(est, X, predicted)
     est.save(out / MODEL_FILE)
-    (out / "summary.json").write_text(json.dumps(numbers, indent=2) + "\n")
-    _latent_figures(est, X, predicted, out)
-    width = max(len(key) for key in numbers)
-    print("\n".join(f"{key:<{width}}  {value}" for key, value in numbers.items())
-          + f"\noutputs  {out}")
+    (out / SUMMARY_FILE).write_text(json.dumps(numbers, indent=2) + "\n")
+    save_figures(figures, out)
+    print(format_rows([*_latent_rows(numbers, scale_text(args)), ("outputs", str(out))]))
+
+
+def format_rows(rows: list[tuple[str, Any]]) -> str:
+    """``name  value`` lines, the names padded to one width."""
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
 #: The writer of each ``Family.outputs``.

@@ -20,6 +20,7 @@ from ppl_mixtures.cli.common import (
     EXIT_USAGE,
     MODEL_FILE,
     PROG,
+    SUMMARY_FILE,
 )
 from ppl_mixtures.registry import FAMILIES, Family, Option
 
@@ -111,16 +112,24 @@ def _paths(names: tuple[str, ...]) -> str:
     return " or ".join(name.upper() for name in names)
 
 
-def _common_fit_options(family: Family) -> argparse.ArgumentParser:
-    """Options shared by every ``fit`` model: data, K, budget, seed, device, outputs."""
-    from ppl_mixtures.datasets import BUILTIN_DATASETS
+def _scale_help(family: Family | None) -> str:
+    defaults = "" if family is None else "".join(
+        f", {scale} for --inference {path}" for path, scale in family.scale)
+    return ("preprocess the features with statistics of --data: none, standard (zero mean and "
+            "unit variance per feature) or minmax ([0, 1] per feature); printed in the "
+            f"summary (default: none{defaults})")
 
-    parent = argparse.ArgumentParser(add_help=False)
-    data = parent.add_argument_group("data")
+
+def _add_data_options(parser: argparse.ArgumentParser, family: Family | None,
+                      default: str | None) -> Any:
+    from ppl_mixtures.datasets import BUILTIN_DATASETS, SCALES
+
+    data = parser.add_argument_group("data")
     data.add_argument(
-        "--data", default=family.dataset, metavar="NAME|PATH",
-        help=f"built-in data set ({', '.join(BUILTIN_DATASETS)}) or a .csv / .npy file "
-        f"(default: {family.dataset})",
+        "--data", default=default, required=default is None, metavar="NAME|PATH",
+        help=f"built-in data set ({', '.join(BUILTIN_DATASETS)}; raw, as scikit-learn or "
+        "the simulation gives them) or a .csv / .npy file"
+        + (f" (default: {default})" if default else ""),
     )
     data.add_argument(
         "--label-column", metavar="COL",
@@ -129,6 +138,15 @@ def _common_fit_options(family: Family) -> argparse.ArgumentParser:
     data.add_argument(
         "--labels", metavar="PATH", help="NPY only: a .npy file holding the known labels",
     )
+    data.add_argument("--scale", choices=SCALES, help=_scale_help(family))
+    return data
+
+
+def _common_fit_options(family: Family) -> argparse.ArgumentParser:
+    """Options shared by every ``fit`` model: data, K, budget, seed, device, outputs."""
+
+    parent = argparse.ArgumentParser(add_help=False)
+    _add_data_options(parent, family, family.dataset)
     fitting = parent.add_argument_group("fitting")
     fitting.add_argument(
         "--n-components", "-k", type=integer(1), metavar="K",
@@ -136,17 +154,16 @@ def _common_fit_options(family: Family) -> argparse.ArgumentParser:
         f"{DEFAULT_N_COMPONENTS})",
     )
     fitting.add_argument(
-        "--max-iter", type=integer(1), metavar="N",
-        help="EM iterations, SVI steps or epochs, as the model counts them (default: the "
-        "estimator's, e.g. 100 for EM, 1000 for SVI)",
+        "--max-iter", type=integer(1), metavar="N", help=family.max_iter_help,
     )
     fitting.add_argument(
         "--tol", type=real(positive=False), help="convergence tolerance (default: the estimator's)",
     )
-    fitting.add_argument(
-        "--n-init", type=integer(1), metavar="N",
-        help="restarts; the best is kept (default: 1)",
-    )
+    if family.n_init:
+        fitting.add_argument(
+            "--n-init", type=integer(1), metavar="N",
+            help="restarts; the best is kept (default: 1)",
+        )
     fitting.add_argument(
         "--seed", type=integer(0), default=0, metavar="S", help="random seed (default: 0)",
     )
@@ -160,7 +177,12 @@ def _common_fit_options(family: Family) -> argparse.ArgumentParser:
     output = parent.add_argument_group("output")
     output.add_argument(
         "--out", type=Path, metavar="DIR",
-        help="output folder, created when missing (default: runs/<model>)",
+        help="output folder, created when needed; refused when not empty, unless --overwrite "
+        f"or --resume (default: runs/{family.name})",
+    )
+    output.add_argument(
+        "--overwrite", action="store_true",
+        help="write into a non-empty --out, replacing its files",
     )
     if family.resume:
         output.add_argument(
@@ -210,7 +232,7 @@ def _add_family_parser(models: Any, family: Family) -> None:
             "gradients are all-reduced, rank 0 writes the outputs (see docs/scaling.md)",
         )
     parser.set_defaults(run=run_fit, model=family.name, inference=family.inference[0],
-                        distributed=False, resume=False)
+                        distributed=False, resume=False, n_init=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,17 +250,23 @@ def _add_compare_dgmm_parser(commands: Any) -> None:
         description="Simulate the section 3.1 data of Selosse et al. (2020) (N=4000, J=17, G=(3,3,2), "
         "R=(11,6,2), standardised), fit the DGMM by EM, annealed EM and SVI from random "
         "starts, score the true parameters, and write the paper's Tables 1-3 and Figures 2-5 "
-        "with report.md into --out. The defaults take about 7 minutes on 2 CPU cores.",
+        "with report.md into --out. The defaults take about 7 minutes on 2 CPU cores; "
+        "'--runs 1 --svi-runs 0 --bic-runs 0' is the smallest run (about a minute).",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/compare-dgmm"), metavar="DIR",
-                        help="output folder (default: runs/compare-dgmm)")
-    parser.add_argument("--runs", type=integer(2), default=defaults.runs, metavar="N",
-                        help=f"EM starts, also the size of the mutual-ARI matrix "
-                        f"(default: {defaults.runs}; Selosse et al. use 20, and 100 for Figure 5)")
+                        help="output folder, refused when not empty unless --overwrite "
+                        "(default: runs/compare-dgmm)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out, replacing its files")
+    parser.add_argument("--runs", type=integer(1), default=defaults.runs, metavar="N",
+                        help=f"EM starts, also the size of the mutual-ARI matrix of Figure 5, "
+                        f"drawn from 2 runs (default: {defaults.runs}; Selosse et al. use 20, "
+                        "and 100 for Figure 5)")
     parser.add_argument("--svi-runs", type=integer(0), default=defaults.svi_runs, metavar="N",
                         help=f"SVI starts (default: {defaults.svi_runs}; 0 skips SVI)")
-    parser.add_argument("--bic-runs", type=integer(1), default=defaults.bic_runs, metavar="N",
-                        help=f"runs per candidate G(1) in Table 1 (default: {defaults.bic_runs})")
+    parser.add_argument("--bic-runs", type=integer(0), default=defaults.bic_runs, metavar="N",
+                        help=f"runs per candidate G(1) in Table 1 (default: {defaults.bic_runs}; "
+                        "0 skips Table 1 and Figure 2)")
     parser.add_argument("--n-samples", type=integer(10), default=defaults.n_samples,
                         metavar="N", help=f"simulated samples (default: {defaults.n_samples})")
     parser.add_argument("--em-max-iter", type=integer(1), default=defaults.em_max_iter,
@@ -261,22 +289,58 @@ def _add_diagnose_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "diagnose", help="posterior diagnostics of a saved model on data",
         description=f"Load a model written by 'fit' ({MODEL_FILE}), score it on --data, and "
-        "write inference_data.nc (arviz), summary.csv (az.summary), report.md "
-        "(log-likelihood, BIC, WAIC and LOO where the fit has posterior draws, r_hat), "
-        "clusters.png, responsibilities.png and, with draws, trace.png into --out.",
+        "write report.md (log-likelihood, BIC; WAIC, LOO and r_hat where the fit has "
+        "posterior draws, and why not where it has none), inference_data.nc (arviz), "
+        "summary.csv (az.summary of the weights, means and covariances), clusters.png, "
+        "responsibilities.png and, with draws, trace.png into --out. A GMVAE has no "
+        "tractable likelihood: its report gives the ELBO and the clusters, with latent.png.",
     )
     parser.add_argument("model", type=Path, metavar="MODEL_FILE",
                         help=f"a {MODEL_FILE} from 'fit'")
-    parser.add_argument("--data", required=True, metavar="NAME|PATH",
-                        help="built-in data set name or a .csv / .npy file (as for 'fit')")
-    parser.add_argument("--label-column", metavar="COL", help="CSV only: labels column")
-    parser.add_argument("--labels", metavar="PATH", help="NPY only: a .npy file of labels")
+    data = _add_data_options(parser, None, None)
+    data.description = (f"--scale defaults to the scale recorded in the {SUMMARY_FILE} next "
+                        "to MODEL_FILE (what 'fit' applied), else none")
     parser.add_argument("--out", type=Path, default=Path("runs/diagnose"), metavar="DIR",
-                        help="output folder (default: runs/diagnose)")
+                        help="output folder, refused when not empty unless --overwrite "
+                        "(default: runs/diagnose)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out, replacing its files")
     parser.add_argument("--num-samples", type=integer(2), default=200, metavar="N",
                         help="draws of a mean-field SVI guide (default: 200)")
     parser.add_argument("--seed", type=integer(0), default=0, metavar="S")
     parser.set_defaults(run=run_diagnose)
+
+
+def _add_select_parser(commands: Any) -> None:
+    from ppl_mixtures.cli.select import run_select
+
+    parser = commands.add_parser(
+        "select", help="model search over K and the covariance type (as mclust)",
+        description="Fit a Gaussian mixture for every number of components and covariance "
+        "type, score each by --criterion, and write selection.csv (every candidate), "
+        f"selection.png (the criterion against K per covariance type), {SUMMARY_FILE} and "
+        f"the best model as {MODEL_FILE} into --out.",
+    )
+    _add_data_options(parser, None, "gmm")
+    search = parser.add_argument_group("search")
+    search.add_argument("-k", "--n-components", type=integer_list, default=tuple(range(1, 10)),
+                        metavar="K1,K2,...", help="numbers of components (default: 1,...,9)")
+    search.add_argument("--covariance-types", type=lambda text: text.split(","),
+                        default=["all"], metavar="T1,T2,...",
+                        help="covariance types, comma-separated, or all (default: all)")
+    search.add_argument("--criterion", choices=("bic", "aic", "icl"), default="bic",
+                        help="lower is better for all three (default: bic)")
+    search.add_argument("--n-init", type=integer(1), default=1, metavar="N",
+                        help="EM starts per candidate (default: 1)")
+    parser.add_argument("--seed", type=integer(0), default=0, metavar="S",
+                        help="random seed (default: 0)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--out", type=Path, default=Path("runs/select"), metavar="DIR",
+                        help="output folder, refused when not empty unless --overwrite "
+                        "(default: runs/select)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out, replacing its files")
+    parser.set_defaults(run=run_select)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,4 +373,5 @@ def build_parser() -> argparse.ArgumentParser:
         _add_family_parser(models, family)
     _add_compare_dgmm_parser(commands)
     _add_diagnose_parser(commands)
+    _add_select_parser(commands)
     return parser

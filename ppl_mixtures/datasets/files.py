@@ -108,11 +108,38 @@ def _resolve_label_column(
     return label_column % n_columns
 
 
-def _parse_labels(cells: list[str]) -> np.ndarray:
-    """Labels as int64 when all integral numbers, float64 when numeric, else strings."""
+def _check_labels_known(labels: np.ndarray, source: str,
+                        row_names: Sequence[str] | None = None) -> None:
+    """Raise if numeric labels hold NaN or inf (a missing label), saying how many and where."""
+    if labels.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(labels)
+    if not bad.any():
+        return
+    row = int(np.argmax(bad))
+    where = f"row {row}" if row_names is None else row_names[row]
+    raise ValueError(
+        f"{source} holds {int(bad.sum())} missing (NaN or infinite) label(s) of "
+        f"{labels.shape[0]}; the first is {float(labels[row])!r} at {where}. Every sample "
+        "needs its known label: drop the unlabelled rows or give no labels."
+    )
+
+
+def _parse_labels(cells: list[str], source: str, row_names: Sequence[str]) -> np.ndarray:
+    """Labels as int64 when all integral numbers, float64 when numeric, else strings.
+
+    Empty cells and numeric labels that are NaN or infinite are refused (a missing label).
+    """
+    empty = [name for name, cell in zip(row_names, cells, strict=True) if not cell.strip()]
+    if empty:
+        raise ValueError(
+            f"{source} holds {len(empty)} empty label cell(s); the first is at {empty[0]}. "
+            "Every sample needs its known label: drop the unlabelled rows or give no labels."
+        )
     if all(_is_number(cell) for cell in cells):
         values = np.array([float(cell) for cell in cells])
-        if np.all(np.isfinite(values)) and np.all(values == np.round(values)):
+        _check_labels_known(values, source, row_names)
+        if np.all(values == np.round(values)):
             return values.astype(np.int64)
         return values
     return np.array(cells)
@@ -181,7 +208,8 @@ def load_csv(
     ValueError
         If the file is empty, its rows have different lengths, a feature cell is not numeric
         (the message gives the line, column and value) or holds NaN/inf (the message gives
-        how many and where the first one is), or if an argument is invalid.
+        how many and where the first one is), a label is missing (empty, NaN or inf), or if
+        an argument is invalid.
     """
     if header not in ("infer", True, False):
         raise ValueError(f"header must be 'infer', True or False, got {header!r}.")
@@ -228,7 +256,9 @@ def load_csv(
     y = (
         None
         if label_index is None
-        else _parse_labels([cells[label_index] for _, cells in data_rows])
+        else _parse_labels([cells[label_index] for _, cells in data_rows],
+                           f"label_column={label_column!r} of '{path}'",
+                           [f"line {line}" for line, _ in data_rows])
     )
     return X, y
 
@@ -277,7 +307,8 @@ def load_npy(
         If a file does not exist.
     ValueError
         If a file is not a readable ``.npy`` array, ``X`` is not 2-D, empty, or non-numeric,
-        holds NaN/inf (how many and where the first is), or the labels do not match ``X``.
+        holds NaN/inf (how many and where the first is), or the labels do not match ``X``
+        or hold NaN/inf (a missing label).
     """
     array = _load_npy_array(path, "data file")
     if array.ndim != 2:
@@ -306,6 +337,7 @@ def load_npy(
             f"labels in '{labels_path}' have shape {labels.shape}, but the data in '{path}' "
             f"have {X.shape[0]} rows; expected shape ({X.shape[0]},)."
         )
+    _check_labels_known(labels, f"labels file '{labels_path}'")
     return X, labels
 
 

@@ -17,6 +17,14 @@ inference paths it offers and their defaults, and implements these hooks:
 ``_param_tensors()``, ``_restore(state)``
     What :meth:`save` stores beside the arguments and fitted attributes, and how
     :meth:`load` rebuilds ``params_``, ``model_`` and ``guide_`` from it.
+``_shape_key()``
+    The arguments that fix the shapes of ``params_`` (``warm_start`` checks them).
+
+scikit-learn's mixture conventions hold where they apply: :meth:`fit_predict`,
+``warm_start`` (continue from the last fit's parameters), ``verbose``/``verbose_interval``,
+``max_iter=0`` (EM: the initial values), ``lower_bound_``/``lower_bounds_`` (EM: the value
+of the last E-step, and of every E-step), and a ``ConvergenceWarning`` when EM or SVI stops
+at ``max_iter`` (:mod:`ppl_mixtures.estimators._continuation`).
 
 Everything public runs inside :func:`~ppl_mixtures._rng.fork_rng`: fits draw from
 their own generators and leave the user's global random streams as they found them.
@@ -39,6 +47,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ppl_mixtures import distributed as process_group
 from ppl_mixtures import io, metrics
 from ppl_mixtures._rng import keeps_global_rng
+from ppl_mixtures.estimators import _continuation, _restarts
 from ppl_mixtures.estimators._sources import (
     DataSource,
     StreamSource,
@@ -52,9 +61,7 @@ from ppl_mixtures.estimators._validation import (
     resolve_dtype,
     validate_parameters,
 )
-from ppl_mixtures.inference.em import run_em
 from ppl_mixtures.inference.init import resolve_generator
-from ppl_mixtures.inference.svi import SVITrainer
 
 #: Fitted attributes that :meth:`MixtureEstimator.save` rebuilds instead of storing.
 _REBUILT = ("model_", "guide_", "params_", "param_store_state_", "networks_")
@@ -99,7 +106,11 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
             process_group.require_initialized("distributed=True")
         self._check_arguments()
         max_iter = getattr(self, "max_iter", None)
-        self._max_iter = max_iter or self._default_max_iter.get(inference)
+        if max_iter == 0 and inference != "em":
+            raise ValueError(f"max_iter=0 (return the initial values) is for inference='em', "
+                             f"not inference={inference!r}; pass max_iter >= 1")
+        self._max_iter = max_iter if max_iter is not None else self._default_max_iter.get(
+            inference)
         tol = getattr(self, "tol", None)
         self._tol = tol if tol is not None else self._default_tol.get(inference)
         lr = getattr(self, "lr", None)
@@ -108,15 +119,40 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
     def _n_clusters(self) -> int:
         return self.n_components
 
+    def _shape_key(self) -> dict[str, Any]:
+        """The arguments that fix the shapes of ``params_`` (a hook)."""
+        return {"n_components": self.n_components}
+
     def _validate_x(self, X: Any, reset: bool) -> torch.Tensor:
+        """``X`` as a 2-D tensor in the fit's dtype, on its device.
+
+        Takes what scikit-learn's ``validate_data`` takes (lists, arrays of any order and
+        strides, data frames, memory maps, read-only arrays) and torch tensors of any dtype
+        and device, with or without ``requires_grad``
+        (:func:`~ppl_mixtures.estimators._sources.as_array`). ``reset``: fixes
+        ``n_features_in_``, the dtype and the device, and warns when ``X`` is so small in scale
+        that ``reg_covar`` is scaled down with it
+        (:func:`~ppl_mixtures.inference.em.gmm.variance_floor`).
+        """
+        from ppl_mixtures.estimators._sources import as_array
+        from ppl_mixtures.inference.em.gmm import warn_small_scale
+
         X = validate_data(
-            self, X, reset=reset, dtype=[np.float64, np.float32], ensure_min_samples=1
+            self, as_array(X), reset=reset, dtype=[np.float64, np.float32], ensure_min_samples=1
         )
         if reset:
             self._dtype = resolve_dtype(self.dtype, X.dtype)
             self._device = resolve_device(self.device)
-        # np.require copies only read-only arrays (torch cannot share their memory)
-        return torch.as_tensor(np.require(X, requirements="W"), dtype=self._dtype).to(self._device)
+            reg_covar = getattr(self, "reg_covar", None)  # SGD does not use it
+            if reg_covar and X.shape[0] > 1 and getattr(self, "inference", None) != "sgd":
+                mean = X.mean(0, dtype=np.float64)
+                warn_small_scale(reg_covar, float(X.var(0, dtype=np.float64).mean()),
+                                 float(np.square(mean).mean()), self._dtype)
+        # torch shares the memory of a writable array with non-negative strides; it cannot
+        # take a read-only one or a reversed view (X[::-1]): those are copied
+        if not X.flags.writeable or any(stride < 0 for stride in X.strides):
+            X = np.array(X, order="C")
+        return torch.as_tensor(X, dtype=self._dtype).to(self._device)
 
     def _source(self, X: Any) -> DataSource:
         """The data of a fit as one :class:`DataSource` (a matrix, a stream, a shard)."""
@@ -174,30 +210,59 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         self._prepare()
         return self._fit_source(self._source(X), resume)
 
+    @keeps_global_rng
+    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+        """Fit the model to ``X`` and return the most probable cluster of every sample.
+
+        The labels are those of an E-step at the fitted parameters, so they equal
+        ``fit(X).predict(X)`` whatever ``max_iter``, ``tol`` and ``random_state``.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+        y : ignored
+
+        Returns
+        -------
+        ndarray of int, shape (n_samples,)
+        """
+        if is_batch_source(X):
+            raise ValueError("fit_predict takes one array; for a stream of batches call "
+                             "fit(stream), then predict(batch) on each batch")
+        return self.fit(X, y).predict(X)
+
     def _fit_source(self, source: DataSource, resume: bool):
         """Fit on ``source`` (``_fit``), timed, in its own Pyro param store scope.
 
-        ``lower_bound_`` comes from :meth:`_lower_bound`.
+        ``lower_bound_`` comes from :meth:`_lower_bound`; ``_warm_start_from`` holds what a
+        warm start continues from during the fit.
         """
+        n_features = source.sample.shape[1]
+        self._warm_start_from = _continuation.warm_start_state(self, n_features)
+        self.__dict__.pop("lower_bounds_", None)  # EM sets it again
         generator = resolve_generator(self.random_state, self._device)
         start = time.perf_counter()
         with pyro.get_param_store().scope() as state:
             self._fit(source, generator, resume)
         self.param_store_state_ = state
         self.fit_seconds_ = time.perf_counter() - start
+        self._warm_start_from = None
         self._set_fitted()
         bound = self._lower_bound(source)
         if bound is not None:
             self.lower_bound_ = bound
+        self._warm_key = _continuation.fit_key(self, n_features)
+        _continuation.warn_if_unconverged(self)
         return self
 
     def _lower_bound(self, source: DataSource) -> float | None:
         """``lower_bound_`` after a fit: the mean log-likelihood of one in-memory matrix.
 
-        None leaves the value ``_fit`` set (EM's final pass over a stream or every rank's
-        shard). A hook: an estimator whose likelihood is intractable returns its bound.
+        None leaves the value ``_fit`` set: EM's (the last E-step's, scikit-learn's meaning)
+        and that of a pass over a stream or every rank's shard. A hook: an estimator whose
+        likelihood is intractable returns its bound.
         """
-        if not source.whole_data_in_memory:
+        if getattr(self, "inference", None) == "em" or not source.whole_data_in_memory:
             return None
         with torch.no_grad():
             return float(torch.logsumexp(self._log_joint(source.data), -1).mean())
@@ -205,75 +270,16 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
     def _fit_em_restarts(self, source: DataSource, draw: Callable[[torch.Tensor], Any],
                          e_step: Callable, m_step: Callable, desc: str,
                          map_guide: Callable, needs_rows: bool = True,
-                         init_params: Callable[[int], Any] | None = None) -> None:
-        """Run the shared EM loop with ``n_init``, ``max_iter``, ``tol``, ``progress``.
-
-        ``draw(sample)`` gives initial parameters (on rank 0, broadcast), unless
-        ``init_params(i)`` is given. Sets ``params_``, ``converged_``, ``n_iter_``,
-        ``history_``, ``lower_bound_`` (the final log-likelihood per sample),
-        ``restart_log_likelihoods_`` and ``guide_`` (``map_guide(model_, params_)``, its
-        global parameters created at the EM estimate).
-        """
-        if init_params is None:
-            init_params = source.initializer(draw, self.n_components, self._n_clusters(),
-                                             needs_rows, self._init_hint)
-        options = source.em_options(self.progress)
-        first_row = options.pop("first_row")
-        result = run_em(source.data, init_params=init_params, e_step=source.e_step(e_step),
-                        m_step=m_step, n_init=self.n_init, max_iter=self._max_iter,
-                        tol=self._tol, desc=desc, **options)
-        self.params_ = result.params
-        self.converged_ = result.converged
-        self.n_iter_ = result.n_iter
-        self.history_ = result.history
-        self.lower_bound_ = result.log_likelihood
-        self.restart_log_likelihoods_ = result.restart_log_likelihoods
-        self.guide_ = map_guide(self.model_, self.params_)
-        self.guide_(first_row)
+                         init_params: Callable[[int], Any] | None = None,
+                         monotone: bool = True) -> None:
+        """EM from ``n_init`` starts, or a warm start (:func:`._restarts.fit_em`)."""
+        _restarts.fit_em(self, source, draw, e_step, m_step, desc, map_guide, needs_rows,
+                         init_params, monotone)
 
     def _fit_svi_restarts(self, source: DataSource, generator: torch.Generator, resume: bool,
                           make_guide: Callable[[], Any]) -> tuple[Any, Any]:
-        """SVI from ``n_init`` starts; keep the guide with the lowest final loss.
-
-        ``make_guide()`` builds a fresh guide at a new initial point (it may draw from
-        ``generator``). Each start checkpoints to ``checkpoint_path`` (suffixed ``.initN``
-        when ``n_init > 1``). A stream is fitted one step per batch (its rows counted by
-        :meth:`DataSource.moments` beforehand). Sets ``guide_``, ``converged_``, ``n_iter_``,
-        ``history_`` and leaves the winning guide's values in the current Pyro param store.
-
-        Returns
-        -------
-        guide, SVIResult
-        """
-        best = None
-        for index in range(self.n_init):
-            pyro.clear_param_store()  # the fit's own scope: the user's store is untouched
-            guide = make_guide()
-            checkpoint = self.checkpoint_path
-            if checkpoint is not None and self.n_init > 1:
-                checkpoint = f"{os.fspath(checkpoint)}.init{index}"
-            trainer = SVITrainer(
-                self.model_, guide, lr=self._lr, batch_size=self.batch_size,
-                max_steps=self._max_iter, tol=self._tol, progress=self.progress,
-                checkpoint_path=checkpoint,
-                seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
-                distributed=source.distributed,
-            )
-            if source.streamed:
-                result = trainer.fit_batches(source, source.n_rows, resume=resume)
-                loss = trainer.evaluate_loss_batches(source, source.n_rows)
-            else:
-                result = trainer.fit(source.data, resume=resume)
-                loss = trainer.evaluate_loss(source.data)
-            if best is None or loss < best[0]:
-                best = (loss, guide, result, pyro.get_param_store().get_state())
-        _, guide, result, state = best
-        pyro.get_param_store().set_state(state)
-        self.guide_ = guide
-        self.converged_ = result.converged
-        self.n_iter_ = result.n_steps
-        self.history_ = result.history
-        return guide, result
+        """SVI from ``n_init`` starts, or a warm start (:func:`._restarts.fit_svi`)."""
+        return _restarts.fit_svi(self, source, generator, resume, make_guide)
 
     # --------------------------------------------------------------------------- prediction
 
@@ -420,4 +426,5 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         with pyro.get_param_store().scope() as state:
             est._restore(content)
         est.param_store_state_ = state
+        est._warm_key = _continuation.fit_key(est, est.n_features_in_)
         return est

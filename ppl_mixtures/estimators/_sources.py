@@ -38,6 +38,29 @@ def is_batch_source(X: Any) -> bool:
         return False
 
 
+def as_array(X: Any, name: str = "X") -> Any:
+    """What scikit-learn's validation can read, from anything a user may pass as data.
+
+    A torch tensor becomes a NumPy array: detached (``requires_grad`` or not), on the CPU,
+    half precision (float16, bfloat16, which NumPy cannot hold) widened to float32. An empty
+    list, tuple or 1-D array is refused with an error naming ``name`` (scikit-learn would
+    call it a 1-D array to reshape). Anything else is returned as it is.
+    """
+    if isinstance(X, torch.Tensor):
+        X = X.detach().resolve_conj().resolve_neg()
+        if X.is_floating_point() and X.dtype not in (torch.float32, torch.float64):
+            X = X.to(torch.float32)
+        return X.cpu().numpy()
+    empty = (isinstance(X, (list, tuple)) and len(X) == 0) or (
+        isinstance(X, np.ndarray) and X.ndim < 2 and X.size == 0)
+    if empty:
+        raise ValueError(
+            f"{name} is empty ({type(X).__name__} of length 0); pass a 2-D array of shape "
+            "(n_samples, n_features) with at least one row"
+        )
+    return X
+
+
 class ValidatedBatches:
     """Iterate a stream as validated tensors (``validate(batch, first)`` -> Tensor).
 
@@ -58,9 +81,7 @@ class ValidatedBatches:
         for batch in self.source:
             if isinstance(batch, (tuple, list)) and len(getattr(batch[0], "shape", ())) == 2:
                 batch = batch[0]  # (x, y, ...) from a labelled dataset
-            if isinstance(batch, torch.Tensor):
-                batch = batch.detach().cpu().numpy()
-            x = self.validate(batch, not self.seen)
+            x = self.validate(as_array(batch, "a batch of X"), not self.seen)
             self.seen = True
             if self.on_batch is not None:
                 self.on_batch(x)

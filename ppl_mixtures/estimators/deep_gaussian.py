@@ -81,10 +81,12 @@ class DeepGaussianMixture(MixtureEstimator):
     n_init : int, default 1
         Restarts from independent initialisations; the best final objective is kept.
     max_iter : int, optional
-        EM iterations (default 500) or SVI steps (default 2000).
+        EM iterations (default 500; 0 returns the start, annealed if asked) or SVI steps
+        (default 2000). EM and SVI warn (``sklearn.exceptions.ConvergenceWarning``) when
+        they stop here short of ``tol``.
     tol : float, optional
         EM: change of the mean log-likelihood per sample (default 1e-5). SVI: relative change
-        of the smoothed loss (default 1e-6).
+        of the smoothed loss (default 1e-6). 0: run ``max_iter``.
     init_params : {"kmeans", "random", "k-means++", "random_from_data"}, default "kmeans"
         Layer-wise start (:func:`~ppl_mixtures.inference.em.dgmm.initial_params`): cluster the
         layer's input with this method, fit a PPCA per cluster, pass the scores up.
@@ -124,8 +126,10 @@ class DeepGaussianMixture(MixtureEstimator):
         SVI learning rate (Adam); None: 0.01.
     batch_size : int, optional
         SVI minibatch size.
-    random_state, device, dtype, progress, checkpoint_path
-        As for :class:`~ppl_mixtures.estimators.GaussianMixture`.
+    random_state, warm_start, verbose, verbose_interval, device, dtype, progress, \
+checkpoint_path
+        As for :class:`~ppl_mixtures.estimators.GaussianMixture` (a warm start continues
+        from the last fit's parameters: no new layer-wise start, annealing or realignment).
     distributed : bool, default False
         EM across processes (``inference="em"`` only), as for
         :class:`~ppl_mixtures.estimators.MixtureOfFactorAnalyzers`: ``X`` in :meth:`fit`
@@ -143,7 +147,7 @@ class DeepGaussianMixture(MixtureEstimator):
         Path moments (eqs. 5-6).
     layer_weights_, eta_, loadings_, noise_variances_ : list of ndarray
         Per-layer parameters (shapes of :class:`~ppl_mixtures.models.dgmm.DGMMParams`).
-    converged_, n_iter_, history_, lower_bound_, n_features_in_, fit_seconds_
+    converged_, n_iter_, history_, lower_bound_, lower_bounds_, n_features_in_, fit_seconds_
         As for :class:`~ppl_mixtures.estimators.GaussianMixture`; ``history_`` holds the mean
         log-likelihood per EM iteration or the loss per sample of each SVI step.
     params_ : DGMMParams
@@ -164,6 +168,10 @@ class DeepGaussianMixture(MixtureEstimator):
         "realign": [BOOLEAN],
         "identifiability": [Options(CONSTRAINTS), NONE],
         "priors": [DICT, NONE],
+        "max_iter": [Integer(0), NONE],
+        "warm_start": [BOOLEAN],
+        "verbose": [Integer(0), BOOLEAN],
+        "verbose_interval": [Integer(1)],
     }
     _inference_methods = INFERENCE_METHODS
     _stream_inference_methods = ("em",)
@@ -192,6 +200,9 @@ class DeepGaussianMixture(MixtureEstimator):
         lr: float | None = None,
         batch_size: int | None = None,
         random_state: Any = None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
         device: str = "auto",
         dtype: Any = None,
         progress: bool = True,
@@ -215,6 +226,9 @@ class DeepGaussianMixture(MixtureEstimator):
         self.lr = lr
         self.batch_size = batch_size
         self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
         self.device = device
         self.dtype = dtype
         self.progress = progress
@@ -225,6 +239,9 @@ class DeepGaussianMixture(MixtureEstimator):
 
     def _n_clusters(self) -> int:
         return math.prod(_as_int_tuple(self.n_components, "n_components"))
+
+    def _shape_key(self) -> dict[str, Any]:
+        return {"n_components": self._components, "n_factors": self._factors}
 
     def _check_arguments(self) -> None:
         components = _as_int_tuple(self.n_components, "n_components")
@@ -280,6 +297,8 @@ class DeepGaussianMixture(MixtureEstimator):
     # ------------------------------------------------------------------------------- fitting
 
     def _initial_params(self, x: torch.Tensor, generator: torch.Generator) -> dgmm.DGMMParams:
+        if self._warm_start_from is not None:  # warm_start: the last fit's parameters
+            return self._warm_start_from[0]
         return em_dgmm.initial_params(x, self._components, self._factors, self.init_params, generator,
                                       self.reg_covar)
 

@@ -20,6 +20,7 @@ from ppl_mixtures.estimators import _nuts
 from ppl_mixtures.estimators._base import MixtureEstimator
 from ppl_mixtures.estimators._sources import DataSource
 from ppl_mixtures.estimators._validation import (
+    BOOLEAN,
     COMMON_CONSTRAINTS,
     DICT,
     NONE,
@@ -89,11 +90,12 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
     n_init : int, default 1
         Restarts; the one with the best final objective is kept.
     max_iter : int, optional
-        EM iterations (default 200), SVI steps (default 1000) or NUTS draws per chain
-        (default 200).
+        EM iterations (default 200; 0 returns the initial values), SVI steps (default 1000)
+        or NUTS draws per chain (default 200). EM and SVI warn
+        (``sklearn.exceptions.ConvergenceWarning``) when they stop here short of ``tol``.
     tol : float, optional
         EM: stop when the mean log-likelihood per sample changes by less (default 1e-3).
-        SVI: relative change of the smoothed loss (default 1e-5).
+        SVI: relative change of the smoothed loss (default 1e-5). 0: run ``max_iter``.
     init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default "kmeans"
         Initial responsibilities; the parameters then come from a weighted PPCA per component.
     reg_covar : float, default 1e-6
@@ -107,6 +109,9 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
     batch_size : int, optional
         SVI minibatch size; None trains on the full data.
     random_state : int, RandomState, Generator or None
+    warm_start, verbose, verbose_interval
+        As for :class:`~ppl_mixtures.estimators.GaussianMixture`: continue from the last
+        fit's parameters (one start), and print progress.
     device : str, default "auto"
     dtype : {None, "float32", "float64"} or torch dtype
         None follows the data.
@@ -136,9 +141,9 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
     noise_variances_ : ndarray, shape (n_components, n_features)
     covariances_ : ndarray, shape (n_components, n_features, n_features)
         Dense ``Lambda_g Lambda_g^T + diag(psi_g)``.
-    converged_, n_iter_, history_, lower_bound_, n_features_in_, fit_seconds_
-        As for :class:`~ppl_mixtures.estimators.GaussianMixture` (``lower_bound_`` of EM on
-        a stream or distributed: over all batches of all ranks).
+    converged_, n_iter_, history_, lower_bound_, lower_bounds_, n_features_in_, fit_seconds_
+        As for :class:`~ppl_mixtures.estimators.GaussianMixture` (EM's ``lower_bound_``:
+        the last E-step's mean log-likelihood per sample, over all batches of all ranks).
     params_ : MFAParams
     model_ : MixtureOfFactorAnalyzersModel
         The collapsed Pyro model.
@@ -163,6 +168,10 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         "priors": [DICT, NONE],
         "num_warmup": [Integer(0)],
         "num_chains": [Integer(1)],
+        "max_iter": [Integer(0), NONE],
+        "warm_start": [BOOLEAN],
+        "verbose": [Integer(0), BOOLEAN],
+        "verbose_interval": [Integer(1)],
     }
     _inference_methods = INFERENCE_METHODS
     _stream_inference_methods = ("em",)
@@ -186,6 +195,9 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         lr: float | None = None,
         batch_size: int | None = None,
         random_state: Any = None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
         device: str = "auto",
         dtype: Any = None,
         progress: bool = True,
@@ -206,6 +218,9 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         self.lr = lr
         self.batch_size = batch_size
         self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
         self.device = device
         self.dtype = dtype
         self.progress = progress
@@ -224,9 +239,14 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
                 "GaussianMixture with covariance_type='full')"
             )
 
+    def _shape_key(self) -> dict[str, Any]:
+        return {"n_components": self.n_components, "n_factors": self.n_factors}
+
     # ------------------------------------------------------------------------------- fitting
 
     def _initial_params(self, x: torch.Tensor, generator: torch.Generator) -> mfa.MFAParams:
+        if self._warm_start_from is not None:  # warm_start: the last fit's parameters
+            return self._warm_start_from[0]
         resp = initial_responsibilities(x, self.n_components, self.init_params, generator)
         return em_mfa.params_from_responsibilities(x, resp, self.n_factors, self.reg_covar)
 

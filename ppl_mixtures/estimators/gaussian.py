@@ -10,18 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pyro
 import torch
 from sklearn.utils.metaestimators import available_if
 
 from ppl_mixtures import metrics
 from ppl_mixtures._rng import keeps_global_rng
-from ppl_mixtures.estimators import _gmm_init, _nuts
+from ppl_mixtures.estimators import _gmm_fit, _gmm_init
 from ppl_mixtures.estimators._base import MixtureEstimator
 from ppl_mixtures.estimators._sgd import MaxComponentSGD
 from ppl_mixtures.estimators._sources import DataSource
 from ppl_mixtures.estimators._validation import (
+    BOOLEAN,
     COMMON_CONSTRAINTS,
     DICT,
     NONE,
@@ -74,15 +74,18 @@ class GaussianMixture(MixtureEstimator):
     n_init : int, default 1
         Restarts; the one with the best final objective is kept.
     max_iter : int, optional
-        EM iterations (default 100), SVI steps (default 1000), NUTS draws per chain
-        (default 200) or SGD epochs (default 20).
+        EM iterations (default 100; 0 returns the initial values), SVI steps (default
+        1000), NUTS draws per chain (default 200) or SGD epochs (default 20). EM and SVI
+        warn (``sklearn.exceptions.ConvergenceWarning``) when they stop here short of ``tol``.
     tol : float, optional
         EM: stop when the mean log-likelihood per sample changes by less (default 1e-3).
         SVI: relative change of the smoothed loss (default 1e-5), see
-        :class:`~ppl_mixtures.inference.svi.SVITrainer`. SGD runs its ``max_iter`` epochs:
-        the annealing schedule is laid out over them, so it does not stop early.
+        :class:`~ppl_mixtures.inference.svi.SVITrainer`. 0: run ``max_iter``, no warning.
+        SGD runs its ``max_iter`` epochs: the annealing schedule is laid out over them.
     reg_covar : float, default 1e-6
-        Added to every variance by EM's M-step and at initialisation.
+        Added to every variance by EM's M-step and at initialisation (so EM's M-step is
+        not the exact maximiser and the likelihood may dip slightly). 0: exact EM, which
+        raises a ``ValueError`` when a component's covariance turns singular.
     init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default "kmeans"
         How initial responsibilities are drawn.
     weights_init : array-like, shape (n_components,), optional
@@ -104,6 +107,15 @@ class GaussianMixture(MixtureEstimator):
         whole for a stream of batches.
     random_state : int, RandomState, Generator or None
         Seeds initialisation and SVI.
+    warm_start : bool, default False
+        Each :meth:`fit` after the first continues from the last fit's parameters (one
+        start: ``n_init`` is ignored), as scikit-learn's; EM compares its first E-step with
+        the last ``lower_bound_``. Not with ``inference="sgd"`` (see :meth:`partial_fit`).
+    verbose : int, default 0
+        1: print each start and iteration number; 2: also times and changes of the
+        log-likelihood (EM; SVI prints one line per start). Replaces the progress bar.
+    verbose_interval : int, default 10
+        Iterations between two printed lines.
     device : str, default "auto"
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     dtype : {None, "float32", "float64"} or torch dtype
@@ -141,7 +153,8 @@ class GaussianMixture(MixtureEstimator):
         SGD: True once the annealing has ended (the loss is eq. 2 of Gepperth & Pfülb 2021 itself).
     n_iter_ : int
     history_ : list of float
-        Per EM iteration: mean log-likelihood per sample. Per SVI step: loss per sample.
+        Per EM iteration: mean log-likelihood per sample at its E-step (equal to
+        ``lower_bounds_``). Per SVI step: loss per sample.
         Per NUTS draw: mean log-likelihood per sample at that draw. Per SGD epoch (or
         :meth:`partial_fit` call): the smoothed max-component loss per sample (eq. 7).
     sgd_history_ : dict of str to list of float
@@ -157,9 +170,15 @@ class GaussianMixture(MixtureEstimator):
         NUTS only: ``"diverging"`` (num_chains, max_iter) bool and ``"acceptance_rate"``
         (num_chains,) (:func:`ppl_mixtures.inference.mcmc.sampler_statistics`).
     lower_bound_ : float
-        Mean log-likelihood per sample of the fitted parameters (SGD on a stream: over the
-        last batch; EM on a stream or distributed: over all batches of all ranks; EM on an
-        iterator, which is read once: at the parameters of its one E-step).
+        EM: scikit-learn's meaning, the mean log-likelihood per sample at the last E-step
+        (before the last M-step; over all batches of all ranks; ``-inf`` with
+        ``max_iter=0``); :meth:`score` gives that of the fitted parameters. Other paths: the
+        mean log-likelihood per sample of the fitted parameters (SGD on a stream: over the
+        last batch).
+    lower_bounds_ : list of float
+        EM only: ``lower_bound_`` at every iteration.
+    restart_log_likelihoods_ : list of float
+        EM only: the final mean log-likelihood of every start (the best is kept).
     params_ : GMMParams
         The fitted tensors, on ``device``.
     model_ : GaussianMixtureModel
@@ -185,6 +204,10 @@ class GaussianMixture(MixtureEstimator):
         "num_chains": [Integer(1)],
         "sgd_options": [DICT, NONE],
         "n_principal_directions": [Integer(1), NONE],
+        "max_iter": [Integer(0), NONE],
+        "warm_start": [BOOLEAN],
+        "verbose": [Integer(0), BOOLEAN],
+        "verbose_interval": [Integer(1)],
     }
     _inference_methods = INFERENCE_METHODS
     _stream_inference_methods = ("em", "svi", "sgd")
@@ -213,6 +236,9 @@ class GaussianMixture(MixtureEstimator):
         lr: float | None = None,
         batch_size: int | None = None,
         random_state: Any = None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
         device: str = "auto",
         dtype: Any = None,
         progress: bool = True,
@@ -239,6 +265,9 @@ class GaussianMixture(MixtureEstimator):
         self.lr = lr
         self.batch_size = batch_size
         self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
         self.device = device
         self.dtype = dtype
         self.progress = progress
@@ -260,7 +289,13 @@ class GaussianMixture(MixtureEstimator):
                 "inference='sgd' and covariance_type='full'; set it to None otherwise"
             )
         if self.inference == "sgd":
+            if self.warm_start:
+                raise ValueError("warm_start=True continues EM, SVI or NUTS; with "
+                                 "inference='sgd' call partial_fit(X) to go on training")
             MaxComponentSGD(self).check_arguments()
+
+    def _shape_key(self) -> dict[str, Any]:
+        return {"n_components": self.n_components, "covariance_type": self.covariance_type}
 
     def _check_stream(self, X: Any) -> None:
         if self.inference == "svi" and isinstance(X, Iterator):
@@ -290,6 +325,8 @@ class GaussianMixture(MixtureEstimator):
         sample = source.sample
         given = {} if self.inference == "sgd" else _gmm_init.check_init_arrays(self,
                                                                               sample.shape[1])
+        if self._warm_start_from is not None:
+            given = _gmm_fit.warm_given(self._warm_start_from[0])
         moments = None
         if self.inference == "svi" and not source.whole_data_in_memory:
             mean, variance, _ = source.moments()  # priors from all the data (and its rows)
@@ -298,9 +335,8 @@ class GaussianMixture(MixtureEstimator):
         if self.inference == "em":
             self._fit_em_restarts(
                 source, lambda rows: _gmm_init.initial_params(self, rows, generator, given),
-                em_gmm.e_step,
-                lambda stats: em_gmm.m_step(stats, self.covariance_type, self.reg_covar),
-                "GMM EM", gmm.map_guide, needs_rows=len(given) < 3,
+                em_gmm.e_step, _gmm_fit.em_m_step(self, sample), "GMM EM", gmm.map_guide,
+                needs_rows=len(given) < 3, monotone=self.reg_covar == 0,
             )
         elif self.inference == "sgd":
             self._sgd = MaxComponentSGD(self)
@@ -308,7 +344,7 @@ class GaussianMixture(MixtureEstimator):
         elif self.inference == "svi":
             self._fit_svi(source, generator, given, resume)
         else:
-            self._fit_nuts(sample, generator, given)
+            _gmm_fit.fit_nuts(self, sample, generator, given)
 
     def _fit_svi(self, source: DataSource, generator: torch.Generator, given: dict,
                  resume: bool) -> None:
@@ -329,26 +365,6 @@ class GaussianMixture(MixtureEstimator):
             with torch.no_grad():
                 stats = source.e_step(em_gmm.e_step)(source.data, self.params_)
             self.lower_bound_ = float(stats.log_likelihood) / float(stats.n_samples)
-
-    def _fit_nuts(self, x: torch.Tensor, generator: torch.Generator, given: dict) -> None:
-        start = _gmm_init.initial_params(self, x, generator, given)
-        per_component = ["weights", "means"]
-        if self.covariance_type not in gmm.TIED_TYPES:
-            sites = gmm.params_to_sites(start)
-            per_component += [s for s in ("variances", "corr_cholesky") if s in sites]
-        draws = _nuts.draw_posterior(
-            self, x, generator, gmm.params_to_sites(start), per_component,
-            lambda sites: gmm.sites_to_params(sites, self.covariance_type),
-        )
-        self.params_ = gmm.GMMParams(
-            torch.stack([d.weights for d in draws]).mean(0),
-            torch.stack([d.means for d in draws]).mean(0),
-            torch.stack([d.covariances for d in draws]).mean(0),
-            self.covariance_type,
-        )
-        with torch.no_grad():
-            self.history_ = [float(gmm.log_likelihood(x, d).mean()) for d in draws]
-        _nuts.finish(self, x, self.posterior_samples_, None, gmm.map_guide)
 
     @available_if(_sgd_only)
     @keeps_global_rng
@@ -378,23 +394,7 @@ class GaussianMixture(MixtureEstimator):
         return self
 
     def _set_fitted(self) -> None:
-        params = self.params_
-
-        def to_numpy(t: torch.Tensor) -> np.ndarray:
-            return t.detach().cpu().numpy()
-
-        self.weights_ = to_numpy(params.weights)
-        self.means_ = to_numpy(params.means)
-        self.covariances_ = to_numpy(params.covariances)
-        if self.covariance_type in gmm.DIAGONAL_TYPES:
-            self.precisions_ = 1.0 / self.covariances_
-            self.precisions_cholesky_ = np.sqrt(self.precisions_)
-        else:
-            self.precisions_ = np.linalg.inv(self.covariances_)
-            # scikit-learn's convention: P with P P^T = Sigma^-1, upper triangular.
-            factors = np.linalg.cholesky(self.covariances_)
-            eye = np.eye(factors.shape[-1])
-            self.precisions_cholesky_ = np.swapaxes(np.linalg.solve(factors, eye), -1, -2)
+        vars(self).update(_gmm_fit.fitted_arrays(self.params_))
 
     # ---------------------------------------------------------------------------- prediction
 

@@ -20,12 +20,13 @@ tables and figures:
 
 - Table 1 (``table1_bic.csv``): G(1) chosen by BIC over ``bic_candidates`` per run, for the DGMM
   (G(2), G(3) fixed at the truth) and for a full-covariance GMM (the stand-in for mclust,
-  Scrucca et al. 2016).
+  Scrucca et al. 2016). Left out, with Figure 2, when ``bic_runs=0``.
 - Figure 2 (``fig2_layer1_ari.png``): ARI of the first layer (DGMM) and of the GMM at the
   BIC-chosen size.
 - Figure 3 (``fig3_path_ari.png``): boxplots of the global (path) ARI per method, oracle line.
 - Figure 4 (``fig4_bic_trace.png``): BIC over the EM iterations of one run; the SVI loss beside.
-- Figure 5 (``fig5_mutual_ari.png``): mutual ARI of the EM runs' partitions.
+- Figure 5 (``fig5_mutual_ari.png``) and ``mutual_ari_em.csv``: mutual ARI of the EM runs'
+  partitions (left out with one run).
 - Table 2 (``table2_nonempty.csv``): non-empty global clusters per run.
 - Table 3 (``table3_layer_ari.csv``): ARI of each layer per run.
 - ``runs.csv`` (one row per fitted run), ``report.md`` (all tables, the oracle row and the
@@ -77,11 +78,13 @@ class ExperimentConfig:
         The simulated DGMM (Selosse et al. 2020, section 3.1: 4000, 17, (3, 3, 2), (11, 6, 2)).
     runs : int
         Random starts of ``em`` and ``em_annealed`` (Figures 3 and 5, Tables 2 and 3; the
-        paper uses 20, and 100 for Figure 5).
+        paper uses 20, and 100 for Figure 5); at least 1, and 2 for the mutual ARI of
+        Figure 5 (left out with one run).
     svi_runs : int
         Random starts of ``svi`` (each step costs several EM iterations).
     bic_runs : int
-        Runs per candidate G(1) for Table 1 (the paper uses 20).
+        Runs per candidate G(1) for Table 1 (the paper uses 20); 0 skips Table 1 and
+        Figure 2.
     bic_candidates : tuple of int
         Candidate G(1) (and GMM sizes) for Table 1.
     em_max_iter, em_tol, svi_max_iter, svi_lr
@@ -128,21 +131,19 @@ class ExperimentConfig:
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
-        for name in ("n_samples", "n_features", "runs", "bic_runs", "em_max_iter",
-                     "svi_max_iter"):
+        for name in ("n_samples", "n_features", "runs", "em_max_iter", "svi_max_iter"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
-        if isinstance(self.svi_runs, bool) or not isinstance(self.svi_runs, int) \
-                or self.svi_runs < 0:
-            raise ValueError(f"svi_runs={self.svi_runs!r} must be an integer >= 0 (0 skips SVI)")
+        for name, skips in (("svi_runs", "SVI"), ("bic_runs", "Table 1")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} must be an integer >= 0 (0 skips {skips})")
         if not self.bic_candidates or any(int(g) < 1 for g in self.bic_candidates):
             raise ValueError(
                 f"bic_candidates={self.bic_candidates!r} must be a non-empty list of "
                 "positive integers"
             )
-        if self.runs < 2:
-            raise ValueError(f"runs={self.runs} must be >= 2: the mutual ARI needs two runs")
 
 
 @dataclass
@@ -465,13 +466,14 @@ def _figures(result: ExperimentResult, out: Path) -> list[str]:
         plt.close(fig)
         written.append(name)
 
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.boxplot([[row["dgmm_layer1_ari"] for row in result.bic_table],
-                [row["gmm_ari"] for row in result.bic_table]])
-    ax.set_xticks([1, 2], ["DGMM layer 1", "GMM (full)"])
-    ax.set_ylabel("ARI against the true first-layer labels")
-    ax.set_title("Figure 2: first layer at the BIC-chosen size")
-    save(fig, "fig2_layer1_ari.png")
+    if result.bic_table:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.boxplot([[row["dgmm_layer1_ari"] for row in result.bic_table],
+                    [row["gmm_ari"] for row in result.bic_table]])
+        ax.set_xticks([1, 2], ["DGMM layer 1", "GMM (full)"])
+        ax.set_ylabel("ARI against the true first-layer labels")
+        ax.set_title("Figure 2: first layer at the BIC-chosen size")
+        save(fig, "fig2_layer1_ari.png")
 
     methods = [m for m in METHODS if result.by_method(m)]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -505,14 +507,15 @@ def _figures(result: ExperimentResult, out: Path) -> list[str]:
         axes[0, 1].set_title("SVI (run 0)")
     save(fig, "fig4_bic_trace.png")
 
-    matrix = mutual_ari(result.predictions["em"])
-    fig, ax = plt.subplots(figsize=(5, 4))
-    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
-    fig.colorbar(image, ax=ax, label="ARI")
-    ax.set_xlabel("EM run")
-    ax.set_ylabel("EM run")
-    ax.set_title("Figure 5: mutual ARI of the EM runs")
-    save(fig, "fig5_mutual_ari.png")
+    if len(result.predictions["em"]) >= 2:
+        matrix = mutual_ari(result.predictions["em"])
+        fig, ax = plt.subplots(figsize=(5, 4))
+        image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+        fig.colorbar(image, ax=ax, label="ARI")
+        ax.set_xlabel("EM run")
+        ax.set_ylabel("EM run")
+        ax.set_title("Figure 5: mutual ARI of the EM runs")
+        save(fig, "fig5_mutual_ari.png")
     return written
 
 
@@ -533,7 +536,8 @@ def write_report(result: ExperimentResult, out: str | Path) -> Path:
     n_paths = int(np.prod(config.n_components))
     table1_header = ["run", "dgmm_g1", "gmm_g", "dgmm_layer1_ari", "gmm_ari"]
     table1 = [[row[k] for k in table1_header] for row in result.bic_table]
-    _write_csv(out / "table1_bic.csv", table1_header, table1)
+    if table1:
+        _write_csv(out / "table1_bic.csv", table1_header, table1)
     table2 = [[r.method, r.run, r.n_nonempty, " ".join(map(str, r.nonempty_paths))]
               for r in result.records]
     _write_csv(out / "table2_nonempty.csv", ["method", "run", "nonempty", "paths"], table2)
@@ -541,7 +545,8 @@ def write_report(result: ExperimentResult, out: str | Path) -> Path:
     table3 = [[r.method, r.run, *r.layer_ari, r.path_ari] for r in result.records]
     _write_csv(out / "table3_layer_ari.csv", table3_header, table3)
     matrix = mutual_ari(result.predictions["em"])
-    np.savetxt(out / "mutual_ari_em.csv", matrix, delimiter=",", fmt="%.4f")
+    if len(matrix) >= 2:
+        np.savetxt(out / "mutual_ari_em.csv", matrix, delimiter=",", fmt="%.4f")
     figures = _figures(result, out)
     summary = result.summary()
     (out / "results.json").write_text(json.dumps({
@@ -554,6 +559,19 @@ def write_report(result: ExperimentResult, out: str | Path) -> Path:
     }, indent=2, default=str) + "\n")
 
     off_diagonal = matrix[~np.eye(len(matrix), dtype=bool)]
+    if off_diagonal.size:
+        mutual = (
+            f"Mutual ARI of the EM runs (Figure 5): off-diagonal min {off_diagonal.min():.3f}, "
+            f"mean {off_diagonal.mean():.3f}, max {off_diagonal.max():.3f}; "
+            f"{int((off_diagonal > 0.999).sum() // 2)} pairs of runs end in the same "
+            "partition."
+        )
+    else:
+        mutual = "Mutual ARI of the EM runs (Figure 5): left out, it needs two EM runs (--runs 2)."
+    table1_text = (
+        _markdown_table(["run", "DGMM G(1)", "GMM G", "DGMM layer-1 ARI", "GMM ARI"], table1)
+        if table1 else "Skipped (bic_runs=0, --bic-runs 0 on the command line)."
+    )
     summary_rows = [[s["method"], s["runs"], s["path_ari_best"], s["path_ari_mean"],
                      s["path_ari_sd"], s["path_ari_at_best_loglik"], s["log_likelihood_best"],
                      s["log_likelihood_mean"], s["layer1_ari_1_runs"], s["nonempty_mean"],
@@ -574,14 +592,12 @@ def write_report(result: ExperimentResult, out: str | Path) -> Path:
                          "log-lik best", "log-lik mean", "layer-1 ARI = 1 (runs)",
                          "non-empty paths (mean)", "seconds/run"], summary_rows),
         "",
-        f"Mutual ARI of the EM runs (Figure 5): off-diagonal min {off_diagonal.min():.3f}, "
-        f"mean {off_diagonal.mean():.3f}, max {off_diagonal.max():.3f}; "
-        f"{int((off_diagonal > 0.999).sum() // 2)} pairs of runs end in the same partition.",
+        mutual,
         "",
         "## Table 1: G(1) chosen by BIC "
         f"(candidates {list(config.bic_candidates)}, G(2..h) fixed at the truth)",
         "",
-        _markdown_table(["run", "DGMM G(1)", "GMM G", "DGMM layer-1 ARI", "GMM ARI"], table1),
+        table1_text,
         "",
         "## Table 2: non-empty global clusters per run",
         "",

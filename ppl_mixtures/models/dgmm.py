@@ -257,7 +257,9 @@ def as_gmm(params: DGMMParams) -> gmm.GMMParams:
 def component_log_prob(x: Tensor, params: DGMMParams) -> Tensor:
     """``log N(x_n | mu_s, Sigma_s)`` for every sample and path.
 
-    Dense: a Cholesky factor of each of the P path covariances (float64), then the whitened
+    Dense: the P path covariances are multiplied out and factorised in float64 whatever the
+    parameters' dtype (a path covariance ``Psi + Lambda C Lambda^T`` rounded to float32 is
+    not positive definite any more once ``Psi`` is small next to it), then the whitened
     distances of :func:`ppl_mixtures.models.gmm.component_log_prob` (vectorised over paths,
     chunked over rows, differentiable).
 
@@ -272,7 +274,12 @@ def component_log_prob(x: Tensor, params: DGMMParams) -> Tensor:
     Tensor, shape (N, P)
         Column s for path s, in the path order of the module docstring.
     """
-    return gmm.component_log_prob(x, as_gmm(params))
+    dtype = params.eta[0].dtype
+    log_weights, means, covariances = path_moments(params.to(torch.float64))
+    factors = gmm.float64_factors(covariances)
+    mixture = gmm.GMMParams(log_weights.exp().to(dtype), means.to(dtype),
+                            covariances.to(dtype), "full")
+    return gmm.component_log_prob(x, mixture, factors)
 
 
 def log_joint(x: Tensor, params: DGMMParams) -> Tensor:
@@ -535,17 +542,18 @@ def posterior_scores(x: Tensor, params: DGMMParams) -> tuple[Tensor, Tensor]:
     means : Tensor, shape (n_samples, P, R)
     covariances : Tensor, shape (P, R, R)
     """
-    means, covariances = joint_moments(params)
+    dtype = params.eta[0].dtype
+    means, covariances = joint_moments(params.to(torch.float64))
     d, n_paths = params.n_features, params.n_paths
-    factors = torch.linalg.cholesky(covariances[:, :d, :d])
+    factors = gmm.float64_factors(covariances[:, :d, :d])  # float64, whatever the dtype
     cross = covariances[:, :d, d:]  # C_xZ, (P, D, R)
     gain = torch.cholesky_solve(cross, factors)  # Sigma^-1 C_xZ, (P, D, R)
     # E[Z | x, s] = (m_Z - mu_s^T gain_s) + x^T gain_s: one (N, D) @ (D, P R) product
-    offsets = means[:, d:] - (means[:, None, :d] @ gain).squeeze(-2)  # (P, R)
-    stacked = gain.permute(1, 0, 2).reshape(d, -1)
+    offsets = (means[:, d:] - (means[:, None, :d] @ gain).squeeze(-2)).to(dtype)  # (P, R)
+    stacked = gain.permute(1, 0, 2).reshape(d, -1).to(dtype)
     score_means = (x @ stacked).view(x.shape[0], n_paths, -1) + offsets
     score_cov = covariances[:, d:, d:] - cross.transpose(-1, -2) @ gain
-    return score_means, 0.5 * (score_cov + score_cov.transpose(-1, -2))
+    return score_means, (0.5 * (score_cov + score_cov.transpose(-1, -2))).to(dtype)
 
 
 class LatentScoreGuide(LocalGaussianGuide):

@@ -34,6 +34,7 @@ The E-step of EM (:mod:`ppl_mixtures.inference.em.gmm`) takes its log densities 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, fields
 
 import pyro
@@ -108,29 +109,125 @@ def covariance_matrices(params: GMMParams) -> Tensor:
     return params.covariances
 
 
-def cholesky_factors(params: GMMParams) -> Tensor:
-    """Lower Cholesky factors ``L`` with ``L L^T = Sigma``; (D, D) for tied, else (K, D, D).
+class CovarianceJitterWarning(RuntimeWarning):
+    """A covariance matrix needed jitter on its diagonal before it would factorise."""
 
-    Raises a ``ValueError`` naming the component when a covariance is not positive definite.
+
+#: Jitter tries of :func:`factorise`, in powers of ten from ``D * eps * mean(diag)``.
+_JITTER_TRIES = 6
+
+
+def factorise(covariances: Tensor, max_tries: int = _JITTER_TRIES,
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Float64 Cholesky factors of ``covariances``, adding the least jitter that lets each one
+    factorise.
+
+    The factorisation always runs in float64, whatever the covariances' dtype (D x D work is
+    cheap next to the N x K x D passes). A matrix that still fails gets ``10^j * D * eps *
+    mean(diag)`` added to its diagonal, ``j = 0, 1, ...``, with ``eps`` of its own dtype: the
+    rounding it carries (a float32 matrix stored from a rank-deficient scatter has eigenvalues
+    a few rounding errors below zero). Matrices that factorise are returned untouched.
+
+    Parameters
+    ----------
+    covariances : Tensor, shape (..., D, D)
+    max_tries : int
+        Jitter sizes tried after the plain factorisation.
+
+    Returns
+    -------
+    covariances : Tensor, shape (..., D, D)
+        In their own dtype, jittered where needed.
+    factors : Tensor of float64, shape (..., D, D)
+        Lower Cholesky factors of the returned covariances (meaningless where ``failing``).
+    jitter : Tensor of float64, shape (...)
+        What was added to each diagonal (0 where nothing was).
+    failing : Tensor of bool, shape (...)
+        Matrices that did not factorise even with the largest jitter.
     """
-    if params.covariance_type in DIAGONAL_TYPES:
-        return torch.diag_embed(diagonal_variances(params).sqrt())
-    factors, info = torch.linalg.cholesky_ex(params.covariances)
-    if bool((info != 0).any()):
-        bad = info.nonzero().flatten().tolist() if info.dim() else [0]
+    wide = covariances.to(torch.float64)
+    factors, info = torch.linalg.cholesky_ex(wide)
+    failing = info != 0
+    jitter = torch.zeros(failing.shape, dtype=torch.float64, device=wide.device)
+    if not bool(failing.any()):
+        return covariances, factors, jitter, failing
+    n_features = covariances.shape[-1]
+    eye = torch.eye(n_features, dtype=covariances.dtype, device=covariances.device)
+    scale = wide.diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(
+        torch.finfo(torch.float64).tiny)
+    unit = n_features * torch.finfo(covariances.dtype).eps * scale
+    for attempt in range(max_tries + 1):
+        jitter = torch.where(failing, jitter + unit * 10.0**attempt, jitter)
+        trial = covariances + jitter.to(covariances.dtype)[..., None, None] * eye
+        trial_factors, info = torch.linalg.cholesky_ex(trial.to(torch.float64))
+        factors = torch.where(failing[..., None, None], trial_factors, factors)
+        covariances = torch.where(failing[..., None, None], trial, covariances)
+        failing = failing & (info != 0)
+        if not bool(failing.any()):
+            break
+    return covariances, factors, jitter, failing
+
+
+def _component_names(mask: Tensor) -> str:
+    if mask.dim() == 0:
+        return "the tied covariance"
+    return f"component(s) {mask.nonzero().flatten().tolist()[:10]}"
+
+
+def float64_factors(covariances: Tensor) -> Tensor:
+    """Float64 Cholesky factors of covariances (D, D) or (K, D, D), whatever their dtype.
+
+    A matrix that is not positive definite as stored gets the least jitter that fixes it
+    (:func:`factorise`), with a :class:`CovarianceJitterWarning`; one that still fails raises
+    a ``ValueError`` naming its component and what to change.
+    """
+    _, factors, jitter, failing = factorise(covariances)
+    dtype = str(covariances.dtype).replace("torch.", "")
+    if bool(failing.any()):
         raise ValueError(
-            f"covariance of component(s) {bad} is not positive definite; increase reg_covar "
-            "or reduce n_components (a component has collapsed onto too few points)"
+            f"the covariance of {_component_names(failing)} is not positive definite (a "
+            "component has collapsed onto fewer distinct points than features, or its values "
+            f"are not finite) and jitter of up to {float(jitter.max()):.3g} on its diagonal did "
+            "not help; increase reg_covar, reduce n_components, or standardise the data"
+        )
+    if bool((jitter > 0).any()):
+        warnings.warn(
+            f"the {dtype} covariance of {_component_names(jitter > 0)} is not positive definite "
+            f"as stored (rounding, or a component with fewer points than features); "
+            f"{float(jitter.max()):.3g} was added to its diagonal to factorise it. Increase "
+            "reg_covar, or fit with dtype='float64', to avoid this",
+            CovarianceJitterWarning, stacklevel=3,
         )
     return factors
 
 
-def whitening(params: GMMParams) -> tuple[Tensor, Tensor]:
+def cholesky_factors(params: GMMParams) -> Tensor:
+    """Lower Cholesky factors ``L`` with ``L L^T = Sigma``; (D, D) for tied, else (K, D, D).
+
+    Tied and full covariances are factorised in float64 (:func:`factorise`; a matrix that is
+    not positive definite as stored gets the least jitter that fixes it, with a
+    :class:`CovarianceJitterWarning`); the factors come back in the parameters' dtype.
+    Raises a ``ValueError`` naming the component when a covariance cannot be factorised.
+    """
+    if params.covariance_type in DIAGONAL_TYPES:
+        return torch.diag_embed(diagonal_variances(params).sqrt())
+    return float64_factors(params.covariances).to(params.covariances.dtype)
+
+
+def whitening(params: GMMParams, factors: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Inverse Cholesky factors ``L^-1`` and ``log |Sigma^-1|`` of a tied or full mixture.
 
     The D x D factorisations run in float64 whatever the data's dtype (they are cheap next to
     the N x K x D work), so float32 fits with many features and near-singular covariances
     stay finite; the results come back in the parameters' dtype.
+
+    Parameters
+    ----------
+    params : GMMParams
+    factors : Tensor, optional
+        Cholesky factors of the covariances when they are at hand (the Pyro model's
+        ``scale_tril``): used instead of factorising ``Sigma = L L^T`` again, which in float32
+        loses a near-singular covariance's small eigenvalues.
 
     Returns
     -------
@@ -138,11 +235,13 @@ def whitening(params: GMMParams) -> tuple[Tensor, Tensor]:
     log_det_precision : Tensor, shape () for tied, (K,) for full
     """
     dtype = params.covariances.dtype
-    wide = params.to(torch.float64) if dtype != torch.float64 else params
-    factors = cholesky_factors(wide)
-    eye = torch.eye(params.n_features, dtype=torch.float64, device=factors.device)
-    inverse_factors = torch.linalg.solve_triangular(factors, eye, upper=False)
-    log_det = -2.0 * factors.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    if factors is None:
+        wide = float64_factors(params.covariances)
+    else:
+        wide = factors.to(torch.float64)
+    eye = torch.eye(params.n_features, dtype=torch.float64, device=wide.device)
+    inverse_factors = torch.linalg.solve_triangular(wide, eye, upper=False)
+    log_det = -2.0 * wide.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     return inverse_factors.to(dtype), log_det.to(dtype)
 
 
@@ -156,7 +255,64 @@ def _row_chunks(n_rows: int, n_components: int, n_features: int) -> list[slice]:
     return [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
 
 
-def component_log_prob(x: Tensor, params: GMMParams) -> Tensor:
+@dataclass
+class WhiteningPlan:
+    """How a tied or full mixture whitens rows: ``y_nk = L_k^-1 (x_n - mu_k)``.
+
+    Shared by :func:`component_log_prob` and the float32 E-step
+    (:mod:`ppl_mixtures.inference.em.gmm`), which takes its moments in this frame.
+
+    Attributes
+    ----------
+    center : Tensor, shape (D,)
+        The mean of the component means; rows are centred on it first (shift-invariance:
+        less cancellation far from the origin).
+    inverse_factors : Tensor, shape (D, D) for tied, (K, D, D) for full
+        ``L^-1`` in the parameters' dtype (:func:`whitening`).
+    log_det : Tensor, shape () for tied, (K,) for full
+        ``log |Sigma^-1|``.
+    whitened_means : Tensor, shape (K, D)
+        ``L_k^-1 (mu_k - center)``.
+    stacked : Tensor, shape (D, D) for tied, (D, K D) for full, or None
+        All whitening maps side by side (one product per chunk of rows); None when they are
+        too large to stay in cache and are applied one component at a time.
+    """
+
+    center: Tensor
+    inverse_factors: Tensor
+    log_det: Tensor
+    whitened_means: Tensor
+    stacked: Tensor | None
+
+    def chunk(self, xc: Tensor) -> Tensor:
+        """``y`` of centred rows ``xc`` (n, D) under every component, shape (n, K, D)."""
+        n_features = xc.shape[-1]
+        whitened = (xc @ self.stacked).view(-1, self.stacked.shape[1] // n_features, n_features)
+        return whitened - self.whitened_means
+
+    def component(self, xc: Tensor, index: int) -> Tensor:
+        """``y`` of centred rows ``xc`` (n, D) under component ``index`` alone, shape (n, D)."""
+        return xc @ self.inverse_factors[index].T - self.whitened_means[index]
+
+
+def whitening_plan(params: GMMParams, factors: Tensor | None = None) -> WhiteningPlan:
+    """The :class:`WhiteningPlan` of a tied or full mixture (``factors``: see :func:`whitening`)."""
+    n_components, n_features = params.means.shape
+    center = params.means.mean(0)
+    mc = params.means - center
+    inverse_factors, log_det = whitening(params, factors)
+    if params.covariance_type == "tied":
+        return WhiteningPlan(center, inverse_factors, log_det, mc @ inverse_factors.T,
+                             inverse_factors.T)
+    whitened_means = (inverse_factors @ mc[:, :, None]).squeeze(-1)  # (K, D)
+    stacked = None
+    if n_components * n_features**2 <= _STACKED_WHITENING_MAX:
+        # all K whitening maps side by side: one (n, D) @ (D, K*D) product per chunk
+        stacked = inverse_factors.transpose(-1, -2).permute(1, 0, 2).reshape(n_features, -1)
+    return WhiteningPlan(center, inverse_factors, log_det, whitened_means, stacked)
+
+
+def component_log_prob(x: Tensor, params: GMMParams, factors: Tensor | None = None) -> Tensor:
     """Log density of every sample under every component, ``log N(x_n | mu_k, Sigma_k)``.
 
     Vectorised over samples and components: diagonal types use three matrix products,
@@ -167,16 +323,19 @@ def component_log_prob(x: Tensor, params: GMMParams) -> Tensor:
     ----------
     x : Tensor, shape (n_samples, n_features)
     params : GMMParams
+    factors : Tensor, optional
+        Tied and full: the Cholesky factors of the covariances when at hand (see
+        :func:`whitening`).
 
     Returns
     -------
     Tensor, shape (n_samples, n_components)
     """
     n_components, n_features = params.means.shape
-    center = params.means.mean(0)  # shift-invariance: less cancellation far from the origin
-    xc, mc = x - center, params.means - center
     log_2pi = n_features * math.log(2 * math.pi)
     if params.covariance_type in DIAGONAL_TYPES:
+        center = params.means.mean(0)  # shift-invariance: less cancellation far from the origin
+        xc, mc = x - center, params.means - center
         precisions = diagonal_variances(params).reciprocal()  # (K, D)
         mahalanobis = (
             (xc * xc) @ precisions.T
@@ -185,22 +344,14 @@ def component_log_prob(x: Tensor, params: GMMParams) -> Tensor:
         ).clamp_min(0.0)
         log_det = precisions.log().sum(-1)  # log |Sigma_k^-1|
         return 0.5 * (log_det - log_2pi - mahalanobis)
-    inverse_factors, log_det = whitening(params)
-    if params.covariance_type == "tied":
-        whitened_means = mc @ inverse_factors.T  # (K, D)
-        stacked = inverse_factors.T
-    else:
-        whitened_means = (inverse_factors @ mc[:, :, None]).squeeze(-1)  # (K, D)
-        if n_components * n_features**2 > _STACKED_WHITENING_MAX:
-            return 0.5 * (log_det - log_2pi
-                          - _per_component_distances(xc, inverse_factors, whitened_means).square())
-        # all K whitening maps side by side: one (n, D) @ (D, K*D) product per chunk
-        stacked = inverse_factors.transpose(-1, -2).permute(1, 0, 2).reshape(n_features, -1)
+    plan = whitening_plan(params, factors)
+    xc = x - plan.center
+    if plan.stacked is None:
+        return 0.5 * (plan.log_det - log_2pi - _per_component_distances(xc, plan).square())
     distances = []  # autograd-friendly: no out= or in-place ops, so SVI can use it too
     for rows in _row_chunks(x.shape[0], n_components, n_features):
-        whitened = (xc[rows] @ stacked).view(-1, stacked.shape[1] // n_features, n_features)
-        distances.append(torch.linalg.vector_norm(whitened - whitened_means, dim=-1))
-    return 0.5 * (log_det - log_2pi - torch.cat(distances).square())
+        distances.append(torch.linalg.vector_norm(plan.chunk(xc[rows]), dim=-1))
+    return 0.5 * (plan.log_det - log_2pi - torch.cat(distances).square())
 
 
 #: Above this many numbers in the K whitening maps (8 MB in float64), they are applied one
@@ -211,15 +362,14 @@ def component_log_prob(x: Tensor, params: GMMParams) -> Tensor:
 _STACKED_WHITENING_MAX = 1 << 20
 
 
-def _per_component_distances(xc: Tensor, inverse_factors: Tensor,
-                             whitened_means: Tensor) -> Tensor:
+def _per_component_distances(xc: Tensor, plan: WhiteningPlan) -> Tensor:
     """Mahalanobis distances ``|L_k^-1 (x_n - mu_k)|`` one component at a time, (N, K).
 
     Each (D, D) map is applied to chunks of about 2^18 numbers of rows while it is in cache.
     """
     columns = []
-    for inverse, mean in zip(inverse_factors, whitened_means, strict=True):
-        parts = [torch.linalg.vector_norm(xc[rows] @ inverse.T - mean, dim=-1)
+    for index in range(plan.whitened_means.shape[0]):
+        parts = [torch.linalg.vector_norm(plan.component(xc[rows], index), dim=-1)
                  for rows in _row_chunks(xc.shape[0], 1, xc.shape[1])]
         columns.append(torch.cat(parts))
     return torch.stack(columns, dim=-1)
@@ -272,20 +422,29 @@ def params_to_sites(params: GMMParams) -> dict[str, Tensor]:
     inv_std = variances.rsqrt()
     correlation = params.covariances * inv_std[..., :, None] * inv_std[..., None, :]
     sites["variances"] = variances
-    if params.n_features > 1:
-        sites["corr_cholesky"] = torch.linalg.cholesky(correlation)
+    if params.n_features > 1:  # factorised in float64: a float32 correlation may be near-singular
+        sites["corr_cholesky"] = float64_factors(correlation).to(correlation.dtype)
     return sites
 
 
+def factors_from_sites(sites: dict[str, Tensor]) -> Tensor:
+    """``diag(sqrt(variances)) @ corr_cholesky``: the Cholesky factors of tied or full
+    covariances held as sites (D > 1), shape (D, D) or (K, D, D)."""
+    return sites["variances"].sqrt()[..., :, None] * sites["corr_cholesky"]
+
+
 def sites_to_params(sites: dict[str, Tensor], covariance_type: str) -> GMMParams:
-    """Inverse of :func:`params_to_sites`."""
+    """Inverse of :func:`params_to_sites`.
+
+    ``Sigma = L L^T`` is multiplied out in float64 and rounded once to the sites' dtype.
+    """
     variances = sites["variances"]
     if covariance_type in DIAGONAL_TYPES:
         covariances = variances
     else:
         if "corr_cholesky" in sites:
-            scale_tril = variances.sqrt()[..., :, None] * sites["corr_cholesky"]
-            covariances = scale_tril @ scale_tril.transpose(-1, -2)
+            factors = factors_from_sites(sites).to(torch.float64)
+            covariances = (factors @ factors.transpose(-1, -2)).to(variances.dtype)
         else:  # D = 1
             covariances = variances[..., None]
     return GMMParams(sites["weights"], sites["means"], covariances, covariance_type)
@@ -297,13 +456,26 @@ class ComponentObservation(TableObservation):
     The observation site of :class:`GaussianMixtureModel` (see
     :class:`~ppl_mixtures.models._observation.TableObservation`): the enumerated ELBO costs a
     few matrix products with EM's own helper instead of a (K, N, D) elementwise graph.
+
+    ``factors`` (optional): the model's ``scale_tril`` of tied or full covariances, which the
+    densities use directly instead of factorising ``L L^T`` again (that product, stored in
+    float32, is not positive definite any more once a covariance is near-singular).
     """
 
+    def __init__(self, params: GMMParams, assignment: Tensor, event_size: int,
+                 validate_args: bool | None = None, factors: Tensor | None = None) -> None:
+        self.factors = factors
+        super().__init__(params, assignment, event_size, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return type(self)(self.params, self.assignment.expand(batch_shape), self.event_size,
+                          factors=self.factors)
+
     def _table(self, x: Tensor) -> Tensor:
-        return component_log_prob(x, self.params)
+        return component_log_prob(x, self.params, self.factors)
 
     def _draw(self, labels: Tensor) -> Tensor:
-        factors = cholesky_factors(self.params)
+        factors = cholesky_factors(self.params) if self.factors is None else self.factors
         factors = factors if factors.dim() == 2 else factors[labels]
         means = self.params.means
         noise = torch.randn(labels.shape + means.shape[-1:], dtype=means.dtype,
@@ -387,7 +559,8 @@ class GaussianMixtureModel(DataPlateModel):
     def _observation(self, sites: dict[str, Tensor], assignment: Tensor) -> dist.Distribution:
         if sites["means"].dim() == 2:  # the usual case: one value of every global site
             params = sites_to_params(sites, self.covariance_type)
-            return ComponentObservation(params, assignment, self.n_features)
+            factors = factors_from_sites(sites) if self._has_correlations else None
+            return ComponentObservation(params, assignment, self.n_features, factors=factors)
         # globals with extra batch dims (vectorised particles, parallel Predictive): those dims
         # sit left of the plate dim that "components" and "data" share, so open a data dim
         # left of the components dim of every per-component site before indexing
@@ -445,18 +618,29 @@ def mean_field_guide(
 
 
 def guide_params(guide: AutoDelta | AutoNormal, covariance_type: str) -> GMMParams:
-    """Point estimate of the parameters held by a guide (the median for ``AutoNormal``)."""
+    """Point estimate of the parameters held by a guide (the median for ``AutoNormal``).
+
+    Tied and full covariances ``L L^T`` that rounding has left not quite positive definite
+    (near-singular ones in float32) get the least jitter that fixes them (:func:`factorise`).
+    """
     with torch.no_grad():
-        return sites_to_params(guide.median(), covariance_type)
+        params = sites_to_params(guide.median(), covariance_type)
+        if covariance_type not in DIAGONAL_TYPES:
+            params.covariances = factorise(params.covariances)[0]
+        return params
 
 
 __all__ = [
     "COVARIANCE_TYPES",
+    "CovarianceJitterWarning",
     "GMMParams",
     "GaussianMixtureModel",
     "component_log_prob",
     "covariance_matrices",
     "default_gmm_priors",
+    "factorise",
+    "float64_factors",
+    "factors_from_sites",
     "guide_params",
     "log_joint",
     "log_likelihood",

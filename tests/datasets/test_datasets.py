@@ -12,12 +12,18 @@ from hypothesis import strategies as st
 from ppl_mixtures.datasets import (
     BUILTIN_DATASETS,
     COVARIANCE_TYPES,
+    SCALES,
+    describe_scale,
+    load_breast_cancer,
     load_csv,
     load_dataset,
     load_digits,
+    load_iris,
     load_npy,
     load_wine,
+    make_dgmm,
     make_gmm,
+    scale_features,
 )
 
 
@@ -299,6 +305,63 @@ def test_load_digits_scaled_to_unit_interval_by_default():
     np.testing.assert_array_equal(y, y_ref)
 
 
+@pytest.mark.parametrize("name, shape, n_classes", [
+    ("wine", (178, 13), 3), ("digits", (1797, 64), 10), ("iris", (150, 4), 3),
+    ("breast_cancer", (569, 30), 2),
+])
+def test_bundled_data_are_raw_unless_asked(name, shape, n_classes):
+    """Issue: wine came standardised and digits scaled to [0, 1], silently."""
+    import sklearn.datasets
+
+    X_ref, y_ref = getattr(sklearn.datasets, f"load_{name}")(return_X_y=True)
+    X, y = load_dataset(name)
+    assert X.shape == shape and X.dtype == np.float64 and y.dtype == np.int64
+    np.testing.assert_array_equal(X, X_ref)
+    np.testing.assert_array_equal(y, y_ref)
+    assert len(np.unique(y)) == n_classes
+    loader = {"wine": load_wine, "digits": load_digits, "iris": load_iris,
+              "breast_cancer": load_breast_cancer}[name]
+    np.testing.assert_array_equal(loader(scale="none")[0], X_ref)
+    for scale in ("standard", "minmax"):
+        np.testing.assert_allclose(loader(scale=scale)[0], scale_features(X_ref, scale))
+        np.testing.assert_allclose(load_dataset(name, scale=scale)[0],
+                                   scale_features(X_ref, scale))
+
+
+def test_load_dataset_dgmm_is_the_raw_simulation():
+    X, paths = load_dataset("dgmm")
+    X_ref, _, paths_ref, _ = make_dgmm(random_state=0)
+    np.testing.assert_array_equal(X, X_ref)
+    np.testing.assert_array_equal(paths, paths_ref)
+    assert X.shape == (4000, 17) and np.abs(X).max() > 1000
+    standardised = make_dgmm(random_state=0, standardize=True)[0]
+    np.testing.assert_allclose(load_dataset("dgmm", scale="standard")[0], standardised,
+                               atol=1e-10)
+
+
+def test_loaders_keep_their_python_defaults():
+    """bench/, notebooks/ and tests/estimators call load_wine() and load_digits() bare."""
+    np.testing.assert_allclose(load_wine()[0], load_wine(scale="standard")[0])
+    np.testing.assert_allclose(load_digits()[0], load_digits(scale="none")[0] / 16.0)
+
+
+def test_scale_features():
+    X = np.array([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0], [5.0, 5.0, 9.0]])
+    assert SCALES == ("none", "standard", "minmax")
+    assert scale_features(X, "none") is X and scale_features(X, None) is X
+    standard = scale_features(X, "standard")
+    np.testing.assert_allclose(standard.mean(0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(standard.std(0), [1.0, 0.0, 1.0])  # constant column -> 0
+    minmax = scale_features(X, "minmax")
+    np.testing.assert_allclose(minmax, [[0, 0, 0], [0.5, 0, 2 / 7], [1, 0, 1]])
+    assert X[0, 0] == 1.0  # not modified
+    with pytest.raises(ValueError, match="scale='unit' is not one of"):
+        scale_features(X, "unit")
+    with pytest.raises(ValueError, match="scale='max' is not one of"):
+        load_dataset("gmm", scale="max")
+    assert describe_scale("minmax").startswith("minmax")
+
+
 def test_load_digits_raw_and_standardized():
     X_raw, _ = load_digits(scale01=False)
     assert X_raw.max() == 16.0 and np.all(X_raw == np.round(X_raw))
@@ -420,6 +483,15 @@ def test_load_csv_nan_and_inf(tmp_path):
         load_csv(path)
 
 
+@pytest.mark.parametrize("text, where", [
+    ("a,y\n1,0\n2,nan\n3,1\n", "1 missing.*the first is nan at line 3"),
+    ("a,y\n1,0\n2,\n3,1\n", "1 empty label cell.*line 3"),
+])
+def test_load_csv_refuses_missing_labels(tmp_path, text, where):
+    with pytest.raises(ValueError, match=f"label_column='y' of .*data.csv.*{where}"):
+        load_csv(_write(tmp_path, text), label_column="y")
+
+
 def test_load_csv_nan_location_accounts_for_label_column(tmp_path):
     path = _write(tmp_path, "0,1,2\n1,3,nan\n")
     with pytest.raises(ValueError, match="contains 1 NaN.*line 2, column 2"):
@@ -457,6 +529,14 @@ def test_load_npy_with_and_without_labels(tmp_path):
     np.testing.assert_array_equal(X, data)
     X, y = load_npy(str(tmp_path / "X.npy"), labels_path=tmp_path / "y.npy")
     np.testing.assert_array_equal(y, [0, 1, 1, 0])
+
+
+def test_load_npy_refuses_missing_labels(tmp_path):
+    np.save(tmp_path / "X.npy", np.ones((4, 2)))
+    np.save(tmp_path / "y.npy", np.array([0.0, np.nan, 1.0, np.inf]))
+    with pytest.raises(ValueError, match=r"labels file '.*y\.npy' holds 2 missing \(NaN or "
+                       r"infinite\) label\(s\) of 4; the first is nan at row 1"):
+        load_npy(tmp_path / "X.npy", labels_path=tmp_path / "y.npy")
 
 
 def test_load_npy_column_labels_are_flattened(tmp_path):
@@ -522,7 +602,8 @@ def test_load_npy_labels_must_match_rows(tmp_path):
 
 
 def test_builtin_dataset_names():
-    assert BUILTIN_DATASETS == ("gmm", "synthetic", "wine", "digits", "dgmm", "pinwheel")
+    assert BUILTIN_DATASETS == ("gmm", "synthetic", "wine", "digits", "iris", "breast_cancer",
+                                "dgmm", "pinwheel")
 
 
 def test_load_dataset_pinwheel_is_the_seeds_five_arms():
@@ -547,7 +628,7 @@ def test_load_dataset_passes_keywords():
     X, _ = load_dataset("wine", standardize=False)
     np.testing.assert_array_equal(X, load_wine(standardize=False)[0])
     X, y = load_dataset("digits")
-    assert X.shape == (1797, 64) and X.max() == 1.0
+    assert X.shape == (1797, 64) and X.max() == 16.0  # raw grey levels
 
 
 def test_load_dataset_from_files(tmp_path):
@@ -563,9 +644,9 @@ def test_load_dataset_from_files(tmp_path):
 
 def test_load_dataset_errors(tmp_path):
     with pytest.raises(
-        ValueError, match=r"Unknown data set 'iris'.*'wine'.*existing \.csv or \.npy"
+        ValueError, match=r"Unknown data set 'irises'.*'wine'.*existing \.csv or \.npy"
     ):
-        load_dataset("iris")
+        load_dataset("irises")
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         load_dataset(tmp_path / "missing.csv")
     with pytest.raises(ValueError, match="Unknown data set"):

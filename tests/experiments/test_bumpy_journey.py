@@ -83,8 +83,9 @@ def test_mutual_ari_matches_sklearn():
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"runs": 1}, "runs"),
+    ({"runs": 0}, "runs=0 must be an integer >= 1"),
     ({"svi_runs": -1}, "svi_runs"),
+    ({"bic_runs": -1}, r"bic_runs=-1 must be an integer >= 0 \(0 skips Table 1\)"),
     ({"bic_candidates": ()}, "bic_candidates"),
     ({"n_samples": 0}, "n_samples"),
 ])
@@ -100,6 +101,21 @@ def test_compare_dgmm_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "oracle" in printed and "em_annealed" in printed and "report:" in printed
     assert (tmp_path / "report.md").exists() and (tmp_path / "fig5_mutual_ari.png").exists()
+
+
+def test_compare_dgmm_cli_smallest_run(tmp_path, capsys):
+    """Issue: --runs 1 was refused and --bic-runs 0 could not skip Table 1."""
+    code = main(["compare-dgmm", "--quick", "--runs", "1", "--svi-runs", "0", "--bic-runs", "0",
+                 "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 0
+    out = tmp_path / "out"
+    written = {path.name for path in out.iterdir()}
+    assert written == set(FILES) - {"table1_bic.csv", "fig2_layer1_ari.png",
+                                    "fig5_mutual_ari.png", "mutual_ari_em.csv"}
+    text = (out / "report.md").read_text()
+    assert "Skipped (bic_runs=0" in text and "left out, it needs two EM runs" in text
+    results = json.loads((out / "results.json").read_text())
+    assert results["table1"] == [] and len(results["runs"]) == 1 + 3  # oracle + 3 EM methods
 
 
 def test_fit_dgmm_cli(tmp_path, capsys):

@@ -32,6 +32,12 @@ M-step, for layer l and component g, summing the statistics over the paths with 
 
 A component whose mass ``W_g`` is below ``1e-10 N`` keeps its previous ``eta, Lambda, psi``
 (a partial M-step, still monotone).
+
+Float32: the path densities and scores are computed in float32 (over float64 factorisations),
+the statistics are added in float64, and the M-step's regressions run in float64, before
+the parameters are rounded once to float32. The regressions fall back on a small ridge, and
+then on a clear ``ValueError``, when a design matrix is singular (data whose rows are all
+identical, empty components).
 """
 
 from __future__ import annotations
@@ -44,14 +50,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ppl_mixtures.inference.em.gmm import stats_floor, variance_floor
 from ppl_mixtures.inference.em.loop import SummedStats
 from ppl_mixtures.inference.init import initial_responsibilities
 from ppl_mixtures.models.dgmm import DGMMParams, log_joint, posterior_scores
+from ppl_mixtures.models.gmm import factorise
 
 #: Floor on each component's total responsibility, as scikit-learn adds (10 * eps).
 _MASS_FLOOR_FACTOR = 10.0
 #: Components with less mass than this fraction of N keep their parameters.
 _EMPTY_FRACTION = 1e-10
+#: Rows of one block of a float32 E-step: its (rows, P, D + R) float64 tables hold about 2^21
+#: numbers.
+_WIDE_BLOCK_ELEMENTS = 1 << 21
 
 
 @dataclass
@@ -144,21 +155,40 @@ def e_step(x: Tensor, params: DGMMParams, temperature: float = 1.0) -> DGMMStats
     Returns
     -------
     DGMMStats
+        In float32 fits: the sums in float64 (added over blocks of rows), the likelihood in
+        float32.
     """
+    if x.dtype == torch.float64:
+        return _e_step(x, params, temperature)
+    width = x.shape[1] + sum(params.n_factors)
+    rows = max(1, _WIDE_BLOCK_ELEMENTS // (params.n_paths * width))
+    total = None
+    for block in x.split(rows):
+        stats = _e_step(block, params, temperature)
+        total = stats if total is None else total + stats
+    total.log_likelihood = total.log_likelihood.to(x.dtype)
+    return total
+
+
+def _e_step(x: Tensor, params: DGMMParams, temperature: float) -> DGMMStats:
+    """One block's statistics; float64 sums whatever the dtype (see :func:`e_step`)."""
+    wide = torch.float64
     resp, sample_ll = responsibilities(x, params, temperature)
     score_means, score_cov = posterior_scores(x, params)  # (N, P, R), (P, R, R)
-    mass = resp.sum(0)
     shift = model_mean(params)  # the parameters' alone: batches' statistics add up
-    data_shift, score_shift = shift[:x.shape[1]], shift[x.shape[1]:]
-    xc = x - data_shift
-    zc = score_means - score_shift
+    data_shift, score_shift = shift[:x.shape[1]].to(wide), shift[x.shape[1]:].to(wide)
+    resp = resp.to(wide)
+    mass = resp.sum(0)
+    xc = x.to(wide) - data_shift
+    zc = score_means.to(wide) - score_shift
     first = torch.cat([resp.T @ xc, torch.einsum("np,npr->pr", resp, zc)], -1)
     weighted_x = resp[:, :, None] * xc[:, None, :]  # (N, P, D)
     xx = torch.einsum("npi,nj->pij", weighted_x, xc)
     xz = torch.einsum("npi,npj->pij", weighted_x, zc)
-    zz = torch.einsum("np,npi,npj->pij", resp, zc, zc) + mass[:, None, None] * score_cov
+    zz = torch.einsum("np,npi,npj->pij", resp, zc, zc) + mass[:, None, None] * score_cov.to(wide)
     second = torch.cat([torch.cat([xx, xz], -1), torch.cat([xz.transpose(-1, -2), zz], -1)], -2)
-    return DGMMStats(float(x.shape[0]), sample_ll.sum(), mass, first, second, shift, params)
+    return DGMMStats(float(x.shape[0]), sample_ll.sum(dtype=wide), mass, first, second,
+                     shift, params)
 
 
 def _layer_sums(stats: DGMMStats, layer: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -174,54 +204,99 @@ def _layer_sums(stats: DGMMStats, layer: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _regress(mass: Tensor, first: Tensor, second: Tensor, a: slice, b: slice, shift: Tensor,
-             reg_covar: float) -> tuple[Tensor, Tensor, Tensor]:
+             floor: float, layer: int) -> tuple[Tensor, Tensor, Tensor]:
     """Weighted regression of block ``a`` on block ``b`` with intercept, per component.
 
-    Returns eta (G, p), loadings (G, p, r), noise variances (G, p).
+    Float64 statistics in, float64 parameters out. Returns eta (G, p), loadings (G, p, r),
+    noise variances (G, p).
     """
     rank = b.stop - b.start
+    shift = shift.to(mass.dtype)
     design = torch.cat([
         torch.cat([second[:, b, b], first[:, b, None]], -1),
         torch.cat([first[:, None, b], mass[:, None, None]], -1),
     ], -2)  # E[b~ b~^T] * W, (G, r + 1, r + 1)
     cross = torch.cat([second[:, a, b], first[:, a, None]], -1)  # (G, p, r + 1)
-    coef = torch.linalg.solve(design, cross.transpose(-1, -2)).transpose(-1, -2)
+    coef = _solve_design(design, cross.transpose(-1, -2), layer).transpose(-1, -2)
     loadings, intercept = coef[..., :rank], coef[..., rank]
     residual = second[:, a, a].diagonal(dim1=-2, dim2=-1) - (coef * cross).sum(-1)
-    noise = (residual / mass[:, None]).clamp_min(reg_covar or torch.finfo(mass.dtype).eps)
+    noise = (residual / mass[:, None]).clamp_min(floor)
     eta = shift[a] + intercept - (loadings @ shift[b, None]).squeeze(-1)
     return eta, loadings, noise
+
+
+def _solve_design(design: Tensor, rhs: Tensor, layer: int) -> Tensor:
+    """``design^-1 rhs`` per component; a tiny ridge where a design matrix is singular.
+
+    A component whose inputs are all one point (data whose rows are identical) or that has no
+    mass has a singular design; a pseudo-observation at the prior moments of the scores,
+    ``10 eps (mean diagonal + 1)`` on the diagonal, makes it solvable (empty components then
+    keep their parameters anyway). A ``ValueError`` names the component if even that fails.
+    """
+    coef, info = torch.linalg.solve_ex(design, rhs)
+    bad = (info != 0) | ~torch.isfinite(coef).all(-1).all(-1)
+    if not bool(bad.any()):
+        return coef
+    eye = torch.eye(design.shape[-1], dtype=design.dtype, device=design.device)
+    scale = design.diagonal(dim1=-2, dim2=-1).abs().mean(-1, keepdim=True)[..., None] + 1.0
+    ridge = design + _MASS_FLOOR_FACTOR * torch.finfo(design.dtype).eps * scale * eye
+    _, factors, _, failing = factorise(ridge)
+    if bool((failing & bad).any()):
+        components = (failing & bad).nonzero().flatten().tolist()[:10]
+        raise ValueError(
+            f"the DGMM M-step cannot solve the regression of layer {layer + 1}, component(s) "
+            f"{components}: its design matrix is singular or not finite (the data's rows are "
+            "identical or hold extreme values); pass data with distinct rows, fewer "
+            "n_components, a larger reg_covar, or standardised X"
+        )
+    ridged = torch.cholesky_solve(rhs, factors)
+    return torch.where(bad[:, None, None], ridged, coef)
 
 
 def m_step(stats: DGMMStats, reg_covar: float = 1e-6) -> DGMMParams:
     """M-step: every layer's weights, intercepts, loadings and noise variances in closed form.
 
+    Runs in float64 and rounds the parameters once to their dtype.
+
     Parameters
     ----------
     stats : DGMMStats
     reg_covar : float
-        Floor on every noise variance.
+        Floor on every noise variance; on the first layer (the data's own scale) scaled down
+        for data of tiny variance (:func:`~ppl_mixtures.inference.em.gmm.variance_floor`).
 
     Returns
     -------
     DGMMParams
     """
     old = stats.params
+    dtype, wide = old.eta[0].dtype, torch.float64
     widths = (old.n_features, *old.n_factors)
     offsets = [0, *torch.tensor(widths).cumsum(0).tolist()]
-    eps = torch.finfo(stats.path_mass.dtype).eps
+    eps = torch.finfo(dtype).eps
+    path_mass = stats.path_mass.to(wide)
+    first_moment, second_moment = stats.first_moment.to(wide), stats.second_moment.to(wide)
+    d = old.n_features
+    data_floor = stats_floor(
+        reg_covar, path_mass, first_moment[:, :d],
+        second_moment[:, :d, :d].diagonal(dim1=-2, dim2=-1), stats.shift[:d])
+    summed = DGMMStats(stats.n_samples, stats.log_likelihood, path_mass, first_moment,
+                       second_moment, stats.shift, old)
     new = DGMMParams([], [], [], [])
     for layer in range(old.n_layers):
-        mass, first, second = _layer_sums(stats, layer)
+        mass, first, second = _layer_sums(summed, layer)
         a = slice(offsets[layer], offsets[layer + 1])
         b = slice(offsets[layer + 1], offsets[layer + 2])
         floored = mass + _MASS_FLOOR_FACTOR * eps
-        eta, loadings, noise = _regress(floored, first, second, a, b, stats.shift, reg_covar)
+        floor = (data_floor if layer == 0 else reg_covar) or eps
+        eta, loadings, noise = _regress(floored, first, second, a, b, stats.shift, floor, layer)
         keep = mass < _EMPTY_FRACTION * stats.n_samples
-        new.weights.append(floored / floored.sum())
-        new.eta.append(torch.where(keep[:, None], old.eta[layer], eta))
-        new.loadings.append(torch.where(keep[:, None, None], old.loadings[layer], loadings))
-        new.noise_variances.append(torch.where(keep[:, None], old.noise_variances[layer], noise))
+        new.weights.append((floored / floored.sum()).to(dtype))
+        new.eta.append(torch.where(keep[:, None], old.eta[layer], eta.to(dtype)))
+        new.loadings.append(torch.where(keep[:, None, None], old.loadings[layer],
+                                        loadings.to(dtype)))
+        new.noise_variances.append(torch.where(keep[:, None], old.noise_variances[layer],
+                                               noise.to(dtype)))
     return new
 
 
@@ -293,11 +368,16 @@ def _factor_analyser(inputs: Tensor, resp: Tensor, rank: int,
 
 def _posterior_mean(inputs: Tensor, labels: Tensor, eta: Tensor, loadings: Tensor,
                     noise: Tensor) -> Tensor:
-    """``E[z | input, g]`` of a factor analyser, each row under its own component (N, r)."""
-    scaled = loadings / noise[:, :, None]  # Psi^-1 Lambda, (G, p, r)
-    eye = torch.eye(loadings.shape[-1], dtype=inputs.dtype, device=inputs.device)
-    precision = eye + loadings.transpose(-1, -2) @ scaled  # (G, r, r)
-    gain = torch.linalg.solve(precision, scaled.transpose(-1, -2))  # (G, r, p)
+    """``E[z | input, g]`` of a factor analyser, each row under its own component (N, r).
+
+    The r x r systems ``I + Lambda^T Psi^-1 Lambda`` are solved in float64 (they are positive
+    definite, but in float32 their rounding can make them singular).
+    """
+    wide = torch.float64
+    scaled = loadings.to(wide) / noise.to(wide)[:, :, None]  # Psi^-1 Lambda, (G, p, r)
+    eye = torch.eye(loadings.shape[-1], dtype=wide, device=inputs.device)
+    precision = eye + loadings.to(wide).transpose(-1, -2) @ scaled  # (G, r, r)
+    gain = torch.linalg.solve(precision, scaled.transpose(-1, -2)).to(inputs.dtype)  # (G, r, p)
     return (gain[labels] @ (inputs - eta[labels])[:, :, None]).squeeze(-1)
 
 
@@ -316,7 +396,8 @@ def initial_params(
     :func:`~ppl_mixtures.inference.init.initial_responsibilities`), fits a weighted PPCA of
     rank r_1 in each, and computes ``E[z^(1) | x, g]`` under each row's group; layer 2 does
     the same on those scores, and so on. Noise variances are floored at ``1e-3`` of the
-    layer input's mean variance (and ``reg_covar``).
+    layer input's mean variance and at ``reg_covar`` (on the first layer scaled down for data
+    of tiny variance, :func:`~ppl_mixtures.inference.em.gmm.variance_floor`).
 
     Returns
     -------
@@ -324,9 +405,13 @@ def initial_params(
     """
     inputs = x
     params = DGMMParams([], [], [], [])
-    for size, rank in zip(n_components, n_factors, strict=True):
+    for layer, (size, rank) in enumerate(zip(n_components, n_factors, strict=True)):
         resp = initial_responsibilities(inputs, size, method, generator)
-        floor = max(reg_covar, 1e-3 * float(inputs.var(0).mean()))
+        spread = float(inputs.var(0).mean()) if inputs.shape[0] > 1 else 0.0
+        # the first layer's floor follows the data's scale; the scores above are unit-scale
+        scaled = variance_floor(reg_covar, spread, float(inputs.mean(0).square().mean()),
+                                inputs.dtype)
+        floor = max(scaled if layer == 0 else reg_covar, 1e-3 * spread)
         eta, loadings, noise = _factor_analyser(inputs, resp, rank, floor)
         weights = resp.mean(0) + _MASS_FLOOR_FACTOR * torch.finfo(x.dtype).eps
         params.weights.append(weights / weights.sum())

@@ -16,6 +16,7 @@ statistics), with one convergence test, one history and one monotonicity check.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -28,7 +29,7 @@ from ppl_mixtures._progress import progress_bar
 
 
 class LikelihoodDecreaseWarning(RuntimeWarning):
-    """EM's log-likelihood went down by more than rounding: a bug or a degenerate fit."""
+    """EM's log-likelihood went down by more than rounding although every M-step was exact."""
 
 
 @dataclass
@@ -46,13 +47,17 @@ class EMResult:
     n_iter : int
         EM iterations (E-step + M-step) of the best restart.
     history : list of float
-        Mean log-likelihood per sample at the start of each iteration of the best restart.
+        Mean log-likelihood per sample at the start of each iteration of the best restart
+        (at the E-step, before that iteration's M-step).
     best_init : int
         Index of the best restart.
     restart_log_likelihoods : list of float
         Final mean log-likelihood of every restart.
     decreases : list of int
         Iterations of the best restart where the log-likelihood went down beyond rounding.
+    lower_bound : float
+        scikit-learn's ``lower_bound_``: the value of the last E-step, ``history[-1]``
+        (``-inf`` when no iteration ran, ``max_iter=0``).
     """
 
     params: Any
@@ -63,6 +68,10 @@ class EMResult:
     best_init: int = 0
     restart_log_likelihoods: list[float] = field(default_factory=list)
     decreases: list[int] = field(default_factory=list)
+
+    @property
+    def lower_bound(self) -> float:
+        return self.history[-1] if self.history else -math.inf
 
 
 _Stats = TypeVar("_Stats", bound="SummedStats")
@@ -134,12 +143,53 @@ def sum_over_batches(e_step: Callable[[Tensor, Any], Any]) -> Callable[[Iterable
     return e_step_over_batches
 
 
+class VerboseReport:
+    """Lines on stdout about each restart and every ``interval``-th iteration.
+
+    ``level`` 0 prints nothing, 1 the restart and iteration numbers, 2 also the seconds
+    since the last line, the change of the objective and the final value (the layout of
+    scikit-learn's ``verbose`` mixtures, so that logs read alike).
+    """
+
+    def __init__(self, level: int = 0, interval: int = 10) -> None:
+        self.level = int(level)
+        self.interval = int(interval)
+        self._started = self._last = 0.0
+
+    def start(self, index: int) -> None:
+        if self.level > 0:
+            print(f"Initialization {index}")
+            self._started = self._last = time.perf_counter()
+
+    def iteration(self, n_iter: int, change: float) -> None:
+        if self.level <= 0 or n_iter % self.interval:
+            return
+        if self.level == 1:
+            print(f"  Iteration {n_iter}")
+            return
+        now = time.perf_counter()
+        print(f"  Iteration {n_iter}\t time lapse {now - self._last:.5f}s\t "
+              f"ll change {change:.5f}")
+        self._last = now
+
+    def end(self, bound: float, converged: bool) -> None:
+        state = "converged" if converged else "did not converge"
+        if self.level == 1:
+            print(f"Initialization {state}.")
+        elif self.level >= 2:
+            print(f"Initialization {state}. time lapse "
+                  f"{time.perf_counter() - self._started:.5f}s\t lower bound {bound:.5f}.")
+
+
 def _single_run(x: Any, params: Any, e_step: Callable, m_step: Callable, max_iter: int,
-                tol: float, bar, evaluate_final: bool) -> EMResult:
+                tol: float, bar, evaluate_final: bool, start_bound: float | None = None,
+                report: VerboseReport | None = None) -> EMResult:
+    """EM from ``params``; ``start_bound``: the value the first E-step is compared with."""
     history: list[float] = []
     decreases: list[int] = []
     converged = False
     n_iter = 0
+    previous = -math.inf if start_bound is None else start_bound
     for n_iter in range(1, max_iter + 1):
         stats = e_step(x, params)
         current = float(stats.log_likelihood) / stats.n_samples
@@ -149,17 +199,21 @@ def _single_run(x: Any, params: Any, e_step: Callable, m_step: Callable, max_ite
                 "extreme values (standardise it) or reg_covar is too small"
             )
         slack = _rounding_slack(current, getattr(stats.log_likelihood, "dtype", torch.float64))
-        if history and current < history[-1] - slack:
+        if current < previous - slack:
             decreases.append(n_iter)
         params = m_step(stats)
         bar.update(1)
         bar.set_postfix(loglik=f"{current:.5g}")
-        if history and abs(current - history[-1]) < tol:
-            history.append(current)
+        history.append(current)
+        change, previous = current - previous, current
+        if report is not None:
+            report.iteration(n_iter, change)
+        if abs(change) < tol:
             converged = True
             break
-        history.append(current)
-    if evaluate_final:
+    if report is not None:
+        report.end(previous, converged)
+    if evaluate_final or not history:
         final = e_step(x, params)
         final_ll = float(final.log_likelihood) / final.n_samples
     else:
@@ -179,13 +233,19 @@ def run_em(
     progress: bool = True,
     desc: str = "EM",
     evaluate_final: bool = True,
+    start_bound: float | None = None,
+    monotone: bool = True,
+    verbose: int = 0,
+    verbose_interval: int = 10,
 ) -> EMResult:
     """Run EM from ``n_init`` starts and keep the one with the highest final log-likelihood.
 
     Convergence follows scikit-learn: stop when the mean log-likelihood per sample changes by
     less than ``tol`` between two E-steps (the M-step of that iteration is still applied).
-    A decrease beyond rounding is recorded in ``decreases`` and raises a
-    :class:`LikelihoodDecreaseWarning`, since EM must never lower the likelihood.
+    With ``monotone`` (every M-step is the exact maximiser), a decrease beyond rounding raises
+    a :class:`LikelihoodDecreaseWarning`; a regularised M-step (e.g. ``reg_covar > 0`` added
+    to the covariances) is not the exact maximiser, so small decreases are expected there
+    and only recorded in ``decreases``.
 
     Parameters
     ----------
@@ -194,6 +254,8 @@ def run_em(
     init_params, e_step, m_step : callables
         See the module docstring.
     n_init, max_iter : int
+        ``max_iter=0`` runs no iteration: the best initial parameters come back (scored by
+        one E-step), unconverged.
     tol : float
     progress : bool
         Show a tqdm bar (only on a terminal).
@@ -204,6 +266,13 @@ def run_em(
         picks the best restart). False for data that can be read only once: the final
         log-likelihood is then the last E-step's (at the parameters before the last M-step,
         scikit-learn's ``lower_bound_``).
+    start_bound : float, optional
+        Warm start: the last E-step's value of the fit being continued, which the first
+        E-step's value is compared with (so one more iteration can already converge).
+    monotone : bool, default True
+        Whether the M-step maximises the likelihood exactly (see above).
+    verbose, verbose_interval : int
+        Print progress on stdout (:class:`VerboseReport`).
 
     Returns
     -------
@@ -211,20 +280,23 @@ def run_em(
     """
     best: EMResult | None = None
     finals = []
+    report = VerboseReport(verbose, verbose_interval)
     with progress_bar(total=n_init * max_iter, enabled=progress, desc=desc) as bar:
         for index in range(n_init):
+            report.start(index)
             result = _single_run(x, init_params(index), e_step, m_step, max_iter, tol, bar,
-                                 evaluate_final)
+                                 evaluate_final, start_bound, report)
             result.best_init = index
             finals.append(result.log_likelihood)
             if best is None or result.log_likelihood > best.log_likelihood:
                 best = result
     assert best is not None
     best.restart_log_likelihoods = finals
-    if best.decreases:
+    if best.decreases and monotone:
         warnings.warn(
-            f"EM log-likelihood decreased at iterations {best.decreases[:5]}; this should not "
-            "happen: check the data for near-duplicate points or raise reg_covar",
+            f"EM log-likelihood decreased beyond rounding at iterations {best.decreases[:5]}, "
+            "although every M-step maximises it: a sign of numerical trouble, such as "
+            "components collapsing onto a few points; fit in float64, or raise reg_covar",
             LikelihoodDecreaseWarning,
             stacklevel=2,
         )

@@ -18,23 +18,33 @@ The E-step takes its densities and factor posteriors from
 and returns additive sufficient statistics (moments about the current means, as in
 :mod:`ppl_mixtures.inference.em.gmm`), so batches can be summed before one M-step.
 No D x D matrix is formed, except in :func:`params_from_responsibilities` (initialisation).
+
+Float32: the statistics are added in float64 and the M-step runs in float64. Where a factor
+explains most of a feature's variance (``Lambda_gd^2 / psi_gd`` large), the densities
+(``(x - eta)^T psi^-1 (x - eta)`` minus its Woodbury correction) and the noise update
+(second moment minus its explained part) are differences of nearly equal numbers, which
+float32 loses: such an E-step runs in float64 (:func:`needs_float64`), in blocks of rows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
-from ppl_mixtures.inference.em.gmm import moments
+from ppl_mixtures.inference.em.gmm import data_spread, moments, variance_floor
 from ppl_mixtures.inference.em.loop import SummedStats
+from ppl_mixtures.models.gmm import factorise
 from ppl_mixtures.models.mfa import MFAParams, component_terms
 
 #: Pseudo-weight, in units of the dtype's eps, given to every component (as scikit-learn's
 #: 10 * eps floor on N_k): a pseudo-point at the current mean with prior factor moments,
 #: which keeps the M-step's (r + 1) x (r + 1) systems positive definite for empty components.
 _NK_FLOOR_FACTOR = 10.0
+#: Rows of one float64 block of a float32 E-step: its (rows, K, r) and (rows, K) tables hold
+#: about 2^21 numbers.
+_WIDE_BLOCK_ELEMENTS = 1 << 21
 
 
 @dataclass
@@ -102,6 +112,22 @@ def responsibilities(x: Tensor, params: MFAParams) -> tuple[Tensor, Tensor, Tens
     return torch.exp(joint - norm[:, None]), norm, factor_means, factor_covariances
 
 
+def needs_float64(params: MFAParams) -> bool:
+    """Whether an E-step at ``params`` in their (lower) precision would lose the densities.
+
+    The Mahalanobis distance ``(x - eta)^T psi^-1 (x - eta) - |C^-1 b|^2`` cancels about
+    ``max_g,i (Lambda_g^T psi_g^-1 Lambda_g)_ii`` to one, and so does the noise update; above
+    ``1 / sqrt(eps)`` of the dtype (2896 in float32) the rounding would exceed ``sqrt(eps)``
+    of the result. Always False for float64 parameters.
+    """
+    dtype = params.loadings.dtype
+    if dtype == torch.float64:
+        return False
+    wide = params.loadings.to(torch.float64)
+    ratio = (wide.square() / params.noise_variances.to(torch.float64)[..., None]).sum(-2)
+    return bool(ratio.max() * torch.finfo(dtype).eps ** 0.5 > 1.0)
+
+
 def e_step(x: Tensor, params: MFAParams) -> MFAStats:
     """E-step: expected sufficient statistics of the complete data (assignments and factors).
 
@@ -114,27 +140,43 @@ def e_step(x: Tensor, params: MFAParams) -> MFAStats:
     Returns
     -------
     MFAStats
+        Sums in float64; ``log_likelihood`` and ``shift`` in the parameters' dtype.
     """
+    if not needs_float64(params):
+        return _e_step(x, params)
+    wide = params.to(torch.float64)
+    rows = max(1, _WIDE_BLOCK_ELEMENTS // (params.n_components * (params.n_factors + 1)))
+    total = None
+    for block in x.split(rows):
+        stats = _e_step(block.to(torch.float64), wide)
+        total = stats if total is None else total + stats
+    return replace(total, log_likelihood=total.log_likelihood.to(params.loadings.dtype),
+                   shift=params.means)
+
+
+def _e_step(x: Tensor, params: MFAParams) -> MFAStats:
     n_samples, n_features = x.shape
     n_components, n_factors = params.n_components, params.n_factors
+    wide = torch.float64
     resp, sample_ll, factor_means, factor_covariances = responsibilities(x, params)
     first, second = moments(x, resp, params.means, full=False)
     weighted_factors = resp[..., None] * factor_means  # (N, K, r)
-    factor_sum = weighted_factors.sum(0)
-    resp_sum = resp.sum(0)
+    factor_sum = weighted_factors.sum(0, dtype=wide)
+    resp_sum = resp.sum(0, dtype=wide)
     # sum_n h (x_n - s_g) E[z]^T as one (D, N) @ (N, K r) product about the centre c, then
     # moved to s_g: subtract (s_g - c) sum_n h E[z]^T
     center = params.means.mean(0)
     cross = ((x - center).T @ weighted_factors.reshape(n_samples, -1)).view(
         n_features, n_components, n_factors
-    ).permute(1, 0, 2) - (params.means - center)[:, :, None] * factor_sum[:, None, :]
+    ).permute(1, 0, 2).to(wide) - (params.means - center).to(wide)[:, :, None] * factor_sum[:, None, :]
     factor_second = (
-        resp_sum[:, None, None] * factor_covariances
-        + weighted_factors.permute(1, 2, 0) @ factor_means.permute(1, 0, 2)
+        resp_sum[:, None, None] * factor_covariances.to(wide)
+        + (weighted_factors.permute(1, 2, 0) @ factor_means.permute(1, 0, 2)).to(wide)
     )
+    # the likelihood in the data's dtype: the EM loop's rounding slack follows its dtype
     return MFAStats(
-        float(n_samples), sample_ll.sum(), resp_sum, first, second, cross, factor_sum,
-        factor_second, params.means,
+        float(n_samples), sample_ll.sum(dtype=wide).to(x.dtype), resp_sum, first, second,
+        cross, factor_sum, factor_second, params.means,
     )
 
 
@@ -149,29 +191,33 @@ def m_step(stats: MFAStats, reg_covar: float = 1e-6) -> MFAParams:
         psi_g           = max(floor, diag(sum_n h_ng x'_n x'_n^T - [Lambda_g, c_g]
                                           sum_n h_ng E[z~] x'_n^T) / N_g)
 
-    The (r + 1) x (r + 1) systems are solved by Cholesky in float64.
+    Everything runs in float64 (the (r + 1) x (r + 1) systems by Cholesky) and the
+    parameters are rounded once to their dtype (that of ``stats.shift``).
 
     Parameters
     ----------
     stats : MFAStats
     reg_covar : float, default 1e-6
         Floor on every noise variance (the singularity of a component collapsing onto an
-        affine subspace); ``0`` falls back to ``sqrt(tiny)`` of the dtype.
+        affine subspace), scaled down on data of tiny variance
+        (:func:`~ppl_mixtures.inference.em.gmm.variance_floor`); ``0`` falls back to
+        ``sqrt(tiny)`` of the dtype (less on data of tiny variance).
 
     Returns
     -------
     MFAParams
     """
-    dtype = stats.resp_sum.dtype
-    floor = max(reg_covar, torch.finfo(dtype).tiny ** 0.5)
+    dtype, wide = stats.shift.dtype, torch.float64
+    floor = _noise_floor(reg_covar, data_spread(stats.resp_sum, stats.first_moment,
+                                                stats.second_moment, stats.shift), dtype)
     pseudo = _NK_FLOOR_FACTOR * torch.finfo(dtype).eps
-    resp_sum = (stats.resp_sum + pseudo).to(torch.float64)
+    resp_sum = (stats.resp_sum + pseudo).to(wide)
     n_factors = stats.factor_sum.shape[-1]
-    eye = torch.eye(n_factors, dtype=torch.float64, device=resp_sum.device)
-    factor_sum = stats.factor_sum.to(torch.float64)
+    eye = torch.eye(n_factors, dtype=wide, device=resp_sum.device)
+    factor_sum = stats.factor_sum.to(wide)
     gram = torch.cat(
         [
-            torch.cat([stats.factor_second_moment.to(torch.float64) + pseudo * eye,
+            torch.cat([stats.factor_second_moment.to(wide) + pseudo * eye,
                        factor_sum[:, :, None]], dim=-1),
             torch.cat([factor_sum[:, None, :], resp_sum[:, None, None]], dim=-1),
         ],
@@ -179,19 +225,41 @@ def m_step(stats: MFAStats, reg_covar: float = 1e-6) -> MFAParams:
     )  # sum_n h E[z~ z~^T], (K, r + 1, r + 1)
     cross = torch.cat(
         [stats.cross_moment, stats.first_moment[:, :, None]], dim=-1
-    ).to(torch.float64)  # sum_n h x' E[z~]^T, (K, D, r + 1)
+    ).to(wide)  # sum_n h x' E[z~]^T, (K, D, r + 1)
     augmented = torch.cholesky_solve(
-        cross.transpose(-1, -2), torch.linalg.cholesky(gram)
+        cross.transpose(-1, -2), _gram_factors(gram)
     ).transpose(-1, -2)  # [Lambda_g, c_g], (K, D, r + 1)
-    residual = stats.second_moment.to(torch.float64) - (augmented * cross).sum(-1)
+    residual = stats.second_moment.to(wide) - (augmented * cross).sum(-1)
     noise_variances = (residual / resp_sum[:, None]).clamp_min(floor)
-    augmented = augmented.to(dtype)
     return MFAParams(
         weights=(resp_sum / resp_sum.sum()).to(dtype),
-        means=stats.shift + augmented[..., n_factors],
-        loadings=augmented[..., :n_factors].contiguous(),
+        means=(stats.shift.to(wide) + augmented[..., n_factors]).to(dtype),
+        loadings=augmented[..., :n_factors].to(dtype).contiguous(),
         noise_variances=noise_variances.to(dtype),
     )
+
+
+def _noise_floor(reg_covar: float, spread: tuple[float, float], dtype: torch.dtype) -> float:
+    """``variance_floor(reg_covar)`` for the data's ``(variance, mean square)``, at least
+    ``sqrt(tiny)`` of ``dtype``, a guard lowered for data whose variance is itself near it
+    (float32 data scaled by 1e-12)."""
+    variance, mean_square = spread
+    finfo = torch.finfo(dtype)
+    guard = max(finfo.tiny, min(finfo.tiny ** 0.5, finfo.eps * variance))
+    return max(variance_floor(reg_covar, variance, mean_square, dtype), guard)
+
+
+def _gram_factors(gram: Tensor) -> Tensor:
+    """Cholesky factors of the factor moments, or a ``ValueError`` naming the components."""
+    _, factors, _, failing = factorise(gram)
+    if bool(failing.any()):
+        components = failing.nonzero().flatten().tolist()[:10]
+        raise ValueError(
+            f"the factor moments of component(s) {components} are singular or not finite in "
+            "the MFA M-step (a component has lost its points, or the data holds extreme "
+            "values); increase reg_covar, lower n_components or n_factors, or standardise X"
+        )
+    return factors
 
 
 def params_from_responsibilities(
@@ -220,6 +288,8 @@ def params_from_responsibilities(
     dtype = x.dtype
     shift = x.mean(0).expand(n_components, -1)
     first, second = moments(x, resp, shift, full=True)
+    floor = _noise_floor(reg_covar, data_spread(
+        resp.sum(0), first, second.diagonal(dim1=-2, dim2=-1), shift), dtype)
     resp_sum = resp.sum(0) + _NK_FLOOR_FACTOR * torch.finfo(dtype).eps
     offset = first / resp_sum[:, None]
     central = (second / resp_sum[:, None, None]).to(torch.float64) - (
@@ -231,13 +301,14 @@ def params_from_responsibilities(
     top = (eigenvalues[..., -n_factors:] - sigma2).clamp_min(0.0).sqrt()
     loadings = (eigenvectors[..., -n_factors:] * top[:, None, :]).flip(-1)  # largest first
     residual = central.diagonal(dim1=-2, dim2=-1) - loadings.square().sum(-1)
-    noise_variances = residual.clamp_min(0.0) + max(reg_covar, torch.finfo(dtype).tiny ** 0.5)
+    noise_variances = residual.clamp_min(0.0) + floor
     return MFAParams(
         weights=resp_sum / resp_sum.sum(),
-        means=shift + offset,
+        means=(shift + offset).to(dtype),
         loadings=loadings.to(dtype).contiguous(),
         noise_variances=noise_variances.to(dtype),
     )
 
 
-__all__ = ["MFAStats", "e_step", "m_step", "params_from_responsibilities", "responsibilities"]
+__all__ = ["MFAStats", "e_step", "m_step", "needs_float64", "params_from_responsibilities",
+           "responsibilities"]

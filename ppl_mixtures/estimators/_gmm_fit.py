@@ -1,0 +1,142 @@
+"""Parts of :class:`~ppl_mixtures.estimators.GaussianMixture`'s fits: EM's M-step guard, the
+warm start's initial values, NUTS, and the fitted NumPy attributes.
+
+With ``reg_covar=0`` the M-step is the exact maximiser of the expected complete
+log-likelihood, which does not exist when a component's weighted scatter matrix is singular
+(points collapsed onto one value, fewer distinct points than features, an empty component):
+:func:`em_m_step` refuses such a fit with a ``ValueError`` (as scikit-learn does) instead of
+letting the M-step's jitter carry on with a meaningless "converged" fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ppl_mixtures.estimators import _gmm_init, _nuts
+from ppl_mixtures.inference.em import gmm as em_gmm
+from ppl_mixtures.models import gmm
+
+#: Floor on each component's total responsibility, as the M-step adds (10 * eps).
+_NK_FLOOR_FACTOR = 10.0
+
+
+def em_m_step(est: Any, sample: torch.Tensor) -> Callable[[em_gmm.GMMStats], gmm.GMMParams]:
+    """The M-step of ``est``'s EM; with ``reg_covar=0``, one that refuses singular scatter.
+
+    ``sample`` (the data, or a stream's first batch) sets the scale below which a variance
+    counts as zero: ``n_features * eps`` times its mean per-feature variance.
+    """
+    covariance_type, reg_covar = est.covariance_type, est.reg_covar
+    if reg_covar > 0:
+        return lambda stats: em_gmm.m_step(stats, covariance_type, reg_covar)
+    spread = float(sample.var(0, unbiased=False).mean()) if sample.shape[0] > 1 else 0.0
+    scale = spread if spread > 0 else 1.0
+
+    def exact_m_step(stats: em_gmm.GMMStats) -> gmm.GMMParams:
+        singular = singular_components(stats, covariance_type, scale)
+        if singular:
+            which = ("the shared (tied) covariance is" if covariance_type in gmm.TIED_TYPES
+                     else f"components {singular[:10]} have a covariance that is")
+            raise ValueError(
+                f"Fitting the mixture failed: {which} singular (their points collapse onto "
+                "one value, or are fewer than the features, or none are left) and "
+                "reg_covar=0 adds nothing to it. Pass reg_covar > 0 (the default is 1e-6), "
+                "fewer n_components, or scaled or de-duplicated data"
+            )
+        return em_gmm.m_step(stats, covariance_type, 0.0)
+
+    return exact_m_step
+
+
+def singular_components(stats: em_gmm.GMMStats, covariance_type: str,
+                        scale: float) -> list[int]:
+    """Components whose scatter (the M-step's covariance with ``reg_covar=0``) is singular.
+
+    Singular: a variance, or the least eigenvalue of a covariance matrix, at most
+    ``n_features * eps * scale`` (rounding, relative to the data's spread). A tied type
+    reports component 0 for the shared matrix.
+
+    Parameters
+    ----------
+    stats : GMMStats
+    covariance_type : str
+    scale : float
+        The data's mean per-feature variance.
+
+    Returns
+    -------
+    list of int
+    """
+    wide = torch.float64  # as the M-step: float64 sums, the parameters' rounding
+    eps = torch.finfo(stats.shift.dtype).eps
+    resp_sum = stats.resp_sum.to(wide) + _NK_FLOOR_FACTOR * eps
+    offset = stats.first_moment.to(wide) / resp_sum[:, None]  # new mean - shift, (K, D)
+    second_moment = stats.second_moment.to(wide)
+    threshold = offset.shape[1] * eps * scale
+    if covariance_type in gmm.DIAGONAL_TYPES:
+        scatter = second_moment / resp_sum[:, None] - offset.square()  # (K, D)
+        if covariance_type == "spherical":
+            scatter = scatter.mean(-1, keepdim=True)
+        elif covariance_type == "tied_diag":
+            scatter = ((resp_sum[:, None] * scatter).sum(0) / resp_sum.sum())[None]
+        bad = (scatter <= threshold).any(-1)
+    else:
+        scatter = (second_moment / resp_sum[:, None, None]
+                   - offset[:, :, None] * offset[:, None, :])
+        if covariance_type == "tied":
+            scatter = ((resp_sum[:, None, None] * scatter).sum(0) / resp_sum.sum())[None]
+        eye = torch.eye(scatter.shape[-1], dtype=wide, device=scatter.device)
+        shifted = 0.5 * (scatter + scatter.transpose(-1, -2)) - threshold * eye
+        bad = torch.linalg.cholesky_ex(shifted).info != 0
+    return [int(k) for k in torch.nonzero(bad).flatten()]
+
+
+def warm_given(params: gmm.GMMParams) -> dict[str, torch.Tensor]:
+    """The last fit's parameters as the initial values of SVI or NUTS (``precisions_init``
+    holds covariances there, as :func:`~._gmm_init.check_init_arrays` returns them)."""
+    return {"weights_init": params.weights, "means_init": params.means,
+            "precisions_init": params.covariances}
+
+
+def fit_nuts(est: Any, x: torch.Tensor, generator: torch.Generator, given: dict) -> None:
+    """NUTS from the ``init_params`` estimate; ``params_`` holds the posterior means."""
+    start = _gmm_init.initial_params(est, x, generator, given)
+    per_component = ["weights", "means"]
+    if est.covariance_type not in gmm.TIED_TYPES:
+        sites = gmm.params_to_sites(start)
+        per_component += [s for s in ("variances", "corr_cholesky") if s in sites]
+    draws = _nuts.draw_posterior(
+        est, x, generator, gmm.params_to_sites(start), per_component,
+        lambda sites: gmm.sites_to_params(sites, est.covariance_type),
+    )
+    est.params_ = gmm.GMMParams(
+        torch.stack([d.weights for d in draws]).mean(0),
+        torch.stack([d.means for d in draws]).mean(0),
+        torch.stack([d.covariances for d in draws]).mean(0),
+        est.covariance_type,
+    )
+    with torch.no_grad():
+        est.history_ = [float(gmm.log_likelihood(x, d).mean()) for d in draws]
+    _nuts.finish(est, x, est.posterior_samples_, None, gmm.map_guide)
+
+
+def fitted_arrays(params: gmm.GMMParams) -> dict[str, np.ndarray]:
+    """``weights_``, ``means_``, ``covariances_``, ``precisions_`` and
+    ``precisions_cholesky_`` as NumPy arrays (scikit-learn's names and conventions)."""
+    covariances = params.covariances.detach().cpu().numpy()
+    if params.covariance_type in gmm.DIAGONAL_TYPES:
+        precisions = 1.0 / covariances
+        precisions_cholesky = np.sqrt(precisions)
+    else:
+        precisions = np.linalg.inv(covariances)
+        # scikit-learn's convention: P with P P^T = Sigma^-1, upper triangular.
+        factors = np.linalg.cholesky(covariances)
+        eye = np.eye(factors.shape[-1])
+        precisions_cholesky = np.swapaxes(np.linalg.solve(factors, eye), -1, -2)
+    return {"weights_": params.weights.detach().cpu().numpy(),
+            "means_": params.means.detach().cpu().numpy(), "covariances_": covariances,
+            "precisions_": precisions, "precisions_cholesky_": precisions_cholesky}
