@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import TransformerMixin
 from sklearn.utils.metaestimators import available_if
 from torch import nn
 
@@ -48,7 +49,7 @@ def _no_information_criteria(estimator: Any) -> bool:
     )
 
 
-class GMVAE(MixtureEstimator):
+class GMVAE(TransformerMixin, MixtureEstimator):
     """Gaussian mixture variational autoencoder: deep clustering by SVI (Dilokthanakul et al. 2016).
 
     Parameters
@@ -217,6 +218,15 @@ class GMVAE(MixtureEstimator):
     _inference_methods = ("svi",)
     _distributed_inference_methods = ("svi",)
 
+    def __sklearn_tags__(self):
+        """scikit-learn's tags: ``transform`` returns the fit's dtype (float32 by default)."""
+        tags = super().__sklearn_tags__()
+        if self.dtype is None:
+            tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        else:
+            tags.transformer_tags.preserves_dtype = [str(self.dtype).removeprefix("torch.")]
+        return tags
+
     def _check_arguments(self) -> None:
         if self.z_inference == "enumerate" and (self.free_bits > 0 or self.z_prior_weight != 1):
             raise ValueError(
@@ -349,15 +359,19 @@ class GMVAE(MixtureEstimator):
         """Monte Carlo ELBO of every sample, a lower bound of ``log p(y_n)``; shape (n_samples,).
 
         The ELBO with z summed out (no free bits, prior weight 1), whatever the training
-        objective, averaged over ``num_particles`` draws of (x, w) (default: the estimator's),
-        seeded by ``random_state``; the global random streams are left alone.
+        objective, averaged over ``num_particles`` draws of (x, w) (default: the estimator's).
+        The draws are common random numbers from ``random_state`` (the same standard normal
+        noise for every row), so a row's score does not depend on the other rows or their
+        order, and repeated calls agree; the global random streams are not used.
         """
         x = self._fitted_x(X)
         particles = num_particles or self.num_particles
-        seed = int(torch.randint(0, 2**31 - 1, (1,),
-                                 generator=resolve_generator(self.random_state)))
-        with seeded_global_rng(seed, x.device), torch.no_grad():
-            return gmvae.elbo_per_sample(self.networks_, x, particles).cpu().numpy()
+        generator = resolve_generator(self.random_state)
+        noise = tuple(torch.randn((particles, size), generator=generator, dtype=x.dtype).to(
+            x.device) for size in (self.networks_.w_dim, self.networks_.x_dim))
+        with torch.no_grad():
+            return gmvae.elbo_per_sample(self.networks_, x, particles,
+                                         noise=noise).cpu().numpy()
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean ELBO per sample (a lower bound of the mean log-likelihood, not the likelihood)."""

@@ -469,11 +469,14 @@ def elbo_per_sample(
     z_inference: str = "enumerate",
     free_bits: float = 0.0,
     z_prior_weight: float = 1.0,
+    noise: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """The GMVAE objective per data point in plain torch (eq. 4), averaged over M particles.
 
     Draws ``w`` then ``x`` from the guide for each particle, in the order the Pyro guide does,
-    so that with the same random state it reproduces the Pyro loss exactly.
+    so that with the same random state it reproduces the Pyro loss exactly. With ``noise``,
+    particle ``m`` of every row is ``loc + scale * noise[m]`` instead (common random numbers):
+    each row's estimate then depends on that row alone, not on the others or their order.
 
     Parameters
     ----------
@@ -484,6 +487,8 @@ def elbo_per_sample(
     z_inference, free_bits, z_prior_weight
         As in :func:`conditional_prior_objective`; the defaults give the ELBO, a lower bound
         of ``log p(y)``.
+    noise : (Tensor, Tensor), optional
+        Standard normal draws of shapes (M, w_dim) and (M, x_dim), shared by every row.
 
     Returns
     -------
@@ -494,9 +499,12 @@ def elbo_per_sample(
     q_x = dist.Normal(x_loc, x_scale).to_event(1)
     prior_w = dist.Normal(torch.zeros_like(w_loc), torch.ones_like(w_scale)).to_event(1)
     total = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
-    for _ in range(num_particles):
-        w = q_w.rsample()
-        x = q_x.rsample()
+    for particle in range(num_particles):
+        if noise is None:
+            w, x = q_w.rsample(), q_x.rsample()
+        else:
+            w = w_loc + w_scale * noise[0][particle]
+            x = x_loc + x_scale * noise[1][particle]
         means, scales = networks.conditional_prior(w)
         total = total + (
             networks.observation(x).log_prob(y)
