@@ -131,12 +131,14 @@ def fitted_arrays(params: gmm.GMMParams) -> dict[str, np.ndarray]:
     if params.covariance_type in gmm.DIAGONAL_TYPES:
         precisions = 1.0 / covariances
         precisions_cholesky = np.sqrt(precisions)
-    else:
-        precisions = np.linalg.inv(covariances)
+    else:  # factorised in float64 (a float32 fit's covariances round-trip), returned as fitted
+        wide = covariances.astype(np.float64)
+        precisions = np.linalg.inv(wide).astype(covariances.dtype)
         # scikit-learn's convention: P with P P^T = Sigma^-1, upper triangular.
-        factors = np.linalg.cholesky(covariances)
-        eye = np.eye(factors.shape[-1])
-        precisions_cholesky = np.swapaxes(np.linalg.solve(factors, eye), -1, -2)
+        factors = np.linalg.cholesky(wide)
+        eye = np.broadcast_to(np.eye(factors.shape[-1]), factors.shape)
+        precisions_cholesky = np.swapaxes(np.linalg.solve(factors, eye), -1, -2).astype(
+            covariances.dtype)
     return {"weights_": params.weights.detach().cpu().numpy(),
             "means_": params.means.detach().cpu().numpy(), "covariances_": covariances,
             "precisions_": precisions, "precisions_cholesky_": precisions_cholesky}

@@ -92,6 +92,8 @@ class DeepGaussianMixture(MixtureEstimator):
         layer's input with this method, fit a PPCA per cluster, pass the scores up.
     reg_covar : float, default 1e-6
         Floor on every noise variance (EM).
+        Scaled down with the data when its mean per-feature variance is below 1e-3 (a
+        ``DataScaleWarning`` says so).
     anneal_start : float, default 1.0
         EM only. With a value T0 > 1, each start first runs ``anneal_iter`` deterministic-
         annealing steps (path responsibilities ``p(s | x)^(1/T)``, T from T0 down to 1; see

@@ -100,6 +100,8 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         Initial responsibilities; the parameters then come from a weighted PPCA per component.
     reg_covar : float, default 1e-6
         Floor on every noise variance (EM) and added at initialisation.
+        Scaled down with the data when its mean per-feature variance is below 1e-3 (a
+        ``DataScaleWarning`` says so).
     priors : dict of str to pyro.distributions.Distribution, optional
         Replace some of :func:`~ppl_mixtures.models.mfa.default_mfa_priors` (used by SVI; EM
         is maximum likelihood and ignores them).

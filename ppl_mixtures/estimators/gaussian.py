@@ -85,7 +85,8 @@ class GaussianMixture(MixtureEstimator):
     reg_covar : float, default 1e-6
         Added to every variance by EM's M-step and at initialisation (so EM's M-step is
         not the exact maximiser and the likelihood may dip slightly). 0: exact EM, which
-        raises a ``ValueError`` when a component's covariance turns singular.
+        raises a ``ValueError`` when a component's covariance turns singular. Below a mean
+        per-feature variance of 1e-3 it shrinks with the data (``DataScaleWarning``).
     init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default "kmeans"
         How initial responsibilities are drawn.
     weights_init : array-like, shape (n_components,), optional
@@ -187,8 +188,7 @@ class GaussianMixture(MixtureEstimator):
         The Pyro guide: the trained one for SVI, a MAP guide at the EM estimate otherwise.
         Its values live in the Pyro param store state ``param_store_state_``: use them inside
         ``with pyro.get_param_store().scope(est.param_store_state_):``.
-    n_features_in_ : int
-    fit_seconds_ : float
+    n_features_in_, fit_seconds_ : int, float
     """
 
     _parameter_constraints = {

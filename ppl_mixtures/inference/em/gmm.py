@@ -393,7 +393,7 @@ def m_step(stats: GMMStats, covariance_type: str, reg_covar: float = 1e-6) -> GM
     eye = torch.eye(central.shape[-1], dtype=wide, device=central.device)
     covariances, _, jitter, _ = gmm.factorise((central + reg_covar * eye).to(dtype))
     largest = float(jitter.max())
-    if largest > reg_covar:
+    if largest > reg_covar > 0:  # reg_covar=0 asks for the exact M-step: no floor to raise
         _warn_jitter(largest, reg_covar, dtype)
     return GMMParams(weights, means, covariances, covariance_type)
 
