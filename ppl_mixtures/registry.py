@@ -202,6 +202,15 @@ class Family:
         return _resolve(self.expand_covariances)(est.params_).detach().cpu().numpy()
 
 
+#: The options of every family that offers ``--inference nuts``.
+_NUTS_OPTIONS = (
+    Option("--num-warmup", "num_warmup", "count", None,
+           "NUTS only: warm-up steps per chain (default: 200)", metavar="W",
+           inference=("nuts",)),
+    Option("--num-chains", "num_chains", "count", None, "NUTS only: chains, run one after "
+           "the other; r_hat needs 2 or more (default: 1)", metavar="C", inference=("nuts",)),
+)
+
 FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family(
         "gmm", "ppl_mixtures.estimators:GaussianMixture",
@@ -224,12 +233,7 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
             Option("--lr", "lr", "positive", None,
                    "learning rate (default: 0.05 for SVI, 0.011 for SGD)",
                    inference=("svi", "sgd")),
-            Option("--num-warmup", "num_warmup", "count", None,
-                   "NUTS only: warm-up steps per chain (default: 200)", metavar="W",
-                   inference=("nuts",)),
-            Option("--num-chains", "num_chains", "count", None, "NUTS only: chains, run one "
-                   "after the other; r_hat needs 2 or more (default: 1)", metavar="C",
-                   inference=("nuts",)),
+            *_NUTS_OPTIONS,
         ),
         distributed=("em", "svi"),
         expand_covariances="ppl_mixtures.models.gmm:covariance_matrices",
@@ -251,12 +255,7 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
                    inference=("svi",)),
             Option("--lr", "lr", "positive", None, "SVI learning rate (default: 0.05)",
                    inference=("svi",)),
-            Option("--num-warmup", "num_warmup", "count", None,
-                   "NUTS only: warm-up steps per chain (default: 200)", metavar="W",
-                   inference=("nuts",)),
-            Option("--num-chains", "num_chains", "count", None, "NUTS only: chains, run one "
-                   "after the other; r_hat needs 2 or more (default: 1)", metavar="C",
-                   inference=("nuts",)),
+            *_NUTS_OPTIONS,
         ),
         dataset="wine",
         distributed=("em",),
