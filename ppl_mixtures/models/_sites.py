@@ -136,6 +136,8 @@ class DataPlateModel:
         """Run the model; returns the observations (sampled when ``x`` is None)."""
         if x is None and n_samples is None:
             raise ValueError("pass data x of shape (N, D) or n_samples to sample from the prior")
+        if x is not None:
+            self._check_data(x)
         sites = self._sample_globals()
         size = x.shape[0] if x is not None else n_samples
         with pyro.plate("data", size, subsample=subsample):
@@ -146,6 +148,17 @@ class DataPlateModel:
     def log_prior(self, params: Any) -> Tensor:
         """``log p(theta)`` of the global sites at ``params`` (a scalar)."""
         return log_prior(self._sample_globals, self._params_to_sites(params))
+
+    def _check_data(self, x: Tensor) -> None:
+        """A clear error for data of the wrong shape, before any matrix product fails."""
+        expected = self.n_features
+        if x.dim() == 2 and x.shape[1] == expected:
+            return
+        hint = (" (one feature per row: x[:, None])" if x.dim() == 1 and expected == 1 else
+                f" (rows of {expected} values: x.reshape(-1, {expected}))"
+                if x.numel() % expected == 0 else "")
+        raise ValueError(f"x has shape {tuple(x.shape)}, but this model expects data of shape "
+                         f"(n_samples, {expected}){hint}")
 
 
 def posterior_at_best(log_joint: Tensor, means: Tensor,

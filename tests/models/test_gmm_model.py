@@ -184,3 +184,21 @@ def test_wide_full_covariances_take_the_per_component_path_to_the_same_density()
     expected = np.stack([multivariate_normal(params.means[k].numpy(), covariances[k].numpy())
                          .logpdf(x.numpy()) for k in range(n_components)], -1)
     np.testing.assert_allclose(gmm.component_log_prob(x, params).numpy(), expected, rtol=1e-9)
+
+
+def test_data_of_the_wrong_shape_is_named_before_any_product_fails():
+    from ppl_mixtures.models import dgmm, mfa
+
+    x = torch.randn(30, 2, dtype=torch.float64)
+    models = [
+        gmm.GaussianMixtureModel(2, 2, "full", default_gmm_priors(x, 2, "full")),
+        mfa.MixtureOfFactorAnalyzersModel(2, 2, 1, mfa.default_mfa_priors(x, 2, 1)),
+        dgmm.DeepGaussianMixtureModel((2,), (1,), 2, dgmm.default_dgmm_priors(x, (2,), (1,))),
+    ]
+    for model in models:
+        with pytest.raises(ValueError, match=r"x has shape \(6,\), but this model expects data "
+                                             r"of shape \(n_samples, 2\) \(rows of 2 values"):
+            model(torch.randn(6, dtype=torch.float64))
+        with pytest.raises(ValueError, match=r"x has shape \(6, 3\)"):
+            model(torch.randn(6, 3, dtype=torch.float64))
+        assert model(x).shape == (30, 2)
