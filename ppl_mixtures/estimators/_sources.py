@@ -64,16 +64,13 @@ def as_array(X: Any, name: str = "X") -> Any:
 class ValidatedBatches:
     """Iterate a stream as validated tensors (``validate(batch, first)`` -> Tensor).
 
-    The first batch ever seen fixes ``n_features_in_`` and the dtype (``first=True``).
-    ``on_batch`` (optional) sees every validated batch before it is yielded; ``last`` is the
-    most recent one.
+    The first batch ever seen fixes ``n_features_in_`` and the dtype (``first=True``);
+    ``last`` is the most recent one.
     """
 
-    def __init__(self, source: Any, validate: Callable[[Any, bool], torch.Tensor],
-                 on_batch: Callable[[torch.Tensor], None] | None = None) -> None:
+    def __init__(self, source: Any, validate: Callable[[Any, bool], torch.Tensor]) -> None:
         self.source = source
         self.validate = validate
-        self.on_batch = on_batch
         self.seen = False
         self.last: torch.Tensor | None = None
 
@@ -83,8 +80,6 @@ class ValidatedBatches:
                 batch = batch[0]  # (x, y, ...) from a labelled dataset
             x = self.validate(as_array(batch, "a batch of X"), not self.seen)
             self.seen = True
-            if self.on_batch is not None:
-                self.on_batch(x)
             self.last = x
             yield x
 

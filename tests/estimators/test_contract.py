@@ -6,20 +6,13 @@ import inspect
 
 import numpy as np
 import pytest
+from estimator_configs import SMALL, make_small
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from ppl_mixtures import estimators, registry
 from ppl_mixtures.datasets import make_gmm
 
-#: A small, quick configuration of each family (the registry's names).
-SMALL = {
-    "gmm": dict(n_components=3),
-    "mfa": dict(n_components=3, n_factors=1),
-    "dgmm": dict(n_components=(2, 2), n_factors=(2, 1), max_iter=10),
-    "gmvae": dict(n_components=3, max_iter=1, batch_size=60),
-}
-COMMON = dict(progress=False, device="cpu", random_state=0)
 #: Arguments every estimator takes, with the same meaning.
 SHARED_ARGUMENTS = ("n_components", "max_iter", "tol", "lr", "batch_size", "random_state",
                     "device", "dtype", "progress", "checkpoint_path", "distributed")
@@ -31,9 +24,6 @@ UNDECLARED = {"weights_init", "means_init", "precisions_init"}
 def X():
     return make_gmm(n_samples=120, n_components=3, n_features=4, random_state=3)[0]
 
-
-def _make(name, **extra):
-    return registry.estimator_class(name)(**{**SMALL[name], **COMMON, **extra})
 
 
 def test_the_registry_lists_every_estimator():
@@ -52,8 +42,8 @@ def test_constructor_stores_arguments_and_declares_their_constraints(name):
     assert est.get_params() == {a: inspect.signature(cls).parameters[a].default
                                 for a in arguments}
     assert set(cls._parameter_constraints) == set(arguments) - UNDECLARED
-    copy = clone(_make(name))
-    assert copy.get_params() == _make(name).get_params()
+    copy = clone(make_small(name))
+    assert copy.get_params() == make_small(name).get_params()
 
 
 @pytest.mark.parametrize("name", list(SMALL))
@@ -62,14 +52,14 @@ def test_constructor_stores_arguments_and_declares_their_constraints(name):
                                             ("progress", "yes"), ("distributed", 1.5),
                                             ("random_state", "seed")])
 def test_bad_arguments_name_themselves_at_fit(X, name, argument, value):
-    est = _make(name, **{argument: value})
+    est = make_small(name, **{argument: value})
     with pytest.raises(ValueError, match=f"{argument}={value!r}"):
         est.fit(X)
 
 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_not_fitted_then_fitted(X, name):
-    est = _make(name)
+    est = make_small(name)
     for call in (lambda: est.predict(X), lambda: est.score_samples(X), lambda: est.sample(2),
                  lambda: est.save("unused.safetensors")):
         with pytest.raises(NotFittedError, match="call fit"):
@@ -91,7 +81,7 @@ def test_not_fitted_then_fitted(X, name):
 
 @pytest.mark.parametrize("name", ["gmm", "mfa", "dgmm"])
 def test_likelihood_models_offer_information_criteria(X, name):
-    est = _make(name).fit(X)
+    est = make_small(name).fit(X)
     assert est.bic(X) > est.aic(X) - 1e9 and np.isfinite(est.bic(X))
     # EM's lower_bound_ is scikit-learn's: the last E-step's value, before the last M-step;
     # the fitted parameters' own log-likelihood is score(X), one more E-step
@@ -101,5 +91,5 @@ def test_likelihood_models_offer_information_criteria(X, name):
 
 
 def test_factor_models_share_the_noise_variances_name(X):
-    assert _make("mfa").fit(X).noise_variances_.shape == (3, 4)
-    assert [v.shape for v in _make("dgmm").fit(X).noise_variances_] == [(2, 4), (2, 2)]
+    assert make_small("mfa").fit(X).noise_variances_.shape == (3, 4)
+    assert [v.shape for v in make_small("dgmm").fit(X).noise_variances_] == [(2, 4), (2, 2)]

@@ -13,28 +13,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from estimator_configs import COMMON, SMALL, make_small
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import adjusted_rand_score
 
 from ppl_mixtures import GaussianMixture, MixtureOfFactorAnalyzers, registry
 
-SMALL = {
-    "gmm": dict(n_components=3),
-    "mfa": dict(n_components=3, n_factors=1),
-    "dgmm": dict(n_components=(2, 2), n_factors=(2, 1), max_iter=10),
-    "gmvae": dict(n_components=3, max_iter=1, batch_size=60),
-}
-COMMON = dict(progress=False, device="cpu", random_state=0)
-
 
 def blobs(n_per: int = 30, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.concatenate([rng.normal(m, 0.4, (n_per, 3)) for m in (0.0, 3.0, 6.0)])
 
-
-def _make(name: str, **extra):
-    return registry.estimator_class(name)(**{**SMALL[name], **COMMON, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +39,7 @@ def test_every_estimator_is_covered():
 @pytest.mark.parametrize("name", list(SMALL))
 def test_a_tensor_that_requires_grad_is_accepted(X, name):
     tensor = torch.tensor(X, requires_grad=True)
-    est = _make(name).fit(tensor)
+    est = make_small(name).fit(tensor)
     labels = est.predict(tensor)
     assert labels.shape == (len(X),)
     np.testing.assert_array_equal(labels, est.predict(X))
@@ -60,7 +50,7 @@ def test_a_tensor_that_requires_grad_is_accepted(X, name):
 @pytest.mark.parametrize("name", list(SMALL))
 def test_a_reversed_view_is_accepted(X, name):
     reversed_rows = X[::-1]
-    est = _make(name).fit(reversed_rows)
+    est = make_small(name).fit(reversed_rows)
     np.testing.assert_array_equal(est.predict(reversed_rows), est.predict(X)[::-1])
     est.predict(X[:, ::-1][:, ::-1])  # reversed twice: negative strides again
 
@@ -69,11 +59,11 @@ def test_a_reversed_view_is_accepted(X, name):
 @pytest.mark.parametrize("empty", [[], (), np.array([])], ids=["list", "tuple", "array"])
 def test_empty_data_is_refused_naming_x(name, empty):
     with pytest.raises(ValueError, match=r"^X is empty .*2-D array"):
-        _make(name).fit(empty)
+        make_small(name).fit(empty)
 
 
 def test_predict_on_empty_data_names_x(X):
-    est = _make("gmm").fit(X)
+    est = make_small("gmm").fit(X)
     with pytest.raises(ValueError, match=r"^X is empty"):
         est.predict([])
 
