@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -119,7 +120,7 @@ class IntegerSequence(Constraint):
 NONE = Options((None,))
 BOOLEAN = InstanceOf((bool, np.bool_), "True or False")
 DICT = InstanceOf((Mapping,), "a dict")
-PATH = InstanceOf((str, __import__("os").PathLike), "a path")
+PATH = InstanceOf((str, os.PathLike), "a path")
 
 
 def _range(low: Any, high: Any, closed: bool) -> str:
