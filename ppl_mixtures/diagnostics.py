@@ -439,9 +439,9 @@ def apply_relabelling(values: Any, permutations: Any) -> np.ndarray:
 
     Parameters
     ----------
-    values : array-like, shape (*draw_shape, n_components, ...)
+    values : array-like, shape ``draw_shape + (n_components, ...)``
         E.g. ``weights`` (chain, draw, K) or ``covariances`` (chain, draw, K, D, D).
-    permutations : array-like of int, shape (*draw_shape, n_components)
+    permutations : array-like of int, shape ``draw_shape + (n_components,)``
         From :func:`relabel`.
 
     Returns

@@ -16,8 +16,8 @@ __all__ = ["DGMM_SECTION_3_1", "make_dgmm"]
 
 #: Per layer: (eta sd, [(psi mean, psi sd) per component], [(Lambda mean, Lambda sd) per
 #: component], fraction of Lambda entries set to 0). The configuration of Selosse et al. (2020),
-#: section 3.1, from their supplementary material (Psi are variances, drawn as |N(mean, sd^2)|
-#: per entry).
+#: section 3.1, from their supplementary material (Psi are variances, drawn as the absolute value of
+#: ``N(mean, sd^2)`` per entry).
 DGMM_SECTION_3_1: tuple[tuple[float, list, list, float], ...] = (
     (20.0, [(30.0, 1.0), (3.0, 5.0), (2.0, 3.0)], [(1.0, 15.0), (-1.0, 15.0), (1.0, 15.0)], 0.2),
     (10.0, [(3.0, 2.0), (5.0, 2.0), (10.0, 2.0)], [(2.0, 2.0), (0.0, 1.0), (3.0, 2.0)], 0.5),
