@@ -1,96 +1,223 @@
 """GMM EM speed against scikit-learn, from the same initial weights, means and precisions.
 
-N=100k, D=32, K=16, full covariances, 20 iterations (tol=0), one run of both, same process.
-Reports seconds per iteration, the ratio scikit-learn / ours, and the final mean log-likelihood
-of each, in float64 and float32 (and on CUDA when present).
+A matrix of covariance type x shape, each cell timed side by side with scikit-learn in one
+run (ours and theirs alternately, ``--repeats`` times, ``tol=0`` so both run the same
+iterations), with the peak memory each fit adds to the process (resident set sampled every
+2 ms) and the final mean log-likelihood of each:
 
-    python bench/gmm_em.py [--n-samples 100000] [--repeats 3]
+* ``benchmark``: N = 100k, D = 32, K = 16 (every covariance type);
+* ``d784``: N = 1e4, D = 784, K = 16, full (MNIST-sized features);
+* ``large-k``: N = 200k, D = 64, K = 128, diag and spherical;
+* ``small``: the digits (N = 1797, D = 64, K = 10), per-iteration fixed cost;
+* ``huge`` (only with ``--huge``): N = 1e6, D = 128, K = 1024, diag and spherical, ours
+  alone (scikit-learn's (N, K) tables would take 8 GB): one E-step and M-step, its peak
+  memory beyond the data.
+
+Prints one JSON line per cell and repeat, then a table of the speed-ups (scikit-learn's
+seconds / ours; above 1 is faster) with their range over the repeats.
+
+    python bench/gmm_em.py [--cases benchmark,d784,large-k,small] [--repeats 3] [--huge]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import threading
 import time
 import warnings
 
 import numpy as np
 import torch
+from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from ppl_mixtures import GaussianMixture
 from ppl_mixtures.datasets import make_gmm
 
+#: name -> (n_samples, n_features, n_components, covariance types, iterations)
+CASES = {
+    "benchmark": (100_000, 32, 16, ("full", "tied", "diag", "spherical"), 10),
+    "d784": (10_000, 784, 16, ("full",), 2),
+    "large-k": (200_000, 64, 128, ("diag", "spherical"), 5),
+    "small": (None, 64, 10, ("full", "diag", "spherical"), 20),
+}
 
-def initial_point(X: np.ndarray, n_components: int, seed: int):
+
+class PeakMemory:
+    """Peak resident memory added while the block runs (sampled by a thread), in MB."""
+
+    def __enter__(self):
+        self.base = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+        self.added_mb = (self.peak - self.base) / 2**20
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def data(case: str) -> tuple[np.ndarray, int]:
+    n_samples, n_features, n_components, _, _ = CASES[case]
+    if case == "small":
+        return load_digits().data.astype(np.float64), n_components
+    if case == "d784":  # make_gmm draws an (N, D, D) tensor of factors: too large here
+        rng = np.random.default_rng(0)
+        means = rng.normal(scale=2.0, size=(n_components, n_features))
+        labels = rng.integers(n_components, size=n_samples)
+        scales = rng.uniform(0.5, 2.0, size=(n_components, n_features))
+        noise = rng.normal(size=(n_samples, n_features))
+        return means[labels] + noise * scales[labels], n_components
+    X, _ = make_gmm(n_samples, n_components, n_features, separation=2.0, random_state=0)
+    return X, n_components
+
+
+def initial_point(X: np.ndarray, n_components: int, covariance_type: str, seed: int = 0):
+    """Uniform weights, K rows as means, every precision ``1 / mean variance``."""
     rng = np.random.default_rng(seed)
     means = X[rng.choice(len(X), n_components, replace=False)]
-    precisions = np.stack([np.eye(X.shape[1]) / X.var(0).mean()] * n_components)
+    precision = 1.0 / max(X.var(0).mean(), 1e-6)
+    n_features = X.shape[1]
+    precisions = {
+        "full": np.stack([np.eye(n_features) * precision] * n_components),
+        "tied": np.eye(n_features) * precision,
+        "diag": np.full((n_components, n_features), precision),
+        "spherical": np.full(n_components, precision),
+    }[covariance_type]
     return np.full(n_components, 1 / n_components), means, precisions
 
 
-def time_sklearn(X, init, n_iter):
+def fit_sklearn(X, init, covariance_type, n_iter):
     weights, means, precisions = init
     est = SkGaussianMixture(
-        len(weights), covariance_type="full", weights_init=weights, means_init=means,
-        precisions_init=precisions, max_iter=n_iter, tol=0.0, init_params="random_from_data",
-        random_state=0,
+        len(weights), covariance_type=covariance_type, weights_init=weights, means_init=means,
+        precisions_init=precisions, max_iter=n_iter, tol=0.0, random_state=0,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        start = time.perf_counter()
-        est.fit(X)
-        seconds = time.perf_counter() - start
-    return seconds, est.score(X)
+        with PeakMemory() as memory:
+            start = time.perf_counter()
+            est.fit(X)
+            seconds = time.perf_counter() - start
+    return seconds, memory.added_mb, est.score(X)
 
 
-def time_ours(X, init, n_iter, dtype, device):
+def fit_ours(X, init, covariance_type, n_iter, dtype, device="cpu"):
     weights, means, precisions = init
     est = GaussianMixture(
-        len(weights), covariance_type="full", weights_init=weights, means_init=means,
+        len(weights), covariance_type=covariance_type, weights_init=weights, means_init=means,
         precisions_init=precisions, max_iter=n_iter, tol=0.0, dtype=dtype, device=device,
         progress=False, random_state=0,
     )
-    est.fit(X)  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    est.fit(X)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, est.score(X)
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        est.fit(X)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return seconds, memory.added_mb, est.score(X)
+
+
+def huge(dtype: str) -> list[dict]:
+    """One E-step and M-step at N = 1e6, D = 128, K = 1024: memory bounded by one block."""
+    from ppl_mixtures.inference.em import gmm as em_gmm
+    from ppl_mixtures.models.gmm import GMMParams
+
+    rows = []
+    torch_dtype = getattr(torch, dtype)
+    generator = torch.Generator().manual_seed(0)
+    n_samples, n_features, n_components = 1_000_000, 128, 1024
+    x = torch.randn(n_samples, n_features, generator=generator, dtype=torch_dtype)
+    for covariance_type in ("diag", "spherical"):
+        shape = (n_components, n_features) if covariance_type == "diag" else (n_components,)
+        params = GMMParams(torch.full((n_components,), 1 / n_components, dtype=torch_dtype),
+                           x[:n_components].clone(), torch.ones(shape, dtype=torch_dtype),
+                           covariance_type)
+        with PeakMemory() as memory:
+            start = time.perf_counter()
+            em_gmm.m_step(em_gmm.e_step(x, params), covariance_type)
+            seconds = time.perf_counter() - start
+        rows.append({"case": "huge", "covariance_type": covariance_type, "dtype": dtype,
+                     "n": n_samples, "d": n_features, "k": n_components,
+                     "ours_s_per_iter": seconds, "ours_peak_mb": memory.added_mb,
+                     "data_mb": x.numel() * x.element_size() / 2**20,
+                     "n_by_k_table_mb": n_samples * n_components * x.element_size() / 2**20})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-samples", type=int, default=100_000)
-    parser.add_argument("--n-features", type=int, default=32)
-    parser.add_argument("--n-components", type=int, default=16)
-    parser.add_argument("--n-iter", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--types", default=None, help="comma-separated covariance types")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n-iter", type=int, default=None, help="override every case's")
+    parser.add_argument("--huge", action="store_true")
     args = parser.parse_args()
-    X, _ = make_gmm(args.n_samples, args.n_components, args.n_features, separation=2.0,
-                    random_state=0)
-    init = initial_point(X, args.n_components, seed=0)
-    rows = []
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for repeat in range(args.repeats):
-        sk_seconds, sk_score = time_sklearn(X, init, args.n_iter)
-        for device in devices:
-            for dtype in ("float64", "float32"):
-                seconds, score = time_ours(X, init, args.n_iter, dtype, device)
-                rows.append({
-                    "repeat": repeat, "device": device, "dtype": dtype,
-                    "sklearn_s_per_iter": sk_seconds / args.n_iter,
-                    "ours_s_per_iter": seconds / args.n_iter,
-                    "speedup_vs_sklearn": sk_seconds / seconds,
-                    "sklearn_loglik": sk_score, "ours_loglik": score,
-                    "loglik_diff": score - sk_score,
-                })
-                print(json.dumps(rows[-1]))
-    print(f"threads={torch.get_num_threads()} N={args.n_samples} D={args.n_features} "
-          f"K={args.n_components} iters={args.n_iter}")
+    rows = []
+    for case in args.cases.split(","):
+        X, n_components = data(case)
+        n_iter = args.n_iter or CASES[case][4]
+        types = CASES[case][3]
+        if args.types:
+            types = [t for t in types if t in args.types.split(",")]
+        for covariance_type in types:
+            init = initial_point(X, n_components, covariance_type)
+            fit_ours(X, init, covariance_type, 1, "float64")  # warm-up
+            for repeat in range(args.repeats):
+                sk_seconds, sk_mb, sk_score = fit_sklearn(X, init, covariance_type, n_iter)
+                for device in devices:
+                    for dtype in ("float64", "float32"):
+                        seconds, mb, score = fit_ours(X, init, covariance_type, n_iter, dtype,
+                                                      device)
+                        rows.append({
+                            "case": case, "covariance_type": covariance_type,
+                            "repeat": repeat, "device": device, "dtype": dtype,
+                            "n": len(X), "d": X.shape[1], "k": n_components, "iters": n_iter,
+                            "sklearn_s_per_iter": sk_seconds / n_iter,
+                            "ours_s_per_iter": seconds / n_iter,
+                            "speedup_vs_sklearn": sk_seconds / seconds,
+                            "sklearn_peak_mb": sk_mb, "ours_peak_mb": mb,
+                            "sklearn_loglik": sk_score, "ours_loglik": score,
+                            "loglik_diff": score - sk_score,
+                        })
+                        print(json.dumps(rows[-1]), flush=True)
+    if args.huge:
+        for dtype in ("float32", "float64"):
+            huge(dtype)
+    print(f"\nthreads={torch.get_num_threads()}; speed-up = scikit-learn s / ours s "
+          "(min-max over repeats); peak MB added by the fit")
+    print(f"{'case':10} {'type':10} {'device':6} {'dtype':8} {'speed-up':>14} "
+          f"{'ours s/it':>10} {'sk s/it':>10} {'ours MB':>8} {'sk MB':>8} {'dLL':>9}")
+    keys = sorted({(r["case"], r["covariance_type"], r["device"], r["dtype"]) for r in rows},
+                  key=lambda key: [list(CASES).index(key[0]), *key[1:]])
+    for key in keys:
+        cell = [r for r in rows if (r["case"], r["covariance_type"], r["device"],
+                                    r["dtype"]) == key]
+        speed = [r["speedup_vs_sklearn"] for r in cell]
+        print(f"{key[0]:10} {key[1]:10} {key[2]:6} {key[3]:8} "
+              f"{min(speed):6.2f}-{max(speed):<6.2f} "
+              f"{np.median([r['ours_s_per_iter'] for r in cell]):10.4f} "
+              f"{np.median([r['sklearn_s_per_iter'] for r in cell]):10.4f} "
+              f"{max(r['ours_peak_mb'] for r in cell):8.0f} "
+              f"{max(r['sklearn_peak_mb'] for r in cell):8.0f} "
+              f"{max(abs(r['loglik_diff']) for r in cell):9.2e}")
 
 
 if __name__ == "__main__":

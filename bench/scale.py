@@ -141,7 +141,7 @@ def timed_em_iteration(x: torch.Tensor, params: gmm.GMMParams, timers: Timers,
         with timers("cholesky"):
             gmm.whitening(params)
         whitening_s = timers.seconds["cholesky"] - before
-    blocks = x.split(em_gmm.e_step_block_rows(params.n_components))  # as em_gmm.e_step does
+    blocks = x.split(em_gmm.e_step_block_rows(params.n_components, x.shape[1]))  # diagonal e_step's blocks
     stats = None
     for block in blocks:
         with timers("log_prob"):

@@ -19,7 +19,8 @@
 # `ppl_mixtures.diagnostics` turns fitted estimators into ArviZ `InferenceData` and adds the
 # mixture-specific tools ArviZ lacks:
 #
-# * `to_inference_data(est, X)`: posterior draws (NUTS chains, or draws of a mean-field guide),
+# * `to_inference_data(est, X)`: posterior draws (NUTS chains, draws of a mean-field guide, or
+#   of the Laplace approximation at a point estimate),
 #   pointwise marginal log-likelihood (for LOO/WAIC) and posterior predictive data;
 # * `relabel` / `apply_relabelling`: undo label switching;
 # * `sample_assignments`: decode clusters with `pyro.infer.infer_discrete`;
@@ -220,7 +221,8 @@ plt.show()
 # ## Take-aways
 #
 # * `to_inference_data` makes any fitted mixture an ArviZ object; NUTS and mean-field SVI give
-#   real posteriors (with `az.loo`), point estimates give one draw (`az.waic` only).
+#   their own draws, point estimates (EM, SGD, MAP) draws of a Laplace approximation at the
+#   estimate (check its Pareto k in `idata.posterior.attrs`); all work with `az.loo`.
 # * Check R-hat/ESS and trace plots before trusting NUTS; relabel before summarising
 #   per-component quantities of draws from another fit.
 # * Compare K with `az.compare` (LOO) or `select_n_components` (BIC/AIC/ICL/LOO).

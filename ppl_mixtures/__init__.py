@@ -5,7 +5,7 @@ The public API is imported lazily so that ``import ppl_mixtures`` stays light.
 
 from ppl_mixtures._version import __version__
 
-_ESTIMATORS = ("DeepGaussianMixture", "GMVAE", "GaussianMixture", "MixtureOfFactorAnalyzers",
+_ESTIMATORS = ("BayesianGaussianMixture", "DeepGaussianMixture", "GMVAE", "GaussianMixture", "MixtureOfFactorAnalyzers",
                "load_estimator")
 __all__ = [*_ESTIMATORS, "__version__", "select_model"]
 

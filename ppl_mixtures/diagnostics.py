@@ -1,11 +1,13 @@
 """Posterior diagnostics of fitted mixtures: ArviZ data, relabelling, assignments, model choice.
 
-- :func:`to_inference_data` turns a fit with posterior draws (NUTS, a mean-field SVI guide)
-  into an :class:`arviz.InferenceData` (posterior draws of the global parameters, the
-  pointwise *marginal* log-likelihood, posterior predictive draws), ready for
-  ``az.summary``, ``az.loo`` and ``az.waic``; a point estimate only on request
-  (``point_estimate=True``: one draw, no log-likelihood group). :func:`has_posterior_draws`
-  and :func:`posterior_draws_hint` say whether a fit has draws and how to get them.
+- :func:`to_inference_data` turns any fit of a model with a likelihood into an
+  :class:`arviz.InferenceData` (posterior draws of the global parameters, the pointwise
+  *marginal* log-likelihood, posterior predictive draws), ready for ``az.summary``,
+  ``az.loo`` and ``az.waic``: the fit's own draws (NUTS, a mean-field SVI guide), else draws
+  of the Laplace approximation at the point estimate (:func:`laplace_approximation`,
+  :mod:`ppl_mixtures.inference.laplace`); the point estimate itself on request
+  (``posterior="point"``: one draw, no log-likelihood group). :func:`has_posterior_draws`
+  and :func:`posterior_draws_hint` say whether a fit has draws of its own and how to get them.
   It is built with ``arviz.from_dict``: ``arviz.from_pyro`` only accepts a
   ``pyro.infer.MCMC`` object (not a guide or a point estimate), and here the pointwise
   log-likelihood comes from the estimator's own (N, K) log joint with the assignments summed
@@ -44,6 +46,8 @@ from ppl_mixtures.inference.init import resolve_generator
 from ppl_mixtures.inference.mcmc import align_components
 
 CRITERIA = ("bic", "aic", "icl", "loo")
+#: The ``posterior=`` choices of :func:`to_inference_data`.
+POSTERIORS = ("auto", "laplace", "point")
 
 #: Dims of the posterior variables by the number of trailing (non chain/draw) axes.
 _COVARIANCE_DIMS = {
@@ -137,7 +141,8 @@ def has_posterior_draws(estimator: Any) -> bool:
     (``GaussianMixture(inference="svi", guide="mean_field")``); False for point estimates
     (EM, SGD, MAP SVI, every DGMM fit) and for models without a tractable likelihood.
     """
-    return _is_nuts(estimator) or isinstance(getattr(estimator, "guide_", None), AutoNormal)
+    return (_is_nuts(estimator) or isinstance(getattr(estimator, "guide_", None), AutoNormal)
+            or hasattr(estimator, "posterior_draws"))
 
 
 def posterior_draws_hint(estimator: Any, command_line: bool = False) -> str:
@@ -208,18 +213,120 @@ def _is_nuts(estimator: Any) -> bool:
 
 def _sites_to_params(estimator: Any, sites: dict[str, torch.Tensor]) -> Any:
     module, covariance_type = _model_module(estimator), _covariance_type(estimator)
+    n_layers = getattr(estimator.params_, "n_layers", None)
+    if n_layers is not None:  # a DGMM: one site of each kind per layer
+        return module.sites_to_params(sites, n_layers)
     if covariance_type is None:
         return module.sites_to_params(sites)
     return module.sites_to_params(sites, covariance_type)
 
 
-def _posterior_params(estimator: Any, x: torch.Tensor, num_samples: int) -> list[list[Any]]:
+def _laplace_model(estimator: Any) -> Any:
+    """The estimator's Pyro model in its collapsed form (no continuous local sites)."""
+    model = estimator.model_
+    if getattr(model, "form", "collapsed") != "collapsed":
+        model = copy.copy(model)  # the same priors and sites, the scores integrated out
+        model.form = "collapsed"
+    return model
+
+
+def laplace_approximation(estimator: Any, X: Any, **options: Any) -> Any:
+    """The Laplace approximation of the posterior at a fitted estimator's ``params_``.
+
+    :func:`ppl_mixtures.inference.laplace.laplace_posterior` on the estimator's own Pyro
+    model (``model_``, with its priors; the collapsed form), at the global sites of
+    ``params_``. ``options`` go to ``laplace_posterior`` (``max_parameters``,
+    ``eigenvalue_floor``).
+
+    Parameters
+    ----------
+    estimator : GaussianMixture, MixtureOfFactorAnalyzers or DeepGaussianMixture, fitted
+    X : array-like, shape (n_samples, n_features)
+        The data (usually the training data).
+
+    Returns
+    -------
+    ppl_mixtures.inference.laplace.LaplacePosterior
+    """
+    _check_tractable(estimator)
+    return _laplace(estimator, _fitted_x(estimator, X), **options)
+
+
+def _laplace(estimator: Any, x: torch.Tensor, **options: Any) -> Any:
+    from ppl_mixtures.inference.laplace import laplace_posterior
+
+    fix = ("refit the MAP of the model with its priors (inference='svi'), or "
+           f"{posterior_draws_hint(estimator)}")
+    options.setdefault("fix", fix)
+    return laplace_posterior(_laplace_model(estimator), x, _global_sites(estimator), **options)
+
+
+#: Above this Pareto k of the importance ratios, a Laplace approximation is not trusted
+#: (Yao et al. 2018; Vehtari et al. 2024).
+LAPLACE_PARETO_K = 0.7
+_MIN_PARETO_DRAWS = 20
+#: Laplace draws whose importance ratios give the Pareto k (one model evaluation each).
+_PARETO_DRAWS = 200
+
+
+def laplace_pareto_k(log_ratios: torch.Tensor) -> float:
+    """Pareto k of the log importance ratios of Laplace draws (``arviz.psislw``); NaN for
+    fewer than :data:`_MIN_PARETO_DRAWS` draws (too few for a tail)."""
+    if log_ratios.numel() < _MIN_PARETO_DRAWS:
+        return float("nan")
+    az = import_arviz()
+    with quiet_arviz(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few draws: ArviZ's own warnings
+        _, k = az.psislw(log_ratios.detach().cpu().numpy())
+    return float(k)
+
+
+def _check_laplace_fit(estimator: Any, log_ratios: torch.Tensor) -> float:
+    """Warn when the Gaussian is a poor fit of the posterior (large Pareto k)."""
+    from ppl_mixtures.inference.laplace import LaplaceWarning
+
+    k = laplace_pareto_k(log_ratios)
+    estimator_name = type(estimator).__name__
+    if k > LAPLACE_PARETO_K:
+        warnings.warn(
+            f"the Laplace approximation of this {estimator_name} is a poor fit of its "
+            f"posterior: Pareto k of the importance ratios {k:.2f} > {LAPLACE_PARETO_K} "
+            "(a curved or weakly identified posterior), so LOO and WAIC from its draws are "
+            f"unreliable; {posterior_draws_hint(estimator)}, or use a simpler model",
+            LaplaceWarning, stacklevel=3)
+    return k
+
+
+def _posterior_params(estimator: Any, x: torch.Tensor, num_samples: int,
+                      posterior: str = "auto", seed: int = 0,
+                      attrs: dict[str, Any] | None = None) -> list[list[Any]]:
     """Parameter containers of every draw, as ``[chain][draw]``.
 
-    NUTS (GMM, MFA): the estimator's relabelled chains. SVI with a mean-field guide (GMM):
-    ``num_samples`` draws of the guide (from torch's global generator: call it seeded, inside
-    :func:`~ppl_mixtures._rng.seeded_global_rng`). Anything else (EM, SGD, MAP SVI, DGMM): the point estimate.
+    ``posterior="point"``: the point estimate. ``"laplace"``, or ``"auto"`` for a fit without
+    draws (EM, SGD, MAP SVI, DGMM): ``num_samples`` draws of the Laplace approximation at
+    ``params_`` (seeded by ``seed``). ``"auto"`` otherwise: NUTS (GMM, MFA), the estimator's
+    relabelled chains; SVI with a mean-field guide (GMM), ``num_samples`` draws of the guide
+    (from torch's global generator: call it seeded, inside
+    :func:`~ppl_mixtures._rng.seeded_global_rng`). ``attrs`` receives what to record about
+    the draws (``posterior_kind``, and the Laplace diagnostics).
     """
+    attrs = {} if attrs is None else attrs
+    if posterior == "point":
+        attrs["posterior_kind"] = "point"
+        return [[estimator.params_]]
+    if posterior == "laplace" or not has_posterior_draws(estimator):
+        approximation = _laplace(estimator, x)
+        # a stream apart from the posterior predictive draws, which are seeded by seed
+        draws, log_ratios = approximation.sample_with_log_ratios(
+            num_samples, resolve_generator(seed + 1, x.device), max_ratios=_PARETO_DRAWS)
+        attrs.update(posterior_kind="laplace",
+                     laplace_pareto_k=_check_laplace_fit(estimator, log_ratios),
+                     laplace_regularised_eigenvalues=approximation.n_regularised,
+                     laplace_offset_sd=approximation.offset_sd)
+        return [[_sites_to_params(estimator, {name: value[index] for name, value in
+                                              draws.items()})
+                 for index in range(num_samples)]]
+    attrs["posterior_kind"] = "nuts" if _is_nuts(estimator) else "guide"
     if _is_nuts(estimator):
         samples = estimator.posterior_samples_
         n_chains = estimator.num_chains
@@ -229,6 +336,9 @@ def _posterior_params(estimator: Any, x: torch.Tensor, num_samples: int) -> list
                    .reshape((n_chains, per_chain) + v.shape[1:]) for k, v in samples.items()}
         return [[_sites_to_params(estimator, {k: v[c, s] for k, v in tensors.items()})
                  for s in range(per_chain)] for c in range(n_chains)]
+    if hasattr(estimator, "posterior_draws"):  # a variational posterior of its own (BGMM)
+        attrs["posterior_kind"] = "variational"
+        return [estimator.posterior_draws(num_samples)]
     if isinstance(getattr(estimator, "guide_", None), AutoNormal):
         with pyro.get_param_store().scope(estimator.param_store_state_), torch.no_grad():
             draws = [_sites_to_params(estimator, estimator.guide_(x))
@@ -237,27 +347,60 @@ def _posterior_params(estimator: Any, x: torch.Tensor, num_samples: int) -> list
     return [[estimator.params_]]
 
 
+#: Dims of the global sites summarised beside the components (see :func:`_identified_sites`).
+_SITE_DIMS = {"noise_variances": ["component", "feature"],
+              "loadings": ["component", "feature", "factor"]}
+
+
+def _identified_sites(params: Any) -> dict[str, torch.Tensor]:
+    """Global sites beyond weights, means and covariances that a summary can name.
+
+    A mixture of factor analysers: its noise variances, and its loadings when it has one
+    factor (identified up to a sign, which neither a Laplace approximation nor a relabelled
+    chain flips; with more factors any rotation of them fits as well, so only the covariances
+    ``Lambda Lambda^T + Psi`` are summarised). A DGMM's layer sites are not identified (the
+    scores of every layer can be rotated and shifted): its paths are summarised instead.
+    """
+    if hasattr(params, "n_layers") or not hasattr(params, "loadings"):
+        return {}
+    sites = {"noise_variances": params.noise_variances}
+    if params.loadings.shape[-1] == 1:
+        sites["loadings"] = params.loadings
+    return sites
+
+
 def _global_variables(estimator: Any, grid: list[list[Any]]) -> dict[str, np.ndarray]:
-    """``weights``, ``means``, ``covariances`` of every draw, each shaped (chain, draw, ...)."""
+    """``weights``, ``means``, ``covariances`` of every draw, each shaped (chain, draw, ...),
+    and the identified sites of :func:`_identified_sites`."""
     names = ("weights", "means", "covariances")
     if len(grid) == 1 and len(grid[0]) == 1 and grid[0][0] is estimator.params_:
         # a point estimate: the fitted attributes (for a DGMM, the effective components)
-        return {name: np.asarray(getattr(estimator, f"{name}_"))[None, None] for name in names}
-    module, covariance_type = _model_module(estimator), _covariance_type(estimator)
+        point = {name: np.asarray(getattr(estimator, f"{name}_"))[None, None] for name in names}
+        return {**point, **{name: value.detach().cpu().numpy()[None, None] for name, value in
+                            _identified_sites(estimator.params_).items()}}
+    module = _model_module(estimator)
+    covariance_type = getattr(grid[0][0], "covariance_type", None)  # the draws' own
 
     def components(params: Any) -> dict[str, torch.Tensor]:
+        if hasattr(module, "path_moments"):  # a DGMM: the paths are its components
+            log_weights, means, covariances = module.path_moments(params)
+            return {"weights": log_weights.exp(), "means": means, "covariances": covariances}
         # the shapes of the estimator's covariances_: per type, or full matrices
         covariances = (params.covariances if covariance_type is not None
                        else module.covariance_matrices(params))
-        return {"weights": params.weights, "means": params.means, "covariances": covariances}
+        return {"weights": params.weights, "means": params.means, "covariances": covariances,
+                **_identified_sites(params)}
 
     table = [[components(p) for p in chain] for chain in grid]
     return {name: torch.stack([torch.stack([d[name] for d in chain]) for chain in table])
-            .detach().cpu().numpy() for name in names}
+            .detach().cpu().numpy() for name in table[0][0]}
 
 
-def _covariance_dims(estimator: Any, covariances: np.ndarray) -> list[str]:
-    covariance_type = _covariance_type(estimator)
+def _covariance_dims(estimator: Any, covariances: np.ndarray,
+                     draw: Any = None) -> list[str]:
+    """The dims of ``covariances``: by the covariance type of the draws (``draw``, one of
+    them) or of the estimator, else full matrices."""
+    covariance_type = getattr(draw, "covariance_type", None) or _covariance_type(estimator)
     if covariance_type is not None:
         return _COVARIANCE_DIMS[covariance_type]
     return ["component", "feature", "feature_bis"][: covariances.ndim - 2]
@@ -269,7 +412,8 @@ def _covariance_dims(estimator: Any, covariances: np.ndarray) -> list[str]:
 
 
 def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
-                      random_state: Any = None, point_estimate: bool = False):
+                      random_state: Any = None, posterior: str = "auto",
+                      point_estimate: bool | None = None):
     """Convert a fitted mixture estimator into an :class:`arviz.InferenceData`.
 
     Built with ``arviz.from_dict`` (``arviz.from_pyro`` only accepts a ``pyro.infer.MCMC``).
@@ -280,20 +424,28 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
         ``GaussianMixture`` or ``MixtureOfFactorAnalyzers`` with ``inference="nuts"``: the
         relabelled chains (``posterior_samples_``, ``num_chains`` chains).
         ``GaussianMixture(inference="svi", guide="mean_field")``: ``num_samples`` draws of
-        the guide. Any other fit (EM, SGD, MAP SVI, and every DGMM fit) is a point estimate,
-        refused unless ``point_estimate=True``. A GMVAE (no tractable likelihood) is refused.
+        the guide. Any other fit (EM, SGD, MAP SVI, and every DGMM fit) is a point estimate:
+        ``num_samples`` draws of the Laplace approximation at it (:func:`laplace_approximation`;
+        a :class:`~ppl_mixtures.inference.laplace.LaplaceWarning` when the Hessian there is
+        not positive definite, a ``ValueError`` above its parameter budget). A GMVAE (no
+        tractable likelihood) is refused.
     X : array-like, shape (n_samples, n_features)
         The data to score (usually the training data).
     num_samples : int, default 200
-        Draws of a mean-field guide, at least 2 (ignored otherwise).
+        Draws of a mean-field guide or of the Laplace approximation, at least 2 (ignored
+        for NUTS and ``posterior="point"``).
     random_state : int, RandomState, Generator or None
-        Seeds the guide draws and the posterior predictive draws.
-    point_estimate : bool, default False
-        Accept a point estimate: one draw (chain=1, draw=1) of the posterior, the observed
-        data and one posterior predictive data set, but no ``log_likelihood`` group: WAIC
-        and LOO need posterior draws (ArviZ's ``loo`` cannot smooth one draw, and a WAIC of
-        one draw is only the summed log-likelihood). ``estimator.score_samples(X)`` gives
-        the pointwise log-likelihood at the estimate.
+        Seeds the guide or Laplace draws and the posterior predictive draws.
+    posterior : {"auto", "laplace", "point"}, default "auto"
+        ``"auto"``: the fit's own draws (NUTS, mean-field guide) where it has them, else the
+        Laplace approximation at the point estimate. ``"laplace"``: the Laplace
+        approximation at ``params_`` for any fit. ``"point"``: the point estimate itself,
+        one draw (chain=1, draw=1) of the posterior, the observed data and one posterior
+        predictive data set, but no ``log_likelihood`` group (ArviZ's ``loo`` cannot smooth
+        one draw, and a WAIC of one draw is only the summed log-likelihood).
+    point_estimate : bool, optional
+        Deprecated: ``point_estimate=True`` is ``posterior="point"`` (with a
+        ``FutureWarning``).
 
     Returns
     -------
@@ -304,10 +456,19 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
           component, feature), ``covariances`` (chain, draw, ...) with the estimator's
           ``covariances_`` shape (dims ``component``, ``feature``, ``feature_bis``). For
           MFA / DGMM these are the effective components (DGMM: the paths).
-        - ``log_likelihood`` (not for a point estimate): ``obs`` (chain, draw,
+          MFA also: ``noise_variances`` (chain, draw, component, feature), and ``loadings``
+          (chain, draw, component, feature, factor) with one factor only (with more, any
+          rotation of the loadings fits as well: they are not identified).
+        - ``log_likelihood`` (not for ``posterior="point"``): ``obs`` (chain, draw,
           observation), the marginal
           ``log p(x_n | theta) = logsumexp_k log p(x_n, k | theta)`` at each draw.
         - ``observed_data``: ``obs`` (observation, feature).
+        - attributes of ``posterior``: ``posterior_kind`` (``"nuts"``, ``"guide"``,
+          ``"laplace"`` or ``"point"``); for Laplace draws also ``laplace_pareto_k`` (Pareto
+          k of the importance ratios; above :data:`LAPLACE_PARETO_K` the approximation, and
+          the LOO and WAIC of its draws, are not trusted and a ``LaplaceWarning`` says so),
+          ``laplace_regularised_eigenvalues`` and ``laplace_offset_sd`` (see
+          :class:`~ppl_mixtures.inference.laplace.LaplacePosterior`).
         - ``posterior_predictive``: ``obs`` (chain, draw, observation, feature), one
           synthetic data set of ``n_samples`` rows drawn from the mixture at each draw.
         - ``sample_stats`` (NUTS only): ``lp`` (chain, draw), ``log p(x, theta)`` with the
@@ -319,30 +480,31 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
     Raises
     ------
     ValueError
-        If the estimator is not fitted, has no tractable likelihood (GMVAE), or is a point
-        estimate without ``point_estimate=True``; the message says how to get draws.
+        If the estimator is not fitted, has no tractable likelihood (GMVAE), or is too
+        large for the Laplace approximation; the message says how to get draws.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or (
         num_samples < 2
     ):
         raise ValueError(f"num_samples={num_samples!r} must be an integer >= 2 (WAIC and LOO "
                          "need at least two draws)")
+    if point_estimate is not None:
+        warnings.warn("point_estimate is deprecated; pass posterior='point' (a point estimate "
+                      "without log-likelihood) or leave posterior='auto' (Laplace draws for a "
+                      "point estimate)", FutureWarning, stacklevel=2)
+        if point_estimate:
+            posterior = "point"
+    if posterior not in POSTERIORS:
+        raise ValueError(f"posterior={posterior!r} is not one of {POSTERIORS}")
     _check_fitted(estimator)
     _check_tractable(estimator)
-    draws = has_posterior_draws(estimator)
-    if not draws and not point_estimate:
-        raise ValueError(
-            f"estimator: this {type(estimator).__name__} "
-            f"(inference={getattr(estimator, 'inference', None)!r}) is a point estimate, one "
-            "draw, and ArviZ's loo and waic need posterior draws: "
-            f"{posterior_draws_hint(estimator)}; or pass point_estimate=True for a one-draw "
-            "InferenceData without log-likelihood (az.summary only)"
-        )
+    draws = posterior != "point"
     az = import_arviz()
     x = _fitted_x(estimator, X)
     seed = _seed(random_state)
+    attrs: dict[str, Any] = {}
     with seeded_global_rng(seed, x.device):  # guide draws come from the global generator
-        grid = _posterior_params(estimator, x, num_samples)
+        grid = _posterior_params(estimator, x, num_samples, posterior, seed, attrs)
     generator = resolve_generator(seed, x.device)
     n_rows = x.shape[0]
     with torch.no_grad():
@@ -352,12 +514,13 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
                       for chain in grid]
     log_lik_array = None if log_lik is None else torch.stack(
         [torch.stack(c) for c in log_lik]).cpu().numpy()
-    posterior = _global_variables(estimator, grid)
-    n_components, n_features = posterior["means"].shape[-2:]
+    variables = _global_variables(estimator, grid)
+    n_components, n_features = variables["means"].shape[-2:]
     dims = {
         "weights": ["component"],
         "means": ["component", "feature"],
-        "covariances": _covariance_dims(estimator, posterior["covariances"]),
+        "covariances": _covariance_dims(estimator, variables["covariances"], grid[0][0]),
+        **{name: site_dims for name, site_dims in _SITE_DIMS.items() if name in variables},
     }
     coords = {
         "component": np.arange(n_components),
@@ -367,8 +530,10 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
     }
     if "feature_bis" not in dims["covariances"]:
         del coords["feature_bis"]
+    if "loadings" in variables:
+        coords["factor"] = np.arange(variables["loadings"].shape[-1])
     sample_stats = None
-    if _is_nuts(estimator) and log_lik_array is not None:
+    if _is_nuts(estimator) and log_lik_array is not None and posterior == "auto":
         with torch.no_grad():
             log_prior = np.array([[float(estimator.model_.log_prior(p)) for p in chain]
                                   for chain in grid])
@@ -378,7 +543,7 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
     # groups, and from_dict takes one dims mapping: build the two halves and join them
     with quiet_arviz():
         idata = az.from_dict(
-            posterior=posterior,
+            posterior=variables,
             log_likelihood=None if log_lik_array is None else {"obs": log_lik_array},
             sample_stats=sample_stats, coords=coords, dims={**dims, "obs": ["observation"]},
         )
@@ -390,6 +555,7 @@ def to_inference_data(estimator: Any, X: Any, *, num_samples: int = 200,
             coords=coords, dims={"obs": ["observation", "feature"]},
         )
         idata.extend(data)
+    idata.posterior.attrs.update(attrs)
     if sample_stats is not None:
         rates = estimator.sampler_stats_["acceptance_rate"]
         idata.sample_stats.attrs["acceptance_rate"] = [float(r) for r in rates]
@@ -474,7 +640,7 @@ def sample_assignments(estimator: Any, X: Any, *, temperature: float = 0,
 
     The estimator's Pyro model (``model_``) is conditioned on its point estimate of the
     global sites (``params_``: the EM/MAP estimate, the mean-field guide's median or the
-    NUTS posterior mean), and ``infer_discrete`` decodes the enumerated ``"assignment"``
+    NUTS draws' posterior median), and ``infer_discrete`` decodes the enumerated ``"assignment"``
     site given the data.
 
     Parameters
@@ -631,9 +797,13 @@ def plot_selection(rows: Sequence[dict[str, Any]], ax: Any = None):
 
 __all__ = [
     "CRITERIA",
+    "LAPLACE_PARETO_K",
+    "POSTERIORS",
     "apply_relabelling",
     "has_posterior_draws",
     "import_arviz",
+    "laplace_approximation",
+    "laplace_pareto_k",
     "posterior_draws_hint",
     "quiet_arviz",
     "plot_selection",

@@ -327,8 +327,10 @@ def data_moments(batches: Any, across_processes: bool = False) -> tuple[Tensor, 
 
     Parameters
     ----------
-    batches : iterable of Tensor, each of shape (rows_i, n_features)
-        One pass is made (a tensor alone: pass ``[x]``).
+    batches : iterable of Tensor, each of shape (rows_i, n_features), or of pairs (x, w)
+        One pass is made (a tensor alone: pass ``[x]``). A pair ``(x, w)`` weighs its rows by
+        ``w`` (shape (rows_i,)): a row of integer weight ``w`` counts as ``w`` rows, so the
+        variance divides by ``sum w - 1``.
     across_processes : bool, default False
         Sum over the ranks of the default process group too (one ``all_reduce``).
 
@@ -340,26 +342,36 @@ def data_moments(batches: Any, across_processes: bool = False) -> tuple[Tensor, 
     rows : int
         Rows of all the batches (of all ranks when ``across_processes``).
     """
-    rows, shift, total, squares = 0, None, None, None
+    rows, count, shift, total, squares = 0, 0.0, None, None, None
     for batch in batches:
+        weights = None
+        if isinstance(batch, (tuple, list)):
+            batch, weights = batch
         if shift is None:
             shift = batch[0].clone()
             total, squares = torch.zeros_like(shift), torch.zeros_like(shift)
         centred = batch - shift
         rows += batch.shape[0]
-        total += centred.sum(0)
-        squares += centred.square().sum(0)
+        if weights is None:
+            count += batch.shape[0]
+            total += centred.sum(0)
+            squares += centred.square().sum(0)
+        else:
+            count += float(weights.sum())
+            total += weights @ centred
+            squares += weights @ centred.square()
     if shift is None:
         raise ValueError("the data is empty: pass at least one batch with rows")
     if across_processes:
-        packed = torch.stack([total + rows * shift,
-                              squares + 2 * shift * total + rows * shift.square(),
+        packed = torch.stack([total + count * shift,
+                              squares + 2 * shift * total + count * shift.square(),
+                              torch.full_like(shift, count),
                               torch.full_like(shift, rows)]).to(torch.float64)
         dist.all_reduce(packed)
-        rows = int(packed[2, 0])
-        mean = packed[0] / rows
-        variance = (packed[1] - rows * mean.square()) / max(rows - 1, 1)
+        count, rows = float(packed[2, 0]), int(packed[3, 0])
+        mean = packed[0] / count
+        variance = (packed[1] - count * mean.square()) / max(count - 1, 1)
         return mean.to(shift.dtype), variance.to(shift.dtype), rows
-    mean = shift + total / rows
-    variance = (squares - total.square() / rows) / max(rows - 1, 1)
+    mean = shift + total / count
+    variance = (squares - total.square() / count) / max(count - 1, 1)
     return mean, variance, rows

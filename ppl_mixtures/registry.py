@@ -13,7 +13,7 @@ Examples
 --------
 >>> from ppl_mixtures.registry import FAMILIES, get_family
 >>> sorted(FAMILIES)
-['dgmm', 'gmm', 'gmvae', 'mfa']
+['bgmm', 'dgmm', 'gmm', 'gmvae', 'mfa']
 >>> get_family("mfa").inference
 ('em', 'svi', 'nuts')
 """
@@ -207,8 +207,12 @@ _NUTS_OPTIONS = (
     Option("--num-warmup", "num_warmup", "count", None,
            "NUTS only: warm-up steps per chain (default: 200)", metavar="W",
            inference=("nuts",)),
-    Option("--num-chains", "num_chains", "count", None, "NUTS only: chains, run one after "
-           "the other; r_hat needs 2 or more (default: 1)", metavar="C", inference=("nuts",)),
+    Option("--num-chains", "num_chains", "count", None, "NUTS only: chains; r_hat needs 2 or "
+           "more (default: 1)", metavar="C", inference=("nuts",)),
+    Option("--chain-method", "chain_method", "choice", None, "NUTS only: chains in parallel "
+           "processes or one after the other; auto: parallel when more cores than chains are "
+           "free (default: auto)", choices=("auto", "parallel", "sequential"),
+           inference=("nuts",)),
 )
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
@@ -283,6 +287,11 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
             Option("--anneal-start", "anneal_start", "positive", 1.0, "EM only: deterministic "
                    "annealing from temperature T0 > 1 before EM (default: 1, off)",
                    metavar="T0", inference=("em",)),
+            Option("--start", "start", "choice", "auto", "gmm: the data's own Gaussian "
+                   "mixture mapped onto the tree of paths, then accelerated EM; layerwise: "
+                   "the paper's start and plain EM; auto (default): gmm when there are at "
+                   "least 4 rows per path and parameter of a covariance row, else layerwise "
+                   "(still accelerated)", choices=("auto", "gmm", "layerwise")),
         ),
         dataset="dgmm",
         distributed=("em",),
@@ -316,11 +325,37 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
             Option("--batch-size", "batch_size", "count", 128, "minibatch size (default: 128)",
                    metavar="B"),
             Option("--lr", "lr", "positive", 1e-3, "Adam learning rate (default: 0.001)"),
+            Option("--init", "init", "choice", "auto", "start of the mixture: gmm (a GMM "
+                   "fitted in a pre-trained autoencoder's latent space), random (the "
+                   "networks' own), auto (gmm when the data have more features than the "
+                   "latent; default: auto)", choices=("auto", "gmm", "random")),
+            Option("--pretrain-epochs", "pretrain_epochs", "count", 100,
+                   "autoencoder epochs before the gmm start (default: 100)", metavar="E"),
         ),
         dataset="pinwheel", distributed=("svi",), outputs="latent",
         tractable_likelihood=False, n_init=False,
         max_iter_help="epochs: passes over the data, each of ceil(N / batch size) SVI steps "
         "(default: 100)",
+    ),
+    Family(
+        "bgmm", "ppl_mixtures.estimators:BayesianGaussianMixture",
+        "Bayesian Gaussian mixture (CAVI or SVI)",
+        "Fit a variational Bayesian Gaussian mixture (scikit-learn's BayesianGaussianMixture) "
+        "with a Dirichlet-process or Dirichlet prior on the weights, by coordinate-ascent VI "
+        "or by SVI over the same Pyro model; unused components get weights near zero.",
+        "BGMM ({est.covariance_type}, {est.inference})", ("cavi", "svi"),
+        options=(
+            Option("--covariance-type", "covariance_type", "choice", "full",
+                   "covariance constraint (default: full)",
+                   choices=("spherical", "diag", "tied", "full")),
+            Option("--weight-prior", "weight_concentration_prior_type", "choice",
+                   "dirichlet_process", "prior of the weights (default: dirichlet_process)",
+                   choices=("dirichlet_process", "dirichlet_distribution")),
+            Option("--lr", "lr", "positive", None, "SVI learning rate (default: 0.05)",
+                   inference=("svi",)),
+        ),
+        expand_covariances="ppl_mixtures.models.bayesian_gmm:covariance_matrices",
+        max_iter_help="CAVI iterations (default: 100) or SVI steps (2000)",
     ),
 )}
 

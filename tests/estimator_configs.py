@@ -8,6 +8,7 @@ SMALL = {
     "mfa": dict(n_components=3, n_factors=1),
     "dgmm": dict(n_components=(2, 2), n_factors=(2, 1), max_iter=10),
     "gmvae": dict(n_components=3, max_iter=1, batch_size=60),
+    "bgmm": dict(n_components=3),
 }
 #: Quiet, CPU, seeded.
 COMMON = dict(progress=False, device="cpu", random_state=0)

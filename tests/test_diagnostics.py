@@ -53,6 +53,7 @@ def _check_groups(idata, n_chains, n_draws, n_rows, n_features, log_likelihood=T
     posterior = idata.posterior
     sizes = dict(posterior.sizes)
     assert sizes.pop("feature_bis", n_features) == n_features
+    sizes.pop("factor", None)  # MFA loadings
     assert sizes == {"chain": n_chains, "draw": n_draws, "component": N_COMPONENTS,
                      "feature": n_features}
     assert posterior.means.dims == ("chain", "draw", "component", "feature")
@@ -80,14 +81,15 @@ def _arviz_stats(idata, loo=True):
 
 
 def test_inference_data_of_a_point_estimate_only_on_request(em_fit, data):
-    """Issue: az.loo(to_inference_data(<SVI MAP fit>, X)) died inside ArviZ (IndexError)."""
-    map_fit = _fit(data, inference="svi", max_iter=20)
-    for est in (em_fit, map_fit):
-        with pytest.raises(ValueError, match=r"point estimate.*loo and waic need posterior "
-                           r"draws: fit with inference='nuts' or inference='svi' with "
-                           r"guide='mean_field'; or pass point_estimate=True"):
-            diagnostics.to_inference_data(est, data)
-    idata = diagnostics.to_inference_data(em_fit, data, random_state=0, point_estimate=True)
+    """Issue: az.loo(to_inference_data(<SVI MAP fit>, X)) died inside ArviZ (IndexError);
+    a point estimate now gets Laplace draws, and one draw only with posterior="point"."""
+    idata = diagnostics.to_inference_data(em_fit, data, random_state=0, posterior="point")
+    with pytest.warns(FutureWarning, match="point_estimate is deprecated"):
+        old = diagnostics.to_inference_data(em_fit, data, random_state=0, point_estimate=True)
+    np.testing.assert_array_equal(old.posterior.means.values, idata.posterior.means.values)
+    with pytest.raises(ValueError, match=r"posterior='mcmc' is not one of \('auto'"):
+        diagnostics.to_inference_data(em_fit, data, posterior="mcmc")
+    assert idata.posterior.attrs["posterior_kind"] == "point"
     _check_groups(idata, 1, 1, *data.shape, log_likelihood=False)
     np.testing.assert_allclose(idata.posterior.means.values[0, 0], em_fit.means_)
     np.testing.assert_allclose(idata.posterior.covariances.values[0, 0], em_fit.covariances_)
@@ -127,6 +129,12 @@ def test_inference_data_nuts_chains(nuts_fit, data):
     diverging = idata.sample_stats.diverging.values
     assert diverging.shape == (2, 30) and diverging.dtype == bool
     np.testing.assert_array_equal(diverging, nuts_fit.sampler_stats_["diverging"])
+    # a Laplace approximation at the NUTS posterior mean, on request
+    laplace = diagnostics.to_inference_data(nuts_fit, data, num_samples=20,
+                                            posterior="laplace", random_state=0)
+    assert laplace.posterior.attrs["posterior_kind"] == "laplace"
+    assert "sample_stats" not in laplace.groups()
+    assert idata.posterior.attrs["posterior_kind"] == "nuts"
     rates = idata.sample_stats.attrs["acceptance_rate"]
     assert len(rates) == 2 and all(0 < r <= 1 for r in rates)
     _arviz_stats(idata)
@@ -134,14 +142,54 @@ def test_inference_data_nuts_chains(nuts_fit, data):
 
 def test_inference_data_mfa_point_estimate(data):
     mfa = MixtureOfFactorAnalyzers(2, n_factors=1, progress=False, random_state=0).fit(data)
-    with pytest.raises(ValueError, match="posterior draws: fit with inference='nuts'; or"):
-        diagnostics.to_inference_data(mfa, data)
-    idata = diagnostics.to_inference_data(mfa, data, random_state=0, point_estimate=True)
+    idata = diagnostics.to_inference_data(mfa, data, random_state=0, posterior="point")
     _check_groups(idata, 1, 1, *data.shape, log_likelihood=False)
     assert idata.posterior.covariances.dims == ("chain", "draw", "component", "feature",
                                                 "feature_bis")
     np.testing.assert_allclose(idata.posterior.covariances.values[0, 0], mfa.covariances_)
+    # every identified global site: one factor, so its loadings too (up to a sign)
+    np.testing.assert_allclose(idata.posterior.loadings.values[0, 0], mfa.loadings_)
+    np.testing.assert_allclose(idata.posterior.noise_variances.values[0, 0],
+                               mfa.noise_variances_)
     assert diagnostics.sample_assignments(mfa, data).tolist() == mfa.predict(data).tolist()
+
+
+def _default_fits(data):
+    """Default fits of the three families with a likelihood, each with its data (small)."""
+    from ppl_mixtures.estimators import DeepGaussianMixture
+
+    options = {"progress": False, "random_state": 0}
+    noise = 0.1 * np.random.default_rng(0).standard_normal((len(data), 3))
+    wide = data[:, [0, 1, 1]] + noise  # three features, for factor models
+    return [(GaussianMixture(N_COMPONENTS, **options).fit(data), data),
+            (MixtureOfFactorAnalyzers(N_COMPONENTS, **options).fit(wide), wide),
+            (DeepGaussianMixture((2, 2), (2, 1), **options).fit(wide), wide)]
+
+
+def test_loo_and_waic_of_every_default_point_fit(data):
+    """Issue 18: az.loo(to_inference_data(GaussianMixture(3).fit(X), X)) works by default, from
+    draws of the Laplace approximation at the estimate (MacKay 2003, ch. 27)."""
+    for est, X in _default_fits(data):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pareto k of few draws; LaplaceWarning (DGMM)
+            idata = diagnostics.to_inference_data(est, X, num_samples=40, random_state=0)
+            loo, waic = az.loo(idata), az.waic(idata)
+        attrs = idata.posterior.attrs
+        assert attrs["posterior_kind"] == "laplace" and np.isfinite(attrs["laplace_pareto_k"])
+        assert idata.log_likelihood.obs.shape == (1, 40, len(X))
+        assert float(idata.posterior.means.std("draw").max()) > 0
+        assert np.isfinite(loo.elpd_loo) and np.isfinite(waic.elpd_waic)
+        # the draws spread around the estimate: LOO is below the fitted log-likelihood
+        assert loo.elpd_loo < est.score(X) * len(X)
+        if isinstance(est, GaussianMixture):  # well specified: p_loo near P = 9
+            assert 5 < loo.p_loo < 15 and attrs["laplace_pareto_k"] < 0.7
+            # seeded: the same random_state gives the same Laplace draws, another does not
+            again = diagnostics.to_inference_data(est, X, num_samples=40, random_state=0)
+            other = diagnostics.to_inference_data(est, X, num_samples=40, random_state=1)
+            np.testing.assert_array_equal(again.posterior.means.values,
+                                          idata.posterior.means.values)
+            assert not np.array_equal(other.posterior.means.values,
+                                      idata.posterior.means.values)
 
 
 def test_draws_and_hints_come_from_the_registry(em_fit, svi_fit):
@@ -163,7 +211,9 @@ def test_a_gmvae_has_no_inference_data(data):
 
     est = GMVAE(2, max_iter=1, batch_size=100, progress=False, random_state=0).fit(data)
     with pytest.raises(ValueError, match="GMVAE has no tractable likelihood.*score"):
-        diagnostics.to_inference_data(est, data, point_estimate=True)
+        diagnostics.to_inference_data(est, data)
+    with pytest.raises(ValueError, match="GMVAE has no tractable likelihood.*score"):
+        diagnostics.laplace_approximation(est, data)
 
 
 def test_quiet_arviz_silences_the_banner_only():
@@ -319,7 +369,8 @@ def test_diagnostics_leave_the_global_random_streams_alone(svi_fit, em_fit, data
     random.seed(123)
     before = _global_states()
     diagnostics.to_inference_data(svi_fit, data, num_samples=5, random_state=random_state)
-    diagnostics.to_inference_data(em_fit, data, random_state=random_state, point_estimate=True)
+    diagnostics.to_inference_data(em_fit, data, random_state=random_state, posterior="point")
+    diagnostics.to_inference_data(em_fit, data, num_samples=5, random_state=random_state)
     for temperature in (0, 1):
         diagnostics.sample_assignments(svi_fit, data, temperature=temperature,
                                        random_state=random_state)

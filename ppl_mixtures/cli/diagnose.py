@@ -5,8 +5,12 @@ What is reported depends on the fit, and the report says why a number is missing
 - every family with a likelihood: mean log-likelihood and BIC at the fitted parameters,
   ``summary.csv`` over every global site (weights, means, covariances), ``clusters.png``,
   ``responsibilities.png``, ``inference_data.nc``;
-- with posterior draws (NUTS, a mean-field SVI guide): WAIC and LOO (with ArviZ's
-  reliability warnings), ``trace.png``, and r_hat when there are two chains or more;
+- posterior draws: the fit's own (NUTS, a mean-field SVI guide), else draws of the Laplace
+  approximation at the point estimate (EM, SGD, MAP SVI; :mod:`ppl_mixtures.inference.laplace`,
+  with its Pareto k and any regularisation of the Hessian reported); with them WAIC and LOO
+  (with ArviZ's reliability warnings), ``trace.png``, and r_hat when there are two chains or
+  more. A model too large for the Laplace approximation is reported as a point estimate,
+  with the reason, and no WAIC or LOO;
 - a family without a tractable likelihood (the GMVAE, ``Family.tractable_likelihood``):
   the ELBO, the clusters and ``latent.png``.
 """
@@ -109,7 +113,7 @@ def _point_table(idata: Any) -> Any:
     import pandas as pd
 
     names, values = [], []
-    for name in ("weights", "means", "covariances"):
+    for name in idata.posterior.data_vars:
         array = idata.posterior[name].values[0, 0]
         for index, value in np.ndenumerate(array):
             names.append(f"{name}[{', '.join(map(str, index))}]" if index else name)
@@ -117,9 +121,11 @@ def _point_table(idata: Any) -> Any:
     return pd.DataFrame({"estimate": values}, index=names)
 
 
-def _draws_text(n_chains: int, n_draws: int, has_draws: bool) -> str:
+def _draws_text(n_chains: int, n_draws: int, has_draws: bool, kind: str = "") -> str:
     if not has_draws:
         return "1 (a point estimate)"
+    if kind == "laplace":
+        return f"{n_draws} (Laplace approximation at the point estimate)"
     if n_chains == 1:
         return f"{n_draws} (one chain)"
     return f"{n_chains * n_draws} ({n_chains} chains of {n_draws})"
@@ -139,55 +145,124 @@ def _r_hat_text(est: Any, summary: Any, n_chains: int, has_draws: bool) -> str:
     if not has_draws:
         return "n/a: a point estimate has no draws"
     if n_chains >= 2 and "r_hat" in summary:
-        return f"{float(summary['r_hat'].max()):.3f} (over weights, means and covariances)"
+        return f"{float(summary['r_hat'].max()):.3f} (over every summarised site)"
     if getattr(est, "inference", None) == "nuts":
         return "n/a: r_hat compares chains and this fit has one (fit with --num-chains 2)"
+    if summary is not None and getattr(summary, "attrs", {}).get("kind") == "laplace":
+        return ("n/a: r_hat compares MCMC chains; Laplace draws are independent draws of "
+                "one Gaussian")
     return ("n/a: r_hat compares MCMC chains; the draws of a mean-field guide are "
             "independent draws of one distribution")
 
 
+#: Above this Pareto k of its importance ratios, Laplace draws give no WAIC or LOO: the ratios
+#: have no finite mean (Vehtari et al. 2024); between 0.7 and 1 they are shown, flagged.
+_UNUSABLE_PARETO_K = 1.0
+
+
+def _inference_data(est: Any, args: argparse.Namespace, X: np.ndarray) -> tuple[Any, list[str]]:
+    """The fit's posterior draws (its own, else Laplace) and what the Laplace step warned.
+
+    A model above the Laplace parameter budget falls back to the point estimate; the first
+    note says why.
+    """
+    from ppl_mixtures.diagnostics import to_inference_data
+    from ppl_mixtures.inference.laplace import LaplaceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LaplaceWarning)
+        try:
+            idata = to_inference_data(est, X, num_samples=args.num_samples,
+                                      random_state=args.seed)
+        except ValueError as err:
+            if "max_parameters" not in str(err):
+                raise
+            idata = to_inference_data(est, X, random_state=args.seed, posterior="point")
+            return idata, [f"the Laplace approximation was refused ({str(err).split(';')[0]})"]
+    notes = [str(w.message) for w in caught if issubclass(w.category, LaplaceWarning)]
+    for w in caught:  # pass the others on
+        if not issubclass(w.category, LaplaceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return idata, notes
+
+
+def _summary_text(est: Any, idata: Any) -> str:
+    """Which global sites ``summary.csv`` holds, and why the others are left out."""
+    text = "summary.csv: " + ", ".join(idata.posterior.data_vars)
+    if hasattr(est.params_, "n_layers"):
+        return text + (" of the paths (the layers' sites are not identified: every layer's "
+                       "scores can be rotated and shifted)")
+    if hasattr(est.params_, "loadings") and "loadings" not in idata.posterior:
+        return text + " (loadings left out: with several factors any rotation fits as well)"
+    return text
+
+
+def _laplace_text(attrs: dict[str, Any]) -> str:
+    """Pareto k of the Laplace draws, the regularised eigenvalues, and the verdict."""
+    from ppl_mixtures.diagnostics import LAPLACE_PARETO_K
+
+    k = float(attrs.get("laplace_pareto_k", float("nan")))
+    text = f"Pareto k {k:.2f}"
+    count = int(attrs.get("laplace_regularised_eigenvalues", 0))
+    if count:
+        text += (f", {count} eigenvalue(s) of the Hessian regularised (directions the "
+                 "posterior does not curve along: rotations of loadings, a boundary, a saddle)")
+    if k > _UNUSABLE_PARETO_K:
+        text += " - the Gaussian is a poor fit of the posterior: no WAIC or LOO from it"
+    elif k > LAPLACE_PARETO_K:
+        text += (" - unreliable: the Gaussian is a poor fit of the posterior, so WAIC and LOO "
+                 "are only indicative")
+    return text
+
+
 def _mixture_report(est: Any, family: Any, args: argparse.Namespace, X: np.ndarray,
                     labels: np.ndarray | None, scaling: str, folder: OutputFolder) -> str:
-    from ppl_mixtures.diagnostics import (
-        has_posterior_draws,
-        import_arviz,
-        posterior_draws_hint,
-        quiet_arviz,
-        to_inference_data,
-    )
+    from ppl_mixtures.diagnostics import import_arviz, posterior_draws_hint, quiet_arviz
     from ppl_mixtures.plotting import plot_clusters, plot_responsibilities
 
     az = import_arviz()
-    has_draws = has_posterior_draws(est)
-    idata = to_inference_data(est, X, num_samples=args.num_samples, random_state=args.seed,
-                              point_estimate=True)
+    idata, laplace_notes = _inference_data(est, args, X)
+    kind = idata.posterior.attrs.get("posterior_kind", "point")
+    has_draws = kind != "point"
     n_chains, n_draws = idata.posterior.sizes["chain"], idata.posterior.sizes["draw"]
     with quiet_arviz(), warnings.catch_warnings():
         # ArviZ's reliability warnings: the report flags them (see _criterion)
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
         warnings.filterwarnings("ignore", message="For one or more samples the posterior")
         if has_draws:
-            summary = az.summary(idata, var_names=["weights", "means", "covariances"],
-                                 kind="all")
+            summary = az.summary(idata, var_names=list(idata.posterior.data_vars), kind="all")
+            summary.attrs["kind"] = kind
             if n_chains < 2:
                 summary = summary.drop(columns=["r_hat"], errors="ignore")
             waic, loo = az.waic(idata), az.loo(idata)
         else:
             summary = _point_table(idata)
             waic = loo = None
-    missing = f"n/a: needs posterior draws: {posterior_draws_hint(est, command_line=True)}"
+    pareto_k = float(idata.posterior.attrs.get("laplace_pareto_k", float("nan")))
+    hint = posterior_draws_hint(est, command_line=True)
+    if kind == "laplace" and pareto_k > _UNUSABLE_PARETO_K:
+        waic = loo = None
+        missing = (f"n/a: the Laplace approximation is no usable posterior (Pareto k "
+                   f"{pareto_k:.2f} > {_UNUSABLE_PARETO_K:g}); {hint}")
+    elif laplace_notes and not has_draws:
+        missing = f"n/a: needs posterior draws: {laplace_notes[0]}; {hint}"
+    else:
+        missing = f"n/a: needs posterior draws: {hint}"
     predicted = est.predict(X)
     rows: list[tuple[str, Any]] = [
         ("model", f"{type(est).__name__}: {family.plot_label(est)}"),
         ("samples", X.shape[0]),
         ("scaling", scaling),
-        ("posterior draws", _draws_text(n_chains, n_draws, has_draws)),
+        ("posterior draws", _draws_text(n_chains, n_draws, has_draws, kind)),
         ("mean log-likelihood", f"{est.score(X):.4f}"),
         ("BIC", f"{est.bic(X):.2f}"),
         ("WAIC elpd", missing if waic is None else _criterion(waic, "waic")),
         ("LOO elpd", missing if loo is None else _criterion(loo, "loo")),
         ("max r_hat", _r_hat_text(est, summary, n_chains, has_draws)),
+        ("summary", _summary_text(est, idata)),
     ]
+    if kind == "laplace":
+        rows.append(("Laplace", _laplace_text(idata.posterior.attrs)))
     scores = label_scores(labels, predicted)
     if scores["ari"] is not None:
         rows.append(("ARI", f"{scores['ari']:.4f}"))

@@ -39,9 +39,11 @@ HISTORY_LABELS = {
     "em": ("iteration", "mean log-likelihood per sample"),
     "svi": ("step", "loss per sample (negative ELBO / N)"),
     "nuts": ("draw", "mean log-likelihood per sample at the draw"),
+    "cavi": ("iteration", "lower bound (scikit-learn's, total over rows)"),
 }
 #: What ``n_iter_`` counts, by inference path, in the printed summary.
-STEP_NAMES = {"em": "iterations", "svi": "steps", "sgd": "epochs", "nuts": "draws per chain"}
+STEP_NAMES = {"em": "iterations", "svi": "steps", "sgd": "epochs", "nuts": "draws per chain",
+              "cavi": "iterations"}
 
 
 def scale_text(args: argparse.Namespace) -> str:

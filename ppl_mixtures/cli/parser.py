@@ -32,6 +32,7 @@ INFERENCE_NAMES = {
     "svi": "stochastic variational inference",
     "sgd": "the max-component SGD of Gepperth & Pfülb (2021)",
     "nuts": "the No-U-Turn sampler",
+    "cavi": "coordinate-ascent variational inference",
 }
 
 

@@ -13,6 +13,7 @@ import os
 
 from ppl_mixtures import io, registry
 from ppl_mixtures.estimators._base import MixtureEstimator
+from ppl_mixtures.estimators.bayesian import BayesianGaussianMixture
 from ppl_mixtures.estimators.deep_gaussian import DeepGaussianMixture
 from ppl_mixtures.estimators.factor_analyzers import MixtureOfFactorAnalyzers
 from ppl_mixtures.estimators.gaussian import GaussianMixture
@@ -53,5 +54,5 @@ def load_estimator(path: str | os.PathLike[str], device: str = "auto") -> Mixtur
     return classes[name]._from_content(content, device)
 
 
-__all__ = ["GMVAE", "DeepGaussianMixture", "GaussianMixture", "MixtureOfFactorAnalyzers",
+__all__ = ["GMVAE", "BayesianGaussianMixture", "DeepGaussianMixture", "GaussianMixture", "MixtureOfFactorAnalyzers",
            "MixtureEstimator", "load_estimator"]

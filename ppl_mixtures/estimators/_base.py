@@ -41,7 +41,9 @@ import numpy as np
 import pyro
 import torch
 from pyro.infer import TraceEnum_ELBO
+from pyro.infer.autoguide import AutoNormal
 from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ppl_mixtures import distributed as process_group
@@ -49,9 +51,11 @@ from ppl_mixtures import io, metrics
 from ppl_mixtures._rng import keeps_global_rng
 from ppl_mixtures.estimators import _continuation, _restarts
 from ppl_mixtures.estimators._sources import (
+    WEIGHTS_IN_BATCHES,
     DataSource,
     StreamSource,
     check_one_pass,
+    check_sample_weight,
     is_batch_source,
 )
 from ppl_mixtures.estimators._validation import (
@@ -62,6 +66,20 @@ from ppl_mixtures.estimators._validation import (
     validate_parameters,
 )
 from ppl_mixtures.inference.init import resolve_generator
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> float:
+    """``values.mean()``, or ``sum_n w_n v_n / sum_n w_n`` with weights (shape (N,) both)."""
+    if weights is None:
+        return float(values.mean())
+    return float((weights * values).sum() / weights.sum())
+
+
+def _short(value: Any) -> str:
+    """A short repr of a user's value for an error message."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"<{type(value).__name__}>"
+
 
 #: Fitted attributes that :meth:`MixtureEstimator.save` rebuilds instead of storing.
 _REBUILT = ("model_", "guide_", "params_", "param_store_state_", "networks_")
@@ -76,6 +94,8 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
     _inference_methods: ClassVar[tuple[str, ...]] = ()
     _stream_inference_methods: ClassVar[tuple[str, ...]] = ()
     _distributed_inference_methods: ClassVar[tuple[str, ...]] = ()
+    #: Inference paths that integrate missing (NaN) entries out (``missing="marginalize"``).
+    _missing_inference_methods: ClassVar[tuple[str, ...]] = ()
     #: Per-path defaults of ``max_iter``, ``tol`` and ``lr`` (used where the argument is None).
     _default_max_iter: ClassVar[dict[str, int]] = {}
     _default_tol: ClassVar[dict[str, float]] = {}
@@ -104,6 +124,13 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
                     f"inference={inference!r}; use {names}, or distributed=False"
                 )
             process_group.require_initialized("distributed=True")
+        if self._marginalize and inference not in self._missing_inference_methods:
+            names = " or ".join(repr(n) for n in self._missing_inference_methods)
+            raise ValueError(
+                f"missing='marginalize' is implemented for inference={names}, not "
+                f"inference={inference!r}; use {names}, or missing='error' on complete "
+                "(or imputed) data"
+            )
         self._check_arguments()
         max_iter = getattr(self, "max_iter", None)
         if max_iter == 0 and inference != "em":
@@ -123,7 +150,12 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         """The arguments that fix the shapes of ``params_`` (a hook)."""
         return {"n_components": self.n_components}
 
-    def _validate_x(self, X: Any, reset: bool) -> torch.Tensor:
+    @property
+    def _marginalize(self) -> bool:
+        """Whether NaN entries are missing values to integrate out (``missing="marginalize"``)."""
+        return getattr(self, "missing", "error") == "marginalize"
+
+    def _validate_x(self, X: Any, reset: bool, allow_nan: bool | None = None) -> torch.Tensor:
         """``X`` as a 2-D tensor in the fit's dtype, on its device.
 
         Takes what scikit-learn's ``validate_data`` takes (lists, arrays of any order and
@@ -132,21 +164,33 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         (:func:`~ppl_mixtures.estimators._sources.as_array`). ``reset``: fixes
         ``n_features_in_``, the dtype and the device, and warns when ``X`` is so small in scale
         that ``reg_covar`` is scaled down with it
-        (:func:`~ppl_mixtures.inference.em.gmm.variance_floor`).
+        (:func:`~ppl_mixtures.inference.em.gmm.variance_floor`). ``allow_nan``: whether NaN
+        entries (missing values) pass; by default only with ``missing="marginalize"``.
         """
         from ppl_mixtures.estimators._sources import as_array
         from ppl_mixtures.inference.em.gmm import warn_small_scale
 
-        X = validate_data(
-            self, as_array(X), reset=reset, dtype=[np.float64, np.float32], ensure_min_samples=1
-        )
+        allow_nan = self._marginalize if allow_nan is None else allow_nan
+        try:
+            X = validate_data(
+                self, as_array(X), reset=reset, dtype=[np.float64, np.float32],
+                ensure_min_samples=1, ensure_all_finite="allow-nan" if allow_nan else True,
+            )
+        except ValueError as error:
+            if "NaN" not in str(error) or "missing" not in self.get_params(deep=False):
+                raise
+            raise ValueError(
+                f"X contains NaN and {type(self).__name__} was built with "
+                f"missing={self.missing!r}; pass missing='marginalize' to integrate NaN "
+                "entries out as missing values, or remove or impute them first"
+            ) from None
         if reset:
             self._dtype = resolve_dtype(self.dtype, X.dtype)
             self._device = resolve_device(self.device)
             reg_covar = getattr(self, "reg_covar", None)  # SGD does not use it
             if reg_covar and X.shape[0] > 1 and getattr(self, "inference", None) != "sgd":
-                mean = X.mean(0, dtype=np.float64)
-                warn_small_scale(reg_covar, float(X.var(0, dtype=np.float64).mean()),
+                mean = np.nanmean(X, 0, dtype=np.float64)
+                warn_small_scale(reg_covar, float(np.nanmean(np.nanvar(X, 0, dtype=np.float64))),
                                  float(np.square(mean).mean()), self._dtype)
         # torch shares the memory of a writable array with non-negative strides; it cannot
         # take a read-only one or a reversed view (X[::-1]): those are copied
@@ -154,10 +198,21 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
             X = np.array(X, order="C")
         return torch.as_tensor(X, dtype=self._dtype).to(self._device)
 
-    def _source(self, X: Any) -> DataSource:
-        """The data of a fit as one :class:`DataSource` (a matrix, a stream, a shard)."""
+    def _source(self, X: Any, sample_weight: Any = None) -> DataSource:
+        """The data of a fit as one :class:`DataSource` (a matrix, a stream, a shard).
+
+        ``sample_weight`` is checked here once (:func:`._sources.check_sample_weight`) and
+        becomes ``source.weights``; for a stream, ``"batches"`` reads each batch as ``(x, w)``.
+        """
         distributed = bool(getattr(self, "distributed", False))
         if is_batch_source(X):
+            if sample_weight is not None and not (isinstance(sample_weight, str)
+                                                  and sample_weight == WEIGHTS_IN_BATCHES):
+                raise ValueError(
+                    f"sample_weight={_short(sample_weight)} with a stream of batches: pass "
+                    "sample_weight='batches' and batches (x, w) (e.g. a DataLoader over "
+                    "TensorDataset(x, w)), or sample_weight=None"
+                )
             if self.inference not in self._stream_inference_methods:
                 names = [repr(name) for name in self._stream_inference_methods] or ["none"]
                 paths = " or ".join([", ".join(names[:-1]), names[-1]] if names[:-1] else names)
@@ -168,9 +223,11 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
             self._check_stream(X)
             check_one_pass(X, self._max_iter, self.n_init, "EM iterations (one pass each)")
             self._device = resolve_device(self.device)
-            source: DataSource = StreamSource(X, self._validate_x, distributed)
+            source: DataSource = StreamSource(X, self._validate_x, distributed,
+                                              weighted=sample_weight is not None)
         else:
-            source = DataSource(self._validate_x(X, reset=True), distributed)
+            x = self._validate_x(X, reset=True)
+            source = DataSource(x, distributed, check_sample_weight(sample_weight, x.shape[0], x))
             if not distributed and source.sample.shape[0] < self._n_clusters():
                 raise ValueError(
                     f"n_samples={source.sample.shape[0]} should be >= "
@@ -190,7 +247,7 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
     # ---------------------------------------------------------------------------- fitting
 
     @keeps_global_rng
-    def fit(self, X: Any, y: Any = None, *, resume: bool = False):
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None, *, resume: bool = False):
         """Fit the model to ``X``.
 
         Parameters
@@ -200,6 +257,14 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
             of 2-D arrays, or an iterator (read once), for the inference paths that fit
             streams (see the class docstring). With ``distributed=True``: this rank's shard.
         y : ignored
+        sample_weight : array-like of shape (n_samples,), float, "batches" or None
+            Non-negative weight of every row: the objective is ``sum_n w_n log p(x_n)``, so an
+            integer weight ``w`` is the row repeated ``w`` times and a zero weight drops it
+            (every inference path and the k-means start honour it). A float is every row's
+            weight. For a stream, ``"batches"`` reads each batch as ``(x, w)`` (a
+            ``DataLoader`` over ``TensorDataset(x, w)``). With ``distributed=True``: the
+            weights of this rank's shard. ``lower_bound_``, ``history_`` and EM's
+            convergence test are weighted means (divided by ``sum_n w_n``).
         resume : bool, default False
             SVI only: continue from ``checkpoint_path`` when it exists.
 
@@ -208,19 +273,22 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         self
         """
         self._prepare()
-        return self._fit_source(self._source(X), resume)
+        return self._fit_source(self._source(X, sample_weight), resume)
 
     @keeps_global_rng
-    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
         """Fit the model to ``X`` and return the most probable cluster of every sample.
 
         The labels are those of an E-step at the fitted parameters, so they equal
-        ``fit(X).predict(X)`` whatever ``max_iter``, ``tol`` and ``random_state``.
+        ``fit(X, sample_weight=sample_weight).predict(X)`` whatever ``max_iter``, ``tol`` and
+        ``random_state`` (rows of weight 0 get a label too).
 
         Parameters
         ----------
         X : array-like, shape (n_samples, n_features)
         y : ignored
+        sample_weight : array-like of shape (n_samples,), float or None
+            As in :meth:`fit`.
 
         Returns
         -------
@@ -229,7 +297,7 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         if is_batch_source(X):
             raise ValueError("fit_predict takes one array; for a stream of batches call "
                              "fit(stream), then predict(batch) on each batch")
-        return self.fit(X, y).predict(X)
+        return self.fit(X, y, sample_weight=sample_weight).predict(X)
 
     def _fit_source(self, source: DataSource, resume: bool):
         """Fit on ``source`` (``_fit``), timed, in its own Pyro param store scope.
@@ -265,14 +333,27 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         if getattr(self, "inference", None) == "em" or not source.whole_data_in_memory:
             return None
         with torch.no_grad():
-            return float(torch.logsumexp(self._log_joint(source.data), -1).mean())
+            return weighted_mean(torch.logsumexp(self._log_joint(source.data), -1),
+                                 source.weights)
 
     def _fit_em_restarts(self, source: DataSource, draw: Callable[[torch.Tensor], Any],
                          e_step: Callable, m_step: Callable, desc: str,
                          map_guide: Callable, needs_rows: bool = True,
                          init_params: Callable[[int], Any] | None = None,
                          monotone: bool = True) -> None:
-        """EM from ``n_init`` starts, or a warm start (:func:`._restarts.fit_em`)."""
+        """EM from ``n_init`` starts, or a warm start (:func:`._restarts.fit_em`).
+
+        With ``missing="marginalize"`` the E-step is the estimator's :meth:`_missing_e_step`
+        (which integrates NaN entries out) and initial values are drawn from the rows with
+        their NaN entries replaced by the column means.
+        """
+        if self._marginalize:
+            from ppl_mixtures.inference.em.missing import mean_impute
+
+            e_step, plain_draw = self._missing_e_step(), draw
+
+            def draw(rows: torch.Tensor) -> Any:
+                return plain_draw(mean_impute(rows))
         _restarts.fit_em(self, source, draw, e_step, m_step, desc, map_guide, needs_rows,
                          init_params, monotone)
 
@@ -315,6 +396,35 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         """Most probable cluster of every sample, shape (n_samples,)."""
         return self.predict_proba(X).argmax(axis=1)
 
+    def _missing_e_step(self) -> Callable:
+        """The E-step that integrates NaN entries out (a hook of the estimators with
+        ``missing``)."""
+        raise NotImplementedError
+
+    @available_if(lambda est: hasattr(est, "_impute"))
+    @keeps_global_rng
+    def impute(self, X: Any) -> np.ndarray:
+        """``X`` with every NaN entry replaced by its conditional mean given the row's
+        observed entries, ``E[x_m | x_o]`` under the fitted mixture (the components'
+        conditional means weighted by the row's responsibilities; Ghahramani & Jordan 1994).
+
+        Observed entries are returned unchanged; a row without any observed entry gets the
+        mixture mean. NaN input is accepted whatever ``missing`` (the fit may have been on
+        complete data).
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray, shape (n_samples, n_features)
+        """
+        self._check_fitted()
+        x = self._validate_x(X, reset=False, allow_nan=True)
+        with torch.no_grad():
+            return self._impute(x).cpu().numpy()
+
     def bic(self, X: Any) -> float:
         """Bayesian information criterion ``-2 log L + p log N`` (lower is better)."""
         total = float(self.score_samples(X).sum())
@@ -353,6 +463,38 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         with pyro.get_param_store().scope(self.param_store_state_), torch.no_grad():
             loss = TraceEnum_ELBO(max_plate_nesting=1).loss(self.model_, self.guide_, x)
         return float(loss)
+
+    def posterior_params(self) -> dict[str, np.ndarray]:
+        """The fitted guide's parameters, constrained, without entering a Pyro param store scope.
+
+        A fit keeps its Pyro parameters in its own scope (``param_store_state_``), so the
+        global ``pyro.get_param_store()`` never shows them; this reads them from there.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Every Pyro parameter of the fit (on the CPU, in the constrained space: positive
+            variances, simplex weights ...). Names carry the guide's prefix removed when it
+            has one (``AutoDelta.means`` is ``means``: for EM, MAP-SVI and NUTS fits these
+            are the global sites at ``params_``, shaped as the model's sites); networks'
+            weights and local guides' parameters keep their full names. A mean-field guide
+            (``AutoNormal``) holds ``locs.<site>`` (in the site's unconstrained space) and
+            ``scales.<site>``; each site's posterior median, constrained, is added under the
+            site's name.
+        """
+        check_is_fitted(self, "param_store_state_")
+        prefix = getattr(self.guide_, "_pyro_name", None)
+        store = pyro.get_param_store()
+        with store.scope(self.param_store_state_), torch.no_grad():
+            values = {name: store[name].detach().cpu().numpy().copy() for name in store.keys()}
+            medians = (self.guide_.median() if isinstance(self.guide_, AutoNormal) else {})
+        out = {}
+        for name, value in values.items():
+            short = name[len(prefix) + 1:] if prefix and name.startswith(f"{prefix}.") else name
+            out[short if short not in values else name] = value
+        for name, value in medians.items():
+            out.setdefault(name, value.detach().cpu().numpy().copy())
+        return out
 
     # ---------------------------------------------------------------------------- save/load
 

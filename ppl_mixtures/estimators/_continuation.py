@@ -19,7 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from ppl_mixtures import distributed as process_group
 
 #: Paths whose ``tol`` is a stopping rule that ``max_iter`` can cut short.
-_STOPPING_PATHS = ("em", "svi")
+_STOPPING_PATHS = ("em", "cavi", "svi")
 _PACKAGE = str(Path(__file__).resolve().parents[1])
 
 

@@ -102,26 +102,38 @@ def warm_given(params: gmm.GMMParams) -> dict[str, torch.Tensor]:
             "precisions_init": params.covariances}
 
 
-def fit_nuts(est: Any, x: torch.Tensor, generator: torch.Generator, given: dict) -> None:
-    """NUTS from the ``init_params`` estimate; ``params_`` holds the posterior means."""
-    start = _gmm_init.initial_params(est, x, generator, given)
+def fit_nuts(est: Any, x: torch.Tensor, generator: torch.Generator, given: dict,
+             weights: torch.Tensor | None = None) -> None:
+    """NUTS from the ``init_params`` estimate; ``params_`` holds the relabelled draws'
+    posterior medians (:func:`~._nuts.median_gaussian_params`).
+
+    ``weights`` (shape (N,), optional): sample weights of the rows (the likelihood is
+    ``sum_n w_n log p(x_n)``; ``history_`` holds its weighted mean per draw).
+    """
+    start = _gmm_init.initial_params(est, x, generator, given, weights)
     per_component = ["weights", "means"]
     if est.covariance_type not in gmm.TIED_TYPES:
         sites = gmm.params_to_sites(start)
         per_component += [s for s in ("variances", "corr_cholesky") if s in sites]
     draws = _nuts.draw_posterior(
         est, x, generator, gmm.params_to_sites(start), per_component,
-        lambda sites: gmm.sites_to_params(sites, est.covariance_type),
+        lambda sites: gmm.sites_to_params(sites, est.covariance_type), weights,
     )
-    est.params_ = gmm.GMMParams(
-        torch.stack([d.weights for d in draws]).mean(0),
-        torch.stack([d.means for d in draws]).mean(0),
-        torch.stack([d.covariances for d in draws]).mean(0),
-        est.covariance_type,
-    )
+    est.params_ = gmm.GMMParams(*_nuts.median_gaussian_params(
+        torch.stack([d.weights for d in draws]), torch.stack([d.means for d in draws]),
+        torch.stack([d.covariances for d in draws]),
+        est.covariance_type in gmm.DIAGONAL_TYPES,
+    ), est.covariance_type)
     with torch.no_grad():
-        est.history_ = [float(gmm.log_likelihood(x, d).mean()) for d in draws]
+        est.history_ = [_weighted_mean(gmm.log_likelihood(x, d), weights) for d in draws]
     _nuts.finish(est, x, est.posterior_samples_, None, gmm.map_guide)
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> float:
+    """``values.mean()``, or ``sum_n w_n v_n / sum_n w_n`` (shape (N,) both)."""
+    if weights is None:
+        return float(values.mean())
+    return float(weights @ values / weights.sum())
 
 
 def fitted_arrays(params: gmm.GMMParams) -> dict[str, np.ndarray]:

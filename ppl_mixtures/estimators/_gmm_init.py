@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ppl_mixtures.inference.em import gmm as em_gmm
+from ppl_mixtures.inference.em.missing import mean_impute
 from ppl_mixtures.inference.init import initial_responsibilities
 from ppl_mixtures.models import gmm
 
@@ -67,12 +68,21 @@ def _precisions_to_covariances(est: Any, precisions: torch.Tensor) -> torch.Tens
 
 
 def initial_params(est: Any, x: torch.Tensor, generator: torch.Generator,
-                   given: dict[str, torch.Tensor]) -> gmm.GMMParams:
+                   given: dict[str, torch.Tensor],
+                   weights: torch.Tensor | None = None) -> gmm.GMMParams:
+    """The initial parameters: ``given`` where given, the rest from ``init_params`` on ``x``.
+
+    ``weights`` (shape (n_samples,), optional): the rows' sample weights, which the
+    k-means start and the first M-step follow. NaN entries (``missing="marginalize"``) are
+    replaced by their column's mean for the start.
+    """
     if len(given) == 3:  # every initial value given: nothing to draw
         return gmm.GMMParams(given["weights_init"], given["means_init"],
                              given["precisions_init"], est.covariance_type)
-    resp = initial_responsibilities(x, est.n_components, est.init_params, generator)
-    params = em_gmm.params_from_responsibilities(x, resp, est.covariance_type, est.reg_covar)
+    x = mean_impute(x)
+    resp = initial_responsibilities(x, est.n_components, est.init_params, generator, weights)
+    params = em_gmm.params_from_responsibilities(x, resp, est.covariance_type, est.reg_covar,
+                                                 weights)
     return gmm.GMMParams(
         given.get("weights_init", params.weights),
         given.get("means_init", params.means),

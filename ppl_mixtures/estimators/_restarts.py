@@ -80,6 +80,8 @@ def fit_svi(est: Any, source: DataSource, generator: torch.Generator, resume: bo
     ``generator``; warm, the estimator builds it at the last fit's parameters). Each start
     checkpoints to ``checkpoint_path`` (suffixed ``.initN`` when ``n_init > 1``). A stream is
     fitted one step per batch (its rows counted by :meth:`DataSource.moments` beforehand).
+    Sample weights (``source.weights``, or a stream's ``(x, w)`` batches) go to the model
+    as ``sample_weight``; the losses are then per unit of weight.
     With ``verbose``, one line at the start and one at the end of each start. Sets
     ``guide_``, ``converged_``, ``n_iter_``, ``history_`` and leaves the winning guide's
     values in the current Pyro param store.
@@ -106,11 +108,14 @@ def fit_svi(est: Any, source: DataSource, generator: torch.Generator, resume: bo
             distributed=source.distributed,
         )
         if source.streamed:
-            result = trainer.fit_batches(source, source.n_rows, resume=resume)
-            loss = trainer.evaluate_loss_batches(source, source.n_rows)
+            total_weight = source.total_weight if source.weighted_stream else None
+            batches = source.svi_batches()
+            result = trainer.fit_batches(batches, source.n_rows, resume=resume,
+                                         total_weight=total_weight)
+            loss = trainer.evaluate_loss_batches(batches, source.n_rows, total_weight)
         else:
-            result = trainer.fit(source.data, resume=resume)
-            loss = trainer.evaluate_loss(source.data)
+            result = trainer.fit(source.data, resume=resume, sample_weight=source.weights)
+            loss = trainer.evaluate_loss(source.data, sample_weight=source.weights)
         if verbose:
             state = "converged" if result.converged else "did not converge"
             print(f"Initialization {state}. {result.n_steps} steps, final loss {loss:.5f}.")

@@ -33,7 +33,7 @@ import pyro
 import torch
 
 from ppl_mixtures.estimators._gmm_init import check_init_arrays
-from ppl_mixtures.estimators._sources import DataSource
+from ppl_mixtures.estimators._sources import DataSource, check_sample_weight
 from ppl_mixtures.estimators._validation import check_int
 from ppl_mixtures.inference.init import resolve_generator
 from ppl_mixtures.inference.sgd_gmm import SGDConfig, SGDGMMTrainer
@@ -130,18 +130,27 @@ class MaxComponentSGD:
             if source.streamed:
                 if trainer.total_steps is None:
                     trainer.set_horizon(source.raw, est._max_iter)  # from its length
-                trainer.fit(source.data, est._max_iter)
+                if source.weighted_stream:
+                    trainer.fit(source.svi_batches(), est._max_iter, weighted_batches=True)
+                else:
+                    trainer.fit(source.data, est._max_iter)
                 final = trainer.history["max_component_loss"][-1]
             else:
-                trainer.fit(source.data, est._max_iter)
-                final = float(trainer.objectives(source.data)["max_component_loss"].mean())
+                trainer.fit(source.data, est._max_iter, weights=source.weights)
+                losses = trainer.objectives(source.data)["max_component_loss"]
+                final = _weighted_mean(losses, source.weights)
             if best is None or final < best[0]:
                 best = (final, trainer)
-        last = source.last if source.streamed else source.data
-        self.finish(best[1], last)
+        if source.streamed:
+            last, last_weights = source.last, source.last_weights
+        else:
+            last, last_weights = source.data, source.weights
+        self.finish(best[1], last, last_weights)
 
-    def finish(self, trainer: SGDGMMTrainer, last: torch.Tensor) -> None:
-        """Fitted attributes from ``trainer``; ``lower_bound_`` on ``last`` (a batch)."""
+    def finish(self, trainer: SGDGMMTrainer, last: torch.Tensor,
+               weights: torch.Tensor | None = None) -> None:
+        """Fitted attributes from ``trainer``; ``lower_bound_`` on ``last`` (a batch, its
+        rows weighted by ``weights`` when given)."""
         est = self.estimator
         self.trainer = trainer
         est.params_ = trainer.to_gmm_params()
@@ -152,11 +161,15 @@ class MaxComponentSGD:
         est.guide_ = gmm.map_guide(est.model_, est.params_)
         est.guide_(last[:1])
         with torch.no_grad():
-            est.lower_bound_ = float(torch.logsumexp(gmm.log_joint(last, est.params_),
-                                                     -1).mean())
+            est.lower_bound_ = _weighted_mean(
+                torch.logsumexp(gmm.log_joint(last, est.params_), -1), weights)
 
-    def partial_fit(self, X: Any) -> None:
-        """One pass over the batch ``X``, continuing from the last call (or a loaded file)."""
+    def partial_fit(self, X: Any, sample_weight: Any = None) -> None:
+        """One pass over the batch ``X``, continuing from the last call (or a loaded file).
+
+        ``sample_weight``: the rows' weights (shape (n_samples,), a float or None), checked
+        as :meth:`fit` checks them.
+        """
         est = self.estimator
         trainer = self.trainer
         if trainer is None and self._saved_state is not None:
@@ -170,16 +183,17 @@ class MaxComponentSGD:
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()
         x = est._validate_x(X, reset=trainer is None)
+        weights = check_sample_weight(sample_weight, x.shape[0], x)
         start = time.perf_counter()
         if trainer is None:
             generator = resolve_generator(est.random_state, x.device)
             trainer = self.new_trainer(generator, True, x.shape[1])
-        trainer.partial_fit(x)
+        trainer.partial_fit(x, weights)
         seconds = time.perf_counter() - start + est.fit_seconds_
         if getattr(est, "model_", None) is None or est.model_.n_features != x.shape[1]:
             est.model_ = est._build_model(x)
         with pyro.get_param_store().scope() as state:
-            self.finish(trainer, x)
+            self.finish(trainer, x, weights)
         est.param_store_state_ = state
         est.fit_seconds_ = seconds
         est._set_fitted()
@@ -189,3 +203,10 @@ class MaxComponentSGD:
         if self.trainer is not None:
             return self.trainer.state_dict()
         return self._saved_state or {}
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> float:
+    """``values.mean()``, or ``sum_n w_n v_n / sum_n w_n`` (shape (N,) both)."""
+    if weights is None:
+        return float(values.mean())
+    return float(weights @ values / weights.sum())

@@ -26,15 +26,28 @@ def is_batch_source(X: Any) -> bool:
     """Whether ``X`` is a stream of batches rather than one data matrix.
 
     A ``DataLoader``, an iterator (e.g. a generator), or a list/tuple whose items are all 2-D
-    (arrays or tensors). Arrays, tensors, data frames and nested lists of numbers are not.
+    (arrays or tensors) or all tuples ``(x, w)`` / ``(x, y)`` with a 2-D ``x``. Arrays,
+    tensors, data frames and nested lists of numbers are not.
     """
     if isinstance(X, (DataLoader, Iterator)):
         return True
     if not (isinstance(X, (list, tuple)) and len(X) > 0):
         return False
+    if all(_is_pair(batch) for batch in X):  # (x, w) or (x, y) batches
+        return True
     try:
         return all(len(np.shape(batch)) == 2 for batch in X)
     except ValueError:  # ragged nested lists
+        return False
+
+
+def _is_pair(batch: Any) -> bool:
+    """A tuple batch ``(x, w, ...)`` whose first item is 2-D (not a row of numbers)."""
+    if not (isinstance(batch, tuple) and len(batch) >= 2):
+        return False
+    try:
+        return len(np.shape(batch[0])) == 2
+    except ValueError:
         return False
 
 
@@ -61,27 +74,112 @@ def as_array(X: Any, name: str = "X") -> Any:
     return X
 
 
+#: The value of ``sample_weight`` that reads each batch of a stream as ``(x, w)``.
+WEIGHTS_IN_BATCHES = "batches"
+
+
+def check_sample_weight(sample_weight: Any, n_samples: int, like: torch.Tensor,
+                        name: str = "sample_weight",
+                        all_zero: bool = False) -> torch.Tensor | None:
+    """``sample_weight`` as a tensor of shape (n_samples,) in ``like``'s dtype and device.
+
+    None stays None. A scalar is broadcast to every row; otherwise a 1-D array-like of
+    length ``n_samples``, finite, non-negative and not all zero. Integer weights mean
+    repeated rows: the fit on ``w`` equals the fit on every row ``x_n`` repeated ``w_n``
+    times (the objective is ``sum_n w_n log p(x_n)``).
+
+    Parameters
+    ----------
+    sample_weight : None, float or array-like of shape (n_samples,)
+    n_samples : int
+    like : Tensor
+        The data, whose dtype and device the weights take.
+    name : str
+        How the errors call the weights (e.g. "the weights of a batch").
+    all_zero : bool, default False
+        Accept weights that are all zero (one batch of a stream may be).
+
+    Returns
+    -------
+    Tensor, shape (n_samples,), or None
+    """
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, str):
+        raise ValueError(f"{name}={sample_weight!r} is only for a stream of batches; with one "
+                         "array pass an array of shape (n_samples,) or None")
+    if isinstance(sample_weight, torch.Tensor):
+        sample_weight = sample_weight.detach().cpu()
+        if sample_weight.is_floating_point() and sample_weight.dtype not in (
+                torch.float32, torch.float64):
+            sample_weight = sample_weight.to(torch.float32)
+        sample_weight = sample_weight.numpy()
+    try:
+        weights = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must hold numbers, got {type(sample_weight).__name__}; pass "
+                         f"an array of shape ({n_samples},) of non-negative numbers") from None
+    if weights.ndim == 0:
+        weights = np.full(n_samples, float(weights))
+    if weights.ndim != 1:
+        raise ValueError(f"{name} has shape {weights.shape}; it must be one-dimensional, shape "
+                         f"({n_samples},): one weight per row of X (flatten a column with "
+                         ".ravel())")
+    if weights.shape[0] != n_samples:
+        raise ValueError(f"{name} has {weights.shape[0]} entries but X has {n_samples} rows; "
+                         "pass one weight per row")
+    if not np.all(np.isfinite(weights)):
+        raise ValueError(f"{name} contains NaN or inf; pass finite weights (0 drops a row)")
+    if np.any(weights < 0):
+        raise ValueError(f"{name} contains negative values (the smallest is "
+                         f"{weights.min():.3g}); weights must be >= 0 (0 drops a row)")
+    if n_samples and not all_zero and not np.any(weights > 0):
+        raise ValueError(f"{name} is zero for every row: nothing to fit; give at least one "
+                         "row a positive weight")
+    return torch.as_tensor(weights, dtype=like.dtype).to(like.device)
+
+
 class ValidatedBatches:
     """Iterate a stream as validated tensors (``validate(batch, first)`` -> Tensor).
 
     The first batch ever seen fixes ``n_features_in_`` and the dtype (``first=True``);
-    ``last`` is the most recent one.
+    ``last`` is the most recent one. With ``weighted``, each batch must be a pair ``(x, w)``
+    (a ``DataLoader`` over ``TensorDataset(x, w)`` gives them) and iterating yields ``(x, w)``
+    with ``w`` checked by :func:`check_sample_weight`; otherwise the items after ``x`` of a
+    tuple batch (``(x, y)`` of a labelled dataset) are ignored.
     """
 
-    def __init__(self, source: Any, validate: Callable[[Any, bool], torch.Tensor]) -> None:
+    def __init__(self, source: Any, validate: Callable[[Any, bool], torch.Tensor],
+                 weighted: bool = False) -> None:
         self.source = source
         self.validate = validate
+        self.weighted = weighted
         self.seen = False
         self.last: torch.Tensor | None = None
+        self.last_weights: torch.Tensor | None = None
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[Any]:
         for batch in self.source:
-            if isinstance(batch, (tuple, list)) and len(getattr(batch[0], "shape", ())) == 2:
+            weights = None
+            if self.weighted:
+                if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                    raise ValueError(
+                        "sample_weight='batches' reads every batch as a pair (x, w); got a "
+                        f"{type(batch).__name__}: batch with "
+                        "DataLoader(TensorDataset(x, w)), or pass sample_weight=None"
+                    )
+                batch, weights = batch
+            elif isinstance(batch, (tuple, list)) and len(getattr(batch[0], "shape", ())) == 2:
                 batch = batch[0]  # (x, y, ...) from a labelled dataset
             x = self.validate(as_array(batch, "a batch of X"), not self.seen)
             self.seen = True
             self.last = x
-            yield x
+            if not self.weighted:
+                yield x
+                continue
+            self.last_weights = check_sample_weight(
+                weights, x.shape[0], x, "sample_weight (the w of a batch (x, w))", all_zero=True)
+            yield x, self.last_weights
 
 
 class DataSource:
@@ -100,32 +198,69 @@ class DataSource:
         Whether the source can be read only once (an iterator).
     distributed : bool
         Whether the E-step's statistics and the data moments are summed over processes.
+    weights : Tensor, shape (n,), or None
+        The sample weights of a matrix (checked by :func:`check_sample_weight`); None without
+        weights and for streams, whose weights come with their batches
+        (:meth:`weighted_batches`, ``weighted_stream``).
     """
 
     streamed = False
     one_pass = False
+    #: Whether the batches of a stream carry their weights (``sample_weight="batches"``).
+    weighted_stream = False
 
-    def __init__(self, sample: torch.Tensor, distributed: bool) -> None:
+    def __init__(self, sample: torch.Tensor, distributed: bool,
+                 weights: torch.Tensor | None = None) -> None:
         self.sample = sample
         self.distributed = distributed
+        self.weights = weights
 
     @property
     def data(self) -> Any:
         return self.sample
 
+    @property
+    def weighted(self) -> bool:
+        """Whether the fit has sample weights (a matrix's or a stream's batches')."""
+        return self.weights is not None or self.weighted_stream
+
+    @property
+    def sample_weights(self) -> torch.Tensor | None:
+        """The weights of the rows of :attr:`sample` (None when unweighted)."""
+        return self.weights
+
     def batches(self) -> Iterator[torch.Tensor]:
         """One pass over the data, batch by batch (a matrix is one batch)."""
         yield self.sample
+
+    def weighted_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """One pass over the data as ``(x, w)`` pairs; ``w`` is None when unweighted."""
+        yield self.sample, self.weights
 
     @property
     def n_rows(self) -> int | None:
         """Rows of a matrix; None for a stream until :meth:`moments` has counted them."""
         return self.sample.shape[0]
 
-    def e_step(self, e_step: Callable[[torch.Tensor, Any], T]) -> Callable[[Any, Any], T]:
-        """``e_step`` summed over the batches of a stream, then over the processes."""
+    def e_step(self, e_step: Callable[..., T]) -> Callable[[Any, Any], T]:
+        """``e_step`` summed over the batches of a stream, then over the processes.
+
+        With sample weights, ``e_step(x, params, weights=w)`` is called with the weights of
+        ``x`` (the model's E-steps take them; unweighted, the call is ``e_step(x, params)``).
+        The returned callable takes ``(data, params)``, ``data`` being :attr:`data`.
+        """
         if self.streamed:
-            e_step = sum_over_batches(e_step)
+            summed = sum_over_batches(e_step)
+            if self.weighted_stream:
+                def e_step(_: Any, params: Any) -> T:
+                    return summed(self.weighted_batches(), params)
+            else:
+                e_step = summed
+        elif self.weights is not None:
+            weighted, weights = e_step, self.weights
+
+            def e_step(x: torch.Tensor, params: Any) -> T:
+                return weighted(x, params, weights=weights)
         if self.distributed:
             e_step = process_group.all_reduce_e_step(e_step)
         return e_step
@@ -161,18 +296,39 @@ class DataSource:
                     evaluate_final=not self.one_pass)
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Mean and variance of all the data (every rank's), and this source's rows."""
-        rows: list[int] = []
+        """Mean and variance of all the data (every rank's), and this source's rows.
 
-        def counted() -> Iterator[torch.Tensor]:
-            for batch in self.batches():
+        With sample weights, the weighted mean and variance (a row of weight ``w`` counts
+        as ``w`` rows).
+        """
+        rows: list[int] = []
+        weight = 0.0
+
+        def counted() -> Iterator[Any]:
+            nonlocal weight
+            for batch, weights in self.weighted_batches():
                 rows.append(batch.shape[0])
-                yield batch
+                weight += batch.shape[0] if weights is None else float(weights.sum())
+                yield batch if weights is None else (batch, weights)
 
         mean, variance, _ = process_group.data_moments(counted(),
                                                        across_processes=self.distributed)
         self._rows = sum(rows)
+        self._total_weight = weight
         return mean, variance, self._rows
+
+    @property
+    def total_weight(self) -> float | None:
+        """This source's sum of weights (rows count 1 each); None until counted."""
+        if not self.streamed:
+            return float(self.sample.shape[0] if self.weights is None else self.weights.sum())
+        return getattr(self, "_total_weight", None)
+
+    def svi_batches(self) -> Any:
+        """What the SVI trainer reads of a stream: this source, or its ``(x, w)`` pairs."""
+        if not self.weighted_stream:
+            return self
+        return _WeightedPairs(self)
 
     @property
     def whole_data_in_memory(self) -> bool:
@@ -190,15 +346,17 @@ class StreamSource(DataSource):
     streamed = True
 
     def __init__(self, source: Any, validate: Callable[[Any, bool], torch.Tensor],
-                 distributed: bool) -> None:
+                 distributed: bool, weighted: bool = False) -> None:
         self.raw = source
         self.one_pass = isinstance(source, Iterator)
-        self._batches = ValidatedBatches(source, validate)
+        self.weighted_stream = weighted
+        self._batches = ValidatedBatches(source, validate, weighted)
         head = iter(self._batches)
         first = next(head, None)
         if first is None:
             raise ValueError("X is an empty stream of batches; pass at least one batch")
-        super().__init__(first, distributed)
+        super().__init__(first[0] if weighted else first, distributed)
+        self._first_weights = first[1] if weighted else None
         self._stream = itertools.chain([first], head) if self.one_pass else self._batches
         self._rows: int | None = None
 
@@ -206,11 +364,23 @@ class StreamSource(DataSource):
     def data(self) -> Any:
         return self
 
+    @property
+    def sample_weights(self) -> torch.Tensor | None:
+        return self._first_weights
+
     def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter(self._stream)
+        """The batches ``x`` (their weights dropped: :meth:`weighted_batches` keeps them)."""
+        if not self.weighted_stream:
+            return iter(self._stream)
+        return (x for x, _ in self._stream)
 
     def batches(self) -> Iterator[torch.Tensor]:
         return iter(self)
+
+    def weighted_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        if not self.weighted_stream:
+            return ((x, None) for x in self._stream)
+        return iter(self._stream)
 
     @property
     def n_rows(self) -> int | None:
@@ -220,6 +390,21 @@ class StreamSource(DataSource):
     def last(self) -> torch.Tensor:
         """The batch read most recently."""
         return self._batches.last
+
+    @property
+    def last_weights(self) -> torch.Tensor | None:
+        """The weights of :attr:`last` (None for an unweighted stream)."""
+        return self._batches.last_weights
+
+
+class _WeightedPairs:
+    """A re-iterable view of a weighted stream as ``(x, w)`` pairs."""
+
+    def __init__(self, source: DataSource) -> None:
+        self.source = source
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        return iter(self.source.weighted_batches())
 
 
 def check_one_pass(source: Any, max_iter: int, n_init: int, unit: str) -> None:

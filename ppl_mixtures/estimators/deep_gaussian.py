@@ -32,6 +32,7 @@ from ppl_mixtures.estimators._validation import (
     Real,
     check_int,
 )
+from ppl_mixtures.inference import dgmm_start
 from ppl_mixtures.inference.em import dgmm as em_dgmm
 from ppl_mixtures.inference.em.loop import run_em
 from ppl_mixtures.inference.init import INIT_METHODS
@@ -39,6 +40,12 @@ from ppl_mixtures.models import dgmm
 from ppl_mixtures.models.dgmm_identify import CONSTRAINTS, identify
 
 INFERENCE_METHODS = ("em", "svi")
+#: Starts of :class:`DeepGaussianMixture` (``start``).
+STARTS = ("auto", "gmm", "layerwise")
+#: SQUAREM cycles after the start when ``accelerate=None`` and ``start`` is not "layerwise".
+DEFAULT_ACCELERATE = 20
+#: ``start="auto"`` takes the mixture start from this many rows per path and feature + 1.
+AUTO_ROWS_PER_PARAMETER = 4
 
 
 def _as_int_tuple(value: Any, name: str) -> tuple[int, ...]:
@@ -87,9 +94,41 @@ class DeepGaussianMixture(MixtureEstimator):
     tol : float, optional
         EM: change of the mean log-likelihood per sample (default 1e-5). SVI: relative change
         of the smoothed loss (default 1e-6). 0: run ``max_iter``.
+    start : {"auto", "gmm", "layerwise"}, default "auto"
+        How each restart begins (EM and SVI). ``"auto"``: ``"gmm"`` when the data (the first
+        batch of a stream, rank 0's shard) hold at least ``4 P (n_features + 1)`` rows
+        (``P = prod G_l``: enough for each path's full covariance), else ``"layerwise"``.
+        On scikit-learn's wine data (178 rows, 13 features) with ``(3, 2)`` that is the
+        layer-wise start, which keeps the cultivars (first-layer ARI 0.88-0.96) that a
+        6-component full mixture of 178 rows does not (0.28-0.76).
+
+        ``"gmm"`` (:func:`~ppl_mixtures.inference.dgmm_start.best_start`): fit the data's own
+        full Gaussian mixture with ``prod G_l`` components (best of 3 k-means++ starts), map
+        its components onto the tree of paths (components whose mean and covariance
+        differences share an ``r_l``-dimensional column space form a component of layer l;
+        each group's scores are whitened and rotated onto one frame by matching its
+        components' score moments), keep the best of two such trees after three
+        accelerated EM cycles, then twice regrow the layers above the first from its scores
+        (:func:`~ppl_mixtures.inference.dgmm_start.regrow`), keeping the most likely. On
+        fresh draws of the section 3.1 setting of Selosse et al. (2020) it finds the paths
+        (ARI 0.92-1.0) where the layer-wise start does not (0.5-0.6; ``bench/RESULTS.md``).
+
+        ``"layerwise"``: the paper's start
+        (:func:`~ppl_mixtures.inference.em.dgmm.initial_params`): cluster each layer's input
+        with ``init_params``, fit a PPCA per cluster, pass the scores up. With
+        ``accelerate=None`` this is plain EM, as in the paper.
+
+        Drawn from the first batch of a stream, and on rank 0 when distributed. With fewer
+        than ``2 prod G_l`` rows there, or when that mixture is degenerate, the layer-wise
+        start is used.
+    accelerate : int, optional
+        EM only: cycles of monotone squared-extrapolation EM
+        (:func:`~ppl_mixtures.inference.em.dgmm.accelerate`, three or four E-steps each)
+        between the start (and annealing) and plain EM. None: 20, or 0 (plain EM) with
+        ``start="layerwise"``. Skipped on an iterator (read once). Not counted in
+        ``max_iter`` nor ``history_``.
     init_params : {"kmeans", "random", "k-means++", "random_from_data"}, default "kmeans"
-        Layer-wise start (:func:`~ppl_mixtures.inference.em.dgmm.initial_params`): cluster the
-        layer's input with this method, fit a PPCA per cluster, pass the scores up.
+        Clustering of the layer-wise start (``start="layerwise"``).
     reg_covar : float, default 1e-6
         Floor on every noise variance (EM).
         Scaled down with the data when its mean per-feature variance is below 1e-3 (a
@@ -164,6 +203,8 @@ checkpoint_path
         "inference": [Options(INFERENCE_METHODS)],
         "form": [Options(dgmm.FORMS)],
         "init_params": [Options(INIT_METHODS)],
+        "start": [Options(STARTS)],
+        "accelerate": [Integer(0), NONE],
         "reg_covar": [Real(0.0)],
         "anneal_start": [Real(1.0)],
         "anneal_iter": [Integer(0)],
@@ -192,6 +233,8 @@ checkpoint_path
         n_init: int = 1,
         max_iter: int | None = None,
         tol: float | None = None,
+        start: str = "auto",
+        accelerate: int | None = None,
         init_params: str = "kmeans",
         reg_covar: float = 1e-6,
         anneal_start: float = 1.0,
@@ -218,6 +261,8 @@ checkpoint_path
         self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
+        self.start = start
+        self.accelerate = accelerate
         self.init_params = init_params
         self.reg_covar = reg_covar
         self.anneal_start = anneal_start
@@ -301,8 +346,21 @@ checkpoint_path
     def _initial_params(self, x: torch.Tensor, generator: torch.Generator) -> dgmm.DGMMParams:
         if self._warm_start_from is not None:  # warm_start: the last fit's parameters
             return self._warm_start_from[0]
+        n_paths = math.prod(self._components)
+        enough = (2 if self.start == "gmm" else AUTO_ROWS_PER_PARAMETER * (x.shape[1] + 1))
+        if self.start != "layerwise" and x.shape[0] >= enough * n_paths:
+            try:
+                return dgmm_start.best_start(x, self._components, self._factors, generator,
+                                             self.reg_covar)
+            except (ValueError, RuntimeError, torch.linalg.LinAlgError):
+                pass  # a degenerate mixture (duplicated rows, tiny sample): the layer-wise start
         return em_dgmm.initial_params(x, self._components, self._factors, self.init_params, generator,
                                       self.reg_covar)
+
+    def _accelerate_cycles(self) -> int:
+        if self.accelerate is not None:
+            return int(self.accelerate)
+        return 0 if self.start == "layerwise" else DEFAULT_ACCELERATE
 
     def _build_model(self, priors: dict) -> dgmm.DeepGaussianMixtureModel:
         return dgmm.DeepGaussianMixtureModel(self._components, self._factors,
@@ -326,7 +384,8 @@ checkpoint_path
 
     def _em_start(self, source: DataSource, start: dgmm.DGMMParams,
                   generator: torch.Generator) -> dgmm.DGMMParams:
-        """Annealing (``anneal_start``) and realignment (``realign``) from the layer-wise start.
+        """Annealing (``anneal_start``), acceleration (``accelerate``) and realignment
+        (``realign``) from the start.
 
         The tempered E-steps go through the same sums over batches and ranks as EM's.
         Realignment needs the data in memory (checked before fitting).
@@ -336,6 +395,11 @@ checkpoint_path
             tempered_e_step=lambda data, current, temperature: source.e_step(
                 functools.partial(em_dgmm.e_step, temperature=temperature))(data, current),
         )
+        cycles = self._accelerate_cycles()
+        if cycles > 0 and not source.one_pass:
+            params, _ = em_dgmm.accelerate(source.data, params, cycles, self.reg_covar,
+                                           e_step_fn=source.e_step(em_dgmm.e_step),
+                                           tol=0.1 * self._tol)
         if self.realign:
             x = source.data
             first = run_em(x, init_params=lambda _: params, e_step=em_dgmm.e_step,

@@ -29,7 +29,9 @@ from ppl_mixtures.estimators._validation import (
     Real,
 )
 from ppl_mixtures.inference.em import mfa as em_mfa
+from ppl_mixtures.inference.em import missing as em_missing
 from ppl_mixtures.inference.init import INIT_METHODS, initial_responsibilities
+from ppl_mixtures.inference.mcmc import CHAIN_METHODS
 from ppl_mixtures.models import mfa
 
 INFERENCE_METHODS = ("em", "svi", "nuts")
@@ -123,7 +125,13 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
     num_warmup : int, default 200
         NUTS warm-up (adaptation) steps per chain.
     num_chains : int, default 1
-        NUTS chains (run one after the other on CPU).
+        NUTS chains (see ``chain_method``).
+    chain_method : {"auto", "parallel", "sequential"}, default "auto"
+        How NUTS runs ``num_chains > 1`` chains: ``"parallel"``, one spawned process per
+        chain (a script that fits so needs an ``if __name__ == "__main__":`` guard);
+        ``"sequential"``, one after the other; ``"auto"``, in parallel when at least
+        ``num_chains`` cores are free besides this process's
+        (:func:`ppl_mixtures.inference.mcmc.run_nuts`).
     distributed : bool, default False
         EM across processes (``inference="em"`` only): ``torch.distributed`` must be
         initialised by the caller (launch with ``torchrun`` and call
@@ -134,6 +142,16 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         ``lower_bound_`` and convergence included. The initial values are drawn by
         ``init_params`` on rank 0's shard (its first batch for a stream) and broadcast.
         See ``docs/scaling.md``.
+    missing : {"error", "marginalize"}, default "error"
+        What NaN entries of ``X`` mean. ``"error"``: they are refused. ``"marginalize"``: they
+        are values missing at random, integrated out exactly: EM's E-step takes the
+        expectations over the factors and the missing entries given each row's observed ones
+        (Ghahramani & Jordan 1994), in memory, on streams and distributed; SVI's Pyro model
+        scores the observed entries only. :meth:`predict`, :meth:`predict_proba`,
+        :meth:`score_samples` and :meth:`score` then take incomplete rows (a row with no
+        observed entry has log-likelihood 0 and the mixing weights as its probabilities),
+        and :meth:`impute` fills NaN entries with their conditional means. For
+        ``inference="em"`` and ``"svi"``.
 
     Attributes
     ----------
@@ -170,14 +188,17 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         "priors": [DICT, NONE],
         "num_warmup": [Integer(0)],
         "num_chains": [Integer(1)],
+        "chain_method": [Options(CHAIN_METHODS)],
         "max_iter": [Integer(0), NONE],
         "warm_start": [BOOLEAN],
         "verbose": [Integer(0), BOOLEAN],
         "verbose_interval": [Integer(1)],
+        "missing": [Options(("error", "marginalize"))],
     }
     _inference_methods = INFERENCE_METHODS
     _stream_inference_methods = ("em",)
     _distributed_inference_methods = ("em",)
+    _missing_inference_methods = ("em", "svi")
     _default_max_iter = {"em": 200, "svi": 1000, "nuts": 200}
     _default_tol = {"em": 1e-3, "svi": 1e-5, "nuts": 0.0}
     _default_lr = {"svi": 0.05}
@@ -206,7 +227,9 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         checkpoint_path: str | None = None,
         num_warmup: int = 200,
         num_chains: int = 1,
+        chain_method: str = "auto",
         distributed: bool = False,
+        missing: str = "error",
     ) -> None:
         self.n_components = n_components
         self.n_factors = n_factors
@@ -229,7 +252,9 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         self.checkpoint_path = checkpoint_path
         self.num_warmup = num_warmup
         self.num_chains = num_chains
+        self.chain_method = chain_method
         self.distributed = distributed
+        self.missing = missing
 
     # ----------------------------------------------------------------------------- validation
 
@@ -246,49 +271,72 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
 
     # ------------------------------------------------------------------------------- fitting
 
-    def _initial_params(self, x: torch.Tensor, generator: torch.Generator) -> mfa.MFAParams:
+    def _initial_params(self, x: torch.Tensor, generator: torch.Generator,
+                        weights: torch.Tensor | None = None) -> mfa.MFAParams:
+        """The initial values (the last fit's when warm); ``weights``: the rows' weights."""
         if self._warm_start_from is not None:  # warm_start: the last fit's parameters
             return self._warm_start_from[0]
-        resp = initial_responsibilities(x, self.n_components, self.init_params, generator)
-        return em_mfa.params_from_responsibilities(x, resp, self.n_factors, self.reg_covar)
+        x = em_missing.mean_impute(x)  # missing="marginalize": NaN -> column means, to start
+        resp = initial_responsibilities(x, self.n_components, self.init_params, generator,
+                                        weights)
+        return em_mfa.params_from_responsibilities(x, resp, self.n_factors, self.reg_covar,
+                                                   weights)
 
     def _build_model(self, priors: dict) -> mfa.MixtureOfFactorAnalyzersModel:
         return mfa.MixtureOfFactorAnalyzersModel(
-            self.n_components, self.n_features_in_, self.n_factors, priors
+            self.n_components, self.n_features_in_, self.n_factors, priors,
+            missing=self._marginalize,
         )
 
     def _fit(self, source: DataSource, generator: torch.Generator, resume: bool) -> None:
         x = source.sample  # a stream (EM only): its first batch
+        weights = source.sample_weights  # the weights of the rows of x (None: unweighted)
         self._check_n_factors(x.shape[1])
-        priors = mfa.default_mfa_priors(x, self.n_components, self.n_factors)
+        moments = source.moments()[:2] if source.weights is not None else None
+        priors = mfa.default_mfa_priors(x, self.n_components, self.n_factors, moments=moments)
         priors.update(self.priors or {})
         self.model_ = self._build_model(priors)
+
+        def start(rows: torch.Tensor) -> mfa.MFAParams:  # weights passed only when given
+            if weights is None:
+                return self._initial_params(rows, generator)
+            return self._initial_params(rows, generator, weights)
+
         if self.inference == "em":
             self._fit_em_restarts(
-                source, lambda rows: self._initial_params(rows, generator), em_mfa.e_step,
+                source, start, em_mfa.e_step,
                 lambda stats: em_mfa.m_step(stats, self.reg_covar), "MFA EM", mfa.map_guide,
             )
         elif self.inference == "svi":
             guide, _ = self._fit_svi_restarts(
                 source, generator, resume,
-                lambda: mfa.map_guide(self.model_, self._initial_params(x, generator)),
+                lambda: mfa.map_guide(self.model_, start(x)),
             )
             self.params_ = mfa.guide_params(guide)
         else:
-            self._fit_nuts(x, generator)
+            self._fit_nuts(x, generator, weights)
 
-    def _fit_nuts(self, x: torch.Tensor, generator: torch.Generator) -> None:
-        """NUTS; the estimate is the draw of highest posterior density."""
+    def _fit_nuts(self, x: torch.Tensor, generator: torch.Generator,
+                  weights: torch.Tensor | None = None) -> None:
+        """NUTS; the estimate is the draw of highest posterior density.
+
+        With ``weights`` the likelihood is ``sum_n w_n log p(x_n)`` and ``history_`` its
+        weighted mean per draw.
+        """
+        initial = (self._initial_params(x, generator) if weights is None
+                   else self._initial_params(x, generator, weights))
         draws = _nuts.draw_posterior(
-            self, x, generator, mfa.params_to_sites(self._initial_params(x, generator)),
-            list(mfa.MFA_GLOBAL_SITES), mfa.sites_to_params,
+            self, x, generator, mfa.params_to_sites(initial),
+            list(mfa.MFA_GLOBAL_SITES), mfa.sites_to_params, weights,
         )
+        total = float(x.shape[0]) if weights is None else float(weights.sum())
         with torch.no_grad():
-            log_lik = torch.stack([mfa.log_likelihood(x, d).sum() for d in draws])
+            log_lik = torch.stack([_weighted_sum(mfa.log_likelihood(x, d), weights)
+                                   for d in draws])
             log_density = log_lik + torch.stack([self.model_.log_prior(d) for d in draws])
             covariances = torch.stack([mfa.covariance_matrices(d) for d in draws])
         self.params_ = draws[int(log_density.argmax())]
-        self.history_ = (log_lik / x.shape[0]).tolist()
+        self.history_ = (log_lik / total).tolist()
         draws_and_derived = {**self.posterior_samples_, "covariances": covariances.cpu().numpy()}
         _nuts.finish(self, x, draws_and_derived, _IDENTIFIED, mfa.map_guide)
 
@@ -307,7 +355,15 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
     # ---------------------------------------------------------------------------- prediction
 
     def _log_joint(self, x: torch.Tensor) -> torch.Tensor:
+        if self._marginalize:
+            return em_missing.mfa_log_joint(x, self.params_)
         return mfa.log_joint(x, self.params_)
+
+    def _missing_e_step(self):
+        return em_missing.mfa_e_step
+
+    def _impute(self, x: torch.Tensor) -> torch.Tensor:
+        return em_missing.mfa_impute(x, self.params_)
 
     def _n_parameters(self) -> int:
         return n_parameters(self.n_components, self.n_features_in_, self.n_factors)
@@ -334,7 +390,10 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         """
         x = self._fitted_x(X)
         with torch.no_grad():
-            log_prob, factor_means, _ = mfa.component_terms(x, self.params_)
+            if self._marginalize:  # scores from the observed entries of incomplete rows
+                log_prob, factor_means = em_missing.mfa_component_terms(x, self.params_)
+            else:
+                log_prob, factor_means, _ = mfa.component_terms(x, self.params_)
             best = (log_prob + self.params_.weights.log()).argmax(-1)
             rows = torch.arange(x.shape[0], device=x.device)
             return factor_means[rows, best].cpu().numpy()
@@ -352,3 +411,8 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
 
 
 __all__ = ["MixtureOfFactorAnalyzers", "n_parameters"]
+
+
+def _weighted_sum(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``values.sum()``, or ``sum_n w_n v_n`` with weights (shape (N,) both)."""
+    return values.sum() if weights is None else weights @ values

@@ -30,7 +30,9 @@ from ppl_mixtures.estimators._validation import (
     Real,
 )
 from ppl_mixtures.inference.em import gmm as em_gmm
+from ppl_mixtures.inference.em import missing as em_missing
 from ppl_mixtures.inference.init import INIT_METHODS
+from ppl_mixtures.inference.mcmc import CHAIN_METHODS
 from ppl_mixtures.models import gmm
 from ppl_mixtures.models.priors import default_gmm_priors
 
@@ -66,7 +68,9 @@ class GaussianMixture(MixtureEstimator):
         ``"nuts"``: NUTS over the global sites with the assignments summed out, started at a
         k-means initial point; for small data (it costs a full-data gradient per leapfrog
         step). Draws are relabelled to the starting components (``posterior_samples_``) and
-        ``params_`` holds the posterior means of weights, means and covariances.
+        ``params_`` holds their posterior medians (weights renormalised; covariances from
+        the median variances and the mean correlation), which the few draws relabelling
+        cannot bring back (an empty component wandering under its prior) do not move.
         ``"sgd"``: max-component SGD with annealing (Gepperth & Pfülb 2021; details in
         :mod:`ppl_mixtures.estimators._sgd`), for streams too (:meth:`partial_fit`);
         ``"diag"``, ``"spherical"`` or ``"full"`` (local principal directions). Its defaults
@@ -128,7 +132,13 @@ class GaussianMixture(MixtureEstimator):
     num_warmup : int, default 200
         NUTS warm-up steps per chain.
     num_chains : int, default 1
-        NUTS chains (run one after the other).
+        NUTS chains (see ``chain_method``).
+    chain_method : {"auto", "parallel", "sequential"}, default "auto"
+        How NUTS runs ``num_chains > 1`` chains: ``"parallel"``, one spawned process per
+        chain (a script that fits so needs an ``if __name__ == "__main__":`` guard);
+        ``"sequential"``, one after the other; ``"auto"``, in parallel when at least
+        ``num_chains`` cores are free besides this process's
+        (:func:`ppl_mixtures.inference.mcmc.run_nuts`).
     sgd_options : dict, optional
         SGD settings, any field of :class:`~ppl_mixtures.inference.sgd_gmm.SGDConfig` but
         ``lr`` and ``batch_size`` (see :mod:`ppl_mixtures.estimators._sgd`).
@@ -141,6 +151,18 @@ class GaussianMixture(MixtureEstimator):
         shard; EM sums each E-step's statistics over ranks, SVI the gradients, so every
         rank ends with the fit to all the data. Initial values are drawn on rank 0 and
         broadcast. See ``docs/scaling.md``.
+    missing : {"error", "marginalize"}, default "error"
+        What NaN entries of ``X`` mean. ``"error"``: they are refused. ``"marginalize"``: they
+        are values missing at random, integrated out exactly. EM's E-step takes each row's
+        conditional Gaussians given its observed entries (Ghahramani & Jordan 1994; rows
+        grouped by missingness pattern for ``tied`` and ``full``), for every covariance type,
+        in memory, on streams and distributed; SVI's Pyro model scores each row's observed
+        entries only. :meth:`predict`, :meth:`predict_proba`, :meth:`score_samples` and
+        :meth:`score` then take incomplete rows (a row with no observed entry has
+        log-likelihood 0 and the mixing weights as its probabilities; in a fit it counts
+        in ``n_samples`` but adds nothing), and :meth:`impute` fills NaN entries with their
+        conditional means. Initial values are drawn from the data with NaN entries replaced
+        by the column means. For ``inference="em"`` and ``"svi"`` (SVI on one array).
 
     Attributes
     ----------
@@ -202,15 +224,18 @@ class GaussianMixture(MixtureEstimator):
         "guide": [Options(GUIDES)],
         "num_warmup": [Integer(0)],
         "num_chains": [Integer(1)],
+        "chain_method": [Options(CHAIN_METHODS)],
         "sgd_options": [DICT, NONE],
         "n_principal_directions": [Integer(1), NONE],
         "max_iter": [Integer(0), NONE],
         "warm_start": [BOOLEAN],
         "verbose": [Integer(0), BOOLEAN],
         "verbose_interval": [Integer(1)],
+        "missing": [Options(("error", "marginalize"))],
     }
     _inference_methods = INFERENCE_METHODS
     _stream_inference_methods = ("em", "svi", "sgd")
+    _missing_inference_methods = ("em", "svi")
     _distributed_inference_methods = ("em", "svi")
     _init_hint = ", or weights_init, means_init and precisions_init"
     _default_max_iter = {"em": 100, "svi": 1000, "nuts": 200, "sgd": 20}
@@ -245,9 +270,11 @@ class GaussianMixture(MixtureEstimator):
         checkpoint_path: str | None = None,
         num_warmup: int = 200,
         num_chains: int = 1,
+        chain_method: str = "auto",
         sgd_options: dict | None = None,
         n_principal_directions: int | None = None,
         distributed: bool = False,
+        missing: str = "error",
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -274,9 +301,11 @@ class GaussianMixture(MixtureEstimator):
         self.checkpoint_path = checkpoint_path
         self.num_warmup = num_warmup
         self.num_chains = num_chains
+        self.chain_method = chain_method
         self.sgd_options = sgd_options
         self.n_principal_directions = n_principal_directions
         self.distributed = distributed
+        self.missing = missing
 
     # ----------------------------------------------------------------------------- validation
 
@@ -298,6 +327,9 @@ class GaussianMixture(MixtureEstimator):
         return {"n_components": self.n_components, "covariance_type": self.covariance_type}
 
     def _check_stream(self, X: Any) -> None:
+        if self.inference == "svi" and self._marginalize:
+            raise ValueError("missing='marginalize' with inference='svi' fits one array; for "
+                             "a stream of batches use inference='em' (or pass one array)")
         if self.inference == "svi" and isinstance(X, Iterator):
             raise ValueError(
                 "inference='svi' on a stream needs a source it can read more than once (a "
@@ -318,7 +350,7 @@ class GaussianMixture(MixtureEstimator):
         priors = default_gmm_priors(x, self.n_components, self.covariance_type, moments=moments)
         priors.update(self.priors or {})
         return gmm.GaussianMixtureModel(self.n_components, x.shape[1], self.covariance_type,
-                                        priors)
+                                        priors, missing=self._marginalize)
 
     def _fit(self, source: DataSource, generator: torch.Generator, resume: bool) -> None:
         self._sgd = None  # a new fit drops the SGD trainer of the last one
@@ -328,13 +360,17 @@ class GaussianMixture(MixtureEstimator):
         if self._warm_start_from is not None:
             given = _gmm_fit.warm_given(self._warm_start_from[0])
         moments = None
-        if self.inference == "svi" and not source.whole_data_in_memory:
-            mean, variance, _ = source.moments()  # priors from all the data (and its rows)
+        if (self.inference == "svi" and not source.whole_data_in_memory) or (
+                source.weights is not None):
+            # priors from all the data (and its rows), weighted with sample weights
+            mean, variance, _ = source.moments()
             moments = (mean, variance)
         self.model_ = self._build_model(sample, moments)
+        weights = source.sample_weights
         if self.inference == "em":
             self._fit_em_restarts(
-                source, lambda rows: _gmm_init.initial_params(self, rows, generator, given),
+                source,
+                lambda rows: _gmm_init.initial_params(self, rows, generator, given, weights),
                 em_gmm.e_step, _gmm_fit.em_m_step(self, sample), "GMM EM", gmm.map_guide,
                 needs_rows=len(given) < 3, monotone=self.reg_covar == 0,
             )
@@ -344,7 +380,7 @@ class GaussianMixture(MixtureEstimator):
         elif self.inference == "svi":
             self._fit_svi(source, generator, given, resume)
         else:
-            _gmm_fit.fit_nuts(self, sample, generator, given)
+            _gmm_fit.fit_nuts(self, sample, generator, given, weights)
 
     def _fit_svi(self, source: DataSource, generator: torch.Generator, given: dict,
                  resume: bool) -> None:
@@ -357,8 +393,8 @@ class GaussianMixture(MixtureEstimator):
         make_guide = gmm.map_guide if self.guide == "map" else gmm.mean_field_guide
         guide, _ = self._fit_svi_restarts(
             source, generator, resume,
-            lambda: make_guide(self.model_, _gmm_init.initial_params(self, source.sample, generator,
-                                                                 given)),
+            lambda: make_guide(self.model_, _gmm_init.initial_params(
+                self, source.sample, generator, given, source.sample_weights)),
         )
         self.params_ = gmm.guide_params(guide, self.covariance_type)
         if not source.whole_data_in_memory:
@@ -368,7 +404,7 @@ class GaussianMixture(MixtureEstimator):
 
     @available_if(_sgd_only)
     @keeps_global_rng
-    def partial_fit(self, X: Any, y: Any = None):
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None):
         """One pass of SGD steps over the batch ``X``, continuing from earlier calls.
 
         The first call (or the first after :meth:`fit` with another inference) starts from
@@ -383,6 +419,10 @@ class GaussianMixture(MixtureEstimator):
         ----------
         X : array-like, shape (n_samples, n_features)
         y : ignored
+        sample_weight : array-like of shape (n_samples,), float or None
+            The rows' weights, as in :meth:`fit`: a step's loss is the weighted mean over its
+            rows (divided by the batch's mean weight, so a minibatch of one row still counts
+            its weight).
 
         Returns
         -------
@@ -390,7 +430,7 @@ class GaussianMixture(MixtureEstimator):
         """
         if getattr(self, "_sgd", None) is None:
             self._sgd = MaxComponentSGD(self)
-        self._sgd.partial_fit(X)
+        self._sgd.partial_fit(X, sample_weight)
         return self
 
     def _set_fitted(self) -> None:
@@ -399,7 +439,15 @@ class GaussianMixture(MixtureEstimator):
     # ---------------------------------------------------------------------------- prediction
 
     def _log_joint(self, x: torch.Tensor) -> torch.Tensor:
+        if self._marginalize:
+            return em_missing.gmm_log_joint(x, self.params_)
         return gmm.log_joint(x, self.params_)
+
+    def _missing_e_step(self):
+        return em_missing.gmm_e_step
+
+    def _impute(self, x: torch.Tensor) -> torch.Tensor:
+        return em_missing.gmm_impute(x, self.params_)
 
     def _n_parameters(self) -> int:
         k, d, rank = self.n_components, self.n_features_in_, self.n_principal_directions
@@ -431,7 +479,8 @@ class GaussianMixture(MixtureEstimator):
     def _restore(self, content: dict) -> None:
         self.params_ = gmm.GMMParams(covariance_type=self.covariance_type, **content["params"])
         self.model_ = gmm.GaussianMixtureModel(
-            self.n_components, self.n_features_in_, self.covariance_type, content["priors"]
+            self.n_components, self.n_features_in_, self.covariance_type, content["priors"],
+            missing=self._marginalize,
         )
         extra = content["extra"]
         if "sgd_state" in extra:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -34,11 +36,15 @@ from ppl_mixtures.estimators._validation import (
     Real,
     check_int,
 )
+from ppl_mixtures.inference import gmvae_pretrain
+from ppl_mixtures.inference.em.gmm import DataScaleWarning
 from ppl_mixtures.inference.init import resolve_generator
 from ppl_mixtures.inference.svi import SVITrainer
 from ppl_mixtures.models import gmvae
 
 TRANSFORM_LATENTS = ("x", "w")
+#: Starts of the conditional prior: a GMM fitted in the latent space, or the networks' own.
+INITS = ("auto", "gmm", "random")
 _NETWORK_NAMES = ("encoder", "prior_net", "decoder")
 
 
@@ -101,6 +107,27 @@ class GMVAE(TransformerMixin, MixtureEstimator):
         Adam learning rate (Dilokthanakul et al. use 1e-4).
     tol : float, default 0.0
         Early stopping of the trainer (relative change of the smoothed loss); 0 disables it.
+    pretrain_epochs : int, default 100
+        Epochs of autoencoder pre-training before SVI (the recipe of VaDE, Jiang et al. 2017):
+        the encoder's x mean and the decoder minimise the reconstruction error, in plain
+        torch, with Adam (learning rate 1e-3, batches of 128 rows), to give the GMM start
+        of ``init`` a latent space; only with that start. 0: the GMM is fitted to the
+        latents of the random encoder.
+    init : {"auto", "gmm", "random"}, default "auto"
+        Start of the mixture. ``"gmm"``: after the pre-training, a full-covariance
+        :class:`~ppl_mixtures.GaussianMixture` (10 restarts) is fitted to the encoder's x
+        means and the conditional prior network starts at it, each component carried over
+        as a factor analyser on w (diagonal when the prior network is not a one-hidden-layer
+        Tanh MLP); q(x | y) starts narrower than the clusters. It needs a ``prior_net``
+        ending with an ``nn.Linear``, is skipped with fewer rows than ``n_components`` and,
+        distributed, runs on each rank's shard before rank 0's networks are broadcast.
+        ``"random"``: the networks' random weights, without pre-training (the estimator of
+        earlier releases). ``"auto"``: ``"gmm"`` when the data have more features than
+        ``latent_dim``, else ``"random"``: on 2-D data the latent space is the data space,
+        where a Gaussian start splits curved clusters (pinwheel, 500 points: ARI 0.55 with
+        the start, 0.935 without). See :mod:`ppl_mixtures.inference.gmvae_pretrain`. On
+        scikit-learn's digits (K = 10, seeds 0-4) the start raised the Hungarian accuracy
+        of the defaults from 77.9 % to 83.1 % on average (``bench/gmvae_digits.py``).
     device : str, default "auto"
     dtype : {"float32", "float64", None}, default "float32"
         None follows the data.
@@ -135,6 +162,11 @@ class GMVAE(TransformerMixin, MixtureEstimator):
         Mean ELBO per sample on the training data (:meth:`score`).
     preset_ : str
         The preset used (``preset`` itself, or what ``"auto"`` chose).
+    init_ : str
+        The start used, ``"gmm"`` or ``"random"`` (what ``"auto"`` chose).
+    pretrain_history_ : list of float
+        Mean reconstruction loss per row of every pre-training epoch (empty without it, and
+        after a resumed fit, which restores the networks from the checkpoint).
     n_features_in_, fit_seconds_
     """
 
@@ -158,6 +190,8 @@ class GMVAE(TransformerMixin, MixtureEstimator):
         batch_size: int = 128,
         lr: float = 1e-3,
         tol: float = 0.0,
+        pretrain_epochs: int = 100,
+        init: str = "auto",
         device: str = "auto",
         dtype: Any = "float32",
         random_state: Any = None,
@@ -182,6 +216,8 @@ class GMVAE(TransformerMixin, MixtureEstimator):
         self.batch_size = batch_size
         self.lr = lr
         self.tol = tol
+        self.pretrain_epochs = pretrain_epochs
+        self.init = init
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
@@ -211,6 +247,8 @@ class GMVAE(TransformerMixin, MixtureEstimator):
         "batch_size": [Integer(1)],
         "lr": [Real(0.0, strict=True)],
         "tol": [Real(0.0)],
+        "pretrain_epochs": [Integer(0)],
+        "init": [Options(INITS)],
         "progress": [BOOLEAN],
     }
     #: The one inference path (a class attribute, not an argument).
@@ -268,6 +306,8 @@ class GMVAE(TransformerMixin, MixtureEstimator):
         except ValueError as error:
             raise ValueError(f"preset={self.preset_!r}: {error}") from None
         networks = networks.to(device=self._device, dtype=self._dtype)
+        if user:
+            networks.check_shapes()  # a user network of the wrong shape, named before training
         self.networks_ = networks
         self.model_ = gmvae.GMVAEModel(
             networks, self.z_inference, self.free_bits, self.z_prior_weight
@@ -278,26 +318,60 @@ class GMVAE(TransformerMixin, MixtureEstimator):
     # ------------------------------------------------------------------------------- fitting
 
     def _lower_bound(self, source: DataSource) -> float:
-        """Mean ELBO per sample on the training data (over all ranks when distributed)."""
+        """Mean ELBO per sample on the training data (over all ranks when distributed);
+        with sample weights, the weighted mean ``sum_n w_n ELBO_n / sum_n w_n``."""
         elbo = self.score_samples(source.data.cpu().numpy())
+        weights = np.ones_like(elbo) if source.weights is None else (
+            source.weights.detach().cpu().numpy().astype(elbo.dtype))
         if not self.distributed:
-            return float(elbo.mean())
-        total = torch.tensor([elbo.sum(), elbo.size], dtype=torch.float64, device=self._device)
+            return float(weights @ elbo / weights.sum())
+        total = torch.tensor([weights @ elbo, weights.sum()], dtype=torch.float64,
+                             device=self._device)
         torch.distributed.all_reduce(total)
         return float(total[0] / total[1])
 
+    def _check_unit_range(self, x: torch.Tensor, what: str) -> None:
+        """A Bernoulli likelihood scores values in [0, 1] only: refuse others, naming them."""
+        if self.likelihood == "bernoulli" and bool(((x < 0) | (x > 1)).any()):
+            raise ValueError(
+                f"likelihood='bernoulli' needs X in [0, 1], and the X given to {what} has "
+                f"values in [{float(x.min()):.4g}, {float(x.max()):.4g}]; rescale X as for "
+                "fit (e.g. divide 8-bit images by 255)"
+            )
+
+    def _fitted_x(self, X: Any) -> torch.Tensor:
+        x = super()._fitted_x(X)
+        self._check_unit_range(x, "scoring")
+        return x
+
+    def _warn_if_far_from_unit_scale(self, x: torch.Tensor) -> None:
+        """The networks start (and Adam steps) at unit scale: say so when X is far from it."""
+        if self.likelihood != "gaussian" or x.shape[0] < 2:
+            return
+        spread = float(x.double().std(0).mean())
+        if not 1e-3 <= spread <= 1e3:
+            warnings.warn(
+                f"X's features have a mean standard deviation of {spread:.3g}; the GMVAE's "
+                "networks and learning rate are set for data of unit scale, so its clusters "
+                "can change with the scale: standardise X (or scale it to [0, 1]) first",
+                DataScaleWarning, stacklevel=4,
+            )
+
     def _fit(self, source: DataSource, generator: torch.Generator, resume: bool) -> None:
         x = source.data
-        if self.likelihood == "bernoulli" and bool(((x < 0) | (x > 1)).any()):
-            raise ValueError("likelihood='bernoulli' needs X in [0, 1]; rescale X first")
+        self._check_unit_range(x, "fit")
+        self._warn_if_far_from_unit_scale(x)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         self.observation_scale_ = None
         if self.likelihood == "gaussian" and self.observation_variance is not None:
-            _, variance, rows = process_group.data_moments([x], self.distributed)
+            batch = x if source.weights is None else (x, source.weights)
+            _, variance, rows = process_group.data_moments([batch], self.distributed)
             data_variance = float(variance.mean()) if rows > 1 else 1.0
             self.observation_scale_ = math.sqrt(self.observation_variance * data_variance)
         with seeded_global_rng(seed, x.device):  # the networks' initial weights
             self._build(x.shape[1])
+        restored = bool(resume and self.checkpoint_path and os.path.exists(self.checkpoint_path))
+        self._pretrain(x, seed, source.weights, restored)
         steps_per_epoch = math.ceil(x.shape[0] / self.batch_size)
         if self.distributed:  # every rank must take the same number of steps
             steps = torch.tensor([steps_per_epoch], device=x.device)
@@ -309,12 +383,34 @@ class GMVAE(TransformerMixin, MixtureEstimator):
             tol=self.tol, progress=self.progress and process_group.rank() == 0,
             checkpoint_path=self.checkpoint_path, seed=seed, distributed=self.distributed,
         )
-        result = trainer.fit(x, resume=resume)
+        result = trainer.fit(x, resume=resume, sample_weight=source.weights)
         self.model_._register()  # bind the modules to the param store's final tensors
         self.params_ = {k: v.detach() for k, v in self.networks_.named_parameters()}
         self.history_ = result.history
         self.n_iter_ = result.n_steps
         self.converged_ = result.converged
+
+    def _pretrain(self, x: torch.Tensor, seed: int, weights: torch.Tensor | None,
+                  restored: bool) -> None:
+        """Autoencoder pre-training, then the GMM start (``init``; see ``gmvae_pretrain``).
+
+        ``restored``: the run resumes from a checkpoint, which holds the networks; only
+        ``init_`` is set.
+        """
+        self.pretrain_history_ = []
+        init = self.init
+        if init == "auto":  # an autoencoder that does not compress gives no new space
+            init = "gmm" if x.shape[1] > self.networks_.x_dim else "random"
+        self.init_ = init
+        if restored or init == "random":
+            return
+        if self.pretrain_epochs > 0:
+            generator = torch.Generator().manual_seed(seed)
+            self.pretrain_history_ = gmvae_pretrain.pretrain_autoencoder(
+                self.networks_, x, self.pretrain_epochs, gmvae_pretrain.PRETRAIN_BATCH_SIZE,
+                gmvae_pretrain.PRETRAIN_LR, generator, weights=weights)
+        if x.shape[0] >= self.n_components:
+            gmvae_pretrain.gmm_start(self.networks_, x, seed, weights=weights)
 
     def _set_fitted(self) -> None:
         """Nothing to convert: the fitted attributes are the networks and the history."""

@@ -187,32 +187,75 @@ def _nearest_center(
     return torch.cat(labels), torch.cat(distances)
 
 
-def _inertia(x: Tensor, centers: Tensor, labels: Tensor) -> Tensor:
-    """Exact ``sum_n |x_n - centers[labels_n]|^2``, a scalar tensor."""
-    return (x - centers[labels]).square().sum()
+def _inertia(x: Tensor, centers: Tensor, labels: Tensor,
+             weights: Tensor | None = None) -> Tensor:
+    """Exact ``sum_n w_n |x_n - centers[labels_n]|^2`` (``w_n = 1`` by default), a scalar."""
+    distances = (x - centers[labels]).square().sum(-1)
+    return distances.sum() if weights is None else weights @ distances
+
+
+def check_weights(weights: Tensor | None, n_samples: int, n_clusters: int,
+                  name: str = "n_clusters") -> None:
+    """At least ``n_clusters`` rows of positive weight, or a ``ValueError`` that says so."""
+    if weights is None:
+        return
+    if weights.shape != (n_samples,):
+        raise ValueError(f"sample_weight has shape {tuple(weights.shape)}; expected "
+                         f"({n_samples},), one weight per row")
+    positive = int((weights > 0).sum())
+    if positive < n_clusters:
+        raise ValueError(
+            f"only {positive} rows have a positive sample_weight, fewer than {name}="
+            f"{n_clusters}; give more rows a positive weight or lower {name}"
+        )
+
+
+def _weighted_mean(x: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean of the rows of ``x`` (weighted by ``weights``), shape (D,)."""
+    return x.mean(dim=0) if weights is None else (weights @ x) / weights.sum()
+
+
+def _weighted_index(weights: Tensor, generator: torch.Generator, like: Tensor) -> Tensor:
+    """One index drawn with probability proportional to ``weights``, shape (1,)."""
+    cumulative = torch.cumsum(weights, dim=0)
+    target = _uniform((1,), generator, like) * cumulative[-1]
+    return torch.searchsorted(cumulative, target, right=True).clamp_(max=weights.shape[0] - 1)
 
 
 # --------------------------------------------------------------------------------------- k-means++
 
 
 def _kmeans_plusplus_indices(
-    x: Tensor, n_clusters: int, generator: torch.Generator, n_local_trials: int | None
+    x: Tensor, n_clusters: int, generator: torch.Generator, n_local_trials: int | None,
+    sample_weight: Tensor | None = None,
 ) -> Tensor:
-    """Row indices of the greedy k-means++ seeds of centred data ``x`` (N, D); shape (K,)."""
+    """Row indices of the greedy k-means++ seeds of centred data ``x`` (N, D); shape (K,).
+
+    With ``sample_weight`` (N,), a row of weight ``w`` counts as ``w`` rows: the first seed
+    is drawn with probability proportional to ``w``, the next ones to ``w d^2``, and the
+    potential is ``sum_n w_n d_n^2`` (rows of weight 0 are never drawn).
+    """
     n_samples = x.shape[0]
     if n_local_trials is None:
         n_local_trials = 2 + int(math.log(n_clusters))
     x_sq_norms = x.square().sum(-1)
     indices = torch.empty(n_clusters, dtype=torch.long, device=x.device)
-    first = _random_index(n_samples, generator, x)
+    if sample_weight is None:
+        first = _random_index(n_samples, generator, x)
+    else:
+        first = _weighted_index(sample_weight, generator, x)
     indices[0] = first[0]
     closest = _squared_distances(x[first], x, x_sq_norms[first], x_sq_norms)[0]
     for cluster in range(1, n_clusters):
         # D^2 sampling: a point is drawn with probability proportional to its distance to the
         # nearest seed so far. If every distance is 0 (fewer distinct rows than clusters) draw
         # uniformly instead; no host sync is needed for this choice.
-        potential = closest.sum()
-        weights = torch.where(potential > 0, closest, torch.ones_like(closest))
+        if sample_weight is None:
+            potential = closest.sum()
+            weights = torch.where(potential > 0, closest, torch.ones_like(closest))
+        else:
+            weighted = sample_weight * closest
+            weights = torch.where(weighted.sum() > 0, weighted, sample_weight)
         cumulative = torch.cumsum(weights, dim=0)
         targets = _uniform((n_local_trials,), generator, x) * cumulative[-1]
         # right=True: the chosen point's own weight is > 0, so a seed is never drawn twice.
@@ -222,7 +265,9 @@ def _kmeans_plusplus_indices(
         )  # (n_local_trials, N)
         torch.minimum(to_candidates, closest[None, :], out=to_candidates)
         # greedy step: keep the candidate that lowers the potential the most
-        best = torch.argmin(to_candidates.sum(-1))
+        potentials = (to_candidates.sum(-1) if sample_weight is None
+                      else to_candidates @ sample_weight)
+        best = torch.argmin(potentials)
         indices[cluster] = candidates[best]
         closest = to_candidates[best]
     return indices
@@ -234,6 +279,7 @@ def kmeans_plusplus(
     n_clusters: int,
     generator: torch.Generator,
     n_local_trials: int | None = None,
+    sample_weight: Tensor | None = None,
 ) -> Tensor:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii, 2007; scikit-learn's default variant).
 
@@ -250,6 +296,9 @@ def kmeans_plusplus(
         Source of randomness; see the module notes on devices.
     n_local_trials : int, optional
         Candidates per seed; ``2 + floor(ln K)`` when omitted. ``1`` gives plain k-means++.
+    sample_weight : Tensor, shape (n_samples,), optional
+        Non-negative row weights: a row of weight ``w`` is drawn as ``w`` copies of it would
+        be; rows of weight 0 are never seeds (at least ``K`` rows need a positive weight).
 
     Returns
     -------
@@ -265,8 +314,10 @@ def kmeans_plusplus(
     _check_n_clusters(x.shape[0], n_clusters)
     if n_local_trials is not None and n_local_trials < 1:
         raise ValueError(f"n_local_trials={n_local_trials} must be >= 1")
-    centred = x - x.mean(dim=0)
-    indices = _kmeans_plusplus_indices(centred, n_clusters, generator, n_local_trials)
+    check_weights(sample_weight, x.shape[0], n_clusters)
+    centred = x - _weighted_mean(x, sample_weight)
+    indices = _kmeans_plusplus_indices(centred, n_clusters, generator, n_local_trials,
+                                       sample_weight)
     return x[indices].clone()
 
 
@@ -279,6 +330,7 @@ def _relocate_empty_clusters(
     min_sq_distances: Tensor,
     sums: Tensor,
     counts: Tensor,
+    weights: Tensor | None = None,
 ) -> None:
     """Give each empty cluster one of the points farthest from their centers, in place.
 
@@ -297,9 +349,15 @@ def _relocate_empty_clusters(
         Per-cluster sums of the points; updated in place.
     counts : Tensor, shape (K,)
         Per-cluster numbers of points; updated in place.
+    weights : Tensor, shape (N,), optional
+        Row weights: ``sums`` and ``counts`` are weighted, a cluster of weight 0 is empty and
+        only rows of positive weight move.
     """
     empty = torch.nonzero(counts == 0).squeeze(-1)
     if empty.numel() == 0:
+        return
+    if weights is not None:
+        _relocate_weighted(x, labels, min_sq_distances, sums, counts, weights, empty)
         return
     farthest = torch.topk(min_sq_distances, empty.numel()).indices
     old = labels[farthest]
@@ -310,10 +368,26 @@ def _relocate_empty_clusters(
     labels[farthest] = empty
 
 
+def _relocate_weighted(x: Tensor, labels: Tensor, min_sq_distances: Tensor, sums: Tensor,
+                       counts: Tensor, weights: Tensor, empty: Tensor) -> None:
+    """:func:`_relocate_empty_clusters` with row weights (rows of weight 0 never move)."""
+    distances = torch.where(weights > 0, min_sq_distances,
+                            torch.full_like(min_sq_distances, -1.0))
+    farthest = torch.topk(distances, empty.numel()).indices
+    moved = weights[farthest]
+    old = labels[farthest]
+    sums.index_add_(0, old, x[farthest] * moved[:, None], alpha=-1.0)
+    counts.index_add_(0, old, -moved)
+    sums[empty] = x[farthest] * moved[:, None]
+    counts[empty] = moved
+    labels[farthest] = empty
+
+
 def _lloyd(
-    x: Tensor, centers: Tensor, max_iter: int, tol_abs: float
+    x: Tensor, centers: Tensor, max_iter: int, tol_abs: float,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Lloyd's iterations on centred data from ``centers``.
+    """Lloyd's iterations on centred data from ``centers`` (weighted means with ``weights``).
 
     Parameters
     ----------
@@ -322,6 +396,8 @@ def _lloyd(
     max_iter : int
     tol_abs : float
         Stop when the summed squared center shift is ``<= tol_abs``.
+    weights : Tensor, shape (N,), optional
+        Row weights: each center moves to the weighted mean of its rows.
 
     Returns
     -------
@@ -337,9 +413,13 @@ def _lloyd(
         if previous_labels is not None and torch.equal(labels, previous_labels):
             return centers, labels  # strict convergence: the centers would not move
         previous_labels = labels.clone()
-        sums = torch.zeros_like(centers).index_add_(0, labels, x)
-        counts = torch.bincount(labels, minlength=n_clusters).to(x.dtype)
-        _relocate_empty_clusters(x, labels, min_sq_distances, sums, counts)
+        if weights is None:
+            sums = torch.zeros_like(centers).index_add_(0, labels, x)
+            counts = torch.bincount(labels, minlength=n_clusters).to(x.dtype)
+        else:
+            sums = torch.zeros_like(centers).index_add_(0, labels, x * weights[:, None])
+            counts = x.new_zeros(n_clusters).index_add_(0, labels, weights)
+        _relocate_empty_clusters(x, labels, min_sq_distances, sums, counts, weights)
         # a cluster emptied by the relocation keeps its center until the next assignment
         new_centers = torch.where(
             counts[:, None] > 0, sums / counts.clamp(min=1.0)[:, None], centers
@@ -360,6 +440,7 @@ def kmeans(
     n_init: int = 1,
     max_iter: int = 100,
     tol: float = 1e-4,
+    sample_weight: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, float]:
     """Lloyd's k-means from greedy k-means++ seeds, best of ``n_init`` runs by inertia.
 
@@ -381,13 +462,17 @@ def kmeans(
         Most Lloyd iterations per run.
     tol : float, default 1e-4
         Relative tolerance on the center shift.
+    sample_weight : Tensor, shape (n_samples,), optional
+        Non-negative row weights: the seeds, the centers (weighted means), the tolerance
+        (weighted variance) and the inertia count a row of weight ``w`` as ``w`` rows; at
+        least ``K`` rows need a positive weight.
 
     Returns
     -------
     centers : Tensor, shape (n_clusters, n_features)
     labels : Tensor, shape (n_samples,), long
     inertia : float
-        ``sum_n |x_n - centers[labels_n]|^2``.
+        ``sum_n w_n |x_n - centers[labels_n]|^2`` (``w_n = 1`` without weights).
 
     Raises
     ------
@@ -402,14 +487,19 @@ def kmeans(
         raise ValueError(f"max_iter={max_iter} must be >= 1")
     if tol < 0:
         raise ValueError(f"tol={tol} must be >= 0")
-    mean = x.mean(dim=0)
+    check_weights(sample_weight, x.shape[0], n_clusters)
+    mean = _weighted_mean(x, sample_weight)
     centred = x - mean
-    tol_abs = float(tol * centred.var(dim=0, unbiased=False).mean())
+    if sample_weight is None:
+        tol_abs = float(tol * centred.var(dim=0, unbiased=False).mean())
+    else:
+        tol_abs = float(tol * (sample_weight @ centred.square()).mean() / sample_weight.sum())
     best: tuple[Tensor, Tensor, float] | None = None
     for _ in range(n_init):
-        seeds = centred[_kmeans_plusplus_indices(centred, n_clusters, generator, None)]
-        centers, labels = _lloyd(centred, seeds, max_iter, tol_abs)
-        inertia = float(_inertia(centred, centers, labels))
+        seeds = centred[_kmeans_plusplus_indices(centred, n_clusters, generator, None,
+                                                 sample_weight)]
+        centers, labels = _lloyd(centred, seeds, max_iter, tol_abs, sample_weight)
+        inertia = float(_inertia(centred, centers, labels, sample_weight))
         if best is None or inertia < best[2]:
             best = (centers, labels, inertia)
     centers, labels, inertia = best
@@ -463,7 +553,8 @@ def _one_hot(labels: Tensor, n_components: int, like: Tensor) -> Tensor:
 
 @torch.no_grad()
 def initial_responsibilities(
-    x: Tensor, n_components: int, method: str, generator: torch.Generator
+    x: Tensor, n_components: int, method: str, generator: torch.Generator,
+    sample_weight: Tensor | None = None,
 ) -> Tensor:
     """Initial responsibilities for EM / SVI, as scikit-learn's ``init_params``.
 
@@ -483,6 +574,11 @@ def initial_responsibilities(
         gets a one-hot assignment, so that every sample informs the first M-step.
     generator : torch.Generator
         Source of randomness; see the module notes on devices.
+    sample_weight : Tensor, shape (n_samples,), optional
+        Non-negative row weights, which the k-means methods and ``"random_from_data"`` follow
+        (a row of weight ``w`` counts as ``w`` rows; rows of weight 0 are never centers);
+        ``"random"`` ignores them (the first M-step weighs the rows). Equal weights draw
+        what no weights draw.
 
     Returns
     -------
@@ -497,16 +593,25 @@ def initial_responsibilities(
     if method not in INIT_METHODS:
         raise ValueError(f"init method {method!r} is not one of {INIT_METHODS}")
     _check_n_clusters(x.shape[0], n_components, "n_components")
+    check_weights(sample_weight, x.shape[0], n_components, "n_components")
+    if sample_weight is not None and bool((sample_weight == sample_weight[0]).all()):
+        sample_weight = None  # equal weights count every row alike: the unweighted draws
     if method == "random":
         resp = _uniform((x.shape[0], n_components), generator, x)
         return resp / resp.sum(dim=1, keepdim=True)
     if method == "kmeans":
-        _, labels, _ = kmeans(x, n_components, generator, n_init=1)
+        _, labels, _ = kmeans(x, n_components, generator, n_init=1,
+                              sample_weight=sample_weight)
         return _one_hot(labels, n_components, x)
-    centred = x - x.mean(dim=0)
+    centred = x - _weighted_mean(x, sample_weight)
     if method == "k-means++":
-        indices = _kmeans_plusplus_indices(centred, n_components, generator, None)
-    else:
+        indices = _kmeans_plusplus_indices(centred, n_components, generator, None,
+                                           sample_weight)
+    elif sample_weight is None:
         indices = _random_subset(x.shape[0], n_components, generator, x)
+    else:  # distinct rows, each draw proportional to the weights of the rows left
+        draws = torch.multinomial(sample_weight.to(generator.device), n_components,
+                                  replacement=False, generator=generator)
+        indices = draws.to(x.device)
     labels, _ = _nearest_center(centred, centred[indices])
     return _one_hot(labels, n_components, x)

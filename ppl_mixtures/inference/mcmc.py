@@ -5,10 +5,17 @@ assignments), so the chain moves over the continuous globals only. Mixture poste
 symmetric under relabelling of components; :func:`align_components` permutes each draw's
 components to match a reference (Hungarian matching of the means), so that summaries and
 ``r_hat`` compare like with like.
+
+Several chains run in spawned processes or one after the other (:func:`parallel_chains`).
+Pyro decides that from the core count alone; :func:`run_nuts` swaps in the sampler that
+``chain_method`` asks for (Pyro's ``_MultiSampler`` or ``_UnarySampler``, private classes of
+``pyro.infer.mcmc.api``, checked against Pyro 1.9).
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +23,7 @@ import numpy as np
 import torch
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import init_to_value
+from pyro.infer.mcmc.api import _MultiSampler, _UnarySampler
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
@@ -35,6 +43,8 @@ def run_nuts(
     max_tree_depth: int = 10,
     seed: int | None = None,
     progress: bool = True,
+    sample_weight: Tensor | None = None,
+    chain_method: str = "auto",
 ) -> MCMC:
     """Run NUTS on ``model(x)`` from ``init_sites``; enumerated sites are summed out.
 
@@ -47,8 +57,8 @@ def run_nuts(
         Starting values of the global sites (e.g. an EM or k-means estimate), which keeps
         every chain near one labelling of the components.
     num_samples, num_warmup, num_chains : int
-        Draws kept per chain, warm-up (adaptation) steps per chain, and chains (run one after
-        the other on CPU).
+        Draws kept per chain, warm-up (adaptation) steps per chain, and chains (run as
+        ``chain_method`` says).
     target_accept_prob, max_tree_depth
         NUTS settings.
     seed : int, optional
@@ -57,12 +67,29 @@ def run_nuts(
         afterwards. None draws from (and advances) the caller's.
     progress : bool
         Show Pyro's progress bar (only on a terminal).
+    sample_weight : Tensor, shape (n_samples,), optional
+        Row weights, passed to the model (``model(x, sample_weight=w)``): the potential's
+        log-likelihood is ``sum_n w_n log p(x_n | theta)``.
+    chain_method : {"auto", "parallel", "sequential"}, default "auto"
+        How ``num_chains > 1`` chains run (see :func:`parallel_chains`): ``"parallel"``, one
+        process per chain (started with ``"spawn"``, so a script that fits must guard its
+        entry point with ``if __name__ == "__main__":``); ``"sequential"``, one after the
+        other in this process; ``"auto"``, parallel when at least ``num_chains`` cores are
+        free besides this process's, sequential otherwise. In parallel, chain ``c`` is
+        seeded with ``seed + c`` in its own process; in sequence the chains continue one
+        stream, so the two methods give different (equally valid) draws.
 
     Returns
     -------
     pyro.infer.MCMC
         Call ``get_samples(group_by_chain=...)`` and ``diagnostics()`` on it.
+
+    Raises
+    ------
+    ValueError
+        If ``chain_method`` is not one of the three.
     """
+    parallel = parallel_chains(num_chains, chain_method)
     kernel = NUTS(
         model,
         max_plate_nesting=model.max_plate_nesting,
@@ -71,20 +98,59 @@ def run_nuts(
         max_tree_depth=max_tree_depth,
         jit_compile=False,
     )
-    mcmc = MCMC(
-        kernel,
-        num_samples=num_samples,
-        warmup_steps=num_warmup,
-        num_chains=num_chains,
-        mp_context=None,
-        disable_progbar=not progress_enabled(progress),
-    )
+    disable_progbar = not progress_enabled(progress)
+    with warnings.catch_warnings():  # Pyro's "drawn sequentially" notice: decided below
+        warnings.filterwarnings("ignore", message="num_chains=.*Chains will be drawn")
+        mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup,
+                    num_chains=num_chains, mp_context="spawn", disable_progbar=disable_progbar)
+    # Pyro picks processes iff num_chains <= cpu_count - 1; follow chain_method instead.
+    if parallel and not isinstance(mcmc.sampler, _MultiSampler):
+        mcmc.sampler = _MultiSampler(kernel, num_samples, num_warmup, num_chains, "spawn",
+                                     disable_progbar)
+    elif not parallel and isinstance(mcmc.sampler, _MultiSampler):
+        mcmc.sampler.terminate()  # stops its logging thread; no worker was started
+        mcmc.sampler = _UnarySampler(kernel, num_samples, num_warmup, num_chains,
+                                     disable_progbar)
+    kwargs = {} if sample_weight is None else {"sample_weight": sample_weight}
     if seed is None:
-        mcmc.run(x)
+        mcmc.run(x, **kwargs)
         return mcmc
     with seeded_global_rng(seed, x.device):  # the caller's random streams stay as they were
-        mcmc.run(x)
+        mcmc.run(x, **kwargs)
     return mcmc
+
+
+CHAIN_METHODS: tuple[str, ...] = ("auto", "parallel", "sequential")
+
+
+def free_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS reports it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def parallel_chains(num_chains: int, chain_method: str = "auto") -> bool:
+    """Whether ``num_chains`` NUTS chains run in processes of their own.
+
+    Parameters
+    ----------
+    num_chains : int
+    chain_method : {"auto", "parallel", "sequential"}
+        ``"auto"``: in parallel when ``num_chains > 1`` and at least ``num_chains`` cores are
+        free besides the one of this process (:func:`free_cores`), as Pyro's own rule.
+
+    Returns
+    -------
+    bool
+        False whenever ``num_chains == 1``.
+    """
+    if chain_method not in CHAIN_METHODS:
+        raise ValueError(f"chain_method={chain_method!r} is not one of {CHAIN_METHODS}")
+    if num_chains <= 1 or chain_method == "sequential":
+        return False
+    return chain_method == "parallel" or free_cores() - 1 >= num_chains
 
 
 def align_components(

@@ -266,7 +266,8 @@ class StepRecord(NamedTuple):
     """Negative log-likelihood, eq. 1."""
     sigma: float
     """Filter width sigma(t) of eq. 9 at this step."""
-    n_samples: int
+    n_samples: float
+    """Rows of the minibatch (the sum of their weights in a weighted fit)."""
 
 
 class SGDGMMTrainer:
@@ -560,11 +561,16 @@ class SGDGMMTrainer:
 
     # ---------------------------------------------------------------------- training
 
-    def step(self, x: Tensor) -> StepRecord:
+    def step(self, x: Tensor, weights: Tensor | None = None,
+             mean_weight: float | None = None) -> StepRecord:
         """One gradient step (eq. 10) on the minibatch ``x`` of shape (B, D).
 
         Minimises the smoothed loss of eq. 7 at ``sigma(t)``, then clips the spreads
-        (Sigma_min) and re-orthonormalises the principal directions.
+        (Sigma_min) and re-orthonormalises the principal directions. With sample ``weights``
+        (shape (B,)) the step minimises ``sum_n w_n l_n / (B mean_weight)``, ``mean_weight``
+        being the mean weight of all the data (default: of this minibatch): on the whole
+        data that is the mean loss of the rows repeated as the integer weights say, and a
+        minibatch gives an unbiased estimate of it. The record holds the weighted means.
         """
         if not self.initialized:
             self.initialize(x)
@@ -574,14 +580,26 @@ class SGDGMMTrainer:
         with torch.enable_grad():
             log_joint = self.log_joint(x, params)
             smoothed = log_joint if filt is None else log_joint @ filt
-            loss = -smoothed.amax(1).mean()
+            if weights is None:
+                loss = -smoothed.amax(1).mean()
+            else:
+                scale = x.shape[0] * (mean_weight if mean_weight is not None
+                                      else float(weights.mean()))
+                loss = -(weights @ smoothed.amax(1)) / scale
             grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             log_joint = log_joint.detach()
-            record = StepRecord(
-                float(loss), float(-log_joint.amax(1).mean()),
-                float(-torch.logsumexp(log_joint, 1).mean()), sigma, x.shape[0],
-            )
+            if weights is None:
+                record = StepRecord(
+                    float(loss), float(-log_joint.amax(1).mean()),
+                    float(-torch.logsumexp(log_joint, 1).mean()), sigma, x.shape[0],
+                )
+            else:
+                total = float(weights.sum())
+                per_row = (-smoothed.detach().amax(1), -log_joint.amax(1),
+                           -torch.logsumexp(log_joint, 1))
+                means = [float(weights @ v) / total if total > 0 else 0.0 for v in per_row]
+                record = StepRecord(*means, sigma, total)
             for param, grad, strength in zip(
                 self._free_parameters(), grads, self._strengths(), strict=True
             ):
@@ -598,17 +616,24 @@ class SGDGMMTrainer:
             x = x[torch.randperm(x.shape[0], generator=self.generator).to(x.device)]
         return list(torch.split(x, size))
 
-    def _run(self, x: Tensor, shuffle: bool) -> list[StepRecord]:
-        return [self.step(batch) for batch in self._minibatches(x, shuffle)]
+    def _run(self, x: Tensor, shuffle: bool, weights: Tensor | None = None) -> list[StepRecord]:
+        if weights is None:
+            return [self.step(batch) for batch in self._minibatches(x, shuffle)]
+        # the rows and their weights, permuted together (one draw, as unweighted)
+        pairs = self._minibatches(torch.cat([x, weights[:, None].to(x.dtype)], 1), shuffle)
+        mean_weight = float(weights.mean())
+        return [self.step(pair[:, :-1], pair[:, -1], mean_weight) for pair in pairs]
 
     def _record(self, records: list[StepRecord]) -> None:
         total = sum(r.n_samples for r in records)
+        if total == 0:  # every row of the pass had weight 0: nothing to average
+            total = 1.0
         for name in ("loss", "max_component_loss", "nll"):
             value = sum(getattr(r, name) * r.n_samples for r in records) / total
             self.history[name].append(value)
         self.history["sigma"].append(records[-1].sigma)
 
-    def partial_fit(self, x: Tensor) -> SGDGMMTrainer:
+    def partial_fit(self, x: Tensor, weights: Tensor | None = None) -> SGDGMMTrainer:
         """One pass of minibatch steps over ``x`` (in order), advancing the annealing clock.
 
         The horizon T is ``config.total_steps``, else the paper's ``1000 * sqrt(K)`` steps.
@@ -617,10 +642,12 @@ class SGDGMMTrainer:
         Parameters
         ----------
         x : Tensor, shape (n_samples, n_features)
+        weights : Tensor, shape (n_samples,), optional
+            Sample weights of the rows (see :meth:`step`).
         """
         if self.total_steps is None:
             self.total_steps = int(round(1000 * math.sqrt(self.n_components)))
-        self._record(self._run(x, shuffle=False))
+        self._record(self._run(x, shuffle=False, weights=weights))
         return self
 
     def steps_per_epoch(self, data: Any) -> int | None:
@@ -665,7 +692,8 @@ class SGDGMMTrainer:
             )
         self.total_steps = per_epoch * n_epochs
 
-    def fit(self, data: Tensor | Iterable[Tensor], n_epochs: int = 1) -> SGDGMMTrainer:
+    def fit(self, data: Tensor | Iterable[Tensor], n_epochs: int = 1,
+            weights: Tensor | None = None, weighted_batches: bool = False) -> SGDGMMTrainer:
         """``n_epochs`` passes over ``data``, one :attr:`history` entry per pass.
 
         Parameters
@@ -676,6 +704,10 @@ class SGDGMMTrainer:
             ``torch.utils.data.DataLoader``) is cut likewise, in the order given. An iterable
             is traversed once per epoch, so it must be re-iterable when ``n_epochs > 1``.
         n_epochs : int, default 1
+        weights : Tensor, shape (n_samples,), optional
+            Sample weights of the rows of a tensor ``data`` (see :meth:`step`).
+        weighted_batches : bool, default False
+            Every batch of an iterable is a pair ``(x, w)`` of rows and their weights.
 
         Raises
         ------
@@ -691,7 +723,10 @@ class SGDGMMTrainer:
         with progress_bar(total=n_epochs, enabled=self.progress, desc="GMM SGD") as bar:
             for _ in range(n_epochs):
                 if isinstance(data, Tensor):
-                    records = self._run(data, shuffle=self.config.shuffle)
+                    records = self._run(data, shuffle=self.config.shuffle, weights=weights)
+                elif weighted_batches:
+                    records = [r for batch, batch_weights in data
+                               for r in self._run(batch, False, batch_weights)]
                 else:
                     records = [r for batch in data
                                for r in self._run(_first_tensor(batch), shuffle=False)]

@@ -419,6 +419,8 @@ class SVITrainer:
         self.lr = lr
         self.num_particles = num_particles
         self.loss = loss if loss is not None else self._default_loss(model, num_particles)
+        #: Sum of the sample weights of a weighted fit (the loss is divided by it), or None.
+        self._weight_total: float | None = None
         self.batch_size = batch_size
         self.max_steps = max_steps
         self.tol = tol
@@ -455,7 +457,8 @@ class SVITrainer:
             "seed": self.seed,
         }
 
-    def fit(self, x: Tensor, resume: bool = False, **model_kwargs: Any) -> SVIResult:
+    def fit(self, x: Tensor, resume: bool = False, sample_weight: Tensor | None = None,
+            **model_kwargs: Any) -> SVIResult:
         """Run SVI steps until early stopping or ``max_steps``.
 
         Without ``resume`` (or without a checkpoint on disk) the run starts at step 0, with a
@@ -468,6 +471,10 @@ class SVITrainer:
             The full data set; minibatches are chosen by row index and passed as ``subsample``.
         resume : bool, default False
             Continue from ``checkpoint_path`` when that file exists (see Notes of the class).
+        sample_weight : Tensor, shape (n_samples,), optional
+            Row weights, passed to the model (``model(x, sample_weight=w)``): the objective
+            is ``sum_n w_n`` times row n's ELBO, and the losses of ``history`` are divided by
+            ``sum_n w_n`` instead of ``n_samples``.
         **model_kwargs
             Passed to the model and the guide at every step.
 
@@ -480,6 +487,10 @@ class SVITrainer:
         FloatingPointError
             When a step's loss is NaN or infinite; the last checkpoint on disk stays valid.
         """
+        self._weight_total = None
+        if sample_weight is not None:
+            model_kwargs = {**model_kwargs, "sample_weight": sample_weight}
+            self._weight_total = float(sample_weight.sum())
 
         def steps() -> Iterator[tuple[Tensor, Tensor | None]]:
             while True:
@@ -488,7 +499,7 @@ class SVITrainer:
         return self._train(x, x.shape[0], steps, resume, model_kwargs, stream=False)
 
     def fit_batches(self, batches: Iterable[Any], n_samples: int, resume: bool = False,
-                    **model_kwargs: Any) -> SVIResult:
+                    total_weight: float | None = None, **model_kwargs: Any) -> SVIResult:
         """SVI over a stream of batches (data that does not fit in memory): one step per batch.
 
         A batch of B rows is scored with its likelihood scaled by ``n_samples / B``
@@ -511,6 +522,11 @@ class SVITrainer:
             random states are restored, and the batches of the interrupted pass that were
             already used are skipped (read and dropped), so the run equals an uninterrupted
             one when the stream yields the same batches in the same order.
+        total_weight : float, optional
+            Weighted stream: every batch is a pair ``(x, w)`` of rows and their weights
+            (passed to the model as ``sample_weight``), ``total_weight`` is the sum of all the
+            weights; a batch's terms are scaled by ``total_weight / sum(w)`` and the losses
+            divided by ``total_weight``.
         **model_kwargs
             Passed to the model and the guide at every step.
 
@@ -526,9 +542,10 @@ class SVITrainer:
         first = next(head, None)
         if first is None:
             raise ValueError("batches is empty; pass at least one batch")
-        first = _batch_tensor(first)
+        self._weight_total = total_weight
+        weighted = total_weight is not None
 
-        def steps() -> Iterator[tuple[Tensor, Tensor | None]]:
+        def steps() -> Iterator[tuple[Any, ...]]:
             skip = self._state.stream_position  # a resumed run goes on where the pass stopped
             source = itertools.chain([first], head)
             while True:
@@ -536,16 +553,24 @@ class SVITrainer:
                     if skip:
                         skip -= 1
                         continue
+                    self._state.stream_position += 1
+                    if weighted:
+                        batch, weights = batch
+                        if not float(weights.sum()) > 0:  # nothing to learn from this batch
+                            continue
+                        self._scale.local_factor = total_weight / float(weights.sum())
+                        yield batch, None, {"sample_weight": weights}
+                        continue
                     batch = _batch_tensor(batch)
                     self._scale.local_factor = n_samples / batch.shape[0]
-                    self._state.stream_position += 1
                     yield batch, None
                 if one_pass:
                     return
                 self._state.stream_position = 0
                 source = iter(batches)
 
-        return self._train(first, n_samples, steps, resume, model_kwargs, stream=True)
+        probe = first[0] if weighted else _batch_tensor(first)
+        return self._train(probe, n_samples, steps, resume, model_kwargs, stream=True)
 
     def _train(self, probe: Tensor, num_samples: int,
                steps: Callable[[], Iterator[tuple[Tensor, Tensor | None]]], resume: bool,
@@ -570,6 +595,9 @@ class SVITrainer:
         if self.distributed:
             self._scale.global_factor = 1.0 / _check_process_group()
             total_samples = int(_sum_over_processes(float(num_samples), probe.device))
+        if self._weight_total is not None:  # weighted: losses per unit of weight
+            total_samples = (_sum_over_processes(self._weight_total, probe.device)
+                             if self.distributed else self._weight_total)
         if self.distributed or stream:
             model, guide = self._scale(model), self._scale(guide)
         svi = SVI(model, guide, self._optim, loss=self.loss)
@@ -595,11 +623,12 @@ class SVITrainer:
                 batch = next(batches, None)
                 if batch is None:  # a one-pass stream ran out
                     break
-                data, subsample = batch
+                data, subsample = batch[:2]
+                kwargs = {**model_kwargs, **batch[2]} if len(batch) > 2 else model_kwargs
                 if self.distributed:
-                    loss = self._distributed_step(model, guide, data, subsample, model_kwargs)
+                    loss = self._distributed_step(model, guide, data, subsample, kwargs)
                 else:
-                    loss = svi.step(data, subsample=subsample, **model_kwargs)
+                    loss = svi.step(data, subsample=subsample, **kwargs)
                 loss /= total_samples
                 self._record(loss)
                 bar.update(1)
@@ -616,7 +645,8 @@ class SVITrainer:
             seconds=time.perf_counter() - started,
         )
 
-    def evaluate_loss(self, x: Tensor, **model_kwargs: Any) -> float:
+    def evaluate_loss(self, x: Tensor, sample_weight: Tensor | None = None,
+                      **model_kwargs: Any) -> float:
         """Full-data loss per sample, without gradients: the loss of ``history`` on all of ``x``.
 
         Parameters
@@ -629,12 +659,16 @@ class SVITrainer:
         float
             ``loss(model, guide, x, subsample=None) / n_samples``; for a point-mass guide with
             enumerated discrete sites, minus the log joint density of the data and the
-            global sites, per sample.
+            global sites, per sample. With ``sample_weight`` (shape (n_samples,)), the
+            weighted loss divided by ``sum_n w_n``.
         """
-        return self.evaluate_loss_batches([x], x.shape[0], **model_kwargs)
+        if sample_weight is None:
+            return self.evaluate_loss_batches([x], x.shape[0], **model_kwargs)
+        return self.evaluate_loss_batches([(x, sample_weight)], x.shape[0],
+                                          float(sample_weight.sum()), **model_kwargs)
 
     def evaluate_loss_batches(self, batches: Iterable[Any], n_samples: int,
-                              **model_kwargs: Any) -> float:
+                              total_weight: float | None = None, **model_kwargs: Any) -> float:
         """:meth:`evaluate_loss` over a stream of batches (one more pass over it).
 
         A batch of B rows is scored with the global sites' terms weighted by
@@ -647,6 +681,9 @@ class SVITrainer:
         batches : iterable of Tensor (or ``(x, y)`` pairs), read once
         n_samples : int
             Rows in the stream (this process's shard when distributed).
+        total_weight : float, optional
+            Weighted: every batch is ``(x, w)`` and ``total_weight`` the sum of all the
+            weights (this process's); the result is divided by the sum of the weights.
 
         Returns
         -------
@@ -654,16 +691,24 @@ class SVITrainer:
         """
         world_size = _check_process_group() if self.distributed else 1
         total = 0.0
+        size = n_samples if total_weight is None else total_weight
         with torch.no_grad():
             for batch in batches:
-                batch = _batch_tensor(batch)
-                scale = ScaleSites(batch.shape[0] / (n_samples * world_size))
+                kwargs = model_kwargs
+                if total_weight is None:
+                    batch = _batch_tensor(batch)
+                    share = batch.shape[0]
+                else:
+                    batch, weights = batch
+                    kwargs = {**model_kwargs, "sample_weight": weights}
+                    share = float(weights.sum())
+                scale = ScaleSites(share / (size * world_size))
                 total += self.loss.loss(scale(self.model), scale(self.guide), batch,
-                                        subsample=None, **model_kwargs)
+                                        subsample=None, **kwargs)
         if self.distributed:
             return (_sum_over_processes(total, batch.device)
-                    / _sum_over_processes(n_samples, batch.device))
-        return total / n_samples
+                    / _sum_over_processes(size, batch.device))
+        return total / size
 
     # -- internals -------------------------------------------------------------------------
 

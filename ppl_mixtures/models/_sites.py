@@ -111,6 +111,8 @@ class DataPlateModel:
     Call a model as ``model(x)`` to condition on data of shape (N, D), ``model(x,
     subsample=idx)`` to condition on the rows ``idx`` with the likelihood scaled by
     ``N / len(idx)``, or ``model(n_samples=N)`` to draw from the prior predictive.
+    ``model(x, sample_weight=w)`` weighs the log-likelihood of row ``n`` by ``w_n`` (shape
+    (N,); integer weights are repeated rows): see :meth:`_weigh_rows`.
 
     A subclass defines ``_sample_globals()`` (samples the global sites and nothing else,
     returns them by name), ``_sample_locals(sites)`` (run inside the data plate: samples a row's
@@ -132,18 +134,58 @@ class DataPlateModel:
         x: Tensor | None = None,
         subsample: Tensor | None = None,
         n_samples: int | None = None,
+        sample_weight: Tensor | None = None,
     ) -> Tensor:
         """Run the model; returns the observations (sampled when ``x`` is None)."""
         if x is None and n_samples is None:
             raise ValueError("pass data x of shape (N, D) or n_samples to sample from the prior")
         if x is not None:
             self._check_data(x)
+        if sample_weight is not None:
+            self._check_weights(x, sample_weight)
         sites = self._sample_globals()
         size = x.shape[0] if x is not None else n_samples
-        with pyro.plate("data", size, subsample=subsample):
+        with pyro.plate("data", size, subsample=subsample) as rows:
             observation = self._sample_locals(sites)
             observed = None if x is None else (x if subsample is None else x[subsample])
-            return pyro.sample("obs", observation, obs=observed)
+            value = pyro.sample("obs", observation, obs=observed)
+            if sample_weight is not None:
+                self._weigh_rows(sites, observation, observed, sample_weight[rows])
+            return value
+
+    #: Name of the factor site that carries the sample weights (:meth:`_weigh_rows`).
+    weight_site = "sample_weight"
+
+    def _check_weights(self, x: Tensor | None, sample_weight: Tensor) -> None:
+        if x is None:
+            raise ValueError("sample_weight weighs observed rows: pass data x with it")
+        if sample_weight.shape != x.shape[:1]:
+            raise ValueError(f"sample_weight has shape {tuple(sample_weight.shape)}; expected "
+                             f"({x.shape[0]},), one weight per row of x")
+        if getattr(self, "form", "collapsed") == "latent":
+            raise ValueError("sample_weight needs the model's collapsed form (the latent "
+                             "form's per-row factors are not weighted); build the model with "
+                             "form='collapsed'")
+
+    def _weigh_rows(self, sites: dict[str, Tensor], observation: dist.Distribution,
+                    observed: Tensor, weights: Tensor) -> None:
+        """Turn the rows' log-likelihood ``log p(x_n)`` into ``w_n log p(x_n)``.
+
+        Pyro's enumerated ELBO takes only one scalar ``poutine.scale`` for enumerated sites
+        (``enumeration only supports scalar poutine.scale``), so the per-row weights cannot
+        scale the ``"assignment"`` and ``"obs"`` sites themselves. The model keeps them as
+        they are (their enumerated sum is ``log p(x_n)``) and adds, inside the data plate,
+        the factor site ``"sample_weight"`` of value ``(w_n - 1) log p(x_n)`` (the same
+        table the observation is scored with, summed over the clusters): the total is
+        ``w_n log p(x_n)`` exactly, for the ELBO, its gradients and NUTS's potential, and a
+        subsample or a stream's batch scales it as it scales the rows.
+        """
+        table = getattr(observation, "_table", None)
+        if table is None or "weights" not in sites or sites["weights"].dim() != 1:
+            raise ValueError("sample_weight needs one value of every global site (no "
+                             "vectorised particles or batched draws)")
+        log_marginal = torch.logsumexp(table(observed) + sites["weights"].log(), dim=-1)
+        pyro.factor(self.weight_site, (weights - 1.0) * log_marginal)
 
     def log_prior(self, params: Any) -> Tensor:
         """``log p(theta)`` of the global sites at ``params`` (a scalar)."""

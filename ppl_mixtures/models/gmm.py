@@ -460,18 +460,28 @@ class ComponentObservation(TableObservation):
     ``factors`` (optional): the model's ``scale_tril`` of tied or full covariances, which the
     densities use directly instead of factorising ``L L^T`` again (that product, stored in
     float32, is not positive definite any more once a covariance is near-singular).
+
+    ``missing`` (default False): NaN entries of the data are missing and integrated out, each
+    row scored on its observed coordinates
+    (:func:`ppl_mixtures.models.missing.gmm_component_log_prob`, EM's own density).
     """
 
     def __init__(self, params: GMMParams, assignment: Tensor, event_size: int,
-                 validate_args: bool | None = None, factors: Tensor | None = None) -> None:
+                 validate_args: bool | None = None, factors: Tensor | None = None,
+                 missing: bool = False) -> None:
         self.factors = factors
+        self.missing = missing
         super().__init__(params, assignment, event_size, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         return type(self)(self.params, self.assignment.expand(batch_shape), self.event_size,
-                          factors=self.factors)
+                          factors=self.factors, missing=self.missing)
 
     def _table(self, x: Tensor) -> Tensor:
+        if self.missing:  # lazy: models.missing imports this module
+            from ppl_mixtures.models.missing import gmm_component_log_prob
+
+            return gmm_component_log_prob(x, self.params)
         return component_log_prob(x, self.params, self.factors)
 
     def _draw(self, labels: Tensor) -> Tensor:
@@ -500,6 +510,11 @@ class GaussianMixtureModel(DataPlateModel):
     priors : dict[str, Distribution]
         One prior per global site (see :mod:`ppl_mixtures.models.priors`); missing keys are
         an error, so build them with :func:`default_gmm_priors` and override what you like.
+    missing : bool, default False
+        NaN entries of ``x`` are missing at random and integrated out: ``"obs"`` scores each
+        row's observed coordinates (masked Normal for the diagonal types, the marginal
+        Gaussian of the observed sub-vector for tied and full), so ``-TraceEnum_ELBO`` with
+        :func:`map_guide` is EM's log-likelihood of the observed entries plus the log prior.
 
     Notes
     -----
@@ -513,7 +528,8 @@ class GaussianMixtureModel(DataPlateModel):
     _params_to_sites = staticmethod(params_to_sites)
 
     def __init__(self, n_components: int, n_features: int, covariance_type: str,
-                 priors: dict[str, dist.Distribution]) -> None:
+                 priors: dict[str, dist.Distribution], missing: bool = False) -> None:
+        self.missing = missing
         if covariance_type not in COVARIANCE_TYPES:
             raise ValueError(
                 f"covariance_type={covariance_type!r} is not one of {COVARIANCE_TYPES}"
@@ -560,7 +576,12 @@ class GaussianMixtureModel(DataPlateModel):
         if sites["means"].dim() == 2:  # the usual case: one value of every global site
             params = sites_to_params(sites, self.covariance_type)
             factors = factors_from_sites(sites) if self._has_correlations else None
-            return ComponentObservation(params, assignment, self.n_features, factors=factors)
+            return ComponentObservation(params, assignment, self.n_features, factors=factors,
+                                        missing=self.missing)
+        if self.missing:
+            raise ValueError("missing=True scores one value of every global site; vectorised "
+                             "particles and batched draws are not supported with missing "
+                             "entries (use num_particles=1, or impute the data first)")
         # globals with extra batch dims (vectorised particles, parallel Predictive): those dims
         # sit left of the plate dim that "components" and "data" share, so open a data dim
         # left of the components dim of every per-component site before indexing

@@ -52,12 +52,15 @@ checkpoints hold them and a restored param store is re-bound to the modules.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.ops.indexing import Vindex
 from torch import Tensor, nn
@@ -304,6 +307,43 @@ class GMVAENetworks(nn.Module):
         )
         self.decoder = decoder or mlp(arch.x_dim, arch.decoder_hidden, out, nn.ReLU)
 
+    def check_shapes(self) -> None:
+        """Run each network on two rows of zeros and compare its output with the contract.
+
+        Raises
+        ------
+        ValueError
+            Naming the network, the input it was given, the output it gave and the one the
+            contract (module docstring) asks for; also when the network fails on such input.
+        """
+        fixed = self.likelihood == "bernoulli" or self.observation_scale is not None
+        expected = {
+            "encoder": (self.data_dim, 2 * (self.x_dim + self.w_dim),
+                        "2 Dx + 2 Dw: [x_loc, x_log_var, w_loc, w_log_var]"),
+            "prior_net": (self.w_dim, 2 * self.n_components * self.x_dim,
+                          "2 K Dx: [means, log_vars]"),
+            "decoder": (self.x_dim, self.data_dim if fixed else 2 * self.data_dim,
+                        "D logits or means" if fixed else "2 D: [loc, log_var]"),
+        }
+        parameter = next(self.parameters(), None)
+        options = ({} if parameter is None else
+                   {"dtype": parameter.dtype, "device": parameter.device})
+        for name, (width_in, width_out, meaning) in expected.items():
+            probe = torch.zeros(2, width_in, **options)
+            try:
+                with torch.no_grad():
+                    out = getattr(self, name)(probe)
+            except (RuntimeError, ValueError, TypeError) as error:
+                raise ValueError(
+                    f"networks[{name!r}] fails on input of shape (2, {width_in}) ({error}); it "
+                    f"must map (..., {width_in}) to (..., {width_out}) = ({meaning})"
+                ) from None
+            if tuple(out.shape) != (2, width_out):
+                raise ValueError(
+                    f"networks[{name!r}] maps input of shape (2, {width_in}) to "
+                    f"{tuple(out.shape)}; it must give (2, {width_out}) = ({meaning})"
+                )
+
     def encode(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Parameters of q(x | y) and q(w | y) (Dilokthanakul et al. 2016, Table A.1).
 
@@ -424,6 +464,19 @@ class ExpectedComponentLogProb(TorchDistribution):
             dist.Normal(self.means, self.scales).to_event(1),
         )
         return mixture.sample(torch.Size(sample_shape))
+
+
+class MarginalComponents(ExpectedComponentLogProb):
+    """``p(x | w)``: the uniform mixture of the K conditional priors, z summed out.
+
+    ``log_prob(x) = logsumexp_k log N(x | mu_k(w), sigma_k(w)) - log K``, what enumerating
+    ``"z"`` gives. The model's ``"x"`` site takes it under sample weights, which Pyro's
+    enumerated ELBO cannot scale per row (it takes one scalar scale for enumerated sites).
+    """
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        log_probs = component_log_prob(x, self.means, self.scales)
+        return torch.logsumexp(log_probs, -1) - math.log(log_probs.shape[-1])
 
 
 def conditional_prior_objective(
@@ -611,6 +664,12 @@ class GMVAEModel:
 
     Sites: ``"w"`` (N, Dw), ``"z"`` (N,) enumerated (``"enumerate"`` only), ``"x"`` (N, Dx),
     ``"z_prior"`` factor (``"closed_form"`` only), ``"obs"`` (N, D).
+
+    ``model(y, sample_weight=w)`` (and the guide alike) scales every site of row n by
+    ``w_n`` (``poutine.scale``), so the ELBO is ``sum_n w_n ELBO_n``: integer weights are
+    repeated rows. Pyro's enumerated ELBO takes only scalar scales, so under weights
+    ``"enumerate"`` sums ``z`` out inside the ``"x"`` site (:class:`MarginalComponents`, the
+    same ``p(x | w)``) instead of enumerating a ``"z"`` site.
     """
 
     max_plate_nesting = 1
@@ -624,16 +683,23 @@ class GMVAEModel:
     def _register(self) -> GMVAENetworks:
         return pyro.module(self.name, self.networks, update_module_params=True)
 
-    def __call__(self, y: Tensor, subsample: Tensor | None = None) -> None:
-        """The generative model, eqs. (1a-1d), over the rows ``subsample`` of ``y`` (N, D)."""
+    def __call__(self, y: Tensor, subsample: Tensor | None = None,
+                 sample_weight: Tensor | None = None) -> None:
+        """The generative model, eqs. (1a-1d), over the rows ``subsample`` of ``y`` (N, D).
+
+        ``sample_weight`` (N,), optional: each row's weight (see the class docstring).
+        """
         networks = self._register()
         w_dim, n_components = networks.w_dim, networks.n_components
-        with pyro.plate("data", y.shape[0], subsample=subsample) as index:
+        with pyro.plate("data", y.shape[0], subsample=subsample) as index, _row_scale(
+                sample_weight, index):
             batch = y[index]
             zeros = batch.new_zeros(w_dim)
             w = pyro.sample("w", dist.Normal(zeros, 1.0).expand([len(index), w_dim]).to_event(1))
             means, scales = networks.conditional_prior(w)
-            if self.z_inference == "enumerate":
+            if self.z_inference == "enumerate" and sample_weight is not None:
+                x = pyro.sample("x", MarginalComponents(means, scales))
+            elif self.z_inference == "enumerate":
                 z = pyro.sample(
                     "z",
                     dist.Categorical(logits=batch.new_zeros(n_components)),
@@ -647,10 +713,32 @@ class GMVAEModel:
                 pyro.factor("z_prior", -self.z_prior_weight * kl.clamp(min=self.free_bits))
             pyro.sample("obs", networks.observation(x), obs=batch)
 
-    def guide(self, y: Tensor, subsample: Tensor | None = None) -> None:
+    def guide(self, y: Tensor, subsample: Tensor | None = None,
+              sample_weight: Tensor | None = None) -> None:
         """The recognition model q(w | y) q(x | y) (eq. 3's family, Table A.1)."""
         networks = self._register()
-        with pyro.plate("data", y.shape[0], subsample=subsample) as index:
+        with pyro.plate("data", y.shape[0], subsample=subsample) as index, _row_scale(
+                sample_weight, index):
             x_loc, x_scale, w_loc, w_scale = networks.encode(y[index])
             pyro.sample("w", dist.Normal(w_loc, w_scale).to_event(1))
             pyro.sample("x", dist.Normal(x_loc, x_scale).to_event(1))
+
+
+def _row_scale(sample_weight: Tensor | None, index: Tensor) -> Any:
+    """Scale the sites of the rows ``index`` by their weights (nothing without weights).
+
+    ``poutine.scale`` takes positive scales only: rows of weight 0 are masked out
+    (``poutine.mask``), the others scaled.
+    """
+    stack = contextlib.ExitStack()
+    if sample_weight is None:
+        return stack
+    if sample_weight.shape[0] <= int(index.max()):
+        raise ValueError(f"sample_weight has {sample_weight.shape[0]} entries; expected one per "
+                         "row of y")
+    weights = sample_weight[index]
+    positive = weights > 0
+    stack.enter_context(poutine.mask(mask=positive))
+    stack.enter_context(poutine.scale(scale=torch.where(positive, weights,
+                                                        torch.ones_like(weights))))
+    return stack

@@ -267,6 +267,7 @@ def default_mfa_priors(
     loading_scale_factor: float = 1.0,
     variance_concentration: float = 1.0,
     variance_rate_factor: float = 0.01,
+    moments: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, dist.Distribution]:
     """Weakly informative, data-scaled priors for :class:`MixtureOfFactorAnalyzersModel`.
 
@@ -284,6 +285,9 @@ def default_mfa_priors(
     variance_concentration, variance_rate_factor : float
         Each noise variance is ``InverseGamma(variance_concentration, variance_rate_factor *
         data variance)``, whose mode is away from zero (no collapse onto a subspace).
+    moments : (Tensor, Tensor), optional
+        Per-feature mean and variance of the data to use instead of ``x``'s (e.g. weighted
+        by sample weights, or of all the batches of a stream).
 
     Returns
     -------
@@ -295,9 +299,9 @@ def default_mfa_priors(
     diagonal = default_gmm_priors(
         x, n_components, "diag", weight_concentration=weight_concentration,
         mean_scale_factor=mean_scale_factor, variance_concentration=variance_concentration,
-        variance_rate_factor=variance_rate_factor,
+        variance_rate_factor=variance_rate_factor, moments=moments,
     )
-    data_std = data_moments(x)[1].sqrt()
+    data_std = data_moments(x, moments)[1].sqrt()
     loading_scale = (loading_scale_factor * data_std)[:, None].expand(x.shape[-1], n_factors)
     return {
         "weights": diagonal["weights"],
@@ -321,10 +325,25 @@ class FactorAnalyzerObservation(TableObservation):
     """``x | assignment ~ N(eta_g, Lambda_g Lambda_g^T + psi_g)`` scored by :func:`component_log_prob`.
 
     The observation site of the collapsed :class:`MixtureOfFactorAnalyzersModel` (see
-    :class:`~ppl_mixtures.models._observation.TableObservation`).
+    :class:`~ppl_mixtures.models._observation.TableObservation`). With ``missing=True``, NaN
+    entries are integrated out: each row is scored on its observed coordinates
+    (:func:`ppl_mixtures.models.missing.mfa_component_log_prob`, EM's own density).
     """
 
+    def __init__(self, params: MFAParams, assignment: Tensor, event_size: int,
+                 validate_args: bool | None = None, missing: bool = False) -> None:
+        self.missing = missing
+        super().__init__(params, assignment, event_size, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return type(self)(self.params, self.assignment.expand(batch_shape), self.event_size,
+                          missing=self.missing)
+
     def _table(self, x: Tensor) -> Tensor:
+        if self.missing:  # lazy: models.missing imports this module
+            from ppl_mixtures.models.missing import mfa_component_log_prob
+
+            return mfa_component_log_prob(x, self.params)
         return component_log_prob(x, self.params)
 
     def _draw(self, labels: Tensor) -> Tensor:
@@ -352,6 +371,9 @@ class MixtureOfFactorAnalyzersModel(DataPlateModel):
         A scalar distribution is broadcast over a site's per-component shape.
     form : {"collapsed", "latent"}, default "collapsed"
         ``"collapsed"`` integrates the factors out; ``"latent"`` samples them at site ``"z"``.
+    missing : bool, default False
+        Collapsed form only: NaN entries of ``x`` are missing at random and integrated out
+        (each row scored on its observed coordinates), as EM's E-step does.
 
     Notes
     -----
@@ -371,9 +393,14 @@ class MixtureOfFactorAnalyzersModel(DataPlateModel):
         n_factors: int,
         priors: dict[str, dist.Distribution],
         form: str = "collapsed",
+        missing: bool = False,
     ) -> None:
         if form not in FORMS:
             raise ValueError(f"form={form!r} is not one of {FORMS}")
+        if missing and form != "collapsed":
+            raise ValueError("missing=True integrates NaN entries out of the collapsed form; "
+                             "build the model with form='collapsed'")
+        self.missing = missing
         _sites.check_priors(priors, MFA_GLOBAL_SITES, "default_mfa_priors")
         self.n_components = n_components
         self.n_features = n_features
@@ -402,7 +429,12 @@ class MixtureOfFactorAnalyzersModel(DataPlateModel):
 
     def _collapsed_observation(self, sites: dict[str, Tensor], assignment: Tensor):
         if sites["means"].dim() == 2:  # the usual case: one value of every global site
-            return FactorAnalyzerObservation(sites_to_params(sites), assignment, self.n_features)
+            return FactorAnalyzerObservation(sites_to_params(sites), assignment, self.n_features,
+                                             missing=self.missing)
+        if self.missing:
+            raise ValueError("missing=True scores one value of every global site; vectorised "
+                             "particles and batched draws are not supported with missing "
+                             "entries (use num_particles=1, or impute the data first)")
         # globals with extra batch dims (vectorised particles, parallel Predictive): those dims
         # sit left of the components dim, which the data plate shares, so open a data dim
         return dist.LowRankMultivariateNormal(

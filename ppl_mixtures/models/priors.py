@@ -26,9 +26,16 @@ def data_moments(x: Tensor, moments: tuple[Tensor, Tensor] | None = None) -> tup
     """Per-feature mean and variance of ``x`` (or ``moments``, moved to ``x``'s dtype and device).
 
     One row has variance one; every variance is floored at ``sqrt(tiny)`` of the dtype.
+    NaN entries (missing values) are left out: the moments are those of the observed entries
+    (``moments`` holding NaN are ignored for ``x``'s).
     """
-    if moments is not None:
+    if moments is not None and not any(bool(torch.isnan(m).any()) for m in moments):
         data_mean, data_var = (m.to(dtype=x.dtype, device=x.device) for m in moments)
+    elif bool(torch.isnan(x).any()):
+        data_mean = torch.nanmean(x, 0).nan_to_num(0.0)
+        counts = (~torch.isnan(x)).sum(0)
+        squares = torch.nansum((x - data_mean).square(), 0)
+        data_var = torch.where(counts > 1, squares / (counts - 1).clamp_min(1), 1.0)
     else:
         data_mean = x.mean(0)
         data_var = x.var(0) if x.shape[0] > 1 else torch.ones_like(data_mean)

@@ -6,7 +6,8 @@ Each rank fits rows ``rank::world_size`` of the data of :func:`data` three ways 
 
 ``given``  all initial values given, the shard as one array;
 ``stream`` the same, the shard as a list of batches (distributed and out-of-core at once);
-``random`` no initial values (k-means on rank 0, broadcast), ``n_init=2``.
+``random`` no initial values (k-means on rank 0, broadcast), ``n_init=2``;
+``weighted`` as ``given``, with the shard's rows of :func:`sample_weights`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def data() -> np.ndarray:
     return np.asarray(X, dtype=np.float64)
 
 
+def sample_weights(n_samples: int) -> np.ndarray:
+    """Integer weights 0, 1, 2, 3, 0, 1, ... of the rows of :func:`data`."""
+    return (np.arange(n_samples) % 4).astype(np.float64)
+
+
 def initial_values(X: np.ndarray) -> dict[str, np.ndarray]:
     """``weights_init``, ``means_init``, ``precisions_init`` from one EM step of a fixed start."""
     start = GaussianMixture(N_COMPONENTS, covariance_type=COVARIANCE_TYPE, max_iter=1,
@@ -53,6 +59,8 @@ def main(out: Path) -> None:
         "given": estimator(distributed=True, **given).fit(shard),
         "stream": estimator(distributed=True, **given).fit(np.array_split(shard, 4)),
         "random": estimator(distributed=True, n_init=2, random_state=rank).fit(shard),
+        "weighted": estimator(distributed=True, **given).fit(
+            shard, sample_weight=sample_weights(len(X))[rank::world_size]),
     }
     arrays = {f"{name}_{attr}": np.asarray(getattr(est, attr))
               for name, est in fits.items() for attr in ATTRIBUTES}

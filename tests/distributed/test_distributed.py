@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from _distributed_worker import ATTRIBUTES, data, estimator, initial_values
+from _distributed_worker import ATTRIBUTES, data, estimator, initial_values, sample_weights
 from _launch import launch_ranks
 
 from ppl_mixtures import GaussianMixture
@@ -46,6 +46,16 @@ def test_two_ranks_equal_one_process_on_all_data(ranks, single_process, fit):
                                    rtol=0, atol=1e-6)
         assert int(rank_values[f"{fit}_n_iter_"]) == single_process.n_iter_
         assert bool(rank_values[f"{fit}_converged_"]) == single_process.converged_
+
+
+def test_weighted_shards_equal_one_weighted_process(ranks):
+    """Each rank passes its shard's sample weights: the fit of all the data, weighted."""
+    X = data()
+    reference = estimator(**initial_values(X)).fit(X, sample_weight=sample_weights(len(X)))
+    for rank_values in ranks:
+        for attr in ("weights_", "means_", "covariances_", "lower_bound_", "history_"):
+            np.testing.assert_allclose(rank_values[f"weighted_{attr}"],
+                                       getattr(reference, attr), rtol=0, atol=1e-6)
 
 
 def test_random_init_is_broadcast_so_ranks_agree(ranks):

@@ -520,3 +520,22 @@ def test_nuts_inference_data_for_arviz(nuts_mfa):
     assert idata.sample_stats.diverging.shape == (2, 25)
     assert np.isfinite(az.summary(idata, var_names=["means", "covariances"])["r_hat"]).all()
     assert np.isfinite(az.loo(idata).elpd_loo) and np.isfinite(az.waic(idata).elpd_waic)
+
+
+def test_svi_starts_where_em_starts():
+    """Issue 18 item 10: SVI's MAP guide starts at EM's initial values (the same
+    ``init_params`` draw from the same ``random_state``). One Adam step of lr 1e-6 moves no
+    value by more than 1e-6, so its parameters are EM's ``max_iter=0`` ones. (On digits the
+    gap after 500 SVI steps comes from the optimiser: Adam's first steps move every mean
+    coordinate by about ``lr`` while noise variances sit at the 1e-6 floor.)"""
+    X = load_wine()[0][:, :6]
+    X = (X - X.mean(0)) / X.std(0)
+    em = MixtureOfFactorAnalyzers(3, n_factors=2, max_iter=0, random_state=4,
+                                  progress=False).fit(X)
+    with pytest.warns(Warning):  # one step: not converged
+        svi = MixtureOfFactorAnalyzers(3, n_factors=2, inference="svi", max_iter=1, lr=1e-6,
+                                       random_state=4, progress=False).fit(X)
+    for name in ("weights", "means", "loadings", "noise_variances"):
+        np.testing.assert_allclose(getattr(svi.params_, name).numpy(),
+                                   getattr(em.params_, name).numpy(), atol=1e-4, rtol=1e-4)
+    assert abs(svi.score(X) - em.score(X)) < 1e-3

@@ -231,3 +231,30 @@ def test_cuda_fit_matches_cpu(blobs, inference):
     gpu = GaussianMixture(3, device="cuda", **kwargs).fit(X)
     assert gpu.params_.means.is_cuda
     assert abs(gpu.score(X) - cpu.score(X)) < 1e-3
+
+
+@pytest.mark.parametrize("inference, guide", [("em", "map"), ("svi", "map"),
+                                              ("svi", "mean_field")])
+def test_posterior_params_without_a_param_store_scope(blobs, inference, guide):
+    # The fit's Pyro parameters live in its own scope: the global store stays empty, and
+    # posterior_params() reads the guide's constrained values from the fit's scope.
+    import pyro
+
+    X = blobs[0]
+    pyro.clear_param_store()
+    est = GaussianMixture(3, inference=inference, guide=guide, max_iter=30, random_state=0,
+                          progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X)
+    assert list(pyro.get_param_store().keys()) == []
+    params = est.posterior_params()
+    sites = {"weights", "means", "variances", "corr_cholesky"}
+    if guide == "mean_field":  # the Normals' parameters, and each site's median
+        assert {f"{kind}.{site}" for kind in ("locs", "scales") for site in sites} <= set(params)
+        assert sites <= set(params)
+    else:
+        assert set(params) == sites
+    np.testing.assert_allclose(params["means"], est.means_, rtol=1e-6)
+    np.testing.assert_allclose(params["weights"], est.weights_, rtol=1e-6)
+    assert (params["variances"] > 0).all()  # constrained, not the unconstrained logs

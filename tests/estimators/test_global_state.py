@@ -15,7 +15,13 @@ import pyro
 import pytest
 import torch
 
-from ppl_mixtures import GMVAE, DeepGaussianMixture, GaussianMixture, MixtureOfFactorAnalyzers
+from ppl_mixtures import (
+    GMVAE,
+    BayesianGaussianMixture,
+    DeepGaussianMixture,
+    GaussianMixture,
+    MixtureOfFactorAnalyzers,
+)
 from ppl_mixtures.datasets import make_gmm
 
 QUIET = dict(progress=False, device="cpu", random_state=0)
@@ -34,6 +40,8 @@ PATHS = {
     "dgmm-svi": lambda: DeepGaussianMixture((2, 1), (2, 1), inference="svi", max_iter=10,
                                             **QUIET),
     "gmvae": lambda: GMVAE(3, max_iter=2, batch_size=50, **QUIET),
+    "bgmm-cavi": lambda: BayesianGaussianMixture(3, **QUIET),
+    "bgmm-svi": lambda: BayesianGaussianMixture(3, inference="svi", max_iter=20, **QUIET),
 }
 
 

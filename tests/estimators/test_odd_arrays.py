@@ -166,3 +166,17 @@ def test_any_kind_of_array_fits_and_a_larger_scale_keeps_the_partition(
         scaled_labels = ESTIMATORS[name]().fit(scaled).predict(scaled)
     assert labels.shape == scaled_labels.shape == (len(values),)
     assert adjusted_rand_score(labels, scaled_labels) == 1.0 or caught
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_every_estimator_at_every_scale_keeps_the_partition_or_warns(X, name):
+    """Scales 1e-12 ... 1e12 for every registered estimator: no exception from outside
+    ppl_mixtures, and the partition of X itself, or a warning that names the scale."""
+    reference = make_small(name).fit(X).predict(X)
+    for scale in (1e-12, 1e-6, 1e6, 1e12):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            labels = make_small(name).fit(X * scale).predict(X * scale)
+        assert labels.shape == (len(X),)
+        same = adjusted_rand_score(reference, labels) == 1.0
+        assert same or caught, f"{name} at scale {scale:g}: another partition, no warning"

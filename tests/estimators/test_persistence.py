@@ -18,6 +18,7 @@ import torch
 
 from ppl_mixtures import (
     GMVAE,
+    BayesianGaussianMixture,
     DeepGaussianMixture,
     GaussianMixture,
     MixtureOfFactorAnalyzers,
@@ -63,6 +64,7 @@ LOADERS = [
     ("MixtureOfFactorAnalyzers.load", MixtureOfFactorAnalyzers.load),
     ("DeepGaussianMixture.load", DeepGaussianMixture.load),
     ("GMVAE.load", GMVAE.load),
+    ("BayesianGaussianMixture.load", BayesianGaussianMixture.load),
     ("load_estimator", load_estimator),
 ]
 
@@ -221,6 +223,11 @@ ROUND_TRIPS = {
     "dgmm-em-identified": lambda: DeepGaussianMixture((2, 1), (2, 1), max_iter=15,
                                                       identifiability="diagonal", **QUIET),
     "gmvae": lambda: GMVAE(3, max_iter=2, batch_size=60, **QUIET),
+    "bgmm-cavi-dp": lambda: BayesianGaussianMixture(3, **QUIET),
+    "bgmm-cavi-dirichlet-diag": lambda: BayesianGaussianMixture(
+        3, covariance_type="diag", weight_concentration_prior_type="dirichlet_distribution",
+        **QUIET),
+    "bgmm-svi": lambda: BayesianGaussianMixture(3, inference="svi", max_iter=30, **QUIET),
 }
 
 

@@ -10,10 +10,9 @@ warning differs (ours name the argument and the fix), the type is still checked.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
+from sklearn_suites import AnyWording, adopt_tests
 
 from ppl_mixtures import GaussianMixture
 
@@ -65,21 +64,6 @@ ANY_WORDING = {
 }
 
 
-class _AnyWording:
-    """``pytest`` as the suite's module sees it, with ``match`` dropped from raises/warns."""
-
-    def __getattr__(self, name):
-        return getattr(pytest, name)
-
-    @staticmethod
-    def raises(expected, *args, match=None, **kwargs):
-        return pytest.raises(expected, *args, **kwargs)
-
-    @staticmethod
-    def warns(expected, *args, match=None, **kwargs):
-        return pytest.warns(expected, *args, **kwargs)
-
-
 @pytest.fixture(params=[np.float64])
 def global_dtype(request):
     """scikit-learn's fixture of the same name (float64 unless asked otherwise)."""
@@ -96,25 +80,15 @@ def global_random_seed():
 def _ours_in_their_module(request, monkeypatch):
     monkeypatch.setattr(suite, "GaussianMixture", GaussianMixture)
     if request.function.__name__ in ANY_WORDING:
-        monkeypatch.setattr(suite, "pytest", _AnyWording())
+        monkeypatch.setattr(suite, "pytest", AnyWording())
 
 
-def _adopt(function, reason: str | None):
-    @functools.wraps(function)  # keeps the signature (fixtures) and parametrize marks
-    def run(*args, **kwargs):
-        return function(*args, **kwargs)
-
-    return pytest.mark.skip(reason=reason)(run) if reason else run
-
-
-for _name, _function in vars(suite).items():
-    if _name.startswith("test_") and callable(_function):
-        globals()[_name] = _adopt(_function, SKIPPED.get(_name))
+adopt_tests(globals(), suite, SKIPPED)
 
 
 @pytest.mark.parametrize("name", [n for n in vars(mixture_suite) if n.startswith("test_")])
 def test_mixture_module(name, monkeypatch):
     """``test_mixture.py`` parametrises over instances made at import: pass ours instead."""
     if name in ANY_WORDING:
-        monkeypatch.setattr(mixture_suite, "pytest", _AnyWording())
+        monkeypatch.setattr(mixture_suite, "pytest", AnyWording())
     getattr(mixture_suite, name)(GaussianMixture())

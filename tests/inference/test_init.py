@@ -259,3 +259,29 @@ def test_cuda_data_with_cuda_or_cpu_generator():
     on_cpu = kmeans_plusplus(x, 4, resolve_generator(1))
     on_cuda = kmeans_plusplus(x_cuda, 4, resolve_generator(1))
     assert torch.allclose(on_cpu, on_cuda.cpu())
+
+
+def test_kmeans_start_as_good_as_sklearn_on_standardised_iris():
+    """Issue 18 item 10: the start, judged over seeds rather than on one.
+
+    Measured, seeds 0-19: k-means (one run) mean inertia 145.7 here, 150.8 for scikit-learn's
+    ``KMeans(n_init=1)``; a one-start full GMM's mean ARI 0.862 here, 0.825 for scikit-learn's
+    ``GaussianMixture`` (each has unlucky seeds: ours 0 and 7 end at ARI 0.52 and 0.46).
+    """
+    from sklearn.datasets import load_iris
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+    from sklearn.preprocessing import StandardScaler
+
+    from ppl_mixtures import GaussianMixture
+
+    X, y = load_iris(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    seeds = range(20)
+    ours = [kmeans(torch.tensor(X), 3, torch.Generator().manual_seed(s))[2] for s in seeds]
+    theirs = [KMeans(3, n_init=1, random_state=s).fit(X).inertia_ for s in seeds]
+    assert np.mean(ours) <= 1.01 * np.mean(theirs)
+    ours_ari = [adjusted_rand_score(y, GaussianMixture(3, random_state=s, progress=False)
+                                    .fit(X).predict(X)) for s in seeds]
+    theirs_ari = [adjusted_rand_score(y, SkGaussianMixture(3, random_state=s).fit(X).predict(X))
+                  for s in seeds]
+    assert np.mean(ours_ari) >= np.mean(theirs_ari) - 0.02

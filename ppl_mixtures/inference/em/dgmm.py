@@ -141,7 +141,8 @@ def responsibilities(x: Tensor, params: DGMMParams,
     return torch.exp(joint - norm[:, None]), norm
 
 
-def e_step(x: Tensor, params: DGMMParams, temperature: float = 1.0) -> DGMMStats:
+def e_step(x: Tensor, params: DGMMParams, temperature: float = 1.0,
+           weights: Tensor | None = None) -> DGMMStats:
     """E-step: path responsibilities and posterior score moments, reduced to statistics.
 
     Parameters
@@ -151,6 +152,10 @@ def e_step(x: Tensor, params: DGMMParams, temperature: float = 1.0) -> DGMMStats
     temperature : float, default 1.0
         Path responsibilities ``proportional to p(x, s)^(1/T)`` (deterministic annealing, see
         :func:`anneal`). Only ``T = 1`` is an EM step that cannot lower the likelihood.
+    weights : Tensor, shape (n_samples,), optional
+        Sample weights: ``r_ns`` becomes ``w_n r_ns`` in every sum, the log-likelihood is
+        ``sum_n w_n log p(x_n)`` and ``n_samples`` is ``sum_n w_n`` (integer weights give the
+        statistics of repeated rows).
 
     Returns
     -------
@@ -159,21 +164,29 @@ def e_step(x: Tensor, params: DGMMParams, temperature: float = 1.0) -> DGMMStats
         float32.
     """
     if x.dtype == torch.float64:
-        return _e_step(x, params, temperature)
+        return _e_step(x, params, temperature, weights)
     width = x.shape[1] + sum(params.n_factors)
     rows = max(1, _WIDE_BLOCK_ELEMENTS // (params.n_paths * width))
     total = None
-    for block in x.split(rows):
-        stats = _e_step(block, params, temperature)
+    blocks = x.split(rows)
+    weight_blocks = [None] * len(blocks) if weights is None else weights.split(rows)
+    for block, weight in zip(blocks, weight_blocks, strict=True):
+        stats = _e_step(block, params, temperature, weight)
         total = stats if total is None else total + stats
     total.log_likelihood = total.log_likelihood.to(x.dtype)
     return total
 
 
-def _e_step(x: Tensor, params: DGMMParams, temperature: float) -> DGMMStats:
+def _e_step(x: Tensor, params: DGMMParams, temperature: float,
+            weights: Tensor | None = None) -> DGMMStats:
     """One block's statistics; float64 sums whatever the dtype (see :func:`e_step`)."""
     wide = torch.float64
     resp, sample_ll = responsibilities(x, params, temperature)
+    n_samples = float(x.shape[0])
+    if weights is not None:
+        resp = resp * weights.to(resp.dtype)[:, None]
+        sample_ll = sample_ll * weights.to(sample_ll.dtype)
+        n_samples = float(weights.sum(dtype=wide))
     score_means, score_cov = posterior_scores(x, params)  # (N, P, R), (P, R, R)
     shift = model_mean(params)  # the parameters' alone: batches' statistics add up
     data_shift, score_shift = shift[:x.shape[1]].to(wide), shift[x.shape[1]:].to(wide)
@@ -187,8 +200,7 @@ def _e_step(x: Tensor, params: DGMMParams, temperature: float) -> DGMMStats:
     xz = torch.einsum("npi,npj->pij", weighted_x, zc)
     zz = torch.einsum("np,npi,npj->pij", resp, zc, zc) + mass[:, None, None] * score_cov.to(wide)
     second = torch.cat([torch.cat([xx, xz], -1), torch.cat([xz.transpose(-1, -2), zz], -1)], -2)
-    return DGMMStats(float(x.shape[0]), sample_ll.sum(dtype=wide), mass, first, second,
-                     shift, params)
+    return DGMMStats(n_samples, sample_ll.sum(dtype=wide), mass, first, second, shift, params)
 
 
 def _layer_sums(stats: DGMMStats, layer: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -342,6 +354,84 @@ def anneal(x: Any, params: DGMMParams, start_temperature: float, n_iter: int,
         stats = step_at(x, params, start_temperature * ratio**step)
         history.append(float(stats.log_likelihood) / stats.n_samples)
         params = m_step(stats, reg_covar)
+    return params, history
+
+
+def _to_vector(params: DGMMParams) -> list[Tensor]:
+    """Unconstrained coordinates: log-weights, eta, loadings, log noise variances."""
+    return ([w.log() for w in params.weights] + list(params.eta) + list(params.loadings)
+            + [v.log() for v in params.noise_variances])
+
+
+def _from_vector(values: list[Tensor], n_layers: int) -> DGMMParams:
+    weights = [torch.softmax(v, -1) for v in values[:n_layers]]
+    return DGMMParams(weights, values[n_layers:2 * n_layers], values[2 * n_layers:3 * n_layers],
+                      [v.exp() for v in values[3 * n_layers:]])
+
+
+def accelerate(x: Any, params: DGMMParams, n_cycles: int, reg_covar: float = 1e-6, *,
+               e_step_fn: Callable[[Any, DGMMParams], DGMMStats] | None = None,
+               tol: float = 0.0) -> tuple[DGMMParams, list[float]]:
+    """Monotone squared-extrapolation EM (SQUAREM, Varadhan & Roland 2008).
+
+    Each cycle runs two EM steps ``theta1 = M(theta0)``, ``theta2 = M(theta1)``, extrapolates
+    ``theta' = theta0 - 2 a r + a^2 v`` (``r = theta1 - theta0``, ``v = theta2 - 2 theta1 +
+    theta0``, ``a = -|r| / |v|``, in log-weights, intercepts, loadings and log-variances), and
+    applies one more EM step to it. The extrapolated point is kept only when its likelihood is
+    at least ``theta2``'s; otherwise ``M(theta2)`` is: every cycle's likelihood is at least that
+    of plain EM's third step, so the sequence never goes down. Where EM creeps along a ridge
+    (the deep layers' frames against the first layer's loadings), a cycle moves many EM steps.
+
+    Parameters
+    ----------
+    x : Tensor or any data ``e_step_fn`` accepts
+    params : DGMMParams
+    n_cycles : int
+        Each costs three or four E-steps.
+    reg_covar : float
+    e_step_fn : callable ``(x, params) -> DGMMStats``, optional
+        Default :func:`e_step`; pass one that sums over batches or ranks.
+    tol : float
+        Stop when a cycle raises the mean log-likelihood by less than this.
+
+    Returns
+    -------
+    params : DGMMParams
+    history : list of float
+        Mean log-likelihood per sample after each cycle.
+    """
+    step_at = e_step if e_step_fn is None else e_step_fn
+    n_layers = params.n_layers
+    history: list[float] = []
+    stats = step_at(x, params)
+    for _ in range(n_cycles):
+        before = float(stats.log_likelihood) / stats.n_samples
+        first = m_step(stats, reg_covar)
+        stats1 = step_at(x, first)
+        second = m_step(stats1, reg_covar)
+        stats2 = step_at(x, second)
+        plain = float(stats2.log_likelihood) / stats2.n_samples
+        v0, v1, v2 = _to_vector(params), _to_vector(first), _to_vector(second)
+        r = [b - a for a, b in zip(v0, v1, strict=True)]
+        v = [c - 2 * b + a for a, b, c in zip(v0, v1, v2, strict=True)]
+        r_norm = math.sqrt(sum(float(t.square().sum()) for t in r))
+        v_norm = math.sqrt(sum(float(t.square().sum()) for t in v))
+        params, stats = second, stats2
+        if v_norm > 0 and math.isfinite(r_norm / v_norm):
+            alpha = min(-1.0, -r_norm / v_norm)
+            jumped = [a - 2 * alpha * dr + alpha**2 * dv for a, dr, dv in zip(v0, r, v, strict=True)]
+            try:
+                candidate = m_step(step_at(x, _from_vector(jumped, n_layers)), reg_covar)
+                cand_stats = step_at(x, candidate)
+                value = float(cand_stats.log_likelihood) / cand_stats.n_samples
+            except (ValueError, RuntimeError, torch.linalg.LinAlgError):
+                value = -math.inf
+            if math.isfinite(value) and value >= plain:
+                params, stats = candidate, cand_stats
+        after = float(stats.log_likelihood) / stats.n_samples
+        history.append(after)
+        if after - before < tol:
+            break
     return params, history
 
 
@@ -533,6 +623,7 @@ def realign_scores(x: Tensor, params: DGMMParams, generator: torch.Generator,
 
 __all__ = [
     "DGMMStats",
+    "accelerate",
     "anneal",
     "realign_scores",
     "e_step",

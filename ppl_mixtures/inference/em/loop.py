@@ -48,7 +48,8 @@ class EMResult:
         EM iterations (E-step + M-step) of the best restart.
     history : list of float
         Mean log-likelihood per sample at the start of each iteration of the best restart
-        (at the E-step, before that iteration's M-step).
+        (at the E-step, before that iteration's M-step); with sample weights, the weighted
+        mean ``sum_n w_n log p(x_n) / sum_n w_n``.
     best_init : int
         Index of the best restart.
     restart_log_likelihoods : list of float
@@ -91,9 +92,11 @@ class SummedStats:
     Attributes
     ----------
     n_samples : float
-        Number of samples summed.
+        Number of samples summed; with sample weights ``w``, their sum ``sum_n w_n`` (so the
+        loop's mean log-likelihood is the weighted mean).
     log_likelihood : Tensor, scalar
-        ``sum_n log p(x_n | theta)`` at the parameters of the E-step.
+        ``sum_n log p(x_n | theta)`` (``sum_n w_n log p(x_n | theta)`` with weights) at the
+        parameters of the E-step.
     """
 
     #: Fields that are sums over samples (added across batches, all-reduced across ranks).
@@ -120,20 +123,27 @@ def sum_over_batches(e_step: Callable[[Tensor, Any], Any]) -> Callable[[Iterable
     Parameters
     ----------
     e_step : callable ``(x, params) -> stats``
-        ``x`` : Tensor, shape (batch_size, n_features); ``stats`` add up with ``+``.
+        ``x`` : Tensor, shape (batch_size, n_features); ``stats`` add up with ``+``. Called
+        as ``e_step(x, params, weights=w)`` for a weighted batch.
 
     Returns
     -------
     callable ``(batches, params) -> stats``
-        ``batches``: an iterable of tensors of shape (batch_size_i, n_features), traversed
-        once per call (pass a re-iterable one, such as a list or a ``DataLoader``, when the
-        loop runs more than one E-step).
+        ``batches``: an iterable of tensors of shape (batch_size_i, n_features), or of pairs
+        ``(x, w)`` whose ``w`` (shape (batch_size_i,), or None) weighs the rows of ``x``,
+        traversed once per call (pass a re-iterable one, such as a list or a ``DataLoader``,
+        when the loop runs more than one E-step).
     """
 
-    def e_step_over_batches(batches: Iterable[Tensor], params: Any) -> Any:
+    def e_step_over_batches(batches: Iterable[Any], params: Any) -> Any:
         total = None
         for batch in batches:
-            stats = e_step(batch, params)
+            if isinstance(batch, tuple):
+                batch, weights = batch
+                stats = (e_step(batch, params) if weights is None
+                         else e_step(batch, params, weights=weights))
+            else:
+                stats = e_step(batch, params)
             total = stats if total is None else total + stats
         if total is None:
             raise ValueError("the stream of batches is empty (an iterator already consumed?); "

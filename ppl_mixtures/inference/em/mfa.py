@@ -128,7 +128,7 @@ def needs_float64(params: MFAParams) -> bool:
     return bool(ratio.max() * torch.finfo(dtype).eps ** 0.5 > 1.0)
 
 
-def e_step(x: Tensor, params: MFAParams) -> MFAStats:
+def e_step(x: Tensor, params: MFAParams, weights: Tensor | None = None) -> MFAStats:
     """E-step: expected sufficient statistics of the complete data (assignments and factors).
 
     Parameters
@@ -136,6 +136,9 @@ def e_step(x: Tensor, params: MFAParams) -> MFAStats:
     x : Tensor, shape (n_samples, n_features)
     params : MFAParams
         The current parameters, at which the posteriors are taken; their means are the shift.
+    weights : Tensor, shape (n_samples,), optional
+        Sample weights, multiplied into the responsibilities once (``n_samples`` becomes
+        ``sum_n w_n``): integer weights give the statistics of repeated rows.
 
     Returns
     -------
@@ -143,22 +146,29 @@ def e_step(x: Tensor, params: MFAParams) -> MFAStats:
         Sums in float64; ``log_likelihood`` and ``shift`` in the parameters' dtype.
     """
     if not needs_float64(params):
-        return _e_step(x, params)
+        return _e_step(x, params, weights)
     wide = params.to(torch.float64)
     rows = max(1, _WIDE_BLOCK_ELEMENTS // (params.n_components * (params.n_factors + 1)))
     total = None
-    for block in x.split(rows):
-        stats = _e_step(block.to(torch.float64), wide)
+    blocks = x.split(rows)
+    block_weights = [None] * len(blocks) if weights is None else weights.split(rows)
+    for block, block_weight in zip(blocks, block_weights, strict=True):
+        stats = _e_step(block.to(torch.float64), wide,
+                        None if block_weight is None else block_weight.to(torch.float64))
         total = stats if total is None else total + stats
     return replace(total, log_likelihood=total.log_likelihood.to(params.loadings.dtype),
                    shift=params.means)
 
 
-def _e_step(x: Tensor, params: MFAParams) -> MFAStats:
+def _e_step(x: Tensor, params: MFAParams, weights: Tensor | None = None) -> MFAStats:
     n_samples, n_features = x.shape
     n_components, n_factors = params.n_components, params.n_factors
     wide = torch.float64
     resp, sample_ll, factor_means, factor_covariances = responsibilities(x, params)
+    total_weight = float(n_samples)
+    if weights is not None:
+        resp, sample_ll = resp * weights[:, None], sample_ll * weights
+        total_weight = float(weights.sum(dtype=wide))
     first, second = moments(x, resp, params.means, full=False)
     weighted_factors = resp[..., None] * factor_means  # (N, K, r)
     factor_sum = weighted_factors.sum(0, dtype=wide)
@@ -175,7 +185,7 @@ def _e_step(x: Tensor, params: MFAParams) -> MFAStats:
     )
     # the likelihood in the data's dtype: the EM loop's rounding slack follows its dtype
     return MFAStats(
-        float(n_samples), sample_ll.sum(dtype=wide).to(x.dtype), resp_sum, first, second,
+        total_weight, sample_ll.sum(dtype=wide).to(x.dtype), resp_sum, first, second,
         cross, factor_sum, factor_second, params.means,
     )
 
@@ -263,7 +273,8 @@ def _gram_factors(gram: Tensor) -> Tensor:
 
 
 def params_from_responsibilities(
-    x: Tensor, resp: Tensor, n_factors: int, reg_covar: float = 1e-6
+    x: Tensor, resp: Tensor, n_factors: int, reg_covar: float = 1e-6,
+    weights: Tensor | None = None,
 ) -> MFAParams:
     """Initial parameters from (hard or soft) responsibilities: weighted PPCA per component.
 
@@ -279,6 +290,8 @@ def params_from_responsibilities(
     n_factors : int
         ``1 <= r < n_features``.
     reg_covar : float, default 1e-6
+    weights : Tensor, shape (n_samples,), optional
+        Sample weights, multiplied into ``resp``.
 
     Returns
     -------
@@ -286,7 +299,11 @@ def params_from_responsibilities(
     """
     n_components = resp.shape[1]
     dtype = x.dtype
-    shift = x.mean(0).expand(n_components, -1)
+    if weights is None:
+        shift = x.mean(0).expand(n_components, -1)
+    else:
+        resp = resp * weights[:, None]
+        shift = ((weights @ x) / weights.sum()).expand(n_components, -1)
     first, second = moments(x, resp, shift, full=True)
     floor = _noise_floor(reg_covar, data_spread(
         resp.sum(0), first, second.diagonal(dim1=-2, dim2=-1), shift), dtype)
