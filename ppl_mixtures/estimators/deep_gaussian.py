@@ -375,6 +375,12 @@ checkpoint_path
         if self.inference == "em":
             self._fit_em(source, generator)
         else:
+            if getattr(source, "weights", None) is not None or getattr(
+                    source, "weighted_stream", False):
+                raise ValueError(
+                    "sample_weight is supported by DeepGaussianMixture's inference='em'; "
+                    "use inference='em', or fit SVI on the rows repeated by their weights"
+                )
             self._fit_svi(source, generator, resume)
         if self.identifiability is not None:
             self.params_ = identify(self.params_, self.identifiability)

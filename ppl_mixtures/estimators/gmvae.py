@@ -36,6 +36,7 @@ from ppl_mixtures.estimators._validation import (
     Real,
     check_int,
 )
+from ppl_mixtures.estimators.gaussian import GaussianMixture
 from ppl_mixtures.inference import gmvae_pretrain
 from ppl_mixtures.inference.em.gmm import DataScaleWarning
 from ppl_mixtures.inference.init import resolve_generator
@@ -410,7 +411,7 @@ class GMVAE(TransformerMixin, MixtureEstimator):
                 self.networks_, x, self.pretrain_epochs, gmvae_pretrain.PRETRAIN_BATCH_SIZE,
                 gmvae_pretrain.PRETRAIN_LR, generator, weights=weights)
         if x.shape[0] >= self.n_components:
-            gmvae_pretrain.gmm_start(self.networks_, x, seed, weights=weights)
+            gmvae_pretrain.gmm_start(self.networks_, x, seed, GaussianMixture, weights=weights)
 
     def _set_fitted(self) -> None:
         """Nothing to convert: the fitted attributes are the networks and the history."""

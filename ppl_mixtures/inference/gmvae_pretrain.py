@@ -120,8 +120,9 @@ def latent_means(networks: GMVAENetworks, y: Tensor, batch_size: int = 4096) -> 
         return torch.cat([networks.encode(chunk)[0] for chunk in y.split(batch_size)])
 
 
-def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, n_init: int = 10,
-              covariance: str = "factor", weights: Tensor | None = None) -> np.ndarray:
+def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
+              n_init: int = 10, covariance: str = "factor",
+              weights: Tensor | None = None) -> np.ndarray:
     """Start the conditional prior at a GMM fitted to the latent means (in place).
 
     Parameters
@@ -131,6 +132,11 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, n_init: int = 10,
     y : Tensor, shape (N, D)
     seed : int
         ``random_state`` of the GMM (k-means starts).
+    mixture : type
+        The Gaussian mixture estimator to fit: a class with scikit-learn's
+        ``GaussianMixture`` constructor, ``fit(X, sample_weight=...)``, ``means_`` and
+        ``covariances_`` (the GMVAE passes :class:`ppl_mixtures.GaussianMixture`; given as an
+        argument because the estimators layer imports this module, not the other way round).
     n_init : int, default 10
         Restarts of the GMM (the best likelihood is kept).
     covariance : {"factor", "diag"}, default "factor"
@@ -154,8 +160,6 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, n_init: int = 10,
     ValueError
         When ``prior_net`` does not end with such a layer.
     """
-    from ppl_mixtures.estimators.gaussian import GaussianMixture  # estimators import this module
-
     n_components, x_dim, w_dim = networks.n_components, networks.x_dim, networks.w_dim
     output = last_linear(networks.prior_net)
     if output is None or output.out_features != 2 * n_components * x_dim:
@@ -170,7 +174,7 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, n_init: int = 10,
     latents = latent_means(networks, y)
     values = latents.detach().cpu().double().numpy()
     spread = float(values.var(0).mean()) if values.shape[0] > 1 else 1.0
-    gmm = GaussianMixture(
+    gmm = mixture(
         n_components, covariance_type="full" if factor else "diag",
         reg_covar=1e-3 * spread + 1e-9, n_init=n_init, random_state=seed, progress=False,
         dtype="float64", device="cpu",

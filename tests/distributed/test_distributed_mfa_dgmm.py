@@ -87,8 +87,10 @@ def test_one_rank_equals_plain_fit():
         one = est.set_params(distributed=True).fit(X)
         one_means, one_history = one.means_, list(one.history_)
         plain = est.set_params(distributed=False).fit(X)
-        np.testing.assert_allclose(one_means, plain.means_, rtol=0, atol=1e-12)
-        assert one_history == pytest.approx(plain.history_, abs=1e-12)
+        # equal up to the rounding of the all-reduced sums (summation order), which the DGMM
+        # default's SQUAREM extrapolation amplifies: measured up to 3.6e-10 on the means
+        np.testing.assert_allclose(one_means, plain.means_, rtol=0, atol=1e-8)
+        assert one_history == pytest.approx(plain.history_, abs=1e-8)
     with pytest.raises(ValueError, match="realign=True runs k-means on the scores of all the "
                                          "data at once, which distributed=True"):
         DeepGaussianMixture((2, 2), (3, 1), realign=True, distributed=True).fit(X)

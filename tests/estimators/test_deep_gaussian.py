@@ -442,3 +442,11 @@ def test_weighted_e_step_equals_repeated_rows():
     assert weighted.n_samples == pytest.approx(repeated.n_samples)
     for field in ("log_likelihood", "path_mass", "first_moment", "second_moment"):
         torch.testing.assert_close(getattr(weighted, field), getattr(repeated, field))
+
+
+def test_sample_weight_with_svi_is_refused_naming_em():
+    X = np.random.default_rng(0).normal(size=(40, 4))
+    est = DeepGaussianMixture((2, 1), (2, 1), inference="svi", max_iter=2, progress=False,
+                              random_state=0)
+    with pytest.raises(ValueError, match="sample_weight is supported by .*inference='em'"):
+        est.fit(X, sample_weight=np.ones(40))

@@ -15,6 +15,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import adjusted_rand_score
 
 from ppl_mixtures.datasets import load_mnist_idx, make_pinwheel, read_idx
+from ppl_mixtures.estimators.gaussian import GaussianMixture
 from ppl_mixtures.estimators.gmvae import GMVAE
 from ppl_mixtures.inference import gmvae_pretrain
 from ppl_mixtures.inference.svi import SVITrainer
@@ -446,7 +447,8 @@ def test_gmm_start_is_the_mixture_of_the_latent_means(covariance):
     """p(x | z=k) at the start: each cluster's mean, and its covariance (full, or the diagonal)."""
     y, labels = _blobs()
     networks = _identity_encoder_networks()
-    start = gmvae_pretrain.gmm_start(networks, y, seed=0, covariance=covariance)
+    start = gmvae_pretrain.gmm_start(networks, y, seed=0, mixture=GaussianMixture,
+                                     covariance=covariance)
     assert adjusted_rand_score(labels, start) == 1.0
     torch.set_grad_enabled(False)
     origin = torch.zeros(1, 2, dtype=torch.float64)
@@ -480,7 +482,7 @@ def test_gmm_start_needs_a_linear_output():
     networks = _tiny_networks("gaussian")
     networks.prior_net = torch.nn.Sequential(networks.prior_net, torch.nn.Tanh())
     with pytest.raises(ValueError, match="init='random'"):
-        gmvae_pretrain.gmm_start(networks, _data("gaussian"), seed=0)
+        gmvae_pretrain.gmm_start(networks, _data("gaussian"), seed=0, mixture=GaussianMixture)
 
 
 def test_pretraining_lowers_the_reconstruction_error():
