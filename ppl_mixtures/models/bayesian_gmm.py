@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, fields
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -58,6 +59,16 @@ from ppl_mixtures.models._sites import ComponentParams, DataPlateModel
 
 COVARIANCE_TYPES = ("spherical", "diag", "tied", "full")
 WEIGHT_PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
+
+
+#: The fields of the containers below that name a family rather than hold a tensor.
+_TYPE_FIELDS = ("covariance_type", "weight_prior_type")
+
+
+def _tensor_fields(container: Any) -> dict[str, Tensor]:
+    """The tensor fields of a dataclass container, by name (its type fields left out)."""
+    return {f.name: getattr(container, f.name) for f in fields(container)
+            if f.name not in _TYPE_FIELDS}
 
 
 @dataclass
@@ -89,8 +100,7 @@ class BayesianGMMPriors:
     weight_prior_type: str
 
     def tensors(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("covariance_type", "weight_prior_type")}
+        return _tensor_fields(self)
 
     def scale_inverse(self) -> Tensor:
         """``W0^-1`` as a (D, D) matrix."""
@@ -126,8 +136,7 @@ class VariationalParams(ComponentParams):
     weight_prior_type: str
 
     def tensors(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("covariance_type", "weight_prior_type")}
+        return _tensor_fields(self)
 
 
 # ---------------------------------------------------------------------------------------------
