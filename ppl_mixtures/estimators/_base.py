@@ -32,7 +32,6 @@ their own generators and leave the user's global random streams as they found th
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -40,16 +39,14 @@ from typing import Any, ClassVar
 import numpy as np
 import pyro
 import torch
-from pyro.infer import TraceEnum_ELBO
-from pyro.infer.autoguide import AutoNormal
 from sklearn.base import BaseEstimator, DensityMixin
-from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ppl_mixtures import distributed as process_group
-from ppl_mixtures import io, metrics
 from ppl_mixtures._rng import keeps_global_rng
 from ppl_mixtures.estimators import _continuation, _restarts
+from ppl_mixtures.estimators._persistence import PersistenceMixin
+from ppl_mixtures.estimators._queries import QueriesMixin
 from ppl_mixtures.estimators._sources import (
     WEIGHTS_IN_BATCHES,
     DataSource,
@@ -60,7 +57,6 @@ from ppl_mixtures.estimators._sources import (
 )
 from ppl_mixtures.estimators._validation import (
     Constraint,
-    check_int,
     resolve_device,
     resolve_dtype,
     validate_parameters,
@@ -82,10 +78,9 @@ def _short(value: Any) -> str:
 
 
 #: Fitted attributes that :meth:`MixtureEstimator.save` rebuilds instead of storing.
-_REBUILT = ("model_", "guide_", "params_", "param_store_state_", "networks_")
 
 
-class MixtureEstimator(DensityMixin, BaseEstimator):
+class MixtureEstimator(PersistenceMixin, QueriesMixin, DensityMixin, BaseEstimator):
     """Common machinery of the mixture estimators (see the module docstring for the hooks)."""
 
     #: Argument name -> constraints, one of which the value must satisfy.
@@ -395,178 +390,3 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         """Most probable cluster of every sample, shape (n_samples,)."""
         return self.predict_proba(X).argmax(axis=1)
-
-    def _missing_e_step(self) -> Callable:
-        """The E-step that integrates NaN entries out (a hook of the estimators with
-        ``missing``)."""
-        raise NotImplementedError
-
-    @available_if(lambda est: hasattr(est, "_impute"))
-    @keeps_global_rng
-    def impute(self, X: Any) -> np.ndarray:
-        """``X`` with every NaN entry replaced by its conditional mean given the row's
-        observed entries, ``E[x_m | x_o]`` under the fitted mixture (the components'
-        conditional means weighted by the row's responsibilities; Ghahramani & Jordan 1994).
-
-        Observed entries are returned unchanged; a row without any observed entry gets the
-        mixture mean. NaN input is accepted whatever ``missing`` (the fit may have been on
-        complete data).
-
-        Parameters
-        ----------
-        X : array-like, shape (n_samples, n_features)
-
-        Returns
-        -------
-        ndarray, shape (n_samples, n_features)
-        """
-        self._check_fitted()
-        x = self._validate_x(X, reset=False, allow_nan=True)
-        with torch.no_grad():
-            return self._impute(x).cpu().numpy()
-
-    def bic(self, X: Any) -> float:
-        """Bayesian information criterion ``-2 log L + p log N`` (lower is better)."""
-        total = float(self.score_samples(X).sum())
-        return metrics.bic(total, self._n_parameters(), len(np.asarray(X)))
-
-    def aic(self, X: Any) -> float:
-        """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
-        total = float(self.score_samples(X).sum())
-        return metrics.aic(total, self._n_parameters(), len(np.asarray(X)))
-
-    @keeps_global_rng
-    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``n_samples`` from the fitted model.
-
-        Returns
-        -------
-        X : ndarray, shape (n_samples, n_features)
-        y : ndarray, shape (n_samples,)
-            The cluster of each draw.
-        """
-        self._check_fitted()
-        check_int(n_samples, "n_samples", 1)
-        generator = resolve_generator(self.random_state, self._device)
-        with torch.no_grad():
-            x, labels = self._sample_tensors(n_samples, generator)
-        return x.cpu().numpy(), labels.cpu().numpy()
-
-    @keeps_global_rng
-    def elbo_loss(self, X: Any) -> float:
-        """``TraceEnum_ELBO`` loss of the fitted model and guide on ``X`` (sum over samples).
-
-        With the point-mass guide of EM and MAP fits this is ``-(log p(X | theta) +
-        log p(theta))``: the identity that ties EM and SVI together.
-        """
-        x = self._fitted_x(X)
-        with pyro.get_param_store().scope(self.param_store_state_), torch.no_grad():
-            loss = TraceEnum_ELBO(max_plate_nesting=1).loss(self.model_, self.guide_, x)
-        return float(loss)
-
-    def posterior_params(self) -> dict[str, np.ndarray]:
-        """The fitted guide's parameters, constrained, without entering a Pyro param store scope.
-
-        A fit keeps its Pyro parameters in its own scope (``param_store_state_``), so the
-        global ``pyro.get_param_store()`` never shows them; this reads them from there.
-
-        Returns
-        -------
-        dict of str to ndarray
-            Every Pyro parameter of the fit (on the CPU, in the constrained space: positive
-            variances, simplex weights ...). Names carry the guide's prefix removed when it
-            has one (``AutoDelta.means`` is ``means``: for EM, MAP-SVI and NUTS fits these
-            are the global sites at ``params_``, shaped as the model's sites); networks'
-            weights and local guides' parameters keep their full names. A mean-field guide
-            (``AutoNormal``) holds ``locs.<site>`` (in the site's unconstrained space) and
-            ``scales.<site>``; each site's posterior median, constrained, is added under the
-            site's name.
-        """
-        check_is_fitted(self, "param_store_state_")
-        prefix = getattr(self.guide_, "_pyro_name", None)
-        store = pyro.get_param_store()
-        with store.scope(self.param_store_state_), torch.no_grad():
-            values = {name: store[name].detach().cpu().numpy().copy() for name in store.keys()}
-            medians = (self.guide_.median() if isinstance(self.guide_, AutoNormal) else {})
-        out = {}
-        for name, value in values.items():
-            short = name[len(prefix) + 1:] if prefix and name.startswith(f"{prefix}.") else name
-            out[short if short not in values else name] = value
-        for name, value in medians.items():
-            out.setdefault(name, value.detach().cpu().numpy().copy())
-        return out
-
-    # ---------------------------------------------------------------------------- save/load
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the estimator to ``path`` in the safe format of :mod:`ppl_mixtures.io`.
-
-        The file holds the arguments, the fitted attributes and tensors, the priors and the
-        library versions; it is written atomically and :meth:`load` rebuilds an estimator
-        whose predictions, scores and continued training equal this one's. Reading it runs
-        no code (no pickle).
-        """
-        self._check_fitted()
-        fitted = {k: v for k, v in vars(self).items()
-                  if k.endswith("_") and not k.startswith("_") and k not in _REBUILT}
-        content = {
-            "class": type(self).__name__,
-            "arguments": self.get_params(deep=False),
-            "fitted": fitted,
-            "params": {k: v.detach() for k, v in self._param_tensors().items()},
-            "extra": self._extra_state(),
-            "dtype": self._dtype,
-            "priors": getattr(self.model_, "priors", None),
-        }
-        try:
-            io.write(path, "estimator", content)
-        except TypeError as error:
-            raise TypeError(f"cannot save this {type(self).__name__}: {error}") from None
-
-    def _extra_state(self) -> dict[str, Any]:
-        """State beyond the public attributes that :meth:`save` must keep (a hook)."""
-        return {}
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str = "auto"):
-        """Read an estimator written by :meth:`save`; nothing in the file is executed.
-
-        Parameters
-        ----------
-        path : str or path-like
-        device : str, default "auto"
-            Where the fitted tensors go.
-
-        Raises
-        ------
-        ppl_mixtures.io.FileFormatError
-            When the file is a pickle, damaged, of another format version, or holds another
-            estimator class.
-        """
-        content, _ = io.read(path, "estimator")
-        if content.get("class") != cls.__name__:
-            raise io.FileFormatError(
-                f"{os.fspath(path)} holds a {content.get('class')!r}, not a {cls.__name__}; "
-                "read it with ppl_mixtures.load_estimator(path)"
-            )
-        return cls._from_content(content, device)
-
-    def _placeholder_row(self) -> torch.Tensor:
-        """One row of zeros: builds a guide's global parameters as a row of data would."""
-        return torch.zeros(1, self.n_features_in_, dtype=self._dtype, device=self._device)
-
-    @classmethod
-    @keeps_global_rng
-    def _from_content(cls, content: dict, device: str):
-        """Rebuild an estimator from what :meth:`save` wrote (already read from disk)."""
-        est = cls(**{**content["arguments"], "device": device})
-        for name, value in content["fitted"].items():
-            setattr(est, name, value)
-        est._dtype = content["dtype"]
-        est._device = resolve_device(device)
-        content["params"] = {k: v.to(est._device) for k, v in content["params"].items()}
-        with pyro.get_param_store().scope() as state:
-            est._restore(content)
-        est.param_store_state_ = state
-        est._warm_key = _continuation.fit_key(est, est.n_features_in_)
-        return est
