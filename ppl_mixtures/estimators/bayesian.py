@@ -23,6 +23,7 @@ from ppl_mixtures.estimators._sources import DataSource
 from ppl_mixtures.estimators._validation import (
     BOOLEAN,
     COMMON_CONSTRAINTS,
+    DICT,
     NONE,
     InstanceOf,
     Integer,
@@ -82,6 +83,19 @@ class BayesianGaussianMixture(MixtureEstimator):
     covariance_prior : float or array-like, optional
         ``W0^-1``: full/tied (D, D), diag (D,), spherical a float (default: the covariance
         of ``X``, ``ddof=1``, of the type's shape).
+    priors : dict of str to pyro.distributions.Distribution, optional
+        Replace the conjugate prior of some global sites (``inference="svi"`` only; CAVI's
+        updates are exact for the conjugate priors alone), as ``priors`` of
+        :class:`~ppl_mixtures.estimators.GaussianMixture` replaces its defaults. Keys:
+        ``"sticks"`` (Dirichlet process; one stick's prior on (0, 1), e.g. ``dist.Beta(1.0,
+        2.0)``) or ``"weights"`` (Dirichlet distribution; event shape (n_components,)),
+        ``"precisions"`` (one component's (D, D) precision matrix, e.g. a ``dist.Wishart``),
+        ``"means"`` (one component's mean: a scalar distribution broadcast over the features,
+        e.g. ``dist.StudentT(3.0, 0.0, 10.0)``, or event shape (D,); it is then independent of
+        the precisions). Sites not named keep the conjugate prior of the ``*_prior``
+        arguments, which also set the starting ``q``. The guide stays the variational family
+        above; a prior whose support misses values it draws is refused. See
+        :mod:`ppl_mixtures.models.bayesian_gmm`.
     inference : {"cavi", "svi"}, default "cavi"
         ``"cavi"``: the exact coordinate-ascent updates (scikit-learn's algorithm).
         ``"svi"``: Adam on ``TraceEnum_ELBO`` of :attr:`model_` with the variational guide
@@ -117,14 +131,17 @@ class BayesianGaussianMixture(MixtureEstimator):
         The priors used (defaults resolved from the data, weighted by ``sample_weight``).
     lower_bound_ : float
         scikit-learn's value: the bound with its constants dropped (a total over rows) after
-        the last iteration (CAVI); for SVI, :attr:`elbo_` moved onto the same scale.
+        the last iteration (CAVI); for SVI, :attr:`elbo_` moved onto the same scale; with
+        swapped ``priors`` (no such scale), :attr:`elbo_` itself.
     lower_bounds_ : list of float
         CAVI: ``lower_bound_`` at every iteration.
     elbo_ : float
         The full evidence lower bound at the fitted ``q`` (every constant kept, total over
         rows), with ``q(assignment)`` the CAVI update at it: ``-E[TraceEnum_ELBO loss]`` of
         :attr:`model_` and :attr:`guide_`. ``-inf`` when ``covariance_prior_`` is singular
-        (the default for fewer rows than features): the Wishart prior is then improper.
+        (the default for fewer rows than features): the Wishart prior is then improper. With
+        swapped ``priors``, their KL terms without a closed form are Monte Carlo means over
+        ``bayesian_gmm.MONTE_CARLO_DRAWS`` draws of ``q`` (a fixed seed: deterministic).
     converged_, n_iter_, history_
         ``history_``: CAVI, ``lower_bound_`` per iteration; SVI, the loss per row per step.
     params_ : VariationalParams
@@ -152,6 +169,7 @@ class BayesianGaussianMixture(MixtureEstimator):
         "max_iter": [Integer(1), NONE],
         "mean_prior": ARRAY_LIKE,
         "covariance_prior": ARRAY_LIKE,
+        "priors": [DICT, NONE],
         "resp_init": ARRAY_LIKE,
         "warm_start": [BOOLEAN],
         "verbose": [Integer(0), BOOLEAN],
@@ -180,6 +198,7 @@ class BayesianGaussianMixture(MixtureEstimator):
         mean_prior: Any = None,
         degrees_of_freedom_prior: float | None = None,
         covariance_prior: Any = None,
+        priors: dict | None = None,
         inference: str = "cavi",
         lr: float | None = None,
         batch_size: int | None = None,
@@ -207,6 +226,7 @@ class BayesianGaussianMixture(MixtureEstimator):
         self.mean_prior = mean_prior
         self.degrees_of_freedom_prior = degrees_of_freedom_prior
         self.covariance_prior = covariance_prior
+        self.priors = priors
         self.inference = inference
         self.lr = lr
         self.batch_size = batch_size
@@ -221,6 +241,15 @@ class BayesianGaussianMixture(MixtureEstimator):
         self.distributed = distributed
 
     # ----------------------------------------------------------------------------- validation
+
+    def _check_arguments(self) -> None:
+        if self.priors and self.inference == "cavi":
+            raise ValueError(
+                f"priors={sorted(self.priors)} swaps the conjugate priors, and CAVI's updates are "
+                "exact for those alone; fit swapped priors with inference='svi', or set the "
+                "conjugate ones through weight_concentration_prior, mean_precision_prior, "
+                "mean_prior, degrees_of_freedom_prior and covariance_prior")
+        bgmm.check_site_names(self.priors or {}, self.weight_concentration_prior_type)
 
     def _shape_key(self) -> dict[str, Any]:
         return {"n_components": self.n_components, "covariance_type": self.covariance_type,
@@ -306,7 +335,7 @@ class BayesianGaussianMixture(MixtureEstimator):
         x = source.data
         sample_weight = getattr(source, "weights", None)
         priors = self._resolve_priors(x, sample_weight)
-        self.model_ = bgmm.BayesianGaussianMixtureModel(self.n_components, priors)
+        self.model_ = bgmm.BayesianGaussianMixtureModel(self.n_components, priors, self.priors)
         spread = float(x.var(0).mean()) if x.shape[0] > 1 else 1.0
         reg = variance_floor(self.reg_covar, spread, float(x.mean(0).square().mean()), x.dtype)
 
@@ -320,9 +349,6 @@ class BayesianGaussianMixture(MixtureEstimator):
                                   lambda model, q: bgmm.VariationalGuide(q),
                                   monotone=reg == 0)
         else:
-            if sample_weight is not None:
-                raise ValueError("sample_weight is supported by inference='cavi'; fit SVI on "
-                                 "repeated rows, or use inference='cavi'")
             warm = self._warm_start_from
             guide, _ = self._fit_svi_restarts(
                 source, generator, resume,
@@ -336,12 +362,16 @@ class BayesianGaussianMixture(MixtureEstimator):
 
     def _bounds(self, x: torch.Tensor, priors: bgmm.BayesianGMMPriors, reg: float,
                 sample_weight: torch.Tensor | None) -> None:
-        """``elbo_``; for SVI also ``lower_bound_`` on scikit-learn's scale."""
+        """``elbo_``; for SVI also ``lower_bound_`` on scikit-learn's scale (with swapped
+        priors, the ELBO itself)."""
+        swapped = self.model_.priors
         with torch.no_grad():
             q = self.params_
             resp, _ = cavi_gmm.responsibilities(x, q)
-            self.elbo_ = float(bgmm.elbo(x, resp, q, priors, sample_weight))
-            if self.inference == "svi":
+            self.elbo_ = float(bgmm.elbo(x, resp, q, priors, sample_weight, swapped))
+            if swapped:
+                self.lower_bound_ = self.elbo_
+            elif self.inference == "svi":
                 # the constant between the two bounds, where q is the update for resp
                 stats = cavi_gmm.statistics(x, resp, q.means, priors.covariance_type,
                                             sample_weight)
@@ -417,7 +447,8 @@ class BayesianGaussianMixture(MixtureEstimator):
             as_tensor(self.mean_prior_), as_tensor(self.degrees_of_freedom_prior_),
             as_tensor(self.covariance_prior_), self.covariance_type,
             self.weight_concentration_prior_type)
-        self.model_ = bgmm.BayesianGaussianMixtureModel(self.n_components, priors)
+        self.model_ = bgmm.BayesianGaussianMixtureModel(self.n_components, priors,
+                                                        content["priors"])
         self.guide_ = bgmm.VariationalGuide(self.params_)
         self.guide_(self._placeholder_row())
 

@@ -34,6 +34,24 @@ scale ``W0`` is the inverse of ``covariance_prior`` (diag: a diagonal, spherical
 of the identity). ``covariances`` is scikit-learn's ``covariances_``: ``(nu W)^-1``, the
 inverse of the expected precision.
 
+Swapped priors (``inference="svi"`` only). The conjugate priors above are the defaults; a
+user may replace the prior of any global site with a Pyro distribution
+(:func:`check_site_priors`, the contract of :mod:`ppl_mixtures.models.priors`): ``"sticks"``
+(one stick, in (0, 1)), ``"weights"`` (the whole simplex, event shape (K,)), ``"precisions"``
+(one component's (D, D) positive definite matrix) and ``"means"`` (one component's mean, a
+scalar distribution broadcast over the D features or event shape (D,); a swapped ``"means"``
+no longer depends on ``precisions``). The guide is unchanged: its family (Beta, Dirichlet,
+Wishart, conditional Normal) covers each site's support, and a prior whose support does not
+hold every value the guide can draw is refused. :func:`elbo` then takes the swapped sites'
+KL terms in closed form where torch knows them (and Wishart against Wishart), by Monte Carlo
+over ``q`` otherwise.
+
+Sample weights: ``model(x, sample_weight=w)`` and ``guide(x, sample_weight=w)`` scale every
+site of row n by ``w_n`` (``poutine.scale``, rows of weight 0 masked), so the ELBO is ``sum_n
+w_n ELBO_n``: integer weights are repeated rows, exactly (the pattern of the GMVAE's model;
+the GMM's factor site weighs ``log p(x_n | theta)``, which is this guide's row term only when
+``q(assignment)`` is the exact posterior, so it is not used here).
+
 The CAVI steps (:mod:`ppl_mixtures.inference.em.cavi_gmm`) take their expected log densities
 from :func:`expected_log_joint`, which reuses :func:`ppl_mixtures.models.gmm.component_log_prob`.
 :func:`elbo` is the full evidence lower bound, equal in expectation to ``-TraceEnum_ELBO`` of
@@ -42,20 +60,26 @@ from :func:`expected_log_joint`, which reuses :func:`ppl_mixtures.models.gmm.com
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.distributions import constraints
 from pyro.ops.indexing import Vindex
 from torch import Tensor
 
+from ppl_mixtures._rng import seeded_global_rng
 from ppl_mixtures.models import gmm
 from ppl_mixtures.models._sites import ComponentParams, DataPlateModel
+from ppl_mixtures.models.priors import prior_like
 
 COVARIANCE_TYPES = ("spherical", "diag", "tied", "full")
 WEIGHT_PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
@@ -137,6 +161,143 @@ class VariationalParams(ComponentParams):
 
     def tensors(self) -> dict[str, Tensor]:
         return _tensor_fields(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Swapped priors: checks
+# ---------------------------------------------------------------------------------------------
+
+#: The global sites whose prior a user may swap, per weight prior type.
+SWAPPABLE_SITES = {"dirichlet_process": ("sticks", "precisions", "means"),
+                   "dirichlet_distribution": ("weights", "precisions", "means")}
+
+#: The guide's family on each global site, and the values it draws (for the messages).
+_GUIDE_FAMILIES = {"sticks": "Beta, values in (0, 1)",
+                   "weights": "Dirichlet, values on the simplex",
+                   "precisions": "Wishart, symmetric positive definite (D, D) matrices",
+                   "means": "Normal, any real vector"}
+
+
+def _site_shapes(name: str, n_components: int, n_features: int) -> dict[str, Any]:
+    """What a prior of site ``name`` may look like: event shapes, batch shapes, an example."""
+    per_component = ((), (n_components,))
+    if name == "sticks":
+        return {"event": [()], "batch": per_component, "example": "dist.Beta(1.0, 2.0)"}
+    if name == "weights":
+        return {"event": [(n_components,)], "batch": ((),),
+                "example": f"dist.Dirichlet(torch.full(({n_components},), 0.5))"}
+    if name == "precisions":
+        return {"event": [(n_features, n_features)], "batch": per_component,
+                "example": f"dist.Wishart(df, covariance_matrix=torch.eye({n_features}))"}
+    return {"event": [(n_features,), ()], "batch": per_component,
+            "example": "dist.StudentT(3.0, 0.0, 10.0)"}
+
+
+def _support_probes(name: str, n_components: int, n_features: int, like: Tensor) -> Tensor:
+    """Values the guide can draw at site ``name`` (one component's, or the whole simplex),
+    stacked on a leading axis: a prior must hold all of them in its support."""
+    options = {"dtype": like.dtype, "device": like.device}
+    if name == "sticks":
+        return torch.tensor([1e-6, 0.5, 1.0 - 1e-6], **options)
+    if name == "weights":
+        uniform = torch.full((n_components,), 1.0 / n_components, **options)
+        corner = torch.full((n_components,), 1e-6, **options)
+        corner[0] = 1.0 - 1e-6 * (n_components - 1)
+        return torch.stack([uniform, corner])
+    if name == "precisions":
+        eye = torch.eye(n_features, **options)
+        correlated = 0.1 * eye + 0.9 * torch.ones(n_features, n_features, **options)
+        return torch.stack([1e-3 * eye, 1e3 * eye, correlated])
+    ones = torch.ones(n_features, **options)
+    return torch.stack([0.0 * ones, 1e6 * ones, -1e6 * ones])
+
+
+def check_site_names(names: Any, weight_prior_type: str) -> None:
+    """Raise a ``ValueError`` for a key of a swapped-priors dict that is no swappable site."""
+    allowed = SWAPPABLE_SITES[weight_prior_type]
+    for name in names:
+        if name not in allowed:
+            other = [t for t, sites in SWAPPABLE_SITES.items()
+                     if name in sites and t != weight_prior_type]
+            hint = (f"; {name!r} is a site of weight_concentration_prior_type={other[0]!r}"
+                    if other else "")
+            raise ValueError(f"priors has a key {name!r}, which is not a global site of this "
+                             f"model: use keys among {list(allowed)}{hint}")
+
+
+def check_site_priors(site_priors: Mapping[str, Any] | None, n_components: int,
+                      n_features: int, weight_prior_type: str,
+                      like: Tensor) -> dict[str, dist.Distribution]:
+    """Check a user's swapped priors and shape them for the model's sites.
+
+    Parameters
+    ----------
+    site_priors : dict of str to pyro.distributions.Distribution, or None
+        Keys among :data:`SWAPPABLE_SITES` of ``weight_prior_type``. ``"sticks"``: one
+        stick's prior (event shape (), batch shape () or (K,)); ``"weights"``: event shape
+        (K,); ``"precisions"``: event shape (D, D), batch shape () or (K,); ``"means"``: event
+        shape (D,), or a scalar distribution (batch shape () or (D,)) broadcast over the
+        features.
+    n_components, n_features : int
+    weight_prior_type : str
+    like : Tensor
+        The priors are moved to its dtype and device.
+
+    Returns
+    -------
+    dict of str to Distribution
+        The priors as the sites take them (``"means"`` with event shape (D,)).
+
+    Raises
+    ------
+    ValueError
+        Naming the site, the shape found, the shape expected and an example; or the support
+        that does not hold the values the guide draws.
+    """
+    site_priors = dict(site_priors or {})
+    check_site_names(site_priors, weight_prior_type)
+    checked: dict[str, dist.Distribution] = {}
+    for name, prior in site_priors.items():
+        if not isinstance(prior, torch.distributions.Distribution):
+            raise ValueError(f"priors[{name!r}] is a {type(prior).__name__}; pass a "
+                             "pyro.distributions object, e.g. "
+                             f"{_site_shapes(name, n_components, n_features)['example']}")
+        prior = prior_like(prior, like)
+        shapes = _site_shapes(name, n_components, n_features)
+        event, batch = tuple(prior.event_shape), tuple(prior.batch_shape)
+        if name == "means" and event == () and batch in ((), (n_features,)):
+            prior = prior.expand((n_features,)).to_event(1)
+        elif event not in shapes["event"] or batch not in shapes["batch"]:
+            expected = (f"event_shape {shapes['event'][0]} with batch_shape among "
+                        f"{list(shapes['batch'])}")
+            if name == "means":
+                expected += f", or a scalar distribution (batch_shape () or ({n_features},))"
+            raise ValueError(
+                f"priors[{name!r}] has batch_shape {batch} and event_shape {event}; expected "
+                f"{expected} (K = {n_components} components, D = {n_features} features), "
+                f"e.g. {shapes['example']}")
+        _check_support(name, prior, n_components, n_features, like)
+        checked[name] = prior
+    return checked
+
+
+def _check_support(name: str, prior: dist.Distribution, n_components: int, n_features: int,
+                   like: Tensor) -> None:
+    """Refuse a prior whose support misses values the guide draws (see
+    :func:`_support_probes`), which would make the ELBO ``-inf``."""
+    probes = _support_probes(name, n_components, n_features, like)
+    probes = probes.reshape(probes.shape[:1] + (1,) * len(prior.batch_shape)
+                            + probes.shape[1:])
+    try:
+        inside = prior.support.check(probes)
+    except NotImplementedError:  # a support torch cannot test: the loss will tell
+        return
+    if not bool(torch.as_tensor(inside).all()):
+        raise ValueError(
+            f"priors[{name!r}] has support {prior.support}, which does not hold every value "
+            f"the variational guide draws at that site ({_GUIDE_FAMILIES[name]}); the guide "
+            f"of inference='svi' is fixed, so pass a prior on that set, e.g. "
+            f"{_site_shapes(name, n_components, n_features)['example']}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,27 +410,45 @@ def scale_tril(q: VariationalParams) -> Tensor:
     return torch.linalg.cholesky(inverse)
 
 
-def draw_mixtures(q: VariationalParams, num_samples: int) -> list[gmm.GMMParams]:
-    """``num_samples`` mixtures drawn from ``q`` (torch's global generator).
+def draw_globals(q: VariationalParams, num_samples: int) -> dict[str, Tensor]:
+    """``num_samples`` draws of the global sites from ``q`` (torch's global generator).
 
-    Each is a :class:`~ppl_mixtures.models.gmm.GMMParams` with full covariances, the inverses
-    of the drawn precisions, and the drawn weights normalised over the K components.
+    Returns
+    -------
+    dict of str to Tensor
+        ``"sticks"`` or ``"weights"`` (S, K), ``"precisions"`` (S, K, D, D), ``"means"``
+        (S, K, D).
     """
     shape = (num_samples,)
+    sites: dict[str, Tensor] = {}
     if q.weight_prior_type == "dirichlet_process":
         a, b = q.weight_concentration
-        weights = _log_stick_weights(dist.Beta(a, b).sample(shape)).exp()
+        sites["sticks"] = dist.Beta(a, b).sample(shape)
     else:
-        weights = dist.Dirichlet(q.weight_concentration).sample(shape)
-    weights = weights / weights.sum(-1, keepdim=True)
+        sites["weights"] = dist.Dirichlet(q.weight_concentration).sample(shape)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Singular sample", UserWarning)
         precisions = torch.distributions.Wishart(component_dof(q), scale_tril=_scale_factors(q),
                                                  validate_args=False).sample(shape)
     factors = torch.linalg.cholesky(q.mean_precision[:, None, None] * precisions)
     noise = torch.randn(precisions.shape[:-1], dtype=q.means.dtype, device=q.means.device)
-    means = q.means + torch.linalg.solve_triangular(factors.transpose(-1, -2),
-                                                    noise[..., None], upper=True)[..., 0]
+    sites["precisions"] = precisions
+    sites["means"] = q.means + torch.linalg.solve_triangular(
+        factors.transpose(-1, -2), noise[..., None], upper=True)[..., 0]
+    return sites
+
+
+def draw_mixtures(q: VariationalParams, num_samples: int) -> list[gmm.GMMParams]:
+    """``num_samples`` mixtures drawn from ``q`` (torch's global generator).
+
+    Each is a :class:`~ppl_mixtures.models.gmm.GMMParams` with full covariances, the inverses
+    of the drawn precisions, and the drawn weights normalised over the K components.
+    """
+    sites = draw_globals(q, num_samples)
+    weights = (_log_stick_weights(sites["sticks"]).exp() if "sticks" in sites
+               else sites["weights"])
+    weights = weights / weights.sum(-1, keepdim=True)
+    means, precisions = sites["means"], sites["precisions"]
     covariances = torch.cholesky_inverse(torch.linalg.cholesky(precisions))
     return [gmm.GMMParams(weights[s], means[s], covariances[s], "full")
             for s in range(num_samples)]
@@ -309,36 +488,100 @@ def kl_wishart(dof_q: Tensor, scale_inverse_q: Tensor, dof_p: Tensor,
             + 0.5 * dof_p * (log_det_q - log_det_p) + 0.5 * dof_q * (trace - n_features))
 
 
-def kl_weights(q: VariationalParams, priors: BayesianGMMPriors) -> Tensor:
-    """``KL(q(sticks) || p(sticks))`` or ``KL(q(weights) || p(weights))``, a scalar."""
-    alpha = priors.weight_concentration
+#: Draws of ``q`` for the KL terms of swapped priors that have no closed form.
+MONTE_CARLO_DRAWS = 4096
+
+
+def expected_log_prior(q: VariationalParams, name: str, prior: dist.Distribution) -> Tensor:
+    """``E_q log p(site)`` of one global site under a swapped prior, a scalar.
+
+    A Monte Carlo mean over :data:`MONTE_CARLO_DRAWS` draws of :func:`draw_globals`, taken
+    from torch's generator seeded with 0 inside a fork (the caller's streams are left alone):
+    a deterministic function of ``q``. Its standard error is well under one nat on the
+    designed cases of the tests (the spread of ``log p`` over draws divided by 64).
+    """
+    with seeded_global_rng(0, q.means.device):
+        value = draw_globals(q, MONTE_CARLO_DRAWS)[name]
+    log_prob = prior.log_prob(value)
+    return log_prob.reshape(MONTE_CARLO_DRAWS, -1).sum(-1).mean()
+
+
+def _weight_factor(q: VariationalParams) -> dist.Distribution:
+    """``q(sticks)`` (batch (K,)) or ``q(weights)``."""
     if q.weight_prior_type == "dirichlet_process":
         a, b = q.weight_concentration
-        prior = dist.Beta(torch.ones_like(a), alpha.expand_as(b))
-        return torch.distributions.kl_divergence(dist.Beta(a, b), prior).sum()
-    concentration = q.weight_concentration
-    prior = dist.Dirichlet(alpha.expand_as(concentration))
-    return torch.distributions.kl_divergence(dist.Dirichlet(concentration), prior)
+        return dist.Beta(a, b)
+    return dist.Dirichlet(q.weight_concentration)
 
 
-def kl_means_precisions(q: VariationalParams, priors: BayesianGMMPriors) -> Tensor:
+def kl_weights(q: VariationalParams, priors: BayesianGMMPriors,
+               site_priors: Mapping[str, dist.Distribution] | None = None) -> Tensor:
+    """``KL(q(sticks) || p(sticks))`` or ``KL(q(weights) || p(weights))``, a scalar.
+
+    A swapped prior (``site_priors["sticks"]`` or ``["weights"]``) is taken in closed form
+    where torch registers the pair (Beta, Dirichlet), by :func:`expected_log_prior` otherwise.
+    """
+    name = "sticks" if q.weight_prior_type == "dirichlet_process" else "weights"
+    factor = _weight_factor(q)
+    prior = (site_priors or {}).get(name)
+    if prior is None:
+        alpha = priors.weight_concentration
+        if name == "sticks":
+            a, b = q.weight_concentration
+            prior = dist.Beta(torch.ones_like(a), alpha.expand_as(b))
+        else:
+            prior = dist.Dirichlet(alpha.expand_as(q.weight_concentration))
+    try:
+        return torch.distributions.kl_divergence(factor, prior).sum()
+    except NotImplementedError:
+        return -factor.entropy().sum() - expected_log_prior(q, name, prior)
+
+
+def kl_means_precisions(q: VariationalParams, priors: BayesianGMMPriors,
+                        site_priors: Mapping[str, dist.Distribution] | None = None) -> Tensor:
     """``sum_k KL(q(means[k], precisions[k]) || p(means[k], precisions[k]))``, a scalar.
 
     The Wishart term, plus ``E_q(precision)`` of the KL between the two conditional Normals:
     ``(D beta0 / beta_k - D + D log(beta_k / beta0) + beta0 (m_k - m0)^T E[precision] (m_k -
     m0)) / 2``.
+
+    Swapped priors (``site_priors``): ``"precisions"``, a Wishart in closed form
+    (:func:`kl_wishart`), any other by ``-H(q(precisions)) - E_q log p``; ``"means"`` (then
+    independent of the precisions), ``E_q log q(means | precisions) - E_q log p(means)`` with
+    the first term in closed form, ``(D log(beta_k / 2 pi e) + E_q log |precisions[k]|) / 2``,
+    and the second by :func:`expected_log_prior`.
     """
+    site_priors = site_priors or {}
     n_features = q.n_features
     dof = component_dof(q)
     covariances = covariance_matrices(q)
-    wishart = kl_wishart(dof, covariances * dof[:, None, None],
-                         priors.degrees_of_freedom, priors.scale_inverse())
-    beta, beta0 = q.mean_precision, priors.mean_precision
+    precision_prior = site_priors.get("precisions")
+    if precision_prior is None:
+        wishart = kl_wishart(dof, covariances * dof[:, None, None],
+                             priors.degrees_of_freedom, priors.scale_inverse()).sum()
+    elif isinstance(precision_prior, torch.distributions.Wishart):
+        # on a copy: the lazy property would be cached on the prior, and a prior holding
+        # two of its parametrisations can no longer be saved (ppl_mixtures.io)
+        scale_inverse = copy.copy(precision_prior).precision_matrix
+        wishart = kl_wishart(dof, covariances * dof[:, None, None], precision_prior.df,
+                             scale_inverse).sum()
+    else:
+        factor = torch.distributions.Wishart(dof, scale_tril=_scale_factors(q),
+                                             validate_args=False)
+        wishart = (-factor.entropy().sum()
+                   - expected_log_prior(q, "precisions", precision_prior))
+    beta = q.mean_precision
+    mean_prior = site_priors.get("means")
+    if mean_prior is not None:
+        log_q = 0.5 * (n_features * (beta / (2.0 * math.pi * math.e)).log()
+                       + expected_log_det_precision(q))
+        return wishart + log_q.sum() - expected_log_prior(q, "means", mean_prior)
+    beta0 = priors.mean_precision
     offset = q.means - priors.mean
     mahalanobis = (offset[:, None, :] @ torch.linalg.solve(covariances, offset[:, :, None]))
     normal = 0.5 * (n_features * (beta0 / beta - 1.0 + (beta / beta0).log())
                     + beta0 * mahalanobis.reshape(-1))
-    return (wishart + normal).sum()
+    return wishart + normal.sum()
 
 
 def _row_weights(x: Tensor, sample_weight: Tensor | None) -> Tensor:
@@ -346,7 +589,8 @@ def _row_weights(x: Tensor, sample_weight: Tensor | None) -> Tensor:
 
 
 def elbo(x: Tensor, responsibilities: Tensor, q: VariationalParams, priors: BayesianGMMPriors,
-         sample_weight: Tensor | None = None) -> Tensor:
+         sample_weight: Tensor | None = None,
+         site_priors: Mapping[str, dist.Distribution] | None = None) -> Tensor:
     """The full evidence lower bound (every constant kept), a scalar.
 
     ``sum_n w_n sum_k r_nk (E log pi_k + E log N(x_n | k) - log r_nk) - KL(q(weights)) -
@@ -361,6 +605,9 @@ def elbo(x: Tensor, responsibilities: Tensor, q: VariationalParams, priors: Baye
     q : VariationalParams
     priors : BayesianGMMPriors
     sample_weight : Tensor, shape (N,), optional
+    site_priors : dict of str to Distribution, optional
+        Swapped priors (:func:`check_site_priors`); their KL terms as
+        :func:`kl_weights` and :func:`kl_means_precisions` take them (some by Monte Carlo).
 
     Returns
     -------
@@ -370,7 +617,8 @@ def elbo(x: Tensor, responsibilities: Tensor, q: VariationalParams, priors: Baye
     expected = expected_log_joint(x, q)
     log_resp = responsibilities.clamp_min(torch.finfo(x.dtype).tiny).log()
     data = (weights[:, None] * responsibilities * (expected - log_resp)).sum()
-    return data - kl_weights(q, priors) - kl_means_precisions(q, priors)
+    return (data - kl_weights(q, priors, site_priors)
+            - kl_means_precisions(q, priors, site_priors))
 
 
 def entropy_sum(responsibilities: Tensor, sample_weight: Tensor | None = None) -> Tensor:
@@ -426,39 +674,68 @@ class BayesianGaussianMixtureModel(DataPlateModel):
     n_components : int
         K (the truncation of the Dirichlet process).
     priors : BayesianGMMPriors
+        The conjugate priors' hyperparameters.
+    site_priors : dict of str to pyro.distributions.Distribution, optional
+        Priors that replace the conjugate ones on some global sites (``"sticks"`` or
+        ``"weights"``, ``"precisions"``, ``"means"``), checked and shaped by
+        :func:`check_site_priors`; held as :attr:`priors` (what a saved estimator keeps).
 
     Notes
     -----
     Site names: ``"sticks"`` (Dirichlet process) or ``"weights"`` (Dirichlet distribution),
     ``"precisions"``, ``"means"``, ``"assignment"`` (enumerated), ``"truncation"`` (Dirichlet
     process: the factor ``log sum_k pi_k`` per row), ``"obs"``; plates ``"components"`` and
-    ``"data"``. ``max_plate_nesting`` is 1.
+    ``"data"``. ``max_plate_nesting`` is 1. ``model(x, sample_weight=w)`` scales every site
+    of row n by ``w_n`` (see the module docstring); pass the same ``w`` to the guide.
     """
 
     discrete_sites = ("assignment",)
 
-    def __init__(self, n_components: int, priors: BayesianGMMPriors) -> None:
+    def __init__(self, n_components: int, priors: BayesianGMMPriors,
+                 site_priors: Mapping[str, dist.Distribution] | None = None) -> None:
         self.n_components = n_components
         self.n_features = priors.mean.shape[0]
         self.hyperparameters = priors
+        #: The swapped priors, by site (empty: the conjugate model).
+        self.priors = check_site_priors(site_priors, n_components, self.n_features,
+                                        priors.weight_prior_type, priors.mean)
+
+    def _prior(self, name: str, conjugate: Any) -> dist.Distribution:
+        """The swapped prior of site ``name``, or ``conjugate()``."""
+        return self.priors[name] if name in self.priors else conjugate()
 
     def _sample_globals(self) -> dict[str, Tensor]:
         priors, n_components = self.hyperparameters, self.n_components
         alpha = priors.weight_concentration
         sites: dict[str, Tensor] = {}
         if priors.weight_prior_type == "dirichlet_distribution":
-            sites["weights"] = pyro.sample(
-                "weights", dist.Dirichlet(alpha.expand(n_components)))
+            sites["weights"] = pyro.sample("weights", self._prior(
+                "weights", lambda: dist.Dirichlet(alpha.expand(n_components))))
         with pyro.plate("components", n_components):
             if priors.weight_prior_type == "dirichlet_process":
-                sites["sticks"] = pyro.sample("sticks", dist.Beta(torch.ones_like(alpha), alpha))
-            sites["precisions"] = pyro.sample(
-                "precisions", dist.Wishart(priors.degrees_of_freedom,
-                                           precision_matrix=priors.scale_inverse()))
-            sites["means"] = pyro.sample(
-                "means", dist.MultivariateNormal(
-                    priors.mean, precision_matrix=priors.mean_precision * sites["precisions"]))
+                sites["sticks"] = pyro.sample("sticks", self._prior(
+                    "sticks", lambda: dist.Beta(torch.ones_like(alpha), alpha)))
+            sites["precisions"] = pyro.sample("precisions", self._prior(
+                "precisions", lambda: dist.Wishart(priors.degrees_of_freedom,
+                                                   precision_matrix=priors.scale_inverse())))
+            sites["means"] = pyro.sample("means", self._prior(
+                "means", lambda: dist.MultivariateNormal(
+                    priors.mean, precision_matrix=priors.mean_precision * sites["precisions"])))
         return sites
+
+    def __call__(self, x: Tensor | None = None, subsample: Tensor | None = None,
+                 n_samples: int | None = None, sample_weight: Tensor | None = None) -> Tensor:
+        """Run the model (see :class:`~ppl_mixtures.models._sites.DataPlateModel`); with
+        ``sample_weight`` (N,), every site of row n is scaled by ``w_n``."""
+        if sample_weight is None:
+            return super().__call__(x, subsample, n_samples)
+        self._check_data(x)
+        self._check_weights(x, sample_weight)
+        sites = self._sample_globals()
+        with pyro.plate("data", x.shape[0], subsample=subsample) as rows, _row_scale(
+                sample_weight, rows):
+            observation = self._sample_locals(sites)
+            return pyro.sample("obs", observation, obs=x[rows])
 
     def _sample_locals(self, sites: dict[str, Tensor]) -> dist.Distribution:
         if "sticks" in sites:
@@ -473,6 +750,20 @@ class BayesianGaussianMixtureModel(DataPlateModel):
         loc = Vindex(sites["means"])[..., assignment, :]
         precision = Vindex(sites["precisions"])[..., assignment, :, :]
         return dist.MultivariateNormal(loc, precision_matrix=precision)
+
+
+def _row_scale(sample_weight: Tensor | None, rows: Tensor) -> contextlib.ExitStack:
+    """Scale the sites of ``rows`` by their weights (``poutine.scale``); rows of weight 0 are
+    masked (``poutine.mask``: a scale must be positive). As the GMVAE's model does."""
+    stack = contextlib.ExitStack()
+    if sample_weight is None:
+        return stack
+    weights = sample_weight[rows]
+    positive = weights > 0
+    stack.enter_context(poutine.mask(mask=positive))
+    stack.enter_context(poutine.scale(scale=torch.where(positive, weights,
+                                                        torch.ones_like(weights))))
+    return stack
 
 
 class VariationalGuide:
@@ -539,7 +830,8 @@ class VariationalGuide:
                                  self.covariance_type, self.weight_prior_type)
 
     def __call__(self, x: Tensor | None = None, subsample: Tensor | None = None,
-                 n_samples: int | None = None) -> dict[str, Tensor]:
+                 n_samples: int | None = None,
+                 sample_weight: Tensor | None = None) -> dict[str, Tensor]:
         q = self.variational_params()
         n_components = q.n_components
         sites: dict[str, Tensor] = {}
@@ -561,7 +853,8 @@ class VariationalGuide:
         if x is None:
             return sites
         size = x.shape[0]
-        with pyro.plate("data", size, subsample=subsample) as rows:
+        with pyro.plate("data", size, subsample=subsample) as rows, _row_scale(
+                sample_weight, rows):
             if self.responsibilities is not None:
                 probs = self.responsibilities[rows]
             else:
@@ -583,10 +876,16 @@ __all__ = [
     "WEIGHT_PRIOR_TYPES",
     "BayesianGMMPriors",
     "BayesianGaussianMixtureModel",
+    "MONTE_CARLO_DRAWS",
+    "SWAPPABLE_SITES",
     "VariationalGuide",
     "VariationalParams",
+    "check_site_names",
+    "check_site_priors",
+    "draw_globals",
     "elbo",
     "entropy_sum",
+    "expected_log_prior",
     "expected_component_log_prob",
     "expected_log_joint",
     "expected_log_weights",

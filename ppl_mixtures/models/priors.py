@@ -42,6 +42,34 @@ def data_moments(x: Tensor, moments: tuple[Tensor, Tensor] | None = None) -> tup
     return data_mean, data_var.clamp_min(torch.finfo(x.dtype).tiny ** 0.5)
 
 
+def prior_like(prior: dist.Distribution, like: Tensor) -> dist.Distribution:
+    """``prior`` rebuilt with its floating-point tensors in ``like``'s dtype and device.
+
+    A user's ``dist.StudentT(3.0, 0.0, 10.0)`` holds float32 tensors on the CPU; the models
+    score float64 (or CUDA) sites. The distribution is rebuilt from its constructor arguments
+    (as :mod:`ppl_mixtures.io` saves it); one that is already in place, or that cannot be
+    rebuilt that way, is returned as is.
+    """
+    from ppl_mixtures.io import _distribution_arguments
+
+    def moved(value):
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return value.to(dtype=like.dtype, device=like.device)
+        if isinstance(value, dist.Distribution):
+            return prior_like(value, like)
+        return value
+
+    try:
+        arguments = _distribution_arguments(prior)
+        tensors = [v for v in arguments.values() if isinstance(v, Tensor) and v.is_floating_point()]
+        if all(t.dtype == like.dtype and t.device == like.device for t in tensors) and not any(
+                isinstance(v, dist.Distribution) for v in arguments.values()):
+            return prior
+        return type(prior)(**{name: moved(value) for name, value in arguments.items()})
+    except (TypeError, ValueError, NotImplementedError):
+        return prior
+
+
 def default_gmm_priors(
     x: Tensor,
     n_components: int,

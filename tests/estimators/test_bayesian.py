@@ -5,6 +5,7 @@ CAVI lower bound agrees with scikit-learn's to ~3e-10 relative for all eight cov
 weight-prior types (asserted at 1e-6); integer weights agree with repeated rows to ~1e-12.
 SVI (Adam, lr 0.05, full batch) from the CAVI start settles 0.35-0.8 % below CAVI's full ELBO
 on 120 rows (500 and 1500 steps alike: the Monte Carlo noise floor); asserted at 1.5 %.
+SVI with swapped priors and with sample weights: tests/estimators/test_bayesian_priors.py.
 """
 
 from __future__ import annotations
@@ -122,13 +123,6 @@ def test_integer_weights_equal_repeated_rows(blobs, weight_type, covariance_type
     for name in ("weights_", "means_", "covariances_", "mean_prior_", "covariance_prior_"):
         np.testing.assert_allclose(np.asarray(getattr(weighted, name)),
                                    np.asarray(getattr(repeated, name)), rtol=1e-6, atol=1e-9)
-
-
-def test_svi_refuses_sample_weight(blobs):
-    X, _ = blobs
-    with pytest.raises(ValueError, match="sample_weight"):
-        _fit_weighted(BayesianGaussianMixture(3, inference="svi", max_iter=2, **QUIET), X,
-                      np.ones(len(X)))
 
 
 def test_svi_improves_its_bound(blobs):

@@ -8,11 +8,21 @@
   bound (constants dropped) is one constant of the priors and the data size, whatever the
   responsibilities, and the full ELBO never decreases under exact CAVI (``reg_covar=0``).
 - The Wishart KL against a Monte Carlo estimate from torch's Wishart.
+- Swapped priors: the identity above still holds (measured, 200 particles, within 0.3-2.3
+  standard errors for three types with StudentT means and Uniform sticks or Dirichlet(2)
+  weights); the conjugate priors passed as distributions give the very same KL terms; the
+  Monte Carlo KL terms (:data:`bayesian_gmm.MONTE_CARLO_DRAWS` draws) agree with the closed
+  forms (Beta, Wishart) within 4 of their own standard errors; shapes and supports the
+  guide cannot serve are refused with the site's name.
+- Sample weights scale each row of the loss: at equal parameters and the same draws,
+  integer weights give the loss of repeated rows, zero weights that of the rows removed,
+  unit weights that of no weights (measured: equal to 6e-14, asserted at 1e-10 relative).
 """
 
 from __future__ import annotations
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO
@@ -145,3 +155,136 @@ def test_expected_weights_dirichlet_process_follow_the_sticks():
     unnormalised = torch.stack([sticks[0], sticks[1] * (1 - sticks[0]),
                                 sticks[2] * (1 - sticks[0]) * (1 - sticks[1])])
     torch.testing.assert_close(bgmm.expected_weights(q), unnormalised / unnormalised.sum())
+
+
+# --------------------------------------------------------------------------- swapped priors
+
+
+def _swapped(weight_type, means=True):
+    """A non-conjugate prior on the weights (or sticks) and on the means."""
+    site_priors = {"sticks": dist.Uniform(0.0, 1.0)} if weight_type == "dirichlet_process" \
+        else {"weights": dist.Dirichlet(torch.full((3,), 2.0))}
+    if means:
+        site_priors["means"] = dist.StudentT(3.0, 2.0, 3.0)
+    return site_priors
+
+
+def _check_identity_swapped(weight_type, covariance_type, n_particles):
+    pyro.clear_param_store()
+    x = _data()
+    priors = _priors(x, weight_type, covariance_type)
+    q = _cavi_q(x, priors)
+    resp, _ = cavi_gmm.responsibilities(x, q)
+    model = bgmm.BayesianGaussianMixtureModel(3, priors, _swapped(weight_type))
+    expected = float(bgmm.elbo(x, resp, q, priors, site_priors=model.priors))
+    assert expected != pytest.approx(float(bgmm.elbo(x, resp, q, priors)), rel=1e-3)
+    guide = bgmm.VariationalGuide(q)
+    loss = TraceEnum_ELBO(max_plate_nesting=1)
+    losses = torch.tensor([loss.loss(model, guide, x) for _ in range(n_particles)])
+    standard_error = float(losses.std()) / n_particles ** 0.5
+    assert abs(-float(losses.mean()) - expected) < 4.0 * standard_error
+
+
+def test_elbo_with_swapped_priors_is_trace_enum_elbo_in_expectation():
+    _check_identity_swapped("dirichlet_process", "full", 80)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weight_type, covariance_type", CONFIGS)
+def test_elbo_with_swapped_priors_every_type(weight_type, covariance_type):
+    _check_identity_swapped(weight_type, covariance_type, 300)
+
+
+@pytest.mark.parametrize("weight_type", bgmm.WEIGHT_PRIOR_TYPES)
+def test_conjugate_priors_as_distributions_give_the_same_kl(weight_type):
+    x = _data()
+    priors = _priors(x, weight_type, "full")
+    q = _cavi_q(x, priors)
+    alpha = priors.weight_concentration
+    site_priors = {"precisions": dist.Wishart(priors.degrees_of_freedom,
+                                              precision_matrix=priors.scale_inverse())}
+    if weight_type == "dirichlet_process":
+        site_priors["sticks"] = dist.Beta(torch.ones_like(alpha), alpha)
+    else:
+        site_priors["weights"] = dist.Dirichlet(alpha.expand(3))
+    checked = bgmm.check_site_priors(site_priors, 3, 2, weight_type, x)
+    assert float(bgmm.kl_weights(q, priors, checked)) == float(bgmm.kl_weights(q, priors))
+    assert float(bgmm.kl_means_precisions(q, priors, checked)) == \
+        float(bgmm.kl_means_precisions(q, priors))
+
+
+def test_monte_carlo_kl_terms_agree_with_the_closed_forms():
+    """``.mask(True)`` hides a prior's type, so its KL takes the Monte Carlo path."""
+    x = _data().double()
+    priors = bgmm.BayesianGMMPriors(*(t.double() for t in _priors(x, "dirichlet_process",
+                                                                   "full").tensors().values()),
+                                    "full", "dirichlet_process")
+    q = _cavi_q(x, priors)
+    sticks = dist.Beta(torch.tensor(1.0, dtype=x.dtype), torch.tensor(2.0, dtype=x.dtype))
+    wishart = dist.Wishart(torch.tensor(4.0, dtype=x.dtype),
+                           covariance_matrix=torch.eye(2, dtype=x.dtype))
+    for name, prior, kl in (("sticks", sticks, bgmm.kl_weights),
+                            ("precisions", wishart, bgmm.kl_means_precisions)):
+        closed = float(kl(q, priors, {name: prior}))
+        sampled = float(kl(q, priors, {name: prior.mask(True)}))
+        with bgmm.seeded_global_rng(0):
+            draws = bgmm.draw_globals(q, bgmm.MONTE_CARLO_DRAWS)[name]
+        spread = float(prior.log_prob(draws).reshape(len(draws), -1).sum(-1).std())
+        assert sampled != closed
+        assert abs(sampled - closed) < 4.0 * spread / bgmm.MONTE_CARLO_DRAWS ** 0.5
+
+
+@pytest.mark.parametrize("site_priors, message", [
+    ({"weights": dist.Dirichlet(torch.ones(3))}, "'weights' is a site of "
+                                                 "weight_concentration_prior_type"),
+    ({"means": dist.LogNormal(0.0, 1.0)}, r"priors\['means'\] has support"),
+    ({"sticks": dist.Uniform(0.2, 1.0)}, r"priors\['sticks'\] has support"),
+    ({"precisions": dist.Gamma(1.0, 1.0)}, r"priors\['precisions'\] has batch_shape \(\) and "
+                                           r"event_shape \(\); expected event_shape \(2, 2\)"),
+    ({"means": dist.Normal(torch.zeros(4), 1.0)}, r"priors\['means'\] has batch_shape \(4,\)"),
+    ({"means": 3.0}, "pass a pyro.distributions object"),
+])
+def test_site_priors_the_guide_cannot_serve_are_refused(site_priors, message):
+    x = _data()
+    with pytest.raises(ValueError, match=message):
+        bgmm.BayesianGaussianMixtureModel(3, _priors(x, "dirichlet_process", "full"),
+                                          site_priors)
+
+
+def test_swapped_prior_shapes_and_dtype():
+    x = _data().double()
+    checked = bgmm.check_site_priors(
+        {"means": dist.StudentT(3.0, 0.0, 1.0), "sticks": dist.Beta(torch.ones(3), 2.0)},
+        3, 2, "dirichlet_process", x)
+    assert checked["means"].event_shape == (2,) and checked["means"].batch_shape == ()
+    assert checked["sticks"].batch_shape == (3,)
+    assert checked["means"].base_dist.loc.dtype == torch.float64
+
+
+# ---------------------------------------------------------------------------- sample weights
+
+
+@pytest.mark.parametrize("weight_type, covariance_type", CONFIGS)
+def test_sample_weight_scales_each_row_of_the_loss(weight_type, covariance_type):
+    pyro.clear_param_store()
+    x = _data(12).double()
+    generator = torch.Generator().manual_seed(3)
+    counts = torch.randint(0, 4, (x.shape[0],), generator=generator).double()
+    priors = bgmm.BayesianGMMPriors(*(t.double() for t in _priors(x, weight_type,
+                                                                   covariance_type).tensors()
+                                      .values()), covariance_type, weight_type)
+    model = bgmm.BayesianGaussianMixtureModel(3, priors)
+    guide = bgmm.VariationalGuide(_cavi_q(x, priors))
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+
+    def loss(data, **kwargs):
+        pyro.set_rng_seed(5)  # the same draws of the globals in every call
+        return elbo.loss(model, guide, data, **kwargs)
+
+    keep = counts > 0
+    weighted = loss(x, sample_weight=counts)
+    assert weighted == pytest.approx(loss(torch.repeat_interleave(x, counts.long(), 0)),
+                                     rel=1e-10)
+    assert loss(x, sample_weight=keep.double()) == pytest.approx(loss(x[keep]), rel=1e-10)
+    assert loss(x, sample_weight=torch.ones_like(counts)) == loss(x)
+    assert weighted != pytest.approx(loss(x), rel=1e-3)
