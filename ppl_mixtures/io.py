@@ -153,7 +153,16 @@ def _distribution_arguments(distribution: Any) -> dict[str, Any]:
         elif not isinstance(inspect.getattr_static(cls, name, None), lazy_property) and \
                 hasattr(distribution, name):
             arguments[name] = getattr(distribution, name)
+    # Reading one parametrisation caches the others (lazy properties): keep one of each group.
+    for group in _EXCLUSIVE_ARGUMENTS:
+        for name in [n for n in group if n in arguments][1:]:
+            del arguments[name]
     return arguments
+
+
+#: Constructor arguments of which a distribution takes exactly one (the first present is kept).
+_EXCLUSIVE_ARGUMENTS = (("scale_tril", "covariance_matrix", "precision_matrix"),
+                        ("probs", "logits"))
 
 
 def _encode_special(encoder: _Encoder, value: Any, where: str) -> Any:

@@ -298,3 +298,24 @@ def test_saved_priors_and_random_state_come_back(tmp_path, data):
     assert float(back.priors["means"].df) == 3.0
     assert isinstance(back.random_state, np.random.RandomState)
     assert back.elbo_loss(X) == pytest.approx(est.elbo_loss(X), rel=1e-12)
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: d.MultivariateNormal(torch.zeros(2), precision_matrix=2.0 * torch.eye(2)),
+    lambda d: d.Wishart(torch.tensor(4.0), covariance_matrix=torch.eye(2)),
+    lambda d: d.Categorical(logits=torch.tensor([0.0, 1.0, 2.0])),
+])
+def test_a_prior_whose_other_parametrisations_were_read_still_saves(tmp_path, make):
+    # reading precision_matrix, scale_tril, probs ... caches them beside the constructor's
+    # argument; the file keeps one parametrisation, and the density comes back
+    import pyro.distributions as dist
+
+    prior = make(dist)
+    for name in ("covariance_matrix", "precision_matrix", "scale_tril", "probs", "logits"):
+        getattr(prior, name, None)
+    file_format.write(tmp_path / "p.safetensors", "estimator", {"prior": prior})
+    back, _ = file_format.read(tmp_path / "p.safetensors", "estimator")
+    value = prior.sample()
+    assert type(back["prior"]) is type(prior)
+    assert float(back["prior"].log_prob(value)) == pytest.approx(float(prior.log_prob(value)),
+                                                                rel=1e-6)
