@@ -9,6 +9,8 @@ iterations), with the peak memory each fit adds to the process (resident set sam
 * ``d784``: N = 1e4, D = 784, K = 16, full (MNIST-sized features);
 * ``large-k``: N = 200k, D = 64, K = 128, diag and spherical;
 * ``small``: the digits (N = 1797, D = 64, K = 10), per-iteration fixed cost;
+* ``tiny``: N = 500, D = 2, K = 3 (every covariance type): the fixed cost of a fit and of
+  each iteration, where every tensor operation's overhead counts;
 * ``huge`` (only with ``--huge``): N = 1e6, D = 128, K = 1024, diag and spherical, ours
   alone (scikit-learn's (N, K) tables would take 8 GB): one E-step and M-step, its peak
   memory beyond the data.
@@ -16,7 +18,7 @@ iterations), with the peak memory each fit adds to the process (resident set sam
 Prints one JSON line per cell and repeat, then a table of the speed-ups (scikit-learn's
 seconds / ours; above 1 is faster) with their range over the repeats.
 
-    python bench/gmm_em.py [--cases benchmark,d784,large-k,small] [--repeats 3] [--huge]
+    python bench/gmm_em.py [--cases benchmark,d784,large-k,small,tiny] [--repeats 3] [--huge]
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ CASES = {
     "d784": (10_000, 784, 16, ("full",), 2),
     "large-k": (200_000, 64, 128, ("diag", "spherical"), 5),
     "small": (None, 64, 10, ("full", "diag", "spherical"), 20),
+    "tiny": (500, 2, 3, ("full", "tied", "diag", "spherical"), 20),
 }
 
 

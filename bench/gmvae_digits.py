@@ -9,11 +9,13 @@ give the reference rows. Every run is also appended as one JSON line to ``--json
 Usage::
 
     python bench/gmvae_digits.py [--quick] [--seeds 0 1 2] [--epochs N] [--jsonl PATH]
-                                 [--settings tuned|defaults|defaults-no-start]
+                                 [--settings tuned|defaults|defaults-no-start|...]
 
 ``--settings defaults`` runs ``GMVAE(K)`` with the estimator's defaults (autoencoder
 pre-training and the GMM start); ``defaults-no-start`` the same with ``init="random"`` (the
-estimator before them); ``tuned`` (the default) the settings below.
+estimator before them); ``defaults-factor-0.3`` and ``defaults-factor-1`` the defaults
+with another slope of the factor-analyser start (``init_factor_scale``, default 0.01);
+``tuned`` (the default) the settings below.
 
 ``--quick`` keeps K = 10 only, M = 1 only, and 20 epochs (about 10 s per seed on one CPU
 core); the full table takes 100 epochs, about 0.45 s per epoch at M = 1 and 2.5 s at M = 10.
@@ -54,6 +56,9 @@ SETTINGS = {
     "tuned": GMVAE_SETTINGS,
     "defaults": {},
     "defaults-no-start": {"init": "random"},
+    # other slopes of the factor-analyser start (ablation rows of bench/RESULTS.md)
+    "defaults-factor-0.3": {"init_factor_scale": 0.3},
+    "defaults-factor-1": {"init_factor_scale": 1.0},
 }
 
 

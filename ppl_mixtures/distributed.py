@@ -341,23 +341,28 @@ def data_moments(batches: Any, across_processes: bool = False) -> tuple[Tensor, 
         sent in float64 about zero across ranks) for accuracy.
     rows : int
         Rows of all the batches (of all ranks when ``across_processes``).
+
+    NaN entries (missing values) are left out: each feature's moments are those of its
+    observed entries.
     """
-    rows, count, shift, total, squares = 0, 0.0, None, None, None
+    rows, count, shift, total, squares = 0, None, None, None, None
     for batch in batches:
         weights = None
         if isinstance(batch, (tuple, list)):
             batch, weights = batch
         if shift is None:
-            shift = batch[0].clone()
-            total, squares = torch.zeros_like(shift), torch.zeros_like(shift)
-        centred = batch - shift
+            shift = torch.nan_to_num(batch[0], nan=0.0)  # a missing entry shifts by 0
+            total, squares, count = (torch.zeros_like(shift) for _ in range(3))
+        observed = ~torch.isnan(batch)
+        centred = torch.where(observed, batch - shift, 0.0)
+        seen = observed.to(batch.dtype)
         rows += batch.shape[0]
         if weights is None:
-            count += batch.shape[0]
+            count += seen.sum(0)
             total += centred.sum(0)
             squares += centred.square().sum(0)
         else:
-            count += float(weights.sum())
+            count += weights @ seen
             total += weights @ centred
             squares += weights @ centred.square()
     if shift is None:
@@ -365,13 +370,13 @@ def data_moments(batches: Any, across_processes: bool = False) -> tuple[Tensor, 
     if across_processes:
         packed = torch.stack([total + count * shift,
                               squares + 2 * shift * total + count * shift.square(),
-                              torch.full_like(shift, count),
+                              count,
                               torch.full_like(shift, rows)]).to(torch.float64)
         dist.all_reduce(packed)
-        count, rows = float(packed[2, 0]), int(packed[3, 0])
+        count, rows = packed[2], int(packed[3, 0])
         mean = packed[0] / count
-        variance = (packed[1] - count * mean.square()) / max(count - 1, 1)
+        variance = (packed[1] - count * mean.square()) / (count - 1).clamp_min(1)
         return mean.to(shift.dtype), variance.to(shift.dtype), rows
     mean = shift + total / count
-    variance = (squares - total.square() / count) / max(count - 1, 1)
+    variance = (squares - total.square() / count) / (count - 1).clamp_min(1)
     return mean, variance, rows

@@ -202,6 +202,19 @@ class Family:
         return _resolve(self.expand_covariances)(est.params_).detach().cpu().numpy()
 
 
+#: ``--missing``: the families whose estimators integrate missing (NaN) entries out.
+_MISSING_HELP = ("error: a missing cell of --data (empty, NA, nan) is refused; marginalize: "
+                 "missing cells are integrated out exactly, the summary counts them and "
+                 "imputed.csv holds the data with their conditional means (default: error)")
+
+
+def _missing_option(inference: tuple[str, ...] = ()) -> Option:
+    """``--missing`` for the inference paths ``inference`` (empty: all of the family's)."""
+    only = f"{' or '.join(path.upper() for path in inference)} only: " if inference else ""
+    return Option("--missing", "missing", "choice", None, only + _MISSING_HELP,
+                  choices=("error", "marginalize"), inference=inference)
+
+
 #: The options of every family that offers ``--inference nuts``.
 _NUTS_OPTIONS = (
     Option("--num-warmup", "num_warmup", "count", None,
@@ -237,6 +250,7 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
             Option("--lr", "lr", "positive", None,
                    "learning rate (default: 0.05 for SVI, 0.011 for SGD)",
                    inference=("svi", "sgd")),
+            _missing_option(),
             *_NUTS_OPTIONS,
         ),
         distributed=("em", "svi"),
@@ -259,6 +273,7 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
                    inference=("svi",)),
             Option("--lr", "lr", "positive", None, "SVI learning rate (default: 0.05)",
                    inference=("svi",)),
+            _missing_option(),
             *_NUTS_OPTIONS,
         ),
         dataset="wine",

@@ -43,10 +43,12 @@ def note(message: str) -> None:
     print(f"{PROG}: note: {message}", file=sys.stderr)
 
 
-def load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None]:
+def load_data(args: argparse.Namespace,
+              allow_missing: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """``--data`` with ``--label-column`` (CSV) or ``--labels`` (NPY): ``(X, labels or None)``.
 
     The data come as loaded (built-in data sets raw); :func:`scale_data` applies ``--scale``.
+    ``allow_missing`` (``--missing marginalize``): a file's missing cells become NaN.
     Errors name the command-line options (``--label-column``, ``--labels``), not the
     loaders' keyword arguments.
     """
@@ -63,6 +65,8 @@ def load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None]:
         if suffix != ".npy":
             raise CLIError("--labels applies to .npy files only")
         options["labels_path"] = args.labels
+    if allow_missing and suffix in (".csv", ".npy"):
+        options["allow_missing"] = True
     try:
         return load_dataset(args.data, **options)
     except ValueError as error:

@@ -28,6 +28,8 @@ from ppl_mixtures.cli.common import (
     note,
     scale_data,
 )
+from ppl_mixtures.cli.outputs import IMPUTED_FILE
+from ppl_mixtures.cli.stream import open_stream, wants_stream
 from ppl_mixtures.registry import Family, get_family
 
 __all__ = ["FIT_OUTPUTS", "build_estimator", "check_options", "fit_and_write", "resolve_scale",
@@ -35,7 +37,7 @@ __all__ = ["FIT_OUTPUTS", "build_estimator", "check_options", "fit_and_write", "
 
 #: Every file ``fit`` may write into ``--out`` (any family).
 FIT_OUTPUTS = (MODEL_FILE, SUMMARY_FILE, "clusters.png", "history.png", "latent.png",
-               "samples.png", CHECKPOINT_PATTERN)
+               "samples.png", IMPUTED_FILE, CHECKPOINT_PATTERN)
 
 
 def check_options(family: Family, args: argparse.Namespace) -> None:
@@ -173,7 +175,26 @@ def run_fit(args: argparse.Namespace) -> int:
                           outputs=FIT_OUTPUTS, cleanup=rank == 0)
     folder.check(resume_hint="continue an SVI run" if args.inference in family.resume
                  else None)
-    X, labels = load_data(args)
+    if wants_stream(family, args):  # --stream: batches of a memory map (cli/stream.py)
+        args.scale, args.scale_reason = resolve_scale(family, args)
+        args.missing_cells = None
+        if args.resume and not (out / CHECKPOINT_FILE).exists():
+            note(f"no checkpoint at {out / CHECKPOINT_FILE}; starting afresh")
+        est = build_estimator(family, args, _n_components(family, args, None),
+                              out / CHECKPOINT_FILE)
+        data, X, labels = open_stream(args, est)  # labels: of the first rows only
+        if family.components_option is None and args.n_components is None and (
+                labels is not None):
+            est.set_params(n_components=_n_components(family, args, labels))
+        args.loaded_data = X
+        with folder:
+            return fit_and_write(est, data, folder, args.resume,
+                                 lambda: write_outputs(family, args, est, X, labels, out))
+    marginalize = getattr(args, "option_missing", None) == "marginalize"
+    X, labels = load_data(args, allow_missing=marginalize)
+    # --missing marginalize: how many cells are missing; the data as loaded, for imputed.csv
+    args.missing_cells = int(np.isnan(X).sum()) if marginalize else None
+    args.loaded_data = X
     args.scale, args.scale_reason = resolve_scale(family, args)
     X = scale_data(X, args.scale)
     n_components = _n_components(family, args, labels)

@@ -20,6 +20,7 @@ from ppl_mixtures.cli.common import MODEL_FILE, SUMMARY_FILE
 from ppl_mixtures.registry import Family
 
 __all__ = [
+    "IMPUTED_FILE",
     "WRITERS",
     "format_rows",
     "format_summary",
@@ -32,6 +33,10 @@ __all__ = [
     "write_mixture_outputs",
     "write_outputs",
 ]
+
+#: ``--missing marginalize`` with missing cells: the data with each filled by its conditional
+#: mean under the fit (``impute``), in the units of ``--data`` (before ``--scale``).
+IMPUTED_FILE = "imputed.csv"
 
 #: Axis labels of ``history.png`` by inference path.
 HISTORY_LABELS = {
@@ -95,7 +100,7 @@ def summary(family: Family, args: argparse.Namespace, est: Any, X: np.ndarray,
         "model": family.name,
         "dataset": str(args.data),
         "scale": args.scale,
-        "n_samples": int(X.shape[0]),
+        "n_samples": int(getattr(args, "n_rows", None) or X.shape[0]),  # streamed: all rows
         "n_features": int(X.shape[1]),
         "n_components": _components(est.n_components),
         "covariance_type": getattr(est, "covariance_type", None),
@@ -108,6 +113,7 @@ def summary(family: Family, args: argparse.Namespace, est: Any, X: np.ndarray,
         "mean_log_likelihood": est.score(X),
         "bic": est.bic(X),
         "aic": est.aic(X),
+        "missing_cells": getattr(args, "missing_cells", None),
         **label_scores(labels, predicted),
         "seconds": float(est.fit_seconds_),
         "seed": args.seed,
@@ -129,6 +135,12 @@ def format_summary(summary: dict[str, Any], out: Path, scaling: str | None = Non
         ("covariance type" if summary["n_factors"] is None else "factors",
          summary["covariance_type"] or summary["n_factors"]),
         ("inference", _inference_text(summary)),
+    ]
+    if summary.get("missing_cells") is not None:
+        cells = summary["n_samples"] * summary["n_features"]
+        rows.append(("missing cells", f"{summary['missing_cells']} of {cells} "
+                     f"({100 * summary['missing_cells'] / cells:.1f} %), integrated out"))
+    rows += [
         ("converged", "yes" if summary["converged"] else "no"),
         (steps, summary["n_iter"]),
         ("mean log-likelihood", f"{summary['mean_log_likelihood']:.4f}"),
@@ -163,6 +175,8 @@ def _mixture_figures(family: Family, args: argparse.Namespace, est: Any, X: np.n
     from ppl_mixtures.plotting import plot_clusters, plot_history
 
     scaled = "" if args.scale == "none" else f" ({args.scale} scaled)"
+    if np.isnan(X).any():  # missing cells drawn at their conditional means
+        X, scaled = est.impute(X), scaled + ", missing cells imputed"
     figures = {"clusters.png": plot_clusters(
         X, predicted, means=est.means_, covariances=family.full_covariances(est),
         title=f"{family.plot_label(est)} on {Path(args.data).name}{scaled}: "
@@ -184,10 +198,51 @@ def write_mixture_outputs(family: Family, args: argparse.Namespace, est: Any, X:
     predicted = est.predict(X)
     numbers = summary(family, args, est, X, labels, predicted)
     figures = _mixture_figures(family, args, est, X, predicted)
+    imputed = imputed_data(est, X, getattr(args, "loaded_data", X))
     est.save(out / MODEL_FILE)
     (out / SUMMARY_FILE).write_text(json.dumps(numbers, indent=2) + "\n")
+    if imputed is not None:
+        np.savetxt(out / IMPUTED_FILE, imputed, delimiter=",", fmt="%.17g")
     save_figures(figures, out)
     print(format_summary(numbers, out, scale_text(args)))
+
+
+def imputed_data(est: Any, X: np.ndarray, loaded: np.ndarray) -> np.ndarray | None:
+    """``loaded`` with its missing cells filled by their conditional means under ``est``.
+
+    Parameters
+    ----------
+    est : fitted estimator with ``impute``
+    X : ndarray, shape (n_samples, n_features)
+        The data as fitted (after ``--scale``), NaN where a cell is missing.
+    loaded : ndarray, shape (n_samples, n_features)
+        The same data before scaling (the units of ``--data``).
+
+    Returns
+    -------
+    ndarray, shape (n_samples, n_features), or None when no cell is missing
+        Observed cells exactly as loaded; a missing cell's imputed value mapped back through
+        the column's affine scaling (recovered from two observed cells of the column, or its
+        one observed cell when the column is constant).
+    """
+    missing = np.isnan(X)
+    if not missing.any():
+        return None
+    imputed = est.impute(X)
+    filled = loaded.copy()
+    for column in np.flatnonzero(missing.any(axis=0)):
+        observed = ~missing[:, column]
+        raw, scaled = loaded[observed, column], X[observed, column]
+        if raw.size == 0:  # nothing observed: the fit's scale is the loaded one
+            slope, offset = 1.0, 0.0
+        else:
+            low, high = np.argmin(raw), np.argmax(raw)
+            slope = (1.0 if raw[high] == raw[low]
+                     else (raw[high] - raw[low]) / (scaled[high] - scaled[low]))
+            offset = raw[low] - slope * scaled[low]
+        rows = missing[:, column]
+        filled[rows, column] = offset + slope * imputed[rows, column]
+    return filled
 
 
 def latent_figures(est: Any, X: np.ndarray, predicted: np.ndarray, *,
@@ -255,7 +310,7 @@ def write_latent_outputs(family: Family, args: argparse.Namespace, est: Any, X: 
     predicted = est.predict(X)
     numbers = {
         "model": family.name, "dataset": str(args.data), "scale": args.scale,
-        "n_samples": int(X.shape[0]),
+        "n_samples": int(getattr(args, "n_rows", None) or X.shape[0]),  # streamed: all rows
         "n_features": int(X.shape[1]), "n_components": int(est.n_components),
         "preset": est.preset_, "likelihood": est.likelihood, "z_inference": est.z_inference,
         "free_bits": est.free_bits, "num_particles": est.num_particles,

@@ -147,7 +147,13 @@ def _common_fit_options(family: Family) -> argparse.ArgumentParser:
     """Options shared by every ``fit`` model: data, K, budget, seed, device, outputs."""
 
     parent = argparse.ArgumentParser(add_help=False)
-    _add_data_options(parent, family, family.dataset)
+    data = _add_data_options(parent, family, family.dataset)
+    data.add_argument(
+        "--stream", action="store_true",
+        help="read --data (.npy, or uncompressed IDX) batch by batch through a memory map "
+        "instead of loading it: data larger than memory; a .npy file over 2 GiB is streamed "
+        "without it (see docs/scaling.md)",
+    )
     fitting = parent.add_argument_group("fitting")
     fitting.add_argument(
         "--n-components", "-k", type=integer(1), metavar="K",

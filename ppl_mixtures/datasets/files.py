@@ -14,9 +14,18 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["IDX_DTYPES", "load_csv", "load_mnist_idx", "load_npy", "read_idx"]
+__all__ = ["IDX_DTYPES", "MISSING_CELLS", "IdxBatches", "NpyBatches", "RowBatches", "load_csv",
+           "load_mnist_idx", "load_npy", "read_idx"]
 
 PathType = str | PathLike
+
+#: CSV feature cells read as a missing value (NaN) with ``allow_missing=True``, compared
+#: after stripping whitespace and lower-casing: an empty cell, ``NA``, ``N/A``, ``nan``.
+MISSING_CELLS = frozenset({"", "na", "n/a", "nan"})
+#: How the refusal of NaN cells says to keep them (the command line's option, and the keyword).
+_KEEP_MISSING = ("pass allow_missing=True (on the command line: --missing marginalize) to "
+                 "read missing cells as NaN, for a model that integrates them out, or "
+                 "impute them first (e.g. sklearn.impute.SimpleImputer)")
 
 
 def _existing_file(path: PathType) -> Path:
@@ -26,6 +35,10 @@ def _existing_file(path: PathType) -> Path:
     if not path.is_file():
         raise ValueError(f"'{path}' is not a regular file (a directory?); pass a file path.")
     return path
+
+
+def _is_missing(cell: str) -> bool:
+    return cell.strip().lower() in MISSING_CELLS
 
 
 def _is_number(cell: str) -> bool:
@@ -41,22 +54,34 @@ def _check_finite(
     source: str,
     row_names: Sequence[str] | None = None,
     column_numbers: Sequence[int] | None = None,
+    allow_missing: bool = False,
 ) -> None:
     """Raise if ``X`` (N, D) holds NaN or inf, saying how many and where the first one is.
 
     ``row_names[i]`` and ``column_numbers[j]`` say where row ``i`` and column ``j`` of ``X``
-    come from in the source (default: ``"row i"`` and ``j``).
+    come from in the source (default: ``"row i"`` and ``j``). With ``allow_missing`` NaN
+    (a missing value) passes and only infinite values are refused.
     """
-    bad = ~np.isfinite(X)
+    bad = np.isinf(X) if allow_missing else ~np.isfinite(X)
     if not bad.any():
         return
     row, column = (int(i) for i in np.argwhere(bad)[0])
     where_row = f"row {row}" if row_names is None else row_names[row]
     where_column = column if column_numbers is None else column_numbers[column]
+    value = float(X[row, column])
+    if allow_missing:
+        raise ValueError(
+            f"{source} contains {int(bad.sum())} infinite value(s); the first is {value!r} at "
+            f"{where_row}, column {where_column}. Only NaN or empty cells are read as missing "
+            "values: replace the infinite ones (by NaN, or by finite values)."
+        )
+    if np.isinf(X).any():
+        fix = "Clean the data (replace infinite values), then impute the missing ones"
+    else:
+        fix = "These are missing values: " + _KEEP_MISSING
     raise ValueError(
         f"{source} contains {int(bad.sum())} NaN or infinite value(s); the first is "
-        f"{float(X[row, column])!r} at {where_row}, column {where_column}. "
-        "Clean the data or impute the missing values (e.g. sklearn.impute.SimpleImputer) first."
+        f"{value!r} at {where_row}, column {where_column}. {fix}."
     )
 
 
@@ -77,11 +102,16 @@ def _read_csv_rows(path: Path, delimiter: str) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def _has_header(first_row: list[str], label_index: int | None) -> bool:
-    """A first row is a header when a feature cell (not the label cell) is not a number."""
+def _has_header(first_row: list[str], label_index: int | None,
+                allow_missing: bool = False) -> bool:
+    """A first row is a header when a feature cell (not the label cell) is not a number.
+
+    With ``allow_missing`` a cell of :data:`MISSING_CELLS` counts as a number (a missing one).
+    """
     n_columns = len(first_row)
     label_index = None if label_index is None else label_index % n_columns
-    return any(not _is_number(cell) for index, cell in enumerate(first_row) if index != label_index)
+    return any(not (_is_number(cell) or (allow_missing and _is_missing(cell)))
+               for index, cell in enumerate(first_row) if index != label_index)
 
 
 def _resolve_label_column(
@@ -150,19 +180,29 @@ def _parse_features(
     feature_columns: list[int],
     names: list[str] | None,
     path: Path,
+    allow_missing: bool = False,
 ) -> np.ndarray:
-    """Feature cells as float64 (N, D), with an error naming line, column and value otherwise."""
+    """Feature cells as float64 (N, D), with an error naming line, column and value otherwise.
+
+    With ``allow_missing`` the cells of :data:`MISSING_CELLS` become NaN.
+    """
     X = np.empty((len(rows), len(feature_columns)))
     for i, (line, cells) in enumerate(rows):
         for j, column in enumerate(feature_columns):
+            if allow_missing and _is_missing(cells[column]):
+                X[i, j] = np.nan
+                continue
             try:
                 X[i, j] = float(cells[column])
             except ValueError:
                 name = f" ({names[column]!r})" if names is not None else ""
-                what = "is empty (a missing value)" if cells[column] == "" else "is not a number"
+                where = f"'{path}', line {line}, column {column}{name}: the cell {cells[column]!r}"
+                if _is_missing(cells[column]):
+                    what = "is empty (a missing value)" if cells[column] == "" else (
+                        "marks a missing value")
+                    raise ValueError(f"{where} {what}; {_KEEP_MISSING}.") from None
                 raise ValueError(
-                    f"'{path}', line {line}, column {column}{name}: the cell "
-                    f"{cells[column]!r} {what}. Every feature cell must be numeric; "
+                    f"{where} is not a number. Every feature cell must be numeric; "
                     "pass label_column=... for a column of class names."
                 ) from None
     return X
@@ -174,11 +214,13 @@ def load_csv(
     label_column: str | int | None = None,
     delimiter: str = ",",
     header: Literal["infer"] | bool = "infer",
+    allow_missing: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a numeric CSV file into a feature matrix and optional labels.
 
     Blank lines are skipped and whitespace around cells is ignored. Every feature cell must
-    parse as a float (``nan``/``inf`` parse but are then rejected).
+    parse as a float (``nan``/``inf`` parse but are then rejected), or, with
+    ``allow_missing``, be a missing value.
 
     Parameters
     ----------
@@ -191,7 +233,12 @@ def load_csv(
         One-character field separator (``"\\t"`` for TSV, ``";"``, ...).
     header : "infer" or bool, default="infer"
         Whether the first row holds column names. ``"infer"`` treats it as a header when one of
-        its cells outside the label column is not a number.
+        its cells outside the label column is not a number (nor, with ``allow_missing``, a
+        missing value).
+    allow_missing : bool, default=False
+        Keep missing feature values as NaN: empty cells and ``NA``, ``N/A``, ``nan`` (any
+        case; :data:`MISSING_CELLS`), for an estimator with ``missing="marginalize"``.
+        Infinite values and missing labels are still refused.
 
     Returns
     -------
@@ -208,8 +255,8 @@ def load_csv(
     ValueError
         If the file is empty, its rows have different lengths, a feature cell is not numeric
         (the message gives the line, column and value) or holds NaN/inf (the message gives
-        how many and where the first one is), a label is missing (empty, NaN or inf), or if
-        an argument is invalid.
+        how many and where the first one is, and how to keep missing values), a label is
+        missing (empty, NaN or inf), or if an argument is invalid.
     """
     if header not in ("infer", True, False):
         raise ValueError(f"header must be 'infer', True or False, got {header!r}.")
@@ -234,7 +281,8 @@ def load_csv(
                 f"{first_line} has {n_columns}; every row needs the same number of columns."
             )
     if header == "infer":
-        has_header = _has_header(first_row, None if isinstance(label_column, str) else label_column)
+        has_header = _has_header(first_row, None if isinstance(label_column, str) else label_column,
+                                 allow_missing)
     else:
         has_header = bool(header)
     names = first_row if has_header else None
@@ -251,8 +299,9 @@ def load_csv(
     if not feature_columns:
         raise ValueError(f"'{path}' has no feature columns besides label_column={label_column!r}.")
 
-    X = _parse_features(data_rows, feature_columns, names, path)
-    _check_finite(X, f"'{path}'", [f"line {line}" for line, _ in data_rows], feature_columns)
+    X = _parse_features(data_rows, feature_columns, names, path, allow_missing)
+    _check_finite(X, f"'{path}'", [f"line {line}" for line, _ in data_rows], feature_columns,
+                  allow_missing)
     y = (
         None
         if label_index is None
@@ -283,7 +332,7 @@ def _load_npy_array(path: PathType, what: str) -> np.ndarray:
 
 
 def load_npy(
-    path: PathType, *, labels_path: PathType | None = None
+    path: PathType, *, labels_path: PathType | None = None, allow_missing: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a 2-D numeric array saved with :func:`numpy.save`, and optional labels.
 
@@ -294,6 +343,9 @@ def load_npy(
         dtype; its suffix does not matter. Pickled (object) arrays are refused.
     labels_path : str or path-like, optional
         A ``.npy`` file holding the labels, shape (n_samples,) (or (n_samples, 1)).
+    allow_missing : bool, default=False
+        Keep NaN entries (missing values, for an estimator with ``missing="marginalize"``);
+        infinite values are still refused.
 
     Returns
     -------
@@ -307,7 +359,8 @@ def load_npy(
         If a file does not exist.
     ValueError
         If a file is not a readable ``.npy`` array, ``X`` is not 2-D, empty, or non-numeric,
-        holds NaN/inf (how many and where the first is), or the labels do not match ``X``
+        holds NaN/inf (how many and where the first is; NaN passes with ``allow_missing``),
+        or the labels do not match ``X``
         or hold NaN/inf (a missing label).
     """
     array = _load_npy_array(path, "data file")
@@ -326,7 +379,7 @@ def load_npy(
     if array.size == 0:
         raise ValueError(f"'{path}' holds an empty array of shape {array.shape}.")
     X = array.astype(np.float64)
-    _check_finite(X, f"'{path}'")
+    _check_finite(X, f"'{path}'", allow_missing=allow_missing)
     if labels_path is None:
         return X, None
     labels = _load_npy_array(labels_path, "labels file")
@@ -463,3 +516,219 @@ def load_mnist_idx(
             "labels"
         )
     return X, labels.astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Batches read from disk, for fits on data larger than memory (a stream of batches)
+# --------------------------------------------------------------------------------------------
+
+
+class RowBatches:
+    """Batches of rows of an on-disk array, read one at a time: a re-iterable stream.
+
+    Each pass (``for batch in reader``) yields float arrays of shape (<= batch_size,
+    n_features), in the order of the file, or in a random order (``shuffle``). Only the rows of one batch are in memory; the array
+    is a memory map (:class:`NpyBatches`, :class:`IdxBatches` build it from a file). Pass the
+    reader to ``fit`` of an estimator that takes streams (e.g. ``GMVAE().fit(reader)``).
+
+    Parameters
+    ----------
+    array : ndarray or numpy.memmap, shape (n_samples, ...)
+        Rows are flattened to ``n_features`` values (images row by row).
+    batch_size : int, default 1024
+    shuffle : {False, True, "once"}, default False
+        ``True``: permute the rows anew at every pass; pass ``p`` (counted from 0 by the
+        reader) draws its permutation from ``numpy.random.default_rng([random_state, p])``.
+        A fit resumed from a checkpoint reads different passes from the interrupted one,
+        so it cannot resume (its first batch is not the checkpoint's). ``"once"``: one
+        permutation, from ``default_rng([random_state])``, the same at every pass: the
+        batches mix the file's rows (a file sorted by class is not read class by class)
+        and a resumed fit equals the uninterrupted one. Each batch's rows are read in
+        increasing row order, which keeps the reads of a memory map local.
+    random_state : int, default 0
+    divide_by : float, default 1.0
+        Every value is divided by it (e.g. 255 for 8-bit images).
+    scale : {"none", "standard", "minmax"}, default "none"
+        What :func:`ppl_mixtures.datasets.scale_features` does to an array in memory, with the
+        column statistics taken at construction by reading the array in chunks (two passes
+        for ``"standard"``, one for ``"minmax"``), after ``divide_by``.
+    dtype : numpy dtype, default float64
+        Of the batches.
+    name : str, optional
+        How errors call the source (the file).
+
+    Attributes
+    ----------
+    n_samples, n_features : int
+    center, spread : ndarray of float64, shape (n_features,)
+        The batches are ``(rows / divide_by - center) / spread`` (0 and 1 without ``scale``).
+    """
+
+    def __init__(self, array: np.ndarray, batch_size: int = 1024, *, shuffle: bool = False,
+                 random_state: int = 0, divide_by: float = 1.0, scale: str = "none",
+                 dtype: type = np.float64, name: str = "the array") -> None:
+        from ppl_mixtures.datasets.scaling import SCALES
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
+                batch_size < 1):
+            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+        if array.ndim < 2:
+            raise ValueError(
+                f"{name} holds an array of shape {array.shape}; expected (n_samples, "
+                "n_features) or images (n_samples, rows, cols): for one feature save "
+                "X.reshape(-1, 1)")
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"{name} holds an array of dtype {array.dtype}; expected real "
+                             "numbers")
+        if array.shape[0] == 0 or array.size == 0:
+            raise ValueError(f"{name} holds an empty array of shape {array.shape}")
+        if array.ndim > 2 and not array.flags.c_contiguous:
+            raise ValueError(f"{name} holds a {array.ndim}-D array in Fortran order, which "
+                             "cannot be read row by row; save it in C order "
+                             "(numpy.ascontiguousarray)")
+        self.array = array.reshape(array.shape[0], -1) if array.ndim > 2 else array
+        if shuffle not in (False, True, "once"):
+            raise ValueError(f"shuffle={shuffle!r} is not False, True or 'once'")
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.divide_by = float(divide_by)
+        self.dtype = dtype
+        self.name = name
+        self.n_samples, self.n_features = self.array.shape
+        self._passes = 0
+        if scale not in SCALES:
+            raise ValueError(f"scale={scale!r} is not one of {SCALES}")
+        self.scale = scale
+        self.center, self.spread = self._statistics(scale)
+
+    def _chunks(self, rows: int = 65536):
+        for start in range(0, self.n_samples, rows):
+            yield np.asarray(self.array[start:start + rows], dtype=np.float64) / self.divide_by
+
+    def _statistics(self, scale: str) -> tuple[np.ndarray, np.ndarray]:
+        """Column centre and spread of ``scale`` (the population standard deviation)."""
+        zeros, ones = np.zeros(self.n_features), np.ones(self.n_features)
+        if scale == "none":
+            return zeros, ones
+        if scale == "minmax":
+            low, high = np.full(self.n_features, np.inf), np.full(self.n_features, -np.inf)
+            for chunk in self._chunks():
+                low, high = np.minimum(low, chunk.min(0)), np.maximum(high, chunk.max(0))
+            center, spread = low, high - low
+        else:
+            center = sum(chunk.sum(0) for chunk in self._chunks()) / self.n_samples
+            spread = np.sqrt(sum(((chunk - center) ** 2).sum(0) for chunk in self._chunks())
+                             / self.n_samples)
+        if not (np.isfinite(center).all() and np.isfinite(spread).all()):
+            raise ValueError(f"{self.name} contains NaN or infinite values; clean the data "
+                             "first (a stream is not checked for missing values)")
+        return center, np.where(spread > 0, spread, 1.0)
+
+    def head(self, n_rows: int) -> np.ndarray:
+        """The first ``n_rows`` rows (all when fewer), as the batches are: shape (<= n_rows, D)."""
+        return self._read(slice(0, n_rows))
+
+    def __len__(self) -> int:
+        """Batches per pass."""
+        return -(-self.n_samples // self.batch_size)
+
+    def __iter__(self):
+        n, size = self.n_samples, self.batch_size
+        if not self.shuffle:
+            for start in range(0, n, size):
+                yield self._read(slice(start, start + size))
+            return
+        key = [self.random_state] if self.shuffle == "once" else [self.random_state,
+                                                                   self._passes]
+        order = np.random.default_rng(key).permutation(n)
+        self._passes += 1
+        for start in range(0, n, size):
+            yield self._read(np.sort(order[start:start + size]))
+
+    def _read(self, rows: slice | np.ndarray) -> np.ndarray:
+        batch = np.asarray(self.array[rows], dtype=np.float64)
+        if self.divide_by != 1.0:
+            batch /= self.divide_by
+        if self.scale != "none":
+            batch = (batch - self.center) / self.spread
+        return batch.astype(self.dtype, copy=False)
+
+
+class NpyBatches(RowBatches):
+    """Batches of the rows of a ``.npy`` file, read through a memory map.
+
+    ``numpy.load(path, mmap_mode="r")``: the file is never read whole, so it may be larger
+    than memory. Arrays of more than 2 dimensions (images) are flattened row by row.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A file written by :func:`numpy.save` (not pickled, not ``.npz``).
+    batch_size, shuffle, random_state, divide_by, scale, dtype
+        As in :class:`RowBatches`.
+
+    Examples
+    --------
+    >>> from ppl_mixtures import GMVAE  # doctest: +SKIP
+    >>> GMVAE(10).fit(NpyBatches("big.npy", batch_size=128, shuffle=True))  # doctest: +SKIP
+    """
+
+    def __init__(self, path: PathType, batch_size: int = 1024, **options) -> None:
+        path = _existing_file(path)
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise ValueError(f"'{path}' could not be read as a .npy array ({error}); save it "
+                             "with numpy.save and a numeric dtype.") from error
+        if isinstance(array, np.lib.npyio.NpzFile):
+            array.close()
+            raise ValueError(f"'{path}' is an .npz archive, not a single .npy array; save "
+                             "the array to stream with numpy.save.")
+        self.path = path
+        super().__init__(array, batch_size, name=f"'{path}'", **options)
+
+
+class IdxBatches(RowBatches):
+    """Batches of the images of an uncompressed IDX file (MNIST), read through a memory map.
+
+    Like :func:`load_mnist_idx`, unsigned bytes are divided by 255 (``divide_by``) and the
+    images flattened row by row. A gzipped file cannot be memory-mapped: decompress it first
+    (``gunzip train-images-idx3-ubyte.gz``), or load it whole with :func:`load_mnist_idx`.
+
+    Parameters
+    ----------
+    path : str or PathLike
+    batch_size, shuffle, random_state, scale, dtype
+        As in :class:`RowBatches`; ``divide_by`` defaults to 255 for unsigned bytes, else 1.
+    """
+
+    def __init__(self, path: PathType, batch_size: int = 1024, **options) -> None:
+        path = _existing_file(path)
+        with open(path, "rb") as file:
+            head = file.read(4)
+            if head[:2] == b"\x1f\x8b":
+                raise ValueError(f"{path} is gzipped; a gzipped file cannot be read in "
+                                 "chunks: decompress it first (gunzip), or load it whole "
+                                 "with load_mnist_idx")
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise ValueError(f"{path} has magic number 0x{head.hex()}; an IDX file "
+                                 "starts with two zero bytes")
+            type_code, n_dims = head[2], head[3]
+            if type_code not in IDX_DTYPES:
+                known = ", ".join(f"0x{code:02X}" for code in IDX_DTYPES)
+                raise ValueError(f"{path} has IDX type code 0x{type_code:02X}; expected one "
+                                 f"of {known}")
+            sizes = file.read(4 * n_dims)
+        if len(sizes) < 4 * n_dims:
+            raise ValueError(f"{path} is truncated: its header announces {n_dims} dimensions")
+        shape = tuple(int(s) for s in np.frombuffer(sizes, dtype=">u4"))
+        dtype = IDX_DTYPES[type_code]
+        expected = 4 + 4 * n_dims + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if path.stat().st_size != expected:
+            raise ValueError(f"{path} holds {path.stat().st_size} bytes; its header {shape} "
+                             f"of {dtype.name} needs {expected}")
+        array = np.memmap(path, dtype=dtype, mode="r", offset=4 + 4 * n_dims, shape=shape)
+        options.setdefault("divide_by", 255.0 if dtype == np.uint8 else 1.0)
+        self.path = path
+        super().__init__(array, batch_size, name=str(path), **options)

@@ -59,9 +59,12 @@ def scale_features(X: Any, scale: str | None) -> np.ndarray:
         raise ValueError(f"X has shape {X.shape}; expected (n_samples, n_features)")
     if scale == "none" or X.shape[0] == 0:
         return X
+    # statistics of the observed entries: NaN (a missing value) stays NaN
+    missing = bool(np.isnan(X).any())
     if scale == "standard":
-        center, spread = X.mean(axis=0), X.std(axis=0)
+        center, spread = ((np.nanmean(X, axis=0), np.nanstd(X, axis=0)) if missing
+                          else (X.mean(axis=0), X.std(axis=0)))
     else:
-        center = X.min(axis=0)
-        spread = X.max(axis=0) - center
+        center = np.nanmin(X, axis=0) if missing else X.min(axis=0)
+        spread = (np.nanmax(X, axis=0) if missing else X.max(axis=0)) - center
     return (X - center) / np.where(spread > 0, spread, 1.0)

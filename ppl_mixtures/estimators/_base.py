@@ -45,6 +45,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ppl_mixtures import distributed as process_group
 from ppl_mixtures._rng import keeps_global_rng
 from ppl_mixtures.estimators import _continuation, _restarts
+from ppl_mixtures.estimators._deferred_guide import DeferredGuideMixin
 from ppl_mixtures.estimators._persistence import PersistenceMixin
 from ppl_mixtures.estimators._queries import QueriesMixin
 from ppl_mixtures.estimators._sources import (
@@ -80,7 +81,8 @@ def _short(value: Any) -> str:
 #: Fitted attributes that :meth:`MixtureEstimator.save` rebuilds instead of storing.
 
 
-class MixtureEstimator(PersistenceMixin, QueriesMixin, DensityMixin, BaseEstimator):
+class MixtureEstimator(DeferredGuideMixin, PersistenceMixin, QueriesMixin, DensityMixin,
+                       BaseEstimator):
     """Common machinery of the mixture estimators (see the module docstring for the hooks)."""
 
     #: Argument name -> constraints, one of which the value must satisfy.
@@ -216,7 +218,8 @@ class MixtureEstimator(PersistenceMixin, QueriesMixin, DensityMixin, BaseEstimat
                     f"with inference={paths}, not inference={self.inference!r}; pass one array"
                 )
             self._check_stream(X)
-            check_one_pass(X, self._max_iter, self.n_init, "EM iterations (one pass each)")
+            check_one_pass(X, self._max_iter, getattr(self, "n_init", 1),
+                           "EM iterations (one pass each)")
             self._device = resolve_device(self.device)
             source: DataSource = StreamSource(X, self._validate_x, distributed,
                                               weighted=sample_weight is not None)
@@ -305,6 +308,7 @@ class MixtureEstimator(PersistenceMixin, QueriesMixin, DensityMixin, BaseEstimat
         self.__dict__.pop("lower_bounds_", None)  # EM sets it again
         generator = resolve_generator(self.random_state, self._device)
         start = time.perf_counter()
+        self.__dict__.pop("param_store_state_", None)  # a deferred guide_ is built in the fit's
         with pyro.get_param_store().scope() as state:
             self._fit(source, generator, resume)
         self.param_store_state_ = state

@@ -18,6 +18,7 @@ import torch
 
 from ppl_mixtures.estimators import _gmm_init, _nuts
 from ppl_mixtures.inference.em import gmm as em_gmm
+from ppl_mixtures.inference.em import missing as em_missing
 from ppl_mixtures.models import gmm
 
 #: Floor on each component's total responsibility, as the M-step adds (10 * eps).
@@ -32,7 +33,7 @@ def em_m_step(est: Any, sample: torch.Tensor) -> Callable[[em_gmm.GMMStats], gmm
     """
     covariance_type, reg_covar = est.covariance_type, est.reg_covar
     if reg_covar > 0:
-        return lambda stats: em_gmm.m_step(stats, covariance_type, reg_covar)
+        return _FloorOnce(covariance_type, reg_covar)
     spread = float(sample.var(0, unbiased=False).mean()) if sample.shape[0] > 1 else 0.0
     scale = spread if spread > 0 else 1.0
 
@@ -50,6 +51,36 @@ def em_m_step(est: Any, sample: torch.Tensor) -> Callable[[em_gmm.GMMStats], gmm
         return em_gmm.m_step(stats, covariance_type, 0.0)
 
     return exact_m_step
+
+
+class _FloorOnce:
+    """The M-step with ``reg_covar > 0``, its variance floor taken once per fit.
+
+    The floor (:func:`~ppl_mixtures.inference.em.gmm.stats_floor`) depends on the variance
+    of all the data, which the statistics of every E-step give the same up to rounding: far
+    above :data:`~ppl_mixtures.inference.em.gmm.SMALL_DATA_VARIANCE` (where the floor is
+    ``reg_covar`` itself) it is kept after the first M-step; near or below that threshold
+    (where it follows the variance) it is taken from each E-step's statistics, as before.
+    Saves some fifteen small tensor operations per iteration.
+    """
+
+    def __init__(self, covariance_type: str, reg_covar: float) -> None:
+        self.covariance_type, self.reg_covar = covariance_type, reg_covar
+        self.floor: float | None = None
+
+    def __call__(self, stats: em_gmm.GMMStats) -> gmm.GMMParams:
+        floor = self.floor
+        if floor is None:
+            second = stats.second_moment
+            diagonal = (second if self.covariance_type in gmm.DIAGONAL_TYPES
+                        else second.diagonal(dim1=-2, dim2=-1))
+            variance, mean_square = em_gmm.data_spread(stats.resp_sum, stats.first_moment,
+                                                       diagonal, stats.shift)
+            floor = em_gmm.variance_floor(self.reg_covar, variance, mean_square,
+                                          stats.shift.dtype)
+            if variance > 2.0 * em_gmm.SMALL_DATA_VARIANCE:  # NaN is not: taken again
+                self.floor = floor
+        return em_gmm.m_step(stats, self.covariance_type, self.reg_covar, floor=floor)
 
 
 def singular_components(stats: em_gmm.GMMStats, covariance_type: str,
@@ -125,7 +156,9 @@ def fit_nuts(est: Any, x: torch.Tensor, generator: torch.Generator, given: dict,
         est.covariance_type in gmm.DIAGONAL_TYPES,
     ), est.covariance_type)
     with torch.no_grad():
-        est.history_ = [_weighted_mean(gmm.log_likelihood(x, d), weights) for d in draws]
+        log_joint = em_missing.gmm_log_joint if est._marginalize else gmm.log_joint
+        est.history_ = [_weighted_mean(torch.logsumexp(log_joint(x, d), -1), weights)
+                        for d in draws]
     _nuts.finish(est, x, est.posterior_samples_, None, gmm.map_guide)
 
 
@@ -144,13 +177,16 @@ def fitted_arrays(params: gmm.GMMParams) -> dict[str, np.ndarray]:
         precisions = 1.0 / covariances
         precisions_cholesky = np.sqrt(precisions)
     else:  # factorised in float64 (a float32 fit's covariances round-trip), returned as fitted
-        wide = covariances.astype(np.float64)
-        precisions = np.linalg.inv(wide).astype(covariances.dtype)
+        # the M-step's factors L (no new factorisation); L^-1 by one triangular solve and
+        # Sigma^-1 = L^-T L^-1 by LAPACK's potri: a fifth of the work of inv + solve
+        with torch.no_grad():
+            factors = em_gmm.factors_of(params.covariances)
+            eye = torch.eye(factors.shape[-1], dtype=factors.dtype, device=factors.device)
+            inverse = torch.linalg.solve_triangular(factors, eye, upper=False)
+            precisions = torch.cholesky_inverse(factors).cpu().numpy()
+        precisions = precisions.astype(covariances.dtype)
         # scikit-learn's convention: P with P P^T = Sigma^-1, upper triangular.
-        factors = np.linalg.cholesky(wide)
-        eye = np.broadcast_to(np.eye(factors.shape[-1]), factors.shape)
-        precisions_cholesky = np.swapaxes(np.linalg.solve(factors, eye), -1, -2).astype(
-            covariances.dtype)
+        precisions_cholesky = inverse.mT.cpu().numpy().astype(covariances.dtype)
     return {"weights_": params.weights.detach().cpu().numpy(),
             "means_": params.means.detach().cpu().numpy(), "covariances_": covariances,
             "precisions_": precisions, "precisions_cholesky_": precisions_cholesky}

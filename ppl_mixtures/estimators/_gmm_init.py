@@ -58,7 +58,9 @@ def _precisions_to_covariances(est: Any, precisions: torch.Tensor) -> torch.Tens
         if bool((precisions <= 0).any()):
             raise ValueError("precisions_init must be positive")
         return precisions.reciprocal()
-    if not torch.allclose(precisions, precisions.transpose(-1, -2), atol=1e-8, rtol=1e-6):
+    transposed = precisions.transpose(-1, -2)  # exactly symmetric: no tolerance pass needed
+    if not (torch.equal(precisions, transposed)
+            or torch.allclose(precisions, transposed, atol=1e-8, rtol=1e-6)):
         raise ValueError("precisions_init must be symmetric")
     factors, info = torch.linalg.cholesky_ex(precisions)
     if bool((info != 0).any()):

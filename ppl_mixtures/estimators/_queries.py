@@ -94,7 +94,8 @@ class QueriesMixin:
         """
         x = self._fitted_x(X)
         with pyro.get_param_store().scope(self.param_store_state_), torch.no_grad():
-            loss = TraceEnum_ELBO(max_plate_nesting=1).loss(self.model_, self.guide_, x)
+            loss = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False).loss(
+                self.model_, self.guide_, x)
         return float(loss)
 
     def posterior_params(self) -> dict[str, np.ndarray]:

@@ -42,7 +42,8 @@ def fit_em(est: Any, source: DataSource, draw: Callable[[torch.Tensor], Any],
     ``n_iter_``, ``history_``, ``lower_bound_`` and ``lower_bounds_`` (the last E-step's
     value and every E-step's, per sample: scikit-learn's meaning),
     ``restart_log_likelihoods_`` (the final log-likelihood of every start) and ``guide_``
-    (``map_guide(model_, params_)``, its global parameters created at the EM estimate).
+    (``map_guide(model_, params_)``, its global parameters created at the EM estimate when it
+    is first read).
     """
     n_init, start_bound = est.n_init, None
     if est._warm_start_from is not None:
@@ -68,8 +69,9 @@ def fit_em(est: Any, source: DataSource, draw: Callable[[torch.Tensor], Any],
     est.lower_bound_ = result.lower_bound
     est.lower_bounds_ = list(result.history)
     est.restart_log_likelihoods_ = result.restart_log_likelihoods
-    est.guide_ = map_guide(est.model_, est.params_)
-    est.guide_(first_row)
+    # built on first use (elbo_loss, posterior_params, diagnostics ...): tracing the model and
+    # transforming every site costs more than a small fit's EM (see MixtureEstimator.guide_)
+    est._defer_guide(map_guide, first_row)
 
 
 def fit_svi(est: Any, source: DataSource, generator: torch.Generator, resume: bool,

@@ -22,6 +22,10 @@ deviation, 0.15), ``sigma0``/``sigma_inf``/``t0``/``t_inf`` (the annealing of eq
 1000 sqrt(K) steps), ``lambda_pi``/``lambda_mu``/``lambda_sigma`` (adaptation strengths),
 ``grid_shape``, ``mu_init``, ``shuffle``, and ``lr_final`` (ours: a learning rate decaying
 after annealing, which removes the jitter of constant-rate B = 1 steps).
+
+With ``missing="marginalize"`` every objective is the masked one: a row's log-joints are
+those of its observed coordinates (the trainer's ``missing``), so NaN entries add nothing
+to any gradient; complete data train exactly as with ``missing="error"``.
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ class MaxComponentSGD:
             est.n_components, self.config(stream), covariance_type=covariance,
             n_principal_directions=est.n_principal_directions, progress=est.progress,
             seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+            missing=est._marginalize,
         )
         trainer.init = self.initial_values(n_features)
         return trainer
@@ -161,8 +166,8 @@ class MaxComponentSGD:
         est.guide_ = gmm.map_guide(est.model_, est.params_)
         est.guide_(last[:1])
         with torch.no_grad():
-            est.lower_bound_ = _weighted_mean(
-                torch.logsumexp(gmm.log_joint(last, est.params_), -1), weights)
+            est.lower_bound_ = _weighted_mean(torch.logsumexp(est._log_joint(last), -1),
+                                              weights)
 
     def partial_fit(self, X: Any, sample_weight: Any = None) -> None:
         """One pass over the batch ``X``, continuing from the last call (or a loaded file).

@@ -9,7 +9,7 @@ estimators hand to the EM loop (:meth:`DataSource.e_step`, :meth:`DataSource.ini
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from typing import Any, TypeVar
 
 import numpy as np
@@ -25,11 +25,15 @@ T = TypeVar("T")
 def is_batch_source(X: Any) -> bool:
     """Whether ``X`` is a stream of batches rather than one data matrix.
 
-    A ``DataLoader``, an iterator (e.g. a generator), or a list/tuple whose items are all 2-D
-    (arrays or tensors) or all tuples ``(x, w)`` / ``(x, y)`` with a 2-D ``x``. Arrays,
-    tensors, data frames and nested lists of numbers are not.
+    A ``DataLoader``, an iterator (e.g. a generator), any other iterable object that is not
+    array-like (e.g. :class:`ppl_mixtures.datasets.files.NpyBatches`), a callable that returns
+    a new iterable of batches at each call (:class:`CallableStream`), or a list/tuple whose
+    items are all 2-D (arrays or tensors) or all tuples ``(x, w)`` / ``(x, y)`` with a 2-D
+    ``x``. Arrays, tensors, data frames and nested lists of numbers are not.
     """
-    if isinstance(X, (DataLoader, Iterator)):
+    if isinstance(X, (DataLoader, Iterator, CallableStream)):
+        return True
+    if _is_stream_function(X) or _is_iterable_object(X):
         return True
     if not (isinstance(X, (list, tuple)) and len(X) > 0):
         return False
@@ -39,6 +43,52 @@ def is_batch_source(X: Any) -> bool:
         return all(len(np.shape(batch)) == 2 for batch in X)
     except ValueError:  # ragged nested lists
         return False
+
+
+def _is_stream_function(X: Any) -> bool:
+    """A callable that is not itself data (an array, a tensor, a frame) nor a class."""
+    return (callable(X) and not isinstance(X, type) and not hasattr(X, "shape")
+            and not hasattr(X, "__array__") and not hasattr(X, "__iter__"))
+
+
+#: Iterables that are data (or not batches), never a stream object: sequences (lists,
+#: tuples, strings, ``array.array``, deques), mappings and sets.
+_NOT_STREAMS = (Sequence, Mapping, Set, memoryview, type)
+
+
+def _is_iterable_object(X: Any) -> bool:
+    """An iterable that is not array-like (no ``shape``, no ``__array__``) nor a sequence."""
+    return (hasattr(X, "__iter__") and not isinstance(X, _NOT_STREAMS)
+            and not hasattr(X, "shape") and not hasattr(X, "__array__"))
+
+
+class CallableStream:
+    """A stream read again at every pass: each pass iterates what ``factory()`` returns.
+
+    ``fit(lambda: read_batches(path))`` gives a fresh generator per pass, which a generator
+    itself (read once) cannot. A call that returns something not iterable is refused.
+    """
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.factory = factory
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = self.factory()
+        try:
+            return iter(batches)
+        except TypeError:
+            raise TypeError(
+                f"X is a callable, read as a stream of batches, but X() returned a "
+                f"{type(batches).__name__}; it must return a new iterable of 2-D batches at "
+                "each call (e.g. lambda: (X[i:i + 1024] for i in range(0, len(X), 1024)))"
+            ) from None
+
+
+def as_stream(X: Any) -> Any:
+    """``X`` as an iterable of batches: a callable becomes a :class:`CallableStream`."""
+    if _is_stream_function(X):
+        return CallableStream(X)
+    return X
 
 
 def _is_pair(batch: Any) -> bool:
@@ -159,7 +209,9 @@ class ValidatedBatches:
         self.last_weights: torch.Tensor | None = None
 
     def __iter__(self) -> Iterator[Any]:
+        empty = True
         for batch in self.source:
+            empty = False
             weights = None
             if self.weighted:
                 if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
@@ -180,6 +232,13 @@ class ValidatedBatches:
             self.last_weights = check_sample_weight(
                 weights, x.shape[0], x, "sample_weight (the w of a batch (x, w))", all_zero=True)
             yield x, self.last_weights
+        if empty and self.seen:  # read again with nothing left: fitting would never end
+            raise ValueError(
+                "X, a stream of batches, gave batches at its first pass but none at a later "
+                "one: it can be read only once. Pass a list of batches, a DataLoader, or a "
+                "callable that returns a new iterator at each call (e.g. lambda: "
+                "make_batches()), not an iterator or a callable returning the same one"
+            )
 
 
 class DataSource:
@@ -347,6 +406,7 @@ class StreamSource(DataSource):
 
     def __init__(self, source: Any, validate: Callable[[Any, bool], torch.Tensor],
                  distributed: bool, weighted: bool = False) -> None:
+        source = as_stream(source)
         self.raw = source
         self.one_pass = isinstance(source, Iterator)
         self.weighted_stream = weighted

@@ -44,6 +44,11 @@ _COMMON = ("n_init", "tol", "lr", "batch_size", "random_state", "device", "dtype
 ARRAY_LIKE = [InstanceOf((object,), "an array-like")]
 
 
+def _variational_guide(model: Any, q: bgmm.VariationalParams) -> bgmm.VariationalGuide:
+    """The guide at ``q`` (a module function: a fitted estimator keeps it until it is read)."""
+    return bgmm.VariationalGuide(q)
+
+
 class BayesianGaussianMixture(MixtureEstimator):
     """Variational Bayesian Gaussian mixture (scikit-learn's arguments and attributes).
 
@@ -346,7 +351,7 @@ class BayesianGaussianMixture(MixtureEstimator):
         if self.inference == "cavi":
             e_step, m_step = cavi_gmm.make_steps(priors, reg)  # weights: from the source
             self._fit_em_restarts(source, draw, e_step, m_step, "BGMM CAVI",
-                                  lambda model, q: bgmm.VariationalGuide(q),
+                                  _variational_guide,
                                   monotone=reg == 0)
         else:
             warm = self._warm_start_from

@@ -8,10 +8,8 @@ of the network (the global GMM of eq. 3), numbered row-major with ``s_1`` slowes
 
 from __future__ import annotations
 
-import functools
 import math
-import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +18,13 @@ import torch
 
 from ppl_mixtures._rng import keeps_global_rng
 from ppl_mixtures.estimators._base import MixtureEstimator
+from ppl_mixtures.estimators._dgmm_fit import (  # noqa: F401 (re-exported)
+    AUTO_ROWS_PER_PARAMETER,
+    DEFAULT_ACCELERATE,
+    DGMMChecks,
+    DGMMFitting,
+    _as_int_tuple,
+)
 from ppl_mixtures.estimators._sources import DataSource
 from ppl_mixtures.estimators._validation import (
     BOOLEAN,
@@ -30,11 +35,7 @@ from ppl_mixtures.estimators._validation import (
     IntegerSequence,
     Options,
     Real,
-    check_int,
 )
-from ppl_mixtures.inference import dgmm_start
-from ppl_mixtures.inference.em import dgmm as em_dgmm
-from ppl_mixtures.inference.em.loop import run_em
 from ppl_mixtures.inference.init import INIT_METHODS
 from ppl_mixtures.models import dgmm
 from ppl_mixtures.models.dgmm_identify import CONSTRAINTS, identify
@@ -42,27 +43,9 @@ from ppl_mixtures.models.dgmm_identify import CONSTRAINTS, identify
 INFERENCE_METHODS = ("em", "svi")
 #: Starts of :class:`DeepGaussianMixture` (``start``).
 STARTS = ("auto", "gmm", "layerwise")
-#: SQUAREM cycles after the start when ``accelerate=None`` and ``start`` is not "layerwise".
-DEFAULT_ACCELERATE = 20
-#: ``start="auto"`` takes the mixture start from this many rows per path and feature + 1.
-AUTO_ROWS_PER_PARAMETER = 4
 
 
-def _as_int_tuple(value: Any, name: str) -> tuple[int, ...]:
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = (value,)
-    try:
-        items = tuple(value)
-    except TypeError as err:
-        raise ValueError(f"{name}={value!r} must be a sequence of positive integers") from err
-    if not items:
-        raise ValueError(f"{name}={value!r} must hold one entry per layer (at least one)")
-    for item in items:
-        check_int(item, name + " entries", 1)
-    return tuple(int(item) for item in items)
-
-
-class DeepGaussianMixture(MixtureEstimator):
+class DeepGaussianMixture(DGMMChecks, DGMMFitting, MixtureEstimator):
     """Deep Gaussian mixture (stacked mixtures of factor analysers) fitted by EM or SVI.
 
     Layers ``l = 1..h``: ``z^(l-1) = eta^(l)_{s_l} + Lambda^(l)_{s_l} z^(l) + u^(l)`` with
@@ -88,12 +71,13 @@ class DeepGaussianMixture(MixtureEstimator):
     n_init : int, default 1
         Restarts from independent initialisations; the best final objective is kept.
     max_iter : int, optional
-        EM iterations (default 500; 0 returns the start, annealed if asked) or SVI steps
-        (default 2000). EM and SVI warn (``sklearn.exceptions.ConvergenceWarning``) when
-        they stop here short of ``tol``.
+        EM iterations (default 30 of the accelerated loop, ``accelerate=None``; 500 of plain
+        EM; 0 returns the start, annealed if asked) or SVI steps (default 2000). EM and SVI
+        warn (``sklearn.exceptions.ConvergenceWarning``) when they stop here short of ``tol``.
     tol : float, optional
-        EM: change of the mean log-likelihood per sample (default 1e-5). SVI: relative change
-        of the smoothed loss (default 1e-6). 0: run ``max_iter``.
+        EM: change of the mean log-likelihood per sample over one iteration (default 1e-2 for
+        the accelerated loop's 10 cycles, 1e-5 for plain EM). SVI: relative change of the
+        smoothed loss (default 1e-6). 0: run ``max_iter``.
     start : {"auto", "gmm", "layerwise"}, default "auto"
         How each restart begins (EM and SVI). ``"auto"``: ``"gmm"`` when the data (the first
         batch of a stream, rank 0's shard) hold at least ``4 P (n_features + 1)`` rows
@@ -122,11 +106,18 @@ class DeepGaussianMixture(MixtureEstimator):
         than ``2 prod G_l`` rows there, or when that mixture is degenerate, the layer-wise
         start is used.
     accelerate : int, optional
-        EM only: cycles of monotone squared-extrapolation EM
-        (:func:`~ppl_mixtures.inference.em.dgmm.accelerate`, three or four E-steps each)
-        between the start (and annealing) and plain EM. None: 20, or 0 (plain EM) with
-        ``start="layerwise"``. Skipped on an iterator (read once). Not counted in
-        ``max_iter`` nor ``history_``.
+        EM only. None (default, unless ``start="layerwise"``): every EM iteration is 10
+        cycles of monotone squared-extrapolation EM (SQUAREM,
+        :func:`~ppl_mixtures.inference.em.dgmm.squarem_m_step`, three E-steps each), with
+        their own defaults ``max_iter=30`` and ``tol=1e-2`` (the gain over 10 cycles); on
+        fresh draws of the section 3.1 setting of Selosse et al. (2020) plain EM creeps
+        (noise variances of a deeper layer shrinking a little at each step) and never meets
+        its tol within 500 iterations, while these cycles stop at a higher likelihood
+        (``bench/RESULTS.md``). An int k: k SQUAREM cycles
+        (:func:`~ppl_mixtures.inference.em.dgmm.accelerate`) between the start (and
+        annealing) and plain EM, not counted in ``max_iter`` nor ``history_``; 0 is plain EM
+        (the default with ``start="layerwise"``, as in the paper). On an iterator (read
+        once) EM is plain.
     init_params : {"kmeans", "random", "k-means++", "random_from_data"}, default "kmeans"
         Clustering of the layer-wise start (``start="layerwise"``).
     reg_covar : float, default 1e-6
@@ -290,77 +281,7 @@ checkpoint_path
     def _shape_key(self) -> dict[str, Any]:
         return {"n_components": self._components, "n_factors": self._factors}
 
-    def _check_arguments(self) -> None:
-        components = _as_int_tuple(self.n_components, "n_components")
-        factors = _as_int_tuple(self.n_factors, "n_factors")
-        if len(components) != len(factors):
-            raise ValueError(
-                f"n_components={components} and n_factors={factors} must have the same "
-                "length: one number of components and one factor dimension per layer"
-            )
-        if any(factors[k] <= factors[k + 1] for k in range(len(factors) - 1)):
-            raise ValueError(
-                f"n_factors={factors} must be strictly decreasing (r_1 > r_2 > ... > r_h): "
-                "each layer reduces the dimension of the one below"
-            )
-        if self.form == "latent" and self.inference != "svi":
-            raise ValueError("form='latent' needs inference='svi' (EM integrates the scores)")
-        if self.identifiability is not None and self.form == "latent":
-            raise ValueError("identifiability applies to form='collapsed' (the latent form's "
-                             "guide holds per-sample scores in the fitted coordinates)")
-        if self.anneal_start > 1.0 and self.inference != "em":
-            raise ValueError("anneal_start > 1 applies to inference='em' only; leave it at 1.0")
-        if self.realign and self.inference != "em":
-            raise ValueError("realign=True applies to inference='em' only")
-        if self.realign and self.distributed:
-            self._refuse_realign("distributed=True (one shard per rank)")
-        self._components, self._factors = components, factors
-
-    def _refuse_realign(self, where: str) -> None:
-        raise ValueError(
-            f"realign=True runs k-means on the scores of all the data at once, which "
-            f"{where} does not hold; set realign=False (anneal_start > 1 still works), "
-            "or fit one in-memory array"
-        )
-
-    def _check_stream(self, source: Any) -> None:
-        """Refuse what a stream cannot give: all rows at once, or a second read."""
-        if self.realign:
-            self._refuse_realign("a stream of batches")
-        if isinstance(source, Iterator) and self.anneal_start > 1.0 and self.anneal_iter > 0:
-            raise ValueError(
-                f"anneal_start={self.anneal_start} makes anneal_iter={self.anneal_iter} passes "
-                "over the data before EM, but an iterator can be traversed once; pass a list "
-                "or a DataLoader, or anneal_start=1.0"
-            )
-
-    def _check_n_features(self, n_features: int) -> None:
-        if self._factors[0] >= n_features:
-            raise ValueError(
-                f"n_factors[0]={self._factors[0]} must be < n_features={n_features} "
-                "(n_features > r_1 > ... > r_h); lower n_factors"
-            )
-
     # ------------------------------------------------------------------------------- fitting
-
-    def _initial_params(self, x: torch.Tensor, generator: torch.Generator) -> dgmm.DGMMParams:
-        if self._warm_start_from is not None:  # warm_start: the last fit's parameters
-            return self._warm_start_from[0]
-        n_paths = math.prod(self._components)
-        enough = (2 if self.start == "gmm" else AUTO_ROWS_PER_PARAMETER * (x.shape[1] + 1))
-        if self.start != "layerwise" and x.shape[0] >= enough * n_paths:
-            try:
-                return dgmm_start.best_start(x, self._components, self._factors, generator,
-                                             self.reg_covar)
-            except (ValueError, RuntimeError, torch.linalg.LinAlgError):
-                pass  # a degenerate mixture (duplicated rows, tiny sample): the layer-wise start
-        return em_dgmm.initial_params(x, self._components, self._factors, self.init_params, generator,
-                                      self.reg_covar)
-
-    def _accelerate_cycles(self) -> int:
-        if self.accelerate is not None:
-            return int(self.accelerate)
-        return 0 if self.start == "layerwise" else DEFAULT_ACCELERATE
 
     def _build_model(self, priors: dict) -> dgmm.DeepGaussianMixtureModel:
         return dgmm.DeepGaussianMixtureModel(self._components, self._factors,
@@ -369,17 +290,20 @@ checkpoint_path
     def _fit(self, source: DataSource, generator: torch.Generator, resume: bool) -> None:
         x = source.sample  # a stream (EM only): its first batch
         self._check_n_features(x.shape[1])
-        priors = dgmm.default_dgmm_priors(x, self._components, self._factors)
+        # weighted rows: the priors of the weighted data (the moments of the repeated rows)
+        moments = source.moments()[:2] if getattr(source, "weights", None) is not None else None
+        priors = dgmm.default_dgmm_priors(x, self._components, self._factors, moments=moments)
         priors.update(self.priors or {})
         self.model_ = self._build_model(priors)
         if self.inference == "em":
             self._fit_em(source, generator)
         else:
-            if getattr(source, "weights", None) is not None or getattr(
-                    source, "weighted_stream", False):
+            if self.form == "latent" and (getattr(source, "weights", None) is not None or
+                                          getattr(source, "weighted_stream", False)):
                 raise ValueError(
-                    "sample_weight is supported by DeepGaussianMixture's inference='em'; "
-                    "use inference='em', or fit SVI on the rows repeated by their weights"
+                    "sample_weight with inference='svi' needs form='collapsed' (the latent "
+                    "form's per-row scores are not weighted); use form='collapsed', or "
+                    "inference='em'"
                 )
             self._fit_svi(source, generator, resume)
         if self.identifiability is not None:
@@ -387,72 +311,6 @@ checkpoint_path
             pyro.clear_param_store()  # the fit's scope only: the guide restarts at params_
             self.guide_ = dgmm.map_guide(self.model_, self.params_)
             self.guide_(x[:1])
-
-    def _em_start(self, source: DataSource, start: dgmm.DGMMParams,
-                  generator: torch.Generator) -> dgmm.DGMMParams:
-        """Annealing (``anneal_start``), acceleration (``accelerate``) and realignment
-        (``realign``) from the start.
-
-        The tempered E-steps go through the same sums over batches and ranks as EM's.
-        Realignment needs the data in memory (checked before fitting).
-        """
-        params, _ = em_dgmm.anneal(
-            source.data, start, float(self.anneal_start), int(self.anneal_iter), self.reg_covar,
-            tempered_e_step=lambda data, current, temperature: source.e_step(
-                functools.partial(em_dgmm.e_step, temperature=temperature))(data, current),
-        )
-        cycles = self._accelerate_cycles()
-        if cycles > 0 and not source.one_pass:
-            params, _ = em_dgmm.accelerate(source.data, params, cycles, self.reg_covar,
-                                           e_step_fn=source.e_step(em_dgmm.e_step),
-                                           tol=0.1 * self._tol)
-        if self.realign:
-            x = source.data
-            first = run_em(x, init_params=lambda _: params, e_step=em_dgmm.e_step,
-                           m_step=self._m_step, n_init=1, max_iter=self._max_iter,
-                           tol=self._tol, progress=False)
-            params = em_dgmm.realign_scores(x, first.params, generator, self.reg_covar)
-        return params
-
-    def _m_step(self, stats: em_dgmm.DGMMStats) -> dgmm.DGMMParams:
-        return em_dgmm.m_step(stats, self.reg_covar)
-
-    def _fit_em(self, source: DataSource, generator: torch.Generator) -> None:
-        """EM on a matrix, a stream (summed over batches) or a shard (summed over ranks).
-
-        The layer-wise start is drawn from the sample (on rank 0 alone when distributed,
-        sent as one flat tensor), then every rank anneals and runs EM.
-        """
-        n_features = source.sample.shape[1]
-
-        def draw(x: torch.Tensor) -> dgmm.DGMMParams | torch.Tensor:
-            start = self._initial_params(x, generator)
-            return dgmm.flatten_params(start) if self.distributed else start
-
-        initial = source.initializer(draw, self.n_components, self._n_clusters())
-
-        def init(index: int) -> dgmm.DGMMParams:
-            start = initial(index)
-            if self.distributed:
-                start = dgmm.unflatten_params(start, n_features, self._components,
-                                                self._factors)
-            return self._em_start(source, start, generator)
-
-        self._fit_em_restarts(source, draw, em_dgmm.e_step, self._m_step, "DGMM EM",
-                              dgmm.map_guide, init_params=init)
-
-    def _make_guide(self, x: torch.Tensor, generator: torch.Generator):
-        start = self._initial_params(x, generator)
-        if self.form == "latent":
-            return dgmm.LatentScoreGuide(self.model_, start, x)
-        return dgmm.map_guide(self.model_, start)
-
-    def _fit_svi(self, source: DataSource, generator: torch.Generator, resume: bool) -> None:
-        if self.form == "latent" and self.batch_size is not None:
-            raise ValueError("form='latent' keeps one local Gaussian per row; use batch_size=None")
-        guide, _ = self._fit_svi_restarts(source, generator, resume,
-                                          lambda: self._make_guide(source.data, generator))
-        self.params_ = dgmm.guide_params(guide, len(self._components))
 
     def _set_fitted(self) -> None:
         def to_numpy(tensors: list[torch.Tensor]) -> list[np.ndarray]:

@@ -146,12 +146,12 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         What NaN entries of ``X`` mean. ``"error"``: they are refused. ``"marginalize"``: they
         are values missing at random, integrated out exactly: EM's E-step takes the
         expectations over the factors and the missing entries given each row's observed ones
-        (Ghahramani & Jordan 1994), in memory, on streams and distributed; SVI's Pyro model
-        scores the observed entries only. :meth:`predict`, :meth:`predict_proba`,
+        (Ghahramani & Jordan 1994), in memory, on streams and distributed; SVI's and NUTS's
+        Pyro model scores the observed entries only. :meth:`predict`, :meth:`predict_proba`,
         :meth:`score_samples` and :meth:`score` then take incomplete rows (a row with no
         observed entry has log-likelihood 0 and the mixing weights as its probabilities),
-        and :meth:`impute` fills NaN entries with their conditional means. For
-        ``inference="em"`` and ``"svi"``.
+        and :meth:`impute` fills NaN entries with their conditional means. For every
+        ``inference``.
 
     Attributes
     ----------
@@ -198,7 +198,7 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
     _inference_methods = INFERENCE_METHODS
     _stream_inference_methods = ("em",)
     _distributed_inference_methods = ("em",)
-    _missing_inference_methods = ("em", "svi")
+    _missing_inference_methods = ("em", "svi", "nuts")
     _default_max_iter = {"em": 200, "svi": 1000, "nuts": 200}
     _default_tol = {"em": 1e-3, "svi": 1e-5, "nuts": 0.0}
     _default_lr = {"svi": 0.05}
@@ -331,7 +331,8 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         )
         total = float(x.shape[0]) if weights is None else float(weights.sum())
         with torch.no_grad():
-            log_lik = torch.stack([_weighted_sum(mfa.log_likelihood(x, d), weights)
+            log_joint = em_missing.mfa_log_joint if self._marginalize else mfa.log_joint
+            log_lik = torch.stack([_weighted_sum(torch.logsumexp(log_joint(x, d), -1), weights)
                                    for d in draws])
             log_density = log_lik + torch.stack([self.model_.log_prior(d) for d in draws])
             covariances = torch.stack([mfa.covariance_matrices(d) for d in draws])

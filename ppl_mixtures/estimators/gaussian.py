@@ -156,13 +156,14 @@ class GaussianMixture(MixtureEstimator):
         are values missing at random, integrated out exactly. EM's E-step takes each row's
         conditional Gaussians given its observed entries (Ghahramani & Jordan 1994; rows
         grouped by missingness pattern for ``tied`` and ``full``), for every covariance type,
-        in memory, on streams and distributed; SVI's Pyro model scores each row's observed
-        entries only. :meth:`predict`, :meth:`predict_proba`, :meth:`score_samples` and
+        in memory, on streams and distributed; SVI's and NUTS's Pyro model scores each row's
+        observed entries only; SGD's max-component objective is that of the observed
+        entries. :meth:`predict`, :meth:`predict_proba`, :meth:`score_samples` and
         :meth:`score` then take incomplete rows (a row with no observed entry has
         log-likelihood 0 and the mixing weights as its probabilities; in a fit it counts
         in ``n_samples`` but adds nothing), and :meth:`impute` fills NaN entries with their
         conditional means. Initial values are drawn from the data with NaN entries replaced
-        by the column means. For ``inference="em"`` and ``"svi"`` (SVI on one array).
+        by the column means. For every ``inference`` (SVI on one array).
 
     Attributes
     ----------
@@ -235,7 +236,7 @@ class GaussianMixture(MixtureEstimator):
     }
     _inference_methods = INFERENCE_METHODS
     _stream_inference_methods = ("em", "svi", "sgd")
-    _missing_inference_methods = ("em", "svi")
+    _missing_inference_methods = ("em", "svi", "sgd", "nuts")
     _distributed_inference_methods = ("em", "svi")
     _init_hint = ", or weights_init, means_init and precisions_init"
     _default_max_iter = {"em": 100, "svi": 1000, "nuts": 200, "sgd": 20}
@@ -398,8 +399,9 @@ class GaussianMixture(MixtureEstimator):
         )
         self.params_ = gmm.guide_params(guide, self.covariance_type)
         if not source.whole_data_in_memory:
+            e_step = em_missing.gmm_e_step if self._marginalize else em_gmm.e_step
             with torch.no_grad():
-                stats = source.e_step(em_gmm.e_step)(source.data, self.params_)
+                stats = source.e_step(e_step)(source.data, self.params_)
             self.lower_bound_ = float(stats.log_likelihood) / float(stats.n_samples)
 
     @available_if(_sgd_only)

@@ -13,6 +13,7 @@ import copy
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ from ppl_mixtures.estimators._validation import (
     check_int,
 )
 from ppl_mixtures.estimators.gaussian import GaussianMixture
-from ppl_mixtures.inference import gmvae_pretrain
+from ppl_mixtures.inference import gmvae_pretrain, gmvae_stream
 from ppl_mixtures.inference.em.gmm import DataScaleWarning
 from ppl_mixtures.inference.init import resolve_generator
 from ppl_mixtures.inference.svi import SVITrainer
@@ -91,9 +92,10 @@ class GMVAE(TransformerMixin, MixtureEstimator):
         collapses every point into one cluster (measured on pinwheel: ARI 0.0 learned,
         0.975-0.985 fixed at 0.01-0.05 of the data variance).
     z_inference : {"enumerate", "closed_form"}, default "enumerate"
-        ``"enumerate"``: z summed out exactly by ``TraceEnum_ELBO``. ``"closed_form"``: the
-        four-term ELBO of eq. (4) with the z-posterior p(z | x, w), which admits ``free_bits``
-        and ``z_prior_weight``.
+        ``"enumerate"``: z summed out exactly, inside the model's ``"x"`` site (no discrete
+        site to enumerate; ``GMVAEModel(z_site=True)`` enumerates one, with the same ELBO).
+        ``"closed_form"``: the four-term ELBO of eq. (4) with the z-posterior p(z | x, w),
+        which admits ``free_bits`` and ``z_prior_weight``.
     free_bits : float, default 0.0
         lambda of eq. (7): the z-prior term is ``-max(lambda, KL(p(z|x,w) || p(z)))``. Needs
         ``z_inference="closed_form"`` when positive.
@@ -104,6 +106,10 @@ class GMVAE(TransformerMixin, MixtureEstimator):
     max_iter : int, default 100
         Epochs (passes over the data); SVI steps = ``max_iter * ceil(n_samples / batch_size)``.
     batch_size : int, default 128
+        Rows per SVI step. A stream of batches (``fit(loader)``, ``fit(NpyBatches(path))``,
+        a callable returning a new iterator per pass) is fitted one step per batch of its
+        own, pre-training and GMM start included, with the result of the in-memory fit fed
+        the same batches (:mod:`ppl_mixtures.inference.gmvae_stream`, ``docs/scaling.md``).
     lr : float, default 1e-3
         Adam learning rate (Dilokthanakul et al. use 1e-4).
     tol : float, default 0.0
@@ -129,6 +135,13 @@ class GMVAE(TransformerMixin, MixtureEstimator):
         the start, 0.935 without). See :mod:`ppl_mixtures.inference.gmvae_pretrain`. On
         scikit-learn's digits (K = 10, seeds 0-4) the start raised the Hungarian accuracy
         of the defaults from 77.9 % to 83.1 % on average (``bench/gmvae_digits.py``).
+    init_factor_scale : float, default 0.01
+        ``init="gmm"`` only: slope of the prior network's hidden units that carry ``w`` in
+        the factor-analyser start, ``tanh(init_factor_scale * w)``, read out by the loadings
+        divided by it (``input_scale`` of
+        :func:`~ppl_mixtures.inference.gmvae_pretrain.gmm_start`). Larger slopes make the
+        prior network less sensitive to its first layer's weights; 0.3 and 1 did not cluster
+        digits better (``bench/RESULTS.md``).
     device : str, default "auto"
     dtype : {"float32", "float64", None}, default "float32"
         None follows the data.
@@ -193,6 +206,7 @@ class GMVAE(TransformerMixin, MixtureEstimator):
         tol: float = 0.0,
         pretrain_epochs: int = 100,
         init: str = "auto",
+        init_factor_scale: float = gmvae_pretrain.FACTOR_INPUT_SCALE,
         device: str = "auto",
         dtype: Any = "float32",
         random_state: Any = None,
@@ -219,6 +233,7 @@ class GMVAE(TransformerMixin, MixtureEstimator):
         self.tol = tol
         self.pretrain_epochs = pretrain_epochs
         self.init = init
+        self.init_factor_scale = init_factor_scale
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
@@ -250,12 +265,15 @@ class GMVAE(TransformerMixin, MixtureEstimator):
         "tol": [Real(0.0)],
         "pretrain_epochs": [Integer(0)],
         "init": [Options(INITS)],
+        "init_factor_scale": [Real(0.0, strict=True)],
         "progress": [BOOLEAN],
     }
     #: The one inference path (a class attribute, not an argument).
     inference = "svi"
     _inference_methods = ("svi",)
     _distributed_inference_methods = ("svi",)
+    #: Streams of batches are fitted by SVI too (:mod:`ppl_mixtures.inference.gmvae_stream`).
+    _stream_inference_methods = ("svi",)
 
     def __sklearn_tags__(self):
         """scikit-learn's tags: ``transform`` returns the fit's dtype (float32 by default)."""
@@ -321,6 +339,8 @@ class GMVAE(TransformerMixin, MixtureEstimator):
     def _lower_bound(self, source: DataSource) -> float:
         """Mean ELBO per sample on the training data (over all ranks when distributed);
         with sample weights, the weighted mean ``sum_n w_n ELBO_n / sum_n w_n``."""
+        if source.streamed:  # one more pass, batch by batch
+            return gmvae_stream.lower_bound(self, source)
         elbo = self.score_samples(source.data.cpu().numpy())
         weights = np.ones_like(elbo) if source.weights is None else (
             source.weights.detach().cpu().numpy().astype(elbo.dtype))
@@ -358,7 +378,27 @@ class GMVAE(TransformerMixin, MixtureEstimator):
                 DataScaleWarning, stacklevel=4,
             )
 
+    def _check_stream(self, X: Any) -> None:
+        """A stream is read once per epoch: refuse one read once, and distributed streams."""
+        if isinstance(X, Iterator):
+            raise ValueError(
+                "GMVAE reads its data once per epoch (pre-training, the GMM start, SVI), but "
+                f"X is an iterator ({type(X).__name__}), which can be read only once; pass a "
+                "DataLoader, a list of batches, "
+                "ppl_mixtures.datasets.files.NpyBatches(path) for a .npy file, or a callable "
+                "that returns a new iterator at each call (e.g. lambda: make_batches())"
+            )
+        if self.distributed:
+            raise ValueError(
+                "GMVAE(distributed=True) fits each rank's shard as one array, not a stream of "
+                "batches; pass the shard as an array (a memory map: np.load(path, "
+                "mmap_mode='r')[rank::world_size]), or distributed=False"
+            )
+
     def _fit(self, source: DataSource, generator: torch.Generator, resume: bool) -> None:
+        if source.streamed:  # batch by batch, never all the data at once
+            gmvae_stream.fit_stream(self, source, generator, resume)
+            return
         x = source.data
         self._check_unit_range(x, "fit")
         self._warn_if_far_from_unit_scale(x)
@@ -411,7 +451,8 @@ class GMVAE(TransformerMixin, MixtureEstimator):
                 self.networks_, x, self.pretrain_epochs, gmvae_pretrain.PRETRAIN_BATCH_SIZE,
                 gmvae_pretrain.PRETRAIN_LR, generator, weights=weights)
         if x.shape[0] >= self.n_components:
-            gmvae_pretrain.gmm_start(self.networks_, x, seed, GaussianMixture, weights=weights)
+            gmvae_pretrain.gmm_start(self.networks_, x, seed, GaussianMixture, weights=weights,
+                                     input_scale=self.init_factor_scale)
 
     def _set_fitted(self) -> None:
         """Nothing to convert: the fitted attributes are the networks and the history."""

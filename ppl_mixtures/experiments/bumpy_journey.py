@@ -102,7 +102,8 @@ class ExperimentConfig:
         The DGMM fit of Table 1: ``"em_gmm"`` (the default estimator) or ``"em"`` (the
         paper's plain EM).
     em_max_iter, em_tol, svi_max_iter, svi_lr
-        Budgets of each fit.
+        Budgets of each fit (``em_gmm``, the default estimator, keeps its own ``max_iter``
+        and ``tol``: its iterations are blocks of SQUAREM cycles).
     anneal_start, anneal_iter
         Deterministic annealing of ``em_annealed``.
     init : str
@@ -321,8 +322,12 @@ def _estimator(config: ExperimentConfig, method: str, random_state: int,
         return DeepGaussianMixture(sizes, inference="svi", max_iter=config.svi_max_iter,
                                    lr=config.svi_lr, start=start, **common)
     anneal = config.anneal_start if method in ("em_annealed", "em_realigned") else 1.0
-    return DeepGaussianMixture(sizes, inference="em", max_iter=config.em_max_iter,
-                               tol=config.em_tol, anneal_start=anneal,
+    # em_gmm is the default estimator: its accelerated loop keeps its own max_iter and tol
+    # (iterations of 10 SQUAREM cycles); the paper's plain EM gets the experiment's budget
+    default = method == "em_gmm"
+    return DeepGaussianMixture(sizes, inference="em",
+                               max_iter=None if default else config.em_max_iter,
+                               tol=None if default else config.em_tol, anneal_start=anneal,
                                anneal_iter=config.anneal_iter, start=start,
                                realign=method == "em_realigned", **common)
 

@@ -39,7 +39,10 @@ PRETRAIN_BATCH_SIZE = 128
 #: Adam learning rate of the pre-training, whatever the SVI learning rate.
 PRETRAIN_LR = 1e-3
 #: Slope of the hidden units that carry w linearly in the factor-analyser start (tanh(0.01 w)
-#: departs from 0.01 w by under 0.01 % for ``|w| < 1``, under 0.2 % for ``|w| < 4``).
+#: departs from 0.01 w by under 0.01 % for ``|w| < 1``, under 0.2 % for ``|w| < 4``). The
+#: readout weights are the loadings divided by it. Slopes of 0.3 and 1 (less sensitive
+#: first-layer weights) did not keep SVI from lowering the start's accuracy on digits
+#: (seeds 0-2, ``bench/RESULTS.md``), so the default stays.
 FACTOR_INPUT_SCALE = 0.01
 
 
@@ -122,7 +125,8 @@ def latent_means(networks: GMVAENetworks, y: Tensor, batch_size: int = 4096) -> 
 
 def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
               n_init: int = 10, covariance: str = "factor",
-              weights: Tensor | None = None) -> np.ndarray:
+              weights: Tensor | None = None, latents: Tensor | None = None,
+              input_scale: float = FACTOR_INPUT_SCALE) -> np.ndarray:
     """Start the conditional prior at a GMM fitted to the latent means (in place).
 
     Parameters
@@ -149,6 +153,14 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
         Tanh hidden layer with at least ``Dw`` units (the presets'); others get ``"diag"``.
     weights : Tensor, shape (N,), optional
         Sample weights of the GMM fit.
+    latents : Tensor, shape (N, Dx), optional
+        The latent means, already computed (a stream's, :mod:`.gmvae_stream`); ``y`` is then
+        not read.
+    input_scale : float, default :data:`FACTOR_INPUT_SCALE` (0.01)
+        ``"factor"`` only: the first ``Dw`` hidden units compute ``tanh(input_scale * w_j)``,
+        nearly linear in ``w``, and the output layer reads them out with weights ``B_k /
+        input_scale``. Smaller values make the start a closer factor analyser but the
+        network more sensitive to its first layer's weights during SVI.
 
     Returns
     -------
@@ -158,8 +170,11 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
     Raises
     ------
     ValueError
-        When ``prior_net`` does not end with such a layer.
+        When ``prior_net`` does not end with such a layer, or ``input_scale`` is not positive.
     """
+    if not input_scale > 0:
+        raise ValueError(f"input_scale={input_scale!r} must be positive (the slope of the "
+                         "factor-analyser start, e.g. 0.01)")
     n_components, x_dim, w_dim = networks.n_components, networks.x_dim, networks.w_dim
     output = last_linear(networks.prior_net)
     if output is None or output.out_features != 2 * n_components * x_dim:
@@ -171,7 +186,7 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
     factor = (covariance == "factor" and len(layers) == 3 and isinstance(layers[0], nn.Linear)
               and isinstance(layers[1], nn.Tanh) and layers[0].out_features >= w_dim
               and layers[0].in_features == w_dim)
-    latents = latent_means(networks, y)
+    latents = latent_means(networks, y) if latents is None else latents
     values = latents.detach().cpu().double().numpy()
     spread = float(values.var(0).mean()) if values.shape[0] > 1 else 1.0
     gmm = mixture(
@@ -198,10 +213,10 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
         if factor:  # tanh(eps w) ~ eps w on the first top hidden units, read out by B_k / eps
             hidden = layers[0]
             hidden.weight[:top].zero_()
-            hidden.weight[:top, :top] = FACTOR_INPUT_SCALE * torch.eye(top, dtype=dtype)
+            hidden.weight[:top, :top] = input_scale * torch.eye(top, dtype=dtype)
             hidden.bias[:top].zero_()
             # rows of the means: component k, latent dimension d at k * Dx + d
-            readout = (loadings / FACTOR_INPUT_SCALE).reshape(n_components * x_dim, top)
+            readout = (loadings / input_scale).reshape(n_components * x_dim, top)
             output.weight[: n_components * x_dim, :top] = readout.to(dtype)
     _narrow_encoder(networks, log_vars.min(0).values + math.log(ENCODER_VARIANCE_FRACTION))
     return gmm.predict(values)

@@ -82,6 +82,7 @@ from torch import Tensor
 
 from ppl_mixtures._progress import progress_bar
 from ppl_mixtures.models import gmm
+from ppl_mixtures.models.missing import gmm_component_log_prob, has_missing
 
 #: Covariance structures the trainer supports.
 SGD_COVARIANCE_TYPES = ("diag", "spherical", "principal")
@@ -290,6 +291,12 @@ class SGDGMMTrainer:
     init : dict of str to Tensor, optional
         Initial ``weights`` (K,), ``means`` (K, D) and/or ``variances`` ((K, D) diag, (K,)
         spherical) replacing the paper's initial values.
+    missing : bool, default False
+        NaN entries of the data are missing values, integrated out: a row's log-joints are
+        those of its observed coordinates (the marginal Gaussian of the observed sub-vector,
+        :func:`ppl_mixtures.models.missing.gmm_component_log_prob`), so every objective is
+        the masked one and a missing entry adds nothing to any gradient. Batches without
+        NaN take the complete-data densities, so complete data train exactly as with False.
 
     Attributes
     ----------
@@ -316,7 +323,9 @@ class SGDGMMTrainer:
         seed: int = 0,
         progress: bool = False,
         init: dict[str, Tensor] | None = None,
+        missing: bool = False,
     ) -> None:
+        self.missing = missing
         self.config = config or SGDConfig()
         self.config.validate(n_components)
         if covariance_type not in SGD_COVARIANCE_TYPES:
@@ -471,12 +480,26 @@ class SGDGMMTrainer:
         """``log pi_k + log p(x_n | k)``, shape (n_samples, K) (differentiable)."""
         logits, means, inv_stds, *rest = params or self._free_parameters()
         log_weights = torch.log_softmax(logits, dim=0)  # eq. 3
+        if self.missing and has_missing(x):
+            return self._observed_log_prob(x, log_weights, means, inv_stds, *rest) + log_weights
         if self.covariance_type == "principal":
             return self._principal_log_prob(x, means, inv_stds, *rest) + log_weights
         variances = inv_stds.square().reciprocal()
         return gmm.component_log_prob(
             x, gmm.GMMParams(log_weights, means, variances, self.covariance_type)
         ) + log_weights
+
+    def _observed_log_prob(self, x: Tensor, log_weights: Tensor, means: Tensor,
+                           inv_stds: Tensor, *rest: Tensor) -> Tensor:
+        """``log N(x_n,o | mu_k,o, Sigma_k,oo)`` over each row's observed (non-NaN)
+        coordinates, shape (n, K) (differentiable; Ghahramani & Jordan 1994)."""
+        if self.covariance_type == "principal":
+            params = gmm.GMMParams(log_weights.exp(), means,
+                                   principal_covariances(inv_stds, *rest), "full")
+        else:
+            params = gmm.GMMParams(log_weights.exp(), means, inv_stds.square().reciprocal(),
+                                   self.covariance_type)
+        return gmm_component_log_prob(x, params).to(means.dtype)
 
     def _principal_log_prob(self, x: Tensor, means: Tensor, inv_stds: Tensor,
                             directions: Tensor, residual: Tensor | None = None) -> Tensor:
@@ -750,13 +773,7 @@ class SGDGMMTrainer:
             if variances.dim() == 1:
                 variances = variances[:, None].expand(self.means.shape)
             return torch.diag_embed(variances)
-        dirs = self.directions
-        along = dirs.transpose(1, 2) @ (self.inv_stds.square().reciprocal()[:, :, None] * dirs)
-        if self.residual_inv_stds is None:
-            return along
-        eye = torch.eye(dirs.shape[-1], dtype=dirs.dtype, device=dirs.device)
-        complement = eye - dirs.transpose(1, 2) @ dirs
-        return along + complement / self.residual_inv_stds.square()[:, None, None]
+        return principal_covariances(self.inv_stds, self.directions, self.residual_inv_stds)
 
     def to_gmm_params(self) -> gmm.GMMParams:
         """The mixture as :class:`~ppl_mixtures.models.gmm.GMMParams`.
@@ -779,6 +796,30 @@ class SGDGMMTrainer:
         return sum(p.numel() for p in self._free_parameters())
 
 
+def principal_covariances(inv_stds: Tensor, directions: Tensor,
+                          residual_inv_stds: Tensor | None = None) -> Tensor:
+    """``Sigma_k = D_k^T diag(1 / inv_stds_k^2) D_k + (I - D_k^T D_k) / residual_k^2``.
+
+    Parameters
+    ----------
+    inv_stds : Tensor, shape (K, S)
+    directions : Tensor, shape (K, S, D), orthonormal rows
+    residual_inv_stds : Tensor, shape (K,), optional
+        The complement's inverse standard deviations (S < D); None when S = D.
+
+    Returns
+    -------
+    Tensor, shape (K, D, D) (differentiable)
+    """
+    along = directions.transpose(1, 2) @ (inv_stds.square().reciprocal()[:, :, None]
+                                          * directions)
+    if residual_inv_stds is None:
+        return along
+    eye = torch.eye(directions.shape[-1], dtype=directions.dtype, device=directions.device)
+    complement = eye - directions.transpose(1, 2) @ directions
+    return along + complement / residual_inv_stds.square()[:, None, None]
+
+
 __all__ = [
     "SGDConfig",
     "SGDGMMTrainer",
@@ -786,5 +827,6 @@ __all__ = [
     "annealing_sigma",
     "default_grid_shape",
     "grid_squared_distances",
+    "principal_covariances",
     "smoothing_filter",
 ]

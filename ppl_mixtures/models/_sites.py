@@ -155,6 +155,8 @@ class DataPlateModel:
 
     #: Name of the factor site that carries the sample weights (:meth:`_weigh_rows`).
     weight_site = "sample_weight"
+    #: Whether the latent form (``form="latent"``) takes sample weights too.
+    weighs_latent_rows = False
 
     def _check_weights(self, x: Tensor | None, sample_weight: Tensor) -> None:
         if x is None:
@@ -162,7 +164,7 @@ class DataPlateModel:
         if sample_weight.shape != x.shape[:1]:
             raise ValueError(f"sample_weight has shape {tuple(sample_weight.shape)}; expected "
                              f"({x.shape[0]},), one weight per row of x")
-        if getattr(self, "form", "collapsed") == "latent":
+        if getattr(self, "form", "collapsed") == "latent" and not self.weighs_latent_rows:
             raise ValueError("sample_weight needs the model's collapsed form (the latent "
                              "form's per-row factors are not weighted); build the model with "
                              "form='collapsed'")

@@ -341,6 +341,7 @@ def default_dgmm_priors(
     latent_scale: float = 10.0,
     variance_concentration: float = 1.0,
     variance_rate_factor: float = 0.01,
+    moments: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, dist.Distribution]:
     """Weak, data-scaled priors for :class:`DeepGaussianMixtureModel`; replace any of them.
 
@@ -357,14 +358,21 @@ def default_dgmm_priors(
     ----------
     x : Tensor, shape (n_samples, n_features)
     n_components, n_factors : sequence of int, length h
+    moments : (Tensor, Tensor), optional
+        The data's per-feature mean and variance, each (n_features,), when they are not those
+        of ``x`` (weighted rows, a batch of a stream).
 
     Returns
     -------
     dict[str, Distribution]
         Keys ``"weights{l}"``, ``"eta{l}"``, ``"loadings{l}"``, ``"noise_variances{l}"``.
     """
-    data_mean = x.mean(0)
-    data_var = (x.var(0) if x.shape[0] > 1 else torch.ones_like(data_mean)).clamp_min(1e-12)
+    if moments is not None:
+        data_mean, data_var = (m.to(dtype=x.dtype, device=x.device) for m in moments)
+    else:
+        data_mean = x.mean(0)
+        data_var = x.var(0) if x.shape[0] > 1 else torch.ones_like(data_mean)
+    data_var = data_var.clamp_min(1e-12)
     data_sd = data_var.sqrt()
     priors: dict[str, dist.Distribution] = {}
     widths = [x.shape[-1], *n_factors]
@@ -512,6 +520,18 @@ class DeepGaussianMixtureModel(DataPlateModel):
         if self.form == "collapsed":
             return PathObservation(params, path_index(labels, self.n_components), self.n_features)
         return self._latent_observation(params, labels)
+
+    def _weigh_rows(self, sites: dict[str, Tensor], observation: dist.Distribution,
+                    observed: Tensor, weights: Tensor) -> None:
+        """Collapsed form: the factor ``(w_n - 1) log p(x_n)``, ``log p(x_n)`` the logsumexp
+        over paths of ``log pi_path + log N(x_n | mu_path, Sigma_path)`` (eq. 3), so the rows
+        count ``w_n log p(x_n)`` (see :meth:`DataPlateModel._weigh_rows`)."""
+        params = sites_to_params(sites, self.n_layers)
+        if any(w.dim() != 1 for w in params.weights):
+            raise ValueError("sample_weight needs one value of every global site (no "
+                             "vectorised particles or batched draws)")
+        log_marginal = torch.logsumexp(log_joint(observed, params), dim=-1)
+        pyro.factor(self.weight_site, (weights - 1.0) * log_marginal)
 
 
 def map_guide(model: DeepGaussianMixtureModel, init_params: DGMMParams) -> AutoDelta:

@@ -4,7 +4,7 @@ Generative model (Dilokthanakul et al. 2016, eqs. 1a-1d), with the paper's names
 and w continuous latents, z the cluster)::
 
     w[n]   ~ N(0, I_{Dw})                                         site "w",   (N, Dw)
-    z[n]   ~ Categorical(1/K)            (enumerated)             site "z",   (N,)
+    z[n]   ~ Categorical(1/K)            (summed out)             site "z" if z_site, (N,)
     x[n]   ~ N(mu_z(w[n]; beta), diag sigma^2_z(w[n]; beta))      site "x",   (N, Dx)
     y[n]   ~ Bernoulli(mu(x[n]; theta))                           site "obs", (N, D)
            or N(mu(x[n]; theta), diag sigma^2(x[n]; theta))
@@ -17,9 +17,14 @@ variational factor: it is ``p(z | x, w)`` in closed form (eq. 3).
 Two ways of treating z give two selectable objectives (``z_inference``):
 
 ``"enumerate"`` (default)
-    ``z`` is a discrete site with ``infer={"enumerate": "parallel"}``; ``TraceEnum_ELBO`` sums
-    it out exactly, so the ``x`` site is scored by ``log p(x | w) = logsumexp_k [log pi_k +
-    log N(x | mu_k(w), sigma_k(w))]``.
+    ``z`` is summed out exactly, so the ``x`` site is scored by ``log p(x | w) = logsumexp_k
+    [log pi_k + log N(x | mu_k(w), sigma_k(w))]``. By default the sum is taken inside the
+    ``x`` site (:class:`MarginalComponents`), which leaves no discrete site to enumerate: the
+    same ELBO and gradients as Pyro's enumeration with one traced site fewer and none of
+    ``TraceEnum_ELBO``'s enumeration work per step (``bench/gmvae.py``). ``z_site=True``
+    (:class:`GMVAEModel`) keeps ``z`` as a discrete site with
+    ``infer={"enumerate": "parallel"}`` that ``TraceEnum_ELBO`` sums out, for tools that
+    need the site (``infer_discrete``).
 ``"closed_form"``
     The four-term ELBO of eq. (4): no ``z`` site; the ``x`` site is scored by the conditional
     prior term ``sum_k p(z=k | x, w) log N(x | mu_k(w), sigma_k(w))`` (eq. 5, evaluated at the
@@ -470,8 +475,9 @@ class MarginalComponents(ExpectedComponentLogProb):
     """``p(x | w)``: the uniform mixture of the K conditional priors, z summed out.
 
     ``log_prob(x) = logsumexp_k log N(x | mu_k(w), sigma_k(w)) - log K``, what enumerating
-    ``"z"`` gives. The model's ``"x"`` site takes it under sample weights, which Pyro's
-    enumerated ELBO cannot scale per row (it takes one scalar scale for enumerated sites).
+    ``"z"`` gives. The model's ``"x"`` site takes it under ``"enumerate"`` (always under
+    sample weights, which Pyro's enumerated ELBO cannot scale per row: it takes one scalar
+    scale for enumerated sites).
     """
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -661,15 +667,19 @@ class GMVAEModel:
         Weight of the z-prior term (``"closed_form"`` only).
     name : str, default "gmvae"
         Prefix of the networks' parameters in the Pyro param store.
+    z_site : bool, default False
+        ``"enumerate"`` only: sample ``z`` at a discrete site that ``TraceEnum_ELBO``
+        enumerates (the model of earlier releases) instead of summing it out inside the
+        ``"x"`` site; the same ELBO, one site more and slower steps.
 
-    Sites: ``"w"`` (N, Dw), ``"z"`` (N,) enumerated (``"enumerate"`` only), ``"x"`` (N, Dx),
-    ``"z_prior"`` factor (``"closed_form"`` only), ``"obs"`` (N, D).
+    Sites: ``"w"`` (N, Dw), ``"z"`` (N,) enumerated (``"enumerate"`` with ``z_site=True``
+    only), ``"x"`` (N, Dx), ``"z_prior"`` factor (``"closed_form"`` only), ``"obs"`` (N, D).
 
     ``model(y, sample_weight=w)`` (and the guide alike) scales every site of row n by
     ``w_n`` (``poutine.scale``), so the ELBO is ``sum_n w_n ELBO_n``: integer weights are
     repeated rows. Pyro's enumerated ELBO takes only scalar scales, so under weights
     ``"enumerate"`` sums ``z`` out inside the ``"x"`` site (:class:`MarginalComponents`, the
-    same ``p(x | w)``) instead of enumerating a ``"z"`` site.
+    same ``p(x | w)``) even with ``z_site=True``.
     """
 
     max_plate_nesting = 1
@@ -679,6 +689,7 @@ class GMVAEModel:
     free_bits: float = 0.0
     z_prior_weight: float = 1.0
     name: str = "gmvae"
+    z_site: bool = False
 
     def _register(self) -> GMVAENetworks:
         return pyro.module(self.name, self.networks, update_module_params=True)
@@ -697,7 +708,8 @@ class GMVAEModel:
             zeros = batch.new_zeros(w_dim)
             w = pyro.sample("w", dist.Normal(zeros, 1.0).expand([len(index), w_dim]).to_event(1))
             means, scales = networks.conditional_prior(w)
-            if self.z_inference == "enumerate" and sample_weight is not None:
+            if self.z_inference == "enumerate" and (sample_weight is not None
+                                                    or not self.z_site):
                 x = pyro.sample("x", MarginalComponents(means, scales))
             elif self.z_inference == "enumerate":
                 z = pyro.sample(

@@ -32,11 +32,13 @@ determinant lemma with one r x r Cholesky factor per component); no D x D matrix
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, fields
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.infer.autoguide import AutoDelta
 from pyro.ops.indexing import Vindex
 from torch import Tensor
@@ -377,6 +379,13 @@ class MixtureOfFactorAnalyzersModel(DataPlateModel):
 
     Notes
     -----
+    ``model(x, sample_weight=w)`` weighs row ``n`` by ``w_n`` in both forms. In the latent
+    form every term of the row's ELBO is weighted: its scores ``"z"`` by a per-row
+    ``poutine.scale`` (the guide :class:`LatentFactorGuide` scales ``q(z_n)`` alike), and
+    its enumerated likelihood ``log sum_g pi_g N(x_n | eta_g + Lambda_g z_n, Psi_g)`` by the
+    factor site ``"sample_weight"`` of ``(w_n - 1)`` times it (the enumerated ELBO takes no
+    per-row scale on enumerated sites), so integer weights give the repeated rows' ELBO.
+
     Call it as ``model(x)``, ``model(x, subsample=idx)`` or ``model(n_samples=N)`` (see
     :class:`~ppl_mixtures.models._sites.DataPlateModel`). ``max_plate_nesting`` is 1. Sites:
     ``"weights"``, ``"means"``, ``"loadings"``, ``"noise_variances"``, ``"assignment"``, ``"z"``
@@ -384,6 +393,7 @@ class MixtureOfFactorAnalyzersModel(DataPlateModel):
     """
 
     discrete_sites = ("assignment",)
+    weighs_latent_rows = True
     _params_to_sites = staticmethod(params_to_sites)
 
     def __init__(
@@ -407,6 +417,21 @@ class MixtureOfFactorAnalyzersModel(DataPlateModel):
         self.n_factors = n_factors
         self.priors = priors
         self.form = form
+        #: During a weighted call of the latent form: the rows' weights (n,) and scores (n, r).
+        self._row_weights: Tensor | None = None
+        self._row_scores: Tensor | None = None
+
+    def __call__(self, x: Tensor | None = None, subsample: Tensor | None = None,
+                 n_samples: int | None = None, sample_weight: Tensor | None = None) -> Tensor:
+        """Run the model (see :class:`~ppl_mixtures.models._sites.DataPlateModel`)."""
+        if self.form == "latent" and sample_weight is not None and x is not None:
+            self._row_weights = (sample_weight if subsample is None
+                                 else sample_weight[subsample])
+        try:
+            return super().__call__(x, subsample=subsample, n_samples=n_samples,
+                                    sample_weight=sample_weight)
+        finally:
+            self._row_weights = self._row_scores = None
 
     @property
     def local_sites(self) -> tuple[str, ...]:
@@ -445,10 +470,13 @@ class MixtureOfFactorAnalyzersModel(DataPlateModel):
 
     def _latent_observation(self, sites: dict[str, Tensor], assignment: Tensor):
         like = sites["means"]
-        factors = pyro.sample(
-            "z",
-            dist.Normal(like.new_zeros(self.n_factors), like.new_ones(self.n_factors)).to_event(1),
-        )  # (n, r)
+        weights = self._row_weights
+        with _weighted_rows(weights):
+            factors = pyro.sample(
+                "z", dist.Normal(like.new_zeros(self.n_factors),
+                                 like.new_ones(self.n_factors)).to_event(1),
+            )  # (n, r)
+        self._row_scores = factors
         loadings = Vindex(sites["loadings"])[..., assignment, :, :]  # (..., n, D, r)
         loc = Vindex(sites["means"])[..., assignment, :] + (loadings @ factors[..., None]).squeeze(-1)
         scale = Vindex(sites["noise_variances"])[..., assignment, :].sqrt()
@@ -459,6 +487,35 @@ class MixtureOfFactorAnalyzersModel(DataPlateModel):
         if self.form == "collapsed":
             return self._collapsed_observation(sites, assignment)
         return self._latent_observation(sites, assignment)
+
+    def _weigh_rows(self, sites: dict[str, Tensor], observation: dist.Distribution,
+                    observed: Tensor, weights: Tensor) -> None:
+        """Collapsed form: the base's factor. Latent form: the factor ``(w_n - 1) log sum_g
+        pi_g N(x_n | eta_g + Lambda_g z_n, Psi_g)`` at the row's drawn scores ``z_n`` (its
+        scores are scaled by ``w_n`` where they are drawn)."""
+        if self.form == "collapsed":
+            super()._weigh_rows(sites, observation, observed, weights)
+            return
+        scores = self._row_scores
+        if sites["weights"].dim() != 1 or scores is None or scores.dim() != 2:
+            raise ValueError("sample_weight needs one value of every global site (no "
+                             "vectorised particles or batched draws)")
+        loc = sites["means"] + torch.einsum("gdr,nr->ngd", sites["loadings"], scores)
+        log_prob = dist.Normal(loc, sites["noise_variances"].sqrt()).log_prob(
+            observed[:, None, :]).sum(-1)  # (n, K)
+        log_marginal = torch.logsumexp(log_prob + sites["weights"].log(), dim=-1)
+        pyro.factor(self.weight_site, (weights - 1.0) * log_marginal)
+
+
+def _weighted_rows(weights: Tensor | None) -> AbstractContextManager:
+    """Scale the sites drawn inside by the rows' ``weights`` (n,), masking the rows of weight
+    0 (``poutine.scale`` takes positive scales only); nothing when ``weights`` is None."""
+    if weights is None:
+        return nullcontext()
+    stack = ExitStack()
+    stack.enter_context(poutine.mask(mask=weights > 0))
+    stack.enter_context(poutine.scale(scale=torch.where(weights > 0, weights, 1.0)))
+    return stack
 
 
 def map_guide(model: MixtureOfFactorAnalyzersModel, init_params: MFAParams) -> AutoDelta:
@@ -512,8 +569,25 @@ class LatentFactorGuide(LocalGaussianGuide):
                     log_prob + init_params.weights.log(), means, covariances
                 )
 
+    _row_weights: Tensor | None = None
+
+    def __call__(self, x: Tensor | None = None, subsample: Tensor | None = None,
+                 n_samples: int | None = None,
+                 sample_weight: Tensor | None = None) -> dict[str, Tensor]:
+        """Run the guide; with ``sample_weight`` (N,), ``q(z_n)`` is scaled by ``w_n`` as the
+        model scales ``p(z_n)``."""
+        if sample_weight is not None and x is not None:
+            self._row_weights = (sample_weight if subsample is None
+                                 else sample_weight[subsample])
+        try:
+            return super().__call__(x, subsample=subsample, n_samples=n_samples)
+        finally:
+            self._row_weights = None
+
     def _sample_scores(self, sites: dict[str, Tensor], scores: dist.Distribution) -> None:
-        sites["z"] = pyro.sample("z", scores)
+        weights = self._row_weights
+        with _weighted_rows(weights):
+            sites["z"] = pyro.sample("z", scores)
 
 
 def guide_params(guide: AutoDelta | LatentFactorGuide) -> MFAParams:

@@ -20,7 +20,7 @@ OUTPUTS = ("model.safetensors", "summary.json", "clusters.png", "history.png")
 SUMMARY_KEYS = {
     "model", "dataset", "scale", "n_samples", "n_features", "n_components", "covariance_type",
     "n_factors", "inference", "guide", "batch_size", "converged", "n_iter", "mean_log_likelihood",
-    "bic", "aic", "ari", "nmi", "cluster_accuracy", "seconds", "seed", "device", "dtype",
+    "bic", "aic", "missing_cells", "ari", "nmi", "cluster_accuracy", "seconds", "seed", "device", "dtype",
     "version",
 }
 #: Measured on the built-in "gmm" data (two of its three components overlap): EM and

@@ -444,9 +444,11 @@ def test_weighted_e_step_equals_repeated_rows():
         torch.testing.assert_close(getattr(weighted, field), getattr(repeated, field))
 
 
-def test_sample_weight_with_svi_is_refused_naming_em():
+def test_sample_weight_with_latent_svi_is_refused_naming_the_collapsed_form():
     X = np.random.default_rng(0).normal(size=(40, 4))
-    est = DeepGaussianMixture((2, 1), (2, 1), inference="svi", max_iter=2, progress=False,
-                              random_state=0)
-    with pytest.raises(ValueError, match="sample_weight is supported by .*inference='em'"):
+    est = DeepGaussianMixture((2, 1), (2, 1), inference="svi", form="latent", max_iter=2,
+                              progress=False, random_state=0)
+    with pytest.raises(ValueError, match="form='collapsed'.*inference='em'"):
         est.fit(X, sample_weight=np.ones(40))
+    # the collapsed form takes them (tests/estimators/test_sample_weight.py)
+    est.set_params(form="collapsed").fit(X, sample_weight=np.ones(40))

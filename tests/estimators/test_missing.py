@@ -165,12 +165,9 @@ def test_nan_is_refused_by_default_with_the_fix_named(data):
         gmm(missing="marginalize").fit(np.where(np.isnan(holes), np.inf, holes))
 
 
-@pytest.mark.parametrize("make", [lambda: gmm(inference="sgd"), lambda: gmm(inference="nuts"),
-                                  lambda: mfa(inference="nuts")])
-def test_unsupported_inference_is_named(make, data):
-    with pytest.raises(ValueError, match="missing='marginalize' is implemented for "
-                                         "inference='em' or 'svi'"):
-        make().set_params(missing="marginalize").fit(data[2])
+def test_every_inference_path_takes_missing_values():
+    assert GaussianMixture._missing_inference_methods == ("em", "svi", "sgd", "nuts")
+    assert MixtureOfFactorAnalyzers._missing_inference_methods == ("em", "svi", "nuts")
 
 
 def test_svi_on_a_stream_is_refused(data):

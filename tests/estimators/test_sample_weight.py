@@ -15,7 +15,7 @@ from pyro.infer import TraceEnum_ELBO
 from sklearn.base import clone
 from torch.utils.data import DataLoader, TensorDataset
 
-from ppl_mixtures import GMVAE, GaussianMixture, MixtureOfFactorAnalyzers
+from ppl_mixtures import GMVAE, DeepGaussianMixture, GaussianMixture, MixtureOfFactorAnalyzers
 from ppl_mixtures.datasets import make_gmm
 from ppl_mixtures.inference.em import gmm as em_gmm
 from ppl_mixtures.inference.em import mfa as em_mfa
@@ -193,6 +193,7 @@ def test_mfa_em_integer_and_zero_weights(data):
 @pytest.mark.parametrize("make", [
     lambda: GaussianMixture(3, max_iter=3, random_state=0, progress=False),
     lambda: MixtureOfFactorAnalyzers(3, 1, max_iter=3, random_state=0, progress=False),
+    lambda: DeepGaussianMixture((2, 1), (2, 1), max_iter=3, random_state=0, progress=False),
 ])
 def test_enumerated_elbo_with_weights_equals_repeated_rows(data, make):
     """At equal parameters: ``model(x, sample_weight=w)`` scores the repeated rows."""
@@ -237,6 +238,18 @@ def test_mfa_svi_short_fit_equals_repeated_rows(data):
         est.set_params(inference="svi", max_iter=20)
         fits.append(est.fit(rows, sample_weight=row_weights))
     assert_same(*fits, ("means_", "loadings_", "history_"), atol=1e-7)
+
+
+def test_dgmm_svi_short_fit_equals_repeated_rows(data):
+    X, weights, repeated = data
+    start = DeepGaussianMixture((2, 1), (2, 1), max_iter=3, random_state=0,
+                                progress=False).fit(X)
+    fits = []
+    for rows, row_weights in ((X, weights), (repeated, None)):
+        est = clone(start).set_params(warm_start=True).fit(X)
+        est.set_params(inference="svi", max_iter=20)
+        fits.append(est.fit(rows, sample_weight=row_weights))
+    assert_same(*fits, ("weights_", "means_", "history_"), atol=1e-7)
 
 
 # -------------------------------------------------------------------------------------- SGD

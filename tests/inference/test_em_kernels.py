@@ -86,3 +86,68 @@ def test_float32_diagonal_e_step_matches_float64():
     single = em_gmm.e_step(x.float(), params.to(torch.float32))
     double = em_gmm.e_step(x, params.to(torch.float32).to(torch.float64))
     _assert_same(single, double, 1e-5)
+
+
+@pytest.mark.parametrize("covariance_type", ["tied", "full"])
+def test_outer_product_moments_match_the_batched_ones(covariance_type, monkeypatch):
+    """Float64, K maps side by side: sums about the centre by one (K, n) @ (n, D^2) product,
+    moved to the means, equal the per-component Gram matrices about the means."""
+    x, params = _start(covariance_type, offset=50.0)
+    fast = em_gmm.e_step(x, params)
+    monkeypatch.setattr(em_gmm, "_OUTER_MIN_COMPONENTS", 10**9)
+    monkeypatch.setattr(em_gmm, "_OUTER_ELEMENTS", 25 * 7)  # several parts per chunk
+    _assert_same(fast, em_gmm.e_step(x, params), 1e-12)
+
+
+def test_m_step_factors_are_read_back_unless_changed():
+    """The E-step reads the M-step's Cholesky factors (the same bits as a new factorisation);
+    covariances changed in place, or other tensors, are factorised afresh."""
+    x, params = _start("full")
+    new = em_gmm.m_step(em_gmm.e_step(x, params), "full")
+    cached = em_gmm.factors_of(new.covariances)
+    assert torch.equal(cached, gmm.float64_factors(new.covariances.clone()))
+    assert em_gmm.factors_of(new.covariances) is cached
+    new.covariances.mul_(2.0)  # its version moves: not answered from the cache
+    torch.testing.assert_close(em_gmm.factors_of(new.covariances), cached * 2.0**0.5)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3])
+def test_floor_taken_once_gives_the_same_fit(scale):
+    """The estimators' M-step keeps the variance floor after the first E-step when the data
+    is far above the small-variance threshold, and follows it otherwise: the same
+    parameters as the plain M-step either way."""
+    from ppl_mixtures.estimators._gmm_fit import _FloorOnce
+
+    x, params = _start("diag")
+    x = x * scale
+    params = em_gmm.params_from_responsibilities(
+        x, torch.softmax(torch.randn(x.shape[0], 4, dtype=torch.float64,
+                                     generator=torch.Generator().manual_seed(1)), 1), "diag")
+    once, plain = _FloorOnce("diag", 1e-6), params
+    for _ in range(3):
+        fast = once(em_gmm.e_step(x, params))
+        plain = em_gmm.m_step(em_gmm.e_step(x, plain), "diag", 1e-6)
+        params = fast
+        for name in ("weights", "means", "covariances"):
+            torch.testing.assert_close(getattr(fast, name), getattr(plain, name), rtol=0,
+                                       atol=0)
+    assert (once.floor is None) == (scale < 1)
+
+
+def test_fitted_precisions_match_the_inverse():
+    """``precisions_`` from the M-step's factors equal the inverse of the covariances, and
+    ``precisions_cholesky_`` is scikit-learn's upper triangular ``P`` with ``P P^T``."""
+    import numpy as np
+
+    from ppl_mixtures.estimators._gmm_fit import fitted_arrays
+
+    x, params = _start("full")
+    for p in (em_gmm.m_step(em_gmm.e_step(x, params), "full"), params):
+        arrays = fitted_arrays(p)
+        covariances = p.covariances.numpy()
+        np.testing.assert_allclose(arrays["precisions_"], np.linalg.inv(covariances),
+                                   rtol=1e-10, atol=1e-12)
+        chol = arrays["precisions_cholesky_"]
+        np.testing.assert_array_equal(chol, np.triu(chol))
+        np.testing.assert_allclose(chol @ np.swapaxes(chol, -1, -2), arrays["precisions_"],
+                                   rtol=1e-10, atol=1e-12)

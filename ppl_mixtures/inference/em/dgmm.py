@@ -435,6 +435,78 @@ def accelerate(x: Any, params: DGMMParams, n_cycles: int, reg_covar: float = 1e-
     return params, history
 
 
+def squarem_m_step(stats: DGMMStats, x: Any, reg_covar: float = 1e-6, *,
+                   e_step_fn: Callable[[Any, DGMMParams], DGMMStats] | None = None,
+                   n_cycles: int = 1) -> DGMMParams:
+    """Monotone SQUAREM cycles (Varadhan & Roland 2008) in the place of EM's M-step.
+
+    The EM loop's E-step at ``theta0`` gives ``stats``; the cycle takes two EM steps
+    ``theta1 = M(theta0)``, ``theta2 = M(theta1)`` (one more E-step, at ``theta1``),
+    extrapolates ``theta' = theta0 - 2 a r + a^2 v`` as :func:`accelerate` does and evaluates
+    the likelihood there (a second E-step). If ``L(theta') >= L(theta1)``, it returns
+    ``M(theta')``, else ``theta2``. Either way the returned parameters' likelihood is at least
+    ``L(theta1) >= L(theta0)`` (an EM step never lowers it), so the loop's history is monotone
+    and its convergence test applies to cycles. Two extra E-steps per cycle, none wasted: the
+    loop's next E-step is the one at the returned parameters. Where EM creeps (on the section
+    3.1 setting of Selosse et al. 2020, noise variances of a deeper layer shrink by a tenth of
+    a percent per step), one cycle moves as far as many EM steps.
+
+    With ``n_cycles`` > 1 the cycles follow one another (an E-step at each cycle's result
+    starts the next), so one iteration of the EM loop covers ``n_cycles`` cycles and its
+    convergence test measures their summed gain: SQUAREM's gains are uneven from cycle to
+    cycle (rejected extrapolations, then long jumps), and their sum over a window tells a
+    creep from a stop more reliably than one cycle's.
+
+    Parameters
+    ----------
+    stats : DGMMStats
+        The E-step at the current parameters (``stats.params``).
+    x : Tensor or any data ``e_step_fn`` accepts
+    reg_covar : float
+    e_step_fn : callable ``(x, params) -> DGMMStats``, optional
+        Default :func:`e_step`; pass the loop's own (summed over batches or ranks), so every
+        rank takes the same decision.
+    n_cycles : int, default 1
+        Cycles per call (``3 n_cycles - 1`` E-steps).
+
+    Returns
+    -------
+    DGMMParams
+    """
+    step_at = e_step if e_step_fn is None else e_step_fn
+    params = _squarem_cycle(stats, x, reg_covar, step_at)
+    for _ in range(n_cycles - 1):
+        params = _squarem_cycle(step_at(x, params), x, reg_covar, step_at)
+    return params
+
+
+def _squarem_cycle(stats: DGMMStats, x: Any, reg_covar: float,
+                   step_at: Callable[[Any, DGMMParams], DGMMStats]) -> DGMMParams:
+    """One cycle of :func:`squarem_m_step` from the E-step ``stats``."""
+    params = stats.params
+    first = m_step(stats, reg_covar)
+    stats1 = step_at(x, first)
+    second = m_step(stats1, reg_covar)
+    reached = float(stats1.log_likelihood) / stats1.n_samples
+    v0, v1, v2 = _to_vector(params), _to_vector(first), _to_vector(second)
+    r = [b - a for a, b in zip(v0, v1, strict=True)]
+    v = [c - 2 * b + a for a, b, c in zip(v0, v1, v2, strict=True)]
+    r_norm = math.sqrt(sum(float(t.square().sum()) for t in r))
+    v_norm = math.sqrt(sum(float(t.square().sum()) for t in v))
+    if not (v_norm > 0 and math.isfinite(r_norm / v_norm)) or r_norm <= v_norm:
+        return second  # a = -1: the extrapolation is theta2 itself
+    alpha = -r_norm / v_norm
+    jumped = [a - 2 * alpha * dr + alpha**2 * dv for a, dr, dv in zip(v0, r, v, strict=True)]
+    try:
+        jump_stats = step_at(x, _from_vector(jumped, params.n_layers))
+        value = float(jump_stats.log_likelihood) / jump_stats.n_samples
+        if math.isfinite(value) and value >= reached:
+            return m_step(jump_stats, reg_covar)
+    except (ValueError, RuntimeError, torch.linalg.LinAlgError):
+        pass
+    return second
+
+
 # ---------------------------------------------------------------------------------------------
 # Initialisation
 # ---------------------------------------------------------------------------------------------
@@ -631,4 +703,5 @@ __all__ = [
     "m_step",
     "model_mean",
     "responsibilities",
+    "squarem_m_step",
 ]

@@ -15,6 +15,7 @@ statistics), with one convergence test, one history and one monotonicity check.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -25,7 +26,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
-from ppl_mixtures._progress import progress_bar
+from ppl_mixtures._progress import progress_bar, progress_enabled
 
 
 class LikelihoodDecreaseWarning(RuntimeWarning):
@@ -212,8 +213,9 @@ def _single_run(x: Any, params: Any, e_step: Callable, m_step: Callable, max_ite
         if current < previous - slack:
             decreases.append(n_iter)
         params = m_step(stats)
-        bar.update(1)
-        bar.set_postfix(loglik=f"{current:.5g}")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loglik=f"{current:.5g}")
         history.append(current)
         change, previous = current - previous, current
         if report is not None:
@@ -291,7 +293,10 @@ def run_em(
     best: EMResult | None = None
     finals = []
     report = VerboseReport(verbose, verbose_interval)
-    with progress_bar(total=n_init * max_iter, enabled=progress, desc=desc) as bar:
+    # no bar object at all when none is shown (a disabled tqdm still costs ~0.5 ms a fit)
+    shown = progress_enabled(progress)
+    with (progress_bar(total=n_init * max_iter, enabled=True, desc=desc) if shown
+          else contextlib.nullcontext()) as bar:
         for index in range(n_init):
             report.start(index)
             result = _single_run(x, init_params(index), e_step, m_step, max_iter, tol, bar,

@@ -1,0 +1,230 @@
+"""How :class:`~ppl_mixtures.estimators.DeepGaussianMixture` checks its arguments and fits: its
+start, the accelerated EM loop and SVI (mixins, kept apart from the estimator's parameters
+and queries).
+
+The default EM (``accelerate=None`` with a mixture start) runs every iteration of the shared EM
+loop as ``SQUAREM_CYCLES`` monotone SQUAREM cycles (:func:`~ppl_mixtures.inference.em.dgmm.squarem_m_step`):
+on the section 3.1 setting of Selosse et al. (2020) plain EM creeps (noise variances of the
+deeper layers shrinking a little at every step), and the cycles move along that ridge many EM
+steps at a time. The loop's history, monotonicity check and convergence test then apply to
+cycles, with their own defaults (:data:`SQUAREM_MAX_ITER`, :data:`SQUAREM_TOL`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from ppl_mixtures.estimators._sources import DataSource
+from ppl_mixtures.estimators._validation import check_int
+from ppl_mixtures.inference import dgmm_start
+from ppl_mixtures.inference.em import dgmm as em_dgmm
+from ppl_mixtures.inference.em.loop import run_em
+from ppl_mixtures.models import dgmm
+
+#: SQUAREM cycles before plain EM when ``accelerate`` is an int (kept for the old default).
+DEFAULT_ACCELERATE = 20
+#: ``start="auto"`` takes the mixture start from this many rows per path and feature + 1.
+AUTO_ROWS_PER_PARAMETER = 4
+#: SQUAREM cycles per iteration of the accelerated EM loop (three E-steps each).
+SQUAREM_CYCLES = 10
+#: Default ``max_iter`` of the accelerated EM loop (iterations of ``SQUAREM_CYCLES`` cycles).
+SQUAREM_MAX_ITER = 30
+#: Default ``tol`` of the accelerated EM loop: gain of the mean log-likelihood per sample
+#: over one iteration (``SQUAREM_CYCLES`` cycles), 1e-3 per cycle on average.
+SQUAREM_TOL = 1e-2
+
+
+def _as_int_tuple(value: Any, name: str) -> tuple[int, ...]:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        items = tuple(value)
+    except TypeError as err:
+        raise ValueError(f"{name}={value!r} must be a sequence of positive integers") from err
+    if not items:
+        raise ValueError(f"{name}={value!r} must hold one entry per layer (at least one)")
+    for item in items:
+        check_int(item, name + " entries", 1)
+    return tuple(int(item) for item in items)
+
+
+class DGMMChecks:
+    """The argument and data checks of :class:`~ppl_mixtures.estimators.DeepGaussianMixture`."""
+
+    def _check_arguments(self) -> None:
+        components = _as_int_tuple(self.n_components, "n_components")
+        factors = _as_int_tuple(self.n_factors, "n_factors")
+        if len(components) != len(factors):
+            raise ValueError(
+                f"n_components={components} and n_factors={factors} must have the same "
+                "length: one number of components and one factor dimension per layer"
+            )
+        if any(factors[k] <= factors[k + 1] for k in range(len(factors) - 1)):
+            raise ValueError(
+                f"n_factors={factors} must be strictly decreasing (r_1 > r_2 > ... > r_h): "
+                "each layer reduces the dimension of the one below"
+            )
+        if self.form == "latent" and self.inference != "svi":
+            raise ValueError("form='latent' needs inference='svi' (EM integrates the scores)")
+        if self.identifiability is not None and self.form == "latent":
+            raise ValueError("identifiability applies to form='collapsed' (the latent form's "
+                             "guide holds per-sample scores in the fitted coordinates)")
+        if self.anneal_start > 1.0 and self.inference != "em":
+            raise ValueError("anneal_start > 1 applies to inference='em' only; leave it at 1.0")
+        if self.realign and self.inference != "em":
+            raise ValueError("realign=True applies to inference='em' only")
+        if self.realign and self.distributed:
+            self._refuse_realign("distributed=True (one shard per rank)")
+        self._components, self._factors = components, factors
+
+    def _refuse_realign(self, where: str) -> None:
+        raise ValueError(
+            f"realign=True runs k-means on the scores of all the data at once, which "
+            f"{where} does not hold; set realign=False (anneal_start > 1 still works), "
+            "or fit one in-memory array"
+        )
+
+    def _check_stream(self, source: Any) -> None:
+        """Refuse what a stream cannot give: all rows at once, or a second read."""
+        if self.realign:
+            self._refuse_realign("a stream of batches")
+        if isinstance(source, Iterator) and self.anneal_start > 1.0 and self.anneal_iter > 0:
+            raise ValueError(
+                f"anneal_start={self.anneal_start} makes anneal_iter={self.anneal_iter} passes "
+                "over the data before EM, but an iterator can be traversed once; pass a list "
+                "or a DataLoader, or anneal_start=1.0"
+            )
+
+    def _check_n_features(self, n_features: int) -> None:
+        if self._factors[0] >= n_features:
+            raise ValueError(
+                f"n_factors[0]={self._factors[0]} must be < n_features={n_features} "
+                "(n_features > r_1 > ... > r_h); lower n_factors"
+            )
+
+
+class DGMMFitting:
+    """The fitting methods of :class:`~ppl_mixtures.estimators.DeepGaussianMixture`."""
+
+    def _initial_params(self, x: torch.Tensor, generator: torch.Generator) -> dgmm.DGMMParams:
+        if self._warm_start_from is not None:  # warm_start: the last fit's parameters
+            return self._warm_start_from[0]
+        n_paths = math.prod(self._components)
+        enough = (2 if self.start == "gmm" else AUTO_ROWS_PER_PARAMETER * (x.shape[1] + 1))
+        if self.start != "layerwise" and x.shape[0] >= enough * n_paths:
+            try:
+                return dgmm_start.best_start(x, self._components, self._factors, generator,
+                                             self.reg_covar)
+            except (ValueError, RuntimeError, torch.linalg.LinAlgError):
+                pass  # a degenerate mixture (duplicated rows, tiny sample): the layer-wise start
+        return em_dgmm.initial_params(x, self._components, self._factors, self.init_params,
+                                      generator, self.reg_covar)
+
+    def _squarem_loop(self, source: DataSource) -> bool:
+        """Whether every EM iteration is a SQUAREM cycle: ``accelerate=None``, a mixture
+        start, and data that can be read again."""
+        return (self.inference == "em" and self.accelerate is None and self.start != "layerwise"
+                and not source.one_pass)
+
+    def _accelerate_cycles(self) -> int:
+        """SQUAREM cycles between the start and the EM loop (an explicit ``accelerate``)."""
+        return 0 if self.accelerate is None else int(self.accelerate)
+
+    def _loop_settings(self, source: DataSource) -> tuple[int, float]:
+        """``max_iter`` and ``tol`` of the EM loop: the user's, or the defaults of its kind."""
+        if not self._squarem_loop(source):
+            return self._max_iter, self._tol
+        max_iter = SQUAREM_MAX_ITER if self.max_iter is None else self._max_iter
+        return max_iter, SQUAREM_TOL if self.tol is None else self._tol
+
+    def _em_start(self, source: DataSource, start: dgmm.DGMMParams,
+                  generator: torch.Generator, m_step: Any) -> dgmm.DGMMParams:
+        """Annealing (``anneal_start``), acceleration (``accelerate``) and realignment
+        (``realign``) from the start.
+
+        The tempered E-steps go through the same sums over batches and ranks as EM's.
+        Realignment needs the data in memory (checked before fitting).
+        """
+        params, _ = em_dgmm.anneal(
+            source.data, start, float(self.anneal_start), int(self.anneal_iter), self.reg_covar,
+            tempered_e_step=lambda data, current, temperature: source.e_step(
+                functools.partial(em_dgmm.e_step, temperature=temperature))(data, current),
+        )
+        cycles = self._accelerate_cycles()
+        if cycles > 0 and not source.one_pass:
+            params, _ = em_dgmm.accelerate(source.data, params, cycles, self.reg_covar,
+                                           e_step_fn=source.e_step(em_dgmm.e_step),
+                                           tol=0.1 * self._tol)
+        if self.realign:
+            x = source.data
+            max_iter, tol = self._loop_settings(source)
+            first = run_em(x, init_params=lambda _: params, e_step=em_dgmm.e_step,
+                           m_step=m_step, n_init=1, max_iter=max_iter, tol=tol, progress=False)
+            params = em_dgmm.realign_scores(x, first.params, generator, self.reg_covar)
+        return params
+
+    def _m_step(self, stats: em_dgmm.DGMMStats) -> dgmm.DGMMParams:
+        return em_dgmm.m_step(stats, self.reg_covar)
+
+    def _loop_m_step(self, source: DataSource) -> Any:
+        """The EM loop's M-step: a SQUAREM cycle over ``source`` (:meth:`_squarem_loop`, and
+        the data can be read again), else the plain M-step."""
+        if not self._squarem_loop(source):
+            return self._m_step
+        data, summed = source.data, source.e_step(em_dgmm.e_step)
+
+        def squarem(stats: em_dgmm.DGMMStats) -> dgmm.DGMMParams:
+            return em_dgmm.squarem_m_step(stats, data, self.reg_covar, e_step_fn=summed,
+                                          n_cycles=SQUAREM_CYCLES)
+
+        return squarem
+
+    def _fit_em(self, source: DataSource, generator: torch.Generator) -> None:
+        """EM on a matrix, a stream (summed over batches) or a shard (summed over ranks).
+
+        The start is drawn from the sample (on rank 0 alone when distributed, sent as one
+        flat tensor), then every rank anneals and runs EM.
+        """
+        n_features = source.sample.shape[1]
+        m_step = self._loop_m_step(source)
+
+        def draw(x: torch.Tensor) -> dgmm.DGMMParams | torch.Tensor:
+            start = self._initial_params(x, generator)
+            return dgmm.flatten_params(start) if self.distributed else start
+
+        initial = source.initializer(draw, self.n_components, self._n_clusters())
+
+        def init(index: int) -> dgmm.DGMMParams:
+            start = initial(index)
+            if self.distributed:
+                start = dgmm.unflatten_params(start, n_features, self._components,
+                                              self._factors)
+            return self._em_start(source, start, generator, m_step)
+
+        # the loop's own defaults (kept for the ConvergenceWarning, which quotes them)
+        self._max_iter, self._tol = self._loop_settings(source)
+        self._fit_em_restarts(source, draw, em_dgmm.e_step, m_step, "DGMM EM", dgmm.map_guide,
+                              init_params=init)
+
+    def _make_guide(self, x: torch.Tensor, generator: torch.Generator):
+        start = self._initial_params(x, generator)
+        if self.form == "latent":
+            return dgmm.LatentScoreGuide(self.model_, start, x)
+        return dgmm.map_guide(self.model_, start)
+
+    def _fit_svi(self, source: DataSource, generator: torch.Generator, resume: bool) -> None:
+        if self.form == "latent" and self.batch_size is not None:
+            raise ValueError("form='latent' keeps one local Gaussian per row; use batch_size=None")
+        guide, _ = self._fit_svi_restarts(source, generator, resume,
+                                          lambda: self._make_guide(source.data, generator))
+        self.params_ = dgmm.guide_params(guide, len(self._components))
+
+
+__all__ = ["AUTO_ROWS_PER_PARAMETER", "DEFAULT_ACCELERATE", "DGMMChecks", "DGMMFitting", "SQUAREM_CYCLES",
+           "SQUAREM_MAX_ITER", "SQUAREM_TOL"]
