@@ -9,6 +9,7 @@ the latent forms: point masses on the globals and one Gaussian per row over its 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -45,6 +46,22 @@ class ComponentParams:
     def to(self: _Params, *args, **kwargs) -> _Params:
         """Move every tensor, as ``Tensor.to`` does."""
         return replace(self, **{name: t.to(*args, **kwargs) for name, t in self.tensors().items()})
+
+
+def weighted_rows(weights: Tensor | None) -> AbstractContextManager:
+    """Scale the sites drawn inside by the rows' ``weights`` (n,), masking the rows of weight
+    0 (``poutine.scale`` takes positive scales only); nothing when ``weights`` is None.
+
+    For sites a *guide* enumerates or samples per row: Pyro's enumerated ELBO takes only a
+    scalar scale on sites the model enumerates (those get the factor site of
+    :meth:`DataPlateModel._weigh_rows` instead).
+    """
+    if weights is None:
+        return nullcontext()
+    stack = ExitStack()
+    stack.enter_context(poutine.mask(mask=weights > 0))
+    stack.enter_context(poutine.scale(scale=torch.where(weights > 0, weights, 1.0)))
+    return stack
 
 
 def detached_copies(sites: dict[str, Tensor]) -> dict[str, Tensor]:

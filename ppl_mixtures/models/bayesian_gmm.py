@@ -60,25 +60,24 @@ from :func:`expected_log_joint`, which reuses :func:`ppl_mixtures.models.gmm.com
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import warnings
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.distributions import constraints
 from pyro.ops.indexing import Vindex
 from torch import Tensor
 
 from ppl_mixtures._rng import seeded_global_rng
 from ppl_mixtures.models import gmm
-from ppl_mixtures.models._sites import ComponentParams, DataPlateModel
+from ppl_mixtures.models._sites import ComponentParams, DataPlateModel, weighted_rows
 from ppl_mixtures.models.priors import prior_like
 
 COVARIANCE_TYPES = ("spherical", "diag", "tied", "full")
@@ -752,18 +751,9 @@ class BayesianGaussianMixtureModel(DataPlateModel):
         return dist.MultivariateNormal(loc, precision_matrix=precision)
 
 
-def _row_scale(sample_weight: Tensor | None, rows: Tensor) -> contextlib.ExitStack:
-    """Scale the sites of ``rows`` by their weights (``poutine.scale``); rows of weight 0 are
-    masked (``poutine.mask``: a scale must be positive). As the GMVAE's model does."""
-    stack = contextlib.ExitStack()
-    if sample_weight is None:
-        return stack
-    weights = sample_weight[rows]
-    positive = weights > 0
-    stack.enter_context(poutine.mask(mask=positive))
-    stack.enter_context(poutine.scale(scale=torch.where(positive, weights,
-                                                        torch.ones_like(weights))))
-    return stack
+def _row_scale(sample_weight: Tensor | None, rows: Tensor) -> AbstractContextManager:
+    """Scale the sites of ``rows`` by their weights (weight-0 rows masked), as the GMVAE does."""
+    return weighted_rows(None if sample_weight is None else sample_weight[rows])
 
 
 class VariationalGuide:

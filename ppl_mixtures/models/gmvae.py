@@ -57,7 +57,6 @@ checkpoints hold them and a restored param store is re-bound to the modules.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -65,10 +64,11 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.ops.indexing import Vindex
 from torch import Tensor, nn
+
+from ppl_mixtures.models._sites import weighted_rows
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 Z_INFERENCE = ("enumerate", "closed_form")
@@ -737,20 +737,9 @@ class GMVAEModel:
 
 
 def _row_scale(sample_weight: Tensor | None, index: Tensor) -> Any:
-    """Scale the sites of the rows ``index`` by their weights (nothing without weights).
-
-    ``poutine.scale`` takes positive scales only: rows of weight 0 are masked out
-    (``poutine.mask``), the others scaled.
-    """
-    stack = contextlib.ExitStack()
-    if sample_weight is None:
-        return stack
-    if sample_weight.shape[0] <= int(index.max()):
+    """Scale the sites of the rows ``index`` by their weights (nothing without weights; rows
+    of weight 0 masked: :func:`~ppl_mixtures.models._sites.weighted_rows`)."""
+    if sample_weight is not None and sample_weight.shape[0] <= int(index.max()):
         raise ValueError(f"sample_weight has {sample_weight.shape[0]} entries; expected one per "
                          "row of y")
-    weights = sample_weight[index]
-    positive = weights > 0
-    stack.enter_context(poutine.mask(mask=positive))
-    stack.enter_context(poutine.scale(scale=torch.where(positive, weights,
-                                                        torch.ones_like(weights))))
-    return stack
+    return weighted_rows(None if sample_weight is None else sample_weight[index])

@@ -32,13 +32,11 @@ determinant lemma with one r x r Cholesky factor per component); no D x D matrix
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, fields
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.infer.autoguide import AutoDelta
 from pyro.ops.indexing import Vindex
 from torch import Tensor
@@ -471,7 +469,7 @@ class MixtureOfFactorAnalyzersModel(DataPlateModel):
     def _latent_observation(self, sites: dict[str, Tensor], assignment: Tensor):
         like = sites["means"]
         weights = self._row_weights
-        with _weighted_rows(weights):
+        with _sites.weighted_rows(weights):
             factors = pyro.sample(
                 "z", dist.Normal(like.new_zeros(self.n_factors),
                                  like.new_ones(self.n_factors)).to_event(1),
@@ -505,17 +503,6 @@ class MixtureOfFactorAnalyzersModel(DataPlateModel):
             observed[:, None, :]).sum(-1)  # (n, K)
         log_marginal = torch.logsumexp(log_prob + sites["weights"].log(), dim=-1)
         pyro.factor(self.weight_site, (weights - 1.0) * log_marginal)
-
-
-def _weighted_rows(weights: Tensor | None) -> AbstractContextManager:
-    """Scale the sites drawn inside by the rows' ``weights`` (n,), masking the rows of weight
-    0 (``poutine.scale`` takes positive scales only); nothing when ``weights`` is None."""
-    if weights is None:
-        return nullcontext()
-    stack = ExitStack()
-    stack.enter_context(poutine.mask(mask=weights > 0))
-    stack.enter_context(poutine.scale(scale=torch.where(weights > 0, weights, 1.0)))
-    return stack
 
 
 def map_guide(model: MixtureOfFactorAnalyzersModel, init_params: MFAParams) -> AutoDelta:
@@ -586,7 +573,7 @@ class LatentFactorGuide(LocalGaussianGuide):
 
     def _sample_scores(self, sites: dict[str, Tensor], scores: dist.Distribution) -> None:
         weights = self._row_weights
-        with _weighted_rows(weights):
+        with _sites.weighted_rows(weights):
             sites["z"] = pyro.sample("z", scores)
 
 

@@ -5,19 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from test_cli import assert_one_line_error  # tests/cli is on the path (no package)
 
 from ppl_mixtures.cli import main
 from ppl_mixtures.datasets import load_csv, load_npy, make_gmm
 from ppl_mixtures.estimators import load_estimator
-
-
-def assert_one_line_error(capsys, *needles):
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "error" in lines[0] and "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def incomplete_data(n_samples=150, fraction=0.15, seed=0):

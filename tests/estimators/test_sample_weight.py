@@ -229,27 +229,22 @@ def test_svi_and_nuts_short_fits_equal_repeated_rows(data, inference):
         assert weighted.lower_bound_ == pytest.approx(expected, rel=1e-12)
 
 
-def test_mfa_svi_short_fit_equals_repeated_rows(data):
+@pytest.mark.parametrize(("make", "attributes"), [
+    (lambda: MixtureOfFactorAnalyzers(3, 1, max_iter=3, random_state=0, progress=False),
+     ("means_", "loadings_", "history_")),
+    (lambda: DeepGaussianMixture((2, 1), (2, 1), max_iter=3, random_state=0, progress=False),
+     ("weights_", "means_", "history_")),
+])
+def test_mfa_and_dgmm_svi_short_fits_equal_repeated_rows(data, make, attributes):
+    """From the same start (a warm start from a short EM fit), 20 SVI steps."""
     X, weights, repeated = data
-    start = MixtureOfFactorAnalyzers(3, 1, max_iter=3, random_state=0, progress=False).fit(X)
+    start = make().fit(X)
     fits = []
     for rows, row_weights in ((X, weights), (repeated, None)):
         est = clone(start).set_params(warm_start=True).fit(X)
         est.set_params(inference="svi", max_iter=20)
         fits.append(est.fit(rows, sample_weight=row_weights))
-    assert_same(*fits, ("means_", "loadings_", "history_"), atol=1e-7)
-
-
-def test_dgmm_svi_short_fit_equals_repeated_rows(data):
-    X, weights, repeated = data
-    start = DeepGaussianMixture((2, 1), (2, 1), max_iter=3, random_state=0,
-                                progress=False).fit(X)
-    fits = []
-    for rows, row_weights in ((X, weights), (repeated, None)):
-        est = clone(start).set_params(warm_start=True).fit(X)
-        est.set_params(inference="svi", max_iter=20)
-        fits.append(est.fit(rows, sample_weight=row_weights))
-    assert_same(*fits, ("weights_", "means_", "history_"), atol=1e-7)
+    assert_same(*fits, attributes, atol=1e-7)
 
 
 # -------------------------------------------------------------------------------------- SGD

@@ -401,7 +401,6 @@ def accelerate(x: Any, params: DGMMParams, n_cycles: int, reg_covar: float = 1e-
         Mean log-likelihood per sample after each cycle.
     """
     step_at = e_step if e_step_fn is None else e_step_fn
-    n_layers = params.n_layers
     history: list[float] = []
     stats = step_at(x, params)
     for _ in range(n_cycles):
@@ -411,17 +410,11 @@ def accelerate(x: Any, params: DGMMParams, n_cycles: int, reg_covar: float = 1e-
         second = m_step(stats1, reg_covar)
         stats2 = step_at(x, second)
         plain = float(stats2.log_likelihood) / stats2.n_samples
-        v0, v1, v2 = _to_vector(params), _to_vector(first), _to_vector(second)
-        r = [b - a for a, b in zip(v0, v1, strict=True)]
-        v = [c - 2 * b + a for a, b, c in zip(v0, v1, v2, strict=True)]
-        r_norm = math.sqrt(sum(float(t.square().sum()) for t in r))
-        v_norm = math.sqrt(sum(float(t.square().sum()) for t in v))
+        step_length, jump_to = _extrapolation(params, first, second)
         params, stats = second, stats2
-        if v_norm > 0 and math.isfinite(r_norm / v_norm):
-            alpha = min(-1.0, -r_norm / v_norm)
-            jumped = [a - 2 * alpha * dr + alpha**2 * dv for a, dr, dv in zip(v0, r, v, strict=True)]
+        if step_length is not None:
             try:
-                candidate = m_step(step_at(x, _from_vector(jumped, n_layers)), reg_covar)
+                candidate = m_step(step_at(x, jump_to(min(-1.0, step_length))), reg_covar)
                 cand_stats = step_at(x, candidate)
                 value = float(cand_stats.log_likelihood) / cand_stats.n_samples
             except (ValueError, RuntimeError, torch.linalg.LinAlgError):
@@ -433,6 +426,28 @@ def accelerate(x: Any, params: DGMMParams, n_cycles: int, reg_covar: float = 1e-
         if after - before < tol:
             break
     return params, history
+
+
+def _extrapolation(params: DGMMParams, first: DGMMParams, second: DGMMParams,
+                   ) -> tuple[float | None, Callable[[float], DGMMParams]]:
+    """SQUAREM's step length and extrapolation from ``theta0 = params`` and two EM steps.
+
+    ``r = theta1 - theta0``, ``v = theta2 - 2 theta1 + theta0``; the step length is
+    ``a = -|r| / |v|`` (None when ``v`` vanishes), and ``jump_to(a)`` gives
+    ``theta0 - 2 a r + a^2 v`` (Varadhan & Roland 2008, scheme S3).
+    """
+    v0, v1, v2 = _to_vector(params), _to_vector(first), _to_vector(second)
+    r = [b - a for a, b in zip(v0, v1, strict=True)]
+    v = [c - 2 * b + a for a, b, c in zip(v0, v1, v2, strict=True)]
+    r_norm = math.sqrt(sum(float(t.square().sum()) for t in r))
+    v_norm = math.sqrt(sum(float(t.square().sum()) for t in v))
+
+    def jump_to(alpha: float) -> DGMMParams:
+        jumped = [a - 2 * alpha * dr + alpha**2 * dv for a, dr, dv in zip(v0, r, v, strict=True)]
+        return _from_vector(jumped, params.n_layers)
+
+    usable = v_norm > 0 and math.isfinite(r_norm / v_norm)
+    return (-r_norm / v_norm if usable else None), jump_to
 
 
 def squarem_m_step(stats: DGMMStats, x: Any, reg_covar: float = 1e-6, *,
@@ -488,17 +503,11 @@ def _squarem_cycle(stats: DGMMStats, x: Any, reg_covar: float,
     stats1 = step_at(x, first)
     second = m_step(stats1, reg_covar)
     reached = float(stats1.log_likelihood) / stats1.n_samples
-    v0, v1, v2 = _to_vector(params), _to_vector(first), _to_vector(second)
-    r = [b - a for a, b in zip(v0, v1, strict=True)]
-    v = [c - 2 * b + a for a, b, c in zip(v0, v1, v2, strict=True)]
-    r_norm = math.sqrt(sum(float(t.square().sum()) for t in r))
-    v_norm = math.sqrt(sum(float(t.square().sum()) for t in v))
-    if not (v_norm > 0 and math.isfinite(r_norm / v_norm)) or r_norm <= v_norm:
+    step_length, jump_to = _extrapolation(params, first, second)
+    if step_length is None or step_length >= -1.0:
         return second  # a = -1: the extrapolation is theta2 itself
-    alpha = -r_norm / v_norm
-    jumped = [a - 2 * alpha * dr + alpha**2 * dv for a, dr, dv in zip(v0, r, v, strict=True)]
     try:
-        jump_stats = step_at(x, _from_vector(jumped, params.n_layers))
+        jump_stats = step_at(x, jump_to(step_length))
         value = float(jump_stats.log_likelihood) / jump_stats.n_samples
         if math.isfinite(value) and value >= reached:
             return m_step(jump_stats, reg_covar)

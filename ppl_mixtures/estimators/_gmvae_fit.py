@@ -1,0 +1,150 @@
+"""How :class:`~ppl_mixtures.estimators.gmvae.GMVAE` fits: checks of the data, the
+autoencoder pre-training and GMM start, then SVI (in memory, distributed, or on a stream of
+batches through :mod:`ppl_mixtures.inference.gmvae_stream`).
+
+A mixin of the estimator: it reads the estimator's arguments and sets its fitted attributes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from ppl_mixtures import distributed as process_group
+from ppl_mixtures._rng import seeded_global_rng
+from ppl_mixtures.estimators._sources import DataSource
+from ppl_mixtures.estimators.gaussian import GaussianMixture
+from ppl_mixtures.inference import gmvae_pretrain, gmvae_stream
+from ppl_mixtures.inference.em.gmm import DataScaleWarning
+from ppl_mixtures.inference.svi import SVITrainer
+
+
+class GMVAEFitting:
+    """The fitting hooks of the GMVAE estimator (see the module docstring)."""
+
+    def _lower_bound(self, source: DataSource) -> float:
+        """Mean ELBO per sample on the training data (over all ranks when distributed);
+        with sample weights, the weighted mean ``sum_n w_n ELBO_n / sum_n w_n``."""
+        if source.streamed:  # one more pass, batch by batch
+            return gmvae_stream.lower_bound(self, source)
+        elbo = self.score_samples(source.data.cpu().numpy())
+        weights = np.ones_like(elbo) if source.weights is None else (
+            source.weights.detach().cpu().numpy().astype(elbo.dtype))
+        if not self.distributed:
+            return float(weights @ elbo / weights.sum())
+        total = torch.tensor([weights @ elbo, weights.sum()], dtype=torch.float64,
+                             device=self._device)
+        torch.distributed.all_reduce(total)
+        return float(total[0] / total[1])
+
+    def _check_unit_range(self, x: torch.Tensor, what: str) -> None:
+        """A Bernoulli likelihood scores values in [0, 1] only: refuse others, naming them."""
+        if self.likelihood == "bernoulli" and bool(((x < 0) | (x > 1)).any()):
+            raise ValueError(
+                f"likelihood='bernoulli' needs X in [0, 1], and the X given to {what} has "
+                f"values in [{float(x.min()):.4g}, {float(x.max()):.4g}]; rescale X as for "
+                "fit (e.g. divide 8-bit images by 255)"
+            )
+
+    def _fitted_x(self, X: Any) -> torch.Tensor:
+        x = super()._fitted_x(X)
+        self._check_unit_range(x, "scoring")
+        return x
+
+    def _warn_if_far_from_unit_scale(self, x: torch.Tensor) -> None:
+        """The networks start (and Adam steps) at unit scale: say so when X is far from it."""
+        if self.likelihood != "gaussian" or x.shape[0] < 2:
+            return
+        spread = float(x.double().std(0).mean())
+        if not 1e-3 <= spread <= 1e3:
+            warnings.warn(
+                f"X's features have a mean standard deviation of {spread:.3g}; the GMVAE's "
+                "networks and learning rate are set for data of unit scale, so its clusters "
+                "can change with the scale: standardise X (or scale it to [0, 1]) first",
+                DataScaleWarning, stacklevel=4,
+            )
+
+    def _check_stream(self, X: Any) -> None:
+        """A stream is read once per epoch: refuse one read once, and distributed streams."""
+        if isinstance(X, Iterator):
+            raise ValueError(
+                "GMVAE reads its data once per epoch (pre-training, the GMM start, SVI), but "
+                f"X is an iterator ({type(X).__name__}), which can be read only once; pass a "
+                "DataLoader, a list of batches, "
+                "ppl_mixtures.datasets.files.NpyBatches(path) for a .npy file, or a callable "
+                "that returns a new iterator at each call (e.g. lambda: make_batches())"
+            )
+        if self.distributed:
+            raise ValueError(
+                "GMVAE(distributed=True) fits each rank's shard as one array, not a stream of "
+                "batches; pass the shard as an array (a memory map: np.load(path, "
+                "mmap_mode='r')[rank::world_size]), or distributed=False"
+            )
+
+    def _fit(self, source: DataSource, generator: torch.Generator, resume: bool) -> None:
+        if source.streamed:  # batch by batch, never all the data at once
+            gmvae_stream.fit_stream(self, source, generator, resume)
+            return
+        x = source.data
+        self._check_unit_range(x, "fit")
+        self._warn_if_far_from_unit_scale(x)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        self.observation_scale_ = None
+        if self.likelihood == "gaussian" and self.observation_variance is not None:
+            batch = x if source.weights is None else (x, source.weights)
+            _, variance, rows = process_group.data_moments([batch], self.distributed)
+            data_variance = float(variance.mean()) if rows > 1 else 1.0
+            self.observation_scale_ = math.sqrt(self.observation_variance * data_variance)
+        with seeded_global_rng(seed, x.device):  # the networks' initial weights
+            self._build(x.shape[1])
+        restored = bool(resume and self.checkpoint_path and os.path.exists(self.checkpoint_path))
+        self._pretrain(x, seed, source.weights, restored)
+        steps_per_epoch = math.ceil(x.shape[0] / self.batch_size)
+        if self.distributed:  # every rank must take the same number of steps
+            steps = torch.tensor([steps_per_epoch], device=x.device)
+            torch.distributed.all_reduce(steps, op=torch.distributed.ReduceOp.MAX)
+            steps_per_epoch = int(steps)
+        trainer = SVITrainer(
+            self.model_, self.guide_, lr=self.lr, num_particles=self.num_particles,
+            batch_size=self.batch_size, max_steps=self._max_iter * steps_per_epoch,
+            tol=self.tol, progress=self.progress and process_group.rank() == 0,
+            checkpoint_path=self.checkpoint_path, seed=seed, distributed=self.distributed,
+        )
+        result = trainer.fit(x, resume=resume, sample_weight=source.weights)
+        self.model_._register()  # bind the modules to the param store's final tensors
+        self.params_ = {k: v.detach() for k, v in self.networks_.named_parameters()}
+        self.history_ = result.history
+        self.n_iter_ = result.n_steps
+        self.converged_ = result.converged
+
+    def _pretrain(self, x: torch.Tensor, seed: int, weights: torch.Tensor | None,
+                  restored: bool) -> None:
+        """Autoencoder pre-training, then the GMM start (``init``; see ``gmvae_pretrain``).
+
+        ``restored``: the run resumes from a checkpoint, which holds the networks; only
+        ``init_`` is set.
+        """
+        self.pretrain_history_ = []
+        init = self.init
+        if init == "auto":  # an autoencoder that does not compress gives no new space
+            init = "gmm" if x.shape[1] > self.networks_.x_dim else "random"
+        self.init_ = init
+        if restored or init == "random":
+            return
+        if self.pretrain_epochs > 0:
+            generator = torch.Generator().manual_seed(seed)
+            self.pretrain_history_ = gmvae_pretrain.pretrain_autoencoder(
+                self.networks_, x, self.pretrain_epochs, gmvae_pretrain.PRETRAIN_BATCH_SIZE,
+                gmvae_pretrain.PRETRAIN_LR, generator, weights=weights)
+        if x.shape[0] >= self.n_components:
+            gmvae_pretrain.gmm_start(self.networks_, x, seed, GaussianMixture, weights=weights,
+                                     input_scale=self.init_factor_scale)
+
+    def _set_fitted(self) -> None:
+        """Nothing to convert: the fitted attributes are the networks and the history."""
