@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from ppl_mixtures.datasets import make_gmm
 from ppl_mixtures.distributed import init_from_env
@@ -73,6 +74,10 @@ def main(out: Path) -> None:
     arrays = {f"{name}_{attr}": np.asarray(getattr(est, attr))
               for name, est in fits.items() for attr in ATTRIBUTES}
     np.savez(out / f"rank{rank}.npz", **arrays)
+    # leave together: a rank exiting with the gloo group alive can abort at shutdown
+    # ("terminate called without an active exception", SIGABRT)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 
 from ppl_mixtures import GaussianMixture
 from ppl_mixtures.datasets import make_gmm
@@ -65,6 +66,10 @@ def main(out: Path) -> None:
     arrays = {f"{name}_{attr}": np.asarray(getattr(est, attr))
               for name, est in fits.items() for attr in ATTRIBUTES}
     np.savez(out / f"rank{rank}.npz", **arrays)
+    # leave together: a rank exiting with the gloo group alive can abort at shutdown
+    # ("terminate called without an active exception", SIGABRT)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
