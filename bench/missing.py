@@ -1,8 +1,8 @@
 """Missing values: marginalising EM against dropping incomplete rows and mean imputation.
 
 Data: a K-component Gaussian mixture with correlated full covariances (eigenvalues log-uniform
-in [0.05, 2], random rotations) and known labels; a fraction of the training entries is
-removed completely at random. Three fits of ``GaussianMixture(covariance_type="full")``:
+in [0.05, 2], random rotations) and known labels (``datasets.make_correlated_gmm``); a fraction
+of the training entries is removed completely at random (``datasets.mask_missing``). Three fits of ``GaussianMixture(covariance_type="full")``:
 
 * ``marginalize``: ``missing="marginalize"`` on the incomplete data (Ghahramani & Jordan 1994);
 * ``drop``: the complete rows only;
@@ -27,30 +27,8 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from ppl_mixtures import GaussianMixture
+from ppl_mixtures.datasets import make_correlated_gmm, mask_missing
 from ppl_mixtures.metrics import adjusted_rand_score
-
-
-def correlated_mixture(n: int, d: int, k: int, rng: np.random.Generator,
-                       separation: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and labels of a mixture with strongly correlated full covariances."""
-    covariances = []
-    for _ in range(k):
-        rotation, _ = np.linalg.qr(rng.normal(size=(d, d)))
-        eigenvalues = np.exp(rng.uniform(np.log(0.05), np.log(2.0), size=d))
-        covariances.append(rotation @ np.diag(eigenvalues) @ rotation.T)
-    means = rng.normal(size=(k, d)) * separation
-    labels = rng.integers(k, size=n)
-    noise = rng.normal(size=(n, d))
-    factors = np.linalg.cholesky(np.array(covariances))
-    x = means[labels] + np.einsum("nij,nj->ni", factors[labels], noise)
-    return x, labels
-
-
-def remove_entries(x: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    holes = rng.random(x.shape) < fraction
-    out = x.copy()
-    out[holes] = np.nan
-    return out
 
 
 def fit(x: np.ndarray, k: int, seed: int, missing: str = "error") -> GaussianMixture:
@@ -64,10 +42,10 @@ def compare(seed: int, n: int, d: int, k: int, fraction: float,
             separation: float = 2.0) -> dict[str, float]:
     """One draw: the figures of the three methods (see the module docstring)."""
     rng = np.random.default_rng(seed)
-    x, labels = correlated_mixture(2 * n, d, k, rng, separation)
+    x, labels = make_correlated_gmm(2 * n, k, d, separation=separation, random_state=rng)
     train, test = x[:n], x[n:]
     train_labels, test_labels = labels[:n], labels[n:]
-    holes = remove_entries(train, fraction, rng)
+    holes = mask_missing(train, fraction, random_state=rng)
     missing_mask = np.isnan(holes)
     complete = ~missing_mask.any(1)
     column_means = np.nanmean(holes, 0)

@@ -134,7 +134,10 @@ def fit_and_write(est: Any, X: np.ndarray, folder: OutputFolder, resume: bool,
 
     The folder is made just before fitting when the fit writes a checkpoint there, else just
     before writing. With ``est.distributed`` (``--distributed`` under torchrun) each process
-    fits its rows ``rank::world_size`` and rank 0 alone writes.
+    fits its rows ``rank::world_size`` and rank 0 alone writes. A process group this call
+    initialises (:func:`~ppl_mixtures.distributed.init_from_env`) is destroyed when it returns,
+    after a barrier when every rank finished, and also when the fit fails (no barrier then: the
+    other ranks may never reach it); a group the caller initialised is left to the caller.
     """
     checkpointed = getattr(est, "checkpoint_path", None) is not None
     if not getattr(est, "distributed", False):
@@ -146,8 +149,9 @@ def fit_and_write(est: Any, X: np.ndarray, folder: OutputFolder, resume: bool,
         return 0
     import torch.distributed
 
-    from ppl_mixtures.distributed import init_from_env
+    from ppl_mixtures.distributed import init_from_env, is_initialized
 
+    owns_group = not is_initialized()
     rank, world_size = init_from_env()
     try:
         if checkpointed:  # every rank writes its own checkpoint there
@@ -156,9 +160,10 @@ def fit_and_write(est: Any, X: np.ndarray, folder: OutputFolder, resume: bool,
         if rank == 0:
             folder.create()
             write()
-        torch.distributed.barrier()
+        torch.distributed.barrier()  # no rank leaves (and tears the group down) before all end
     finally:
-        torch.distributed.destroy_process_group()
+        if owns_group:
+            torch.distributed.destroy_process_group()
     return 0
 
 

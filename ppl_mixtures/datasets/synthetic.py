@@ -3,11 +3,14 @@
 ``make_gmm``
     A Gaussian mixture with any of the five covariance structures of
     :data:`ppl_mixtures.models.gmm.COVARIANCE_TYPES` and, on request, its true parameters.
+``make_correlated_gmm``
+    A mixture with strongly correlated full covariances (eigenvalues spread over a factor 40),
+    on which missing entries can be predicted from the observed ones.
 ``make_pinwheel``
     Curved arms in the plane, the synthetic clustering problem of Dilokthanakul et al. (2016,
     section 4.1).
 
-Both return NumPy arrays ``(X, y)``; see ``docs/references.md`` for the works cited.
+All three return NumPy arrays ``(X, y)``; see ``docs/references.md`` for the works cited.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 
 from ppl_mixtures.models.gmm import COVARIANCE_TYPES
 
-__all__ = ["make_gmm", "make_pinwheel"]
+__all__ = ["make_correlated_gmm", "make_gmm", "make_pinwheel"]
 
 #: Range of the variances drawn for synthetic components (eigenvalues of each covariance).
 _VARIANCE_RANGE = (0.5, 1.5)
@@ -265,6 +268,65 @@ def make_gmm(
     if not return_params:
         return X, y
     return X, y, {"weights": weights, "means": means, "covariances": covariances}
+
+
+#: Range of the eigenvalues of :func:`make_correlated_gmm`'s covariances (log-uniform).
+_CORRELATED_EIGENVALUE_RANGE = (0.05, 2.0)
+
+
+def make_correlated_gmm(
+    n_samples: int,
+    n_components: int,
+    n_features: int,
+    *,
+    separation: float = 2.0,
+    random_state: int | np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample a Gaussian mixture with strongly correlated full covariances and known labels.
+
+    The data on which the features tell about each other: each covariance is
+    ``R_k diag(v_k) R_k^T`` with a random orthogonal ``R_k`` and eigenvalues ``v_k`` drawn
+    log-uniformly in [0.05, 2] (condition numbers up to 40), so that the observed entries of a
+    row predict its missing ones (the missing-value tests and ``bench/missing.py``). Unlike
+    :func:`make_gmm`, the means are a plain normal draw times ``separation`` (no minimum
+    distance) and the labels a uniform draw (not an exact split).
+
+    Draws, in this order from one generator: per component a (D, D) normal matrix (its Q
+    factor is ``R_k``) and D eigenvalues; the (K, D) means; the labels; the (N, D) noise.
+
+    Parameters
+    ----------
+    n_samples, n_components, n_features : int
+        N, K and D.
+    separation : float, default 2.0
+        Scale of the means: ``separation * N(0, I)`` each.
+    random_state : int, numpy.random.Generator or None
+        Seed, or a generator drawn from in place.
+
+    Returns
+    -------
+    X : ndarray of float64, shape (n_samples, n_features)
+    y : ndarray of int64, shape (n_samples,)
+        The component of every row.
+    """
+    n_samples = _check_positive_int(n_samples, "n_samples")
+    n_components = _check_positive_int(n_components, "n_components")
+    n_features = _check_positive_int(n_features, "n_features")
+    if isinstance(separation, bool) or not isinstance(separation, int | float | np.number) or (
+            not math.isfinite(separation) or separation < 0):
+        raise ValueError(f"separation must be a finite number >= 0, got {separation!r}.")
+    rng = _check_random_state(random_state)
+    low, high = np.log(_CORRELATED_EIGENVALUE_RANGE)
+    covariances = []
+    for _ in range(n_components):
+        rotation, _ = np.linalg.qr(rng.normal(size=(n_features, n_features)))
+        eigenvalues = np.exp(rng.uniform(low, high, size=n_features))
+        covariances.append(rotation @ np.diag(eigenvalues) @ rotation.T)
+    means = rng.normal(size=(n_components, n_features)) * separation
+    labels = rng.integers(n_components, size=n_samples)
+    noise = rng.normal(size=(n_samples, n_features))
+    factors = np.linalg.cholesky(np.array(covariances))
+    return means[labels] + np.einsum("nij,nj->ni", factors[labels], noise), labels
 
 
 

@@ -72,6 +72,10 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> float:
     return float((weights * values).sum() / weights.sum())
 
 
+#: The dtypes a fit takes as they are (others are converted by ``validate_data``).
+_FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
+
 def _short(value: Any) -> str:
     """A short repr of a user's value for an error message."""
     text = repr(value)
@@ -168,9 +172,56 @@ class MixtureEstimator(DeferredGuideMixin, PersistenceMixin, QueriesMixin, Densi
         from ppl_mixtures.inference.em.gmm import warn_small_scale
 
         allow_nan = self._marginalize if allow_nan is None else allow_nan
+        X = as_array(X)
+        checked = self._checked_array(X, reset)
+        if checked is not None:
+            X = checked
+        else:
+            X = self._validate_data(X, reset, allow_nan)
+        if reset:
+            self._dtype = resolve_dtype(self.dtype, X.dtype)
+            self._device = resolve_device(self.device)
+            reg_covar = getattr(self, "reg_covar", None)  # SGD does not use it
+            if reg_covar and X.shape[0] > 1 and getattr(self, "inference", None) != "sgd":
+                # finite X (checked above): the plain reductions, which skip NaN's copies
+                mean_of, var_of = ((np.nanmean, np.nanvar) if allow_nan and checked is None
+                                   else (np.mean, np.var))
+                mean = mean_of(X, 0, dtype=np.float64)
+                warn_small_scale(reg_covar, float(np.mean(var_of(X, 0, dtype=np.float64))),
+                                 float(np.square(mean).mean()), self._dtype)
+        # torch shares the memory of a writable array with non-negative strides; it cannot
+        # take a read-only one or a reversed view (X[::-1]): those are copied
+        if not X.flags.writeable or any(stride < 0 for stride in X.strides):
+            X = np.array(X, order="C")
+        return torch.as_tensor(X, dtype=self._dtype).to(self._device)
+
+    def _checked_array(self, X: Any, reset: bool) -> np.ndarray | None:
+        """``X`` itself when it is what ``validate_data`` would hand back unchanged, else None.
+
+        The common case of a fit on small data, checked in a few microseconds instead of
+        scikit-learn's ~0.7 ms: a plain 2-D float64 or float32 NumPy array with at least one
+        row and one column, every entry finite (its sum is: one NaN or inf would make it
+        NaN or inf), and, when not ``reset``, the fitted number of features and no fitted
+        feature names. ``n_features_in_`` is set and ``feature_names_in_`` dropped as
+        ``validate_data`` does. Anything else (lists, frames, other dtypes, NaN, a mismatch)
+        is left to ``validate_data`` and its errors.
+        """
+        if not (type(X) is np.ndarray and X.ndim == 2 and X.dtype in _FLOAT_DTYPES
+                and X.shape[0] > 0 and X.shape[1] > 0 and np.isfinite(X.sum())):
+            return None
+        if reset:
+            self.n_features_in_ = X.shape[1]
+            self.__dict__.pop("feature_names_in_", None)
+        elif (getattr(self, "n_features_in_", None) != X.shape[1]
+              or hasattr(self, "feature_names_in_")):
+            return None
+        return X
+
+    def _validate_data(self, X: Any, reset: bool, allow_nan: bool) -> np.ndarray:
+        """scikit-learn's ``validate_data`` of ``X``, its NaN error naming ``missing``."""
         try:
-            X = validate_data(
-                self, as_array(X), reset=reset, dtype=[np.float64, np.float32],
+            return validate_data(
+                self, X, reset=reset, dtype=[np.float64, np.float32],
                 ensure_min_samples=1, ensure_all_finite="allow-nan" if allow_nan else True,
             )
         except ValueError as error:
@@ -181,19 +232,6 @@ class MixtureEstimator(DeferredGuideMixin, PersistenceMixin, QueriesMixin, Densi
                 f"missing={self.missing!r}; pass missing='marginalize' to integrate NaN "
                 "entries out as missing values, or remove or impute them first"
             ) from None
-        if reset:
-            self._dtype = resolve_dtype(self.dtype, X.dtype)
-            self._device = resolve_device(self.device)
-            reg_covar = getattr(self, "reg_covar", None)  # SGD does not use it
-            if reg_covar and X.shape[0] > 1 and getattr(self, "inference", None) != "sgd":
-                mean = np.nanmean(X, 0, dtype=np.float64)
-                warn_small_scale(reg_covar, float(np.nanmean(np.nanvar(X, 0, dtype=np.float64))),
-                                 float(np.square(mean).mean()), self._dtype)
-        # torch shares the memory of a writable array with non-negative strides; it cannot
-        # take a read-only one or a reversed view (X[::-1]): those are copied
-        if not X.flags.writeable or any(stride < 0 for stride in X.strides):
-            X = np.array(X, order="C")
-        return torch.as_tensor(X, dtype=self._dtype).to(self._device)
 
     def _source(self, X: Any, sample_weight: Any = None) -> DataSource:
         """The data of a fit as one :class:`DataSource` (a matrix, a stream, a shard).

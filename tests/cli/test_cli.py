@@ -472,6 +472,57 @@ def test_distributed_needs_em_or_svi_and_torchrun(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.fixture
+def one_rank_torchrun_env(monkeypatch):
+    """The variables torchrun sets, for a group of one rank in this process."""
+    from _launch import free_port
+
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(name, value)
+    yield
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # a failed test must not leave the group to the next ones
+        dist.destroy_process_group()
+
+
+DISTRIBUTED_FIT = ["fit", "gmm", "--distributed", "--data", "gmm", "--max-iter", "3",
+                   "--seed", "0", "--no-progress", "--device", "cpu"]
+
+
+def test_distributed_fit_destroys_the_group_it_initialised(tmp_path, one_rank_torchrun_env):
+    import torch.distributed as dist
+
+    assert main([*DISTRIBUTED_FIT, "--out", str(tmp_path / "run")]) == 0
+    assert not dist.is_initialized()
+    assert (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_distributed_fit_destroys_its_group_when_the_fit_fails(tmp_path, one_rank_torchrun_env,
+                                                                monkeypatch, capsys):
+    import torch.distributed as dist
+
+    from ppl_mixtures import GaussianMixture
+
+    def broken_fit(self, *args, **kwargs):
+        assert dist.is_initialized()  # the group was up while fitting
+        raise ValueError("fit failed on purpose")
+
+    monkeypatch.setattr(GaussianMixture, "fit", broken_fit)
+    assert main([*DISTRIBUTED_FIT, "--out", str(tmp_path / "run")]) == 2
+    assert "fit failed on purpose" in capsys.readouterr().err
+    assert not dist.is_initialized()
+
+
+def test_distributed_fit_leaves_the_callers_group(tmp_path, one_rank_group):
+    import torch.distributed as dist
+
+    assert main([*DISTRIBUTED_FIT, "--out", str(tmp_path / "run")]) == 0
+    assert dist.is_initialized() and dist.get_world_size() == 1
+    dist.barrier()  # the group still works
+
+
 def test_fit_gmvae_distributed_under_torchrun(tmp_path):
     from _launch import torchrun
 

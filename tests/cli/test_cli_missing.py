@@ -8,7 +8,7 @@ import pytest
 from test_cli import assert_one_line_error  # tests/cli is on the path (no package)
 
 from ppl_mixtures.cli import main
-from ppl_mixtures.datasets import load_csv, load_npy, make_gmm
+from ppl_mixtures.datasets import load_csv, load_npy, make_gmm, mask_missing
 from ppl_mixtures.estimators import load_estimator
 
 
@@ -16,8 +16,7 @@ def incomplete_data(n_samples=150, fraction=0.15, seed=0):
     """Two separated 3-D components, ``fraction`` of the cells missing completely at random
     (no row left without an observed cell)."""
     X, y = make_gmm(n_samples=n_samples, n_components=2, n_features=3, random_state=seed)
-    missing = np.random.default_rng(seed).random(X.shape) < fraction
-    missing[missing.all(axis=1), 0] = False
+    missing = np.isnan(mask_missing(X, fraction, random_state=seed, keep_observed=True))
     return X, y, missing
 
 

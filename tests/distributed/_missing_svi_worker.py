@@ -15,7 +15,7 @@ import numpy as np
 import torch.distributed as dist
 
 from ppl_mixtures import GaussianMixture
-from ppl_mixtures.datasets import make_gmm
+from ppl_mixtures.datasets import make_gmm, mask_missing
 
 COVARIANCE_TYPES = ("diag", "full")
 
@@ -23,9 +23,7 @@ COVARIANCE_TYPES = ("diag", "full")
 def incomplete_data() -> np.ndarray:
     """120 rows of a 3-component 3-D mixture, 20 % of the entries missing at random."""
     X, _ = make_gmm(120, 3, 3, separation=3.0, random_state=5)
-    missing = np.random.default_rng(5).random(X.shape) < 0.2
-    missing[missing.all(axis=1), 0] = False
-    return np.where(missing, np.nan, X)
+    return mask_missing(X, 0.2, random_state=5, keep_observed=True)
 
 
 def svi_estimator(x: np.ndarray, covariance_type: str, distributed: bool) -> GaussianMixture:

@@ -13,6 +13,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ppl_mixtures import GaussianMixture, MixtureOfFactorAnalyzers
+from ppl_mixtures.datasets import make_correlated_gmm, mask_missing
 from ppl_mixtures.inference.em import missing
 from ppl_mixtures.metrics import adjusted_rand_score
 
@@ -21,23 +22,11 @@ COVARIANCE_TYPES = ("spherical", "diag", "tied_diag", "tied", "full")
 
 def correlated_mixture(n, d, k, seed, separation=1.2):
     """Rows and labels of a mixture with strongly correlated full covariances."""
-    rng = np.random.default_rng(seed)
-    covariances = []
-    for _ in range(k):
-        rotation, _ = np.linalg.qr(rng.normal(size=(d, d)))
-        eigenvalues = np.exp(rng.uniform(np.log(0.05), np.log(2.0), size=d))
-        covariances.append(rotation @ np.diag(eigenvalues) @ rotation.T)
-    means = rng.normal(size=(k, d)) * separation
-    labels = rng.integers(k, size=n)
-    factors = np.linalg.cholesky(np.array(covariances))
-    x = means[labels] + np.einsum("nij,nj->ni", factors[labels], rng.normal(size=(n, d)))
-    return x, labels
+    return make_correlated_gmm(n, k, d, separation=separation, random_state=seed)
 
 
 def with_nans(x, fraction=0.15, seed=0, empty_rows=()):
-    rng = np.random.default_rng(seed)
-    out = x.copy()
-    out[rng.random(x.shape) < fraction] = np.nan
+    out = mask_missing(x, fraction, random_state=seed)
     out[list(empty_rows)] = np.nan
     return out
 

@@ -17,16 +17,14 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from ppl_mixtures import GaussianMixture, MixtureOfFactorAnalyzers
-from ppl_mixtures.datasets import make_gmm
+from ppl_mixtures.datasets import make_gmm, mask_missing
 from ppl_mixtures.models import gmm, mfa
 
 
 def incomplete(n_samples, seed, fraction=0.15, n_features=2):
     X, labels = make_gmm(n_samples=n_samples, n_components=2, n_features=n_features,
                          random_state=seed)
-    missing = np.random.default_rng(seed).random(X.shape) < fraction
-    missing[missing.all(axis=1), 0] = False  # every row keeps an observed entry
-    return np.where(missing, np.nan, X), labels
+    return mask_missing(X, fraction, random_state=seed, keep_observed=True), labels
 
 
 def observed_log_likelihood(x, weights, means, covariances):

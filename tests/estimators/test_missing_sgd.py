@@ -10,7 +10,7 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from ppl_mixtures import GaussianMixture
-from ppl_mixtures.datasets import make_gmm, scale_features
+from ppl_mixtures.datasets import make_gmm, mask_missing, scale_features
 from ppl_mixtures.inference.sgd_gmm import SGDConfig, SGDGMMTrainer
 
 
@@ -21,9 +21,7 @@ def standardised(n_samples, seed, n_features=3):
 
 
 def with_holes(x, fraction, seed):
-    missing = np.random.default_rng(seed).random(x.shape) < fraction
-    missing[missing.all(axis=1), 0] = False
-    return np.where(missing, np.nan, x)
+    return mask_missing(x, fraction, random_state=seed, keep_observed=True)
 
 
 def sgd(**kwargs):

@@ -10,6 +10,7 @@ import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
+from ppl_mixtures.datasets import mask_missing
 from ppl_mixtures.inference.em import gmm as em_gmm
 from ppl_mixtures.inference.em import mfa as em_mfa
 from ppl_mixtures.inference.em import missing
@@ -29,10 +30,7 @@ def _blobs(n=240, d=4, k=3, seed=0):
 
 
 def _with_nans(x, fraction=0.2, seed=1, empty_rows=()):
-    rng = np.random.default_rng(seed)
-    x = x.clone()
-    holes = torch.as_tensor(rng.random(tuple(x.shape)) < fraction)
-    x[holes] = float("nan")
+    x = torch.as_tensor(mask_missing(x.numpy(), fraction, random_state=seed))
     for row in empty_rows:
         x[row] = float("nan")
     return x

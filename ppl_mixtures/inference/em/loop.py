@@ -201,6 +201,9 @@ def _single_run(x: Any, params: Any, e_step: Callable, m_step: Callable, max_ite
     converged = False
     n_iter = 0
     previous = -math.inf if start_bound is None else start_bound
+    if report is not None and report.level <= 0:
+        report = None  # nothing to print: no call per iteration
+    root_eps = None  # sqrt(eps) of the log-likelihood's dtype, looked up once
     for n_iter in range(1, max_iter + 1):
         stats = e_step(x, params)
         current = float(stats.log_likelihood) / stats.n_samples
@@ -209,8 +212,10 @@ def _single_run(x: Any, params: Any, e_step: Callable, m_step: Callable, max_ite
                 f"EM log-likelihood is {current} at iteration {n_iter}; the data may hold "
                 "extreme values (standardise it) or reg_covar is too small"
             )
-        slack = _rounding_slack(current, getattr(stats.log_likelihood, "dtype", torch.float64))
-        if current < previous - slack:
+        if root_eps is None:
+            root_eps = _rounding_slack(1.0, getattr(stats.log_likelihood, "dtype",
+                                                    torch.float64))
+        if current < previous - root_eps * max(1.0, abs(current)):  # beyond rounding
             decreases.append(n_iter)
         params = m_step(stats)
         if bar is not None:
