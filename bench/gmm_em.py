@@ -19,6 +19,13 @@ Prints one JSON line per cell and repeat, then a table of the speed-ups (scikit-
 seconds / ours; above 1 is faster) with their range over the repeats.
 
     python bench/gmm_em.py [--cases benchmark,d784,large-k,small,tiny] [--repeats 3] [--huge]
+    python bench/gmm_em.py --cases "" --huge   # the huge run alone
+    python bench/gmm_em.py --cases benchmark --peers   # with torchgmm and pomegranate
+
+``--peers`` times torchgmm 0.1.4 and pomegranate 1.1.2 (float32, their own code) for the
+same number of iterations where they are installed (in a separate environment: they pull
+in Lightning and numba), from the same initial means (pomegranate: weights, means and
+covariances too).
 """
 
 from __future__ import annotations
@@ -136,6 +143,69 @@ def fit_ours(X, init, covariance_type, n_iter, dtype, device="cpu"):
     return seconds, memory.added_mb, est.score(X)
 
 
+def fit_torchgmm(X, init, covariance_type, n_iter):
+    """Seconds of a torchgmm 0.1.4 fit of ``n_iter`` iterations in float32 (the dtype it
+    runs in) from the same initial means (its covariances start its own way), or None
+    when torchgmm is not installed. Install it beside, not into, the project (``pip
+    install torchgmm pomegranate`` in a separate environment with this package)."""
+    try:
+        from torchgmm.bayes import GaussianMixture as TorchGMM
+    except ImportError:
+        return None
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    est = TorchGMM(len(init[0]), covariance_type=covariance_type,
+                   init_means=torch.as_tensor(init[1], dtype=torch.float32),
+                   convergence_tolerance=0.0,
+                   trainer_params={"max_epochs": n_iter, "enable_progress_bar": False,
+                                   "accelerator": "cpu", "logger": False,
+                                   "enable_checkpointing": False,
+                                   "enable_model_summary": False})
+    x = torch.as_tensor(X, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        est.fit(x)
+        return time.perf_counter() - start
+
+
+def fit_pomegranate(X, init, covariance_type, n_iter):
+    """Seconds of a pomegranate 1.1.2 ``GeneralMixtureModel`` fit of ``n_iter`` iterations in
+    float32 from the same weights, means and covariances, or None when pomegranate is not
+    installed or has no such covariance type (it has no tied one)."""
+    names = {"full": "full", "diag": "diag", "spherical": "sphere"}
+    if covariance_type not in names:
+        return None
+    try:
+        from pomegranate.distributions import Normal
+        from pomegranate.gmm import GeneralMixtureModel
+    except ImportError:
+        return None
+    weights, means, precisions = init
+    covariances = {"full": lambda: np.linalg.inv(precisions),
+                   "diag": lambda: 1.0 / precisions,
+                   "spherical": lambda: 1.0 / precisions}[covariance_type]()
+    f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    parts = [Normal(means=f32(means[k]), covs=f32(covariances[k]),
+                    covariance_type=names[covariance_type]) for k in range(len(weights))]
+    mixture = GeneralMixtureModel(parts, priors=f32(weights), max_iter=n_iter, tol=0.0)
+    start = time.perf_counter()
+    mixture.fit(f32(X))
+    return time.perf_counter() - start
+
+
+def _isolated(fit, *args):
+    """``fit(*args)`` in a fresh process: Lightning (under torchgmm) leaves the process
+    changed (our next fits ran 20x slower in the same process), so peers never run in ours."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fit, *args).result()
+
+
 def huge(dtype: str) -> list[dict]:
     """One E-step and M-step at N = 1e6, D = 128, K = 1024: memory bounded by one block."""
     from ppl_mixtures.inference.em import gmm as em_gmm
@@ -171,10 +241,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-iter", type=int, default=None, help="override every case's")
     parser.add_argument("--huge", action="store_true")
+    parser.add_argument("--peers", action="store_true",
+                        help="also time torchgmm and pomegranate (float32) where installed")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
-    for case in args.cases.split(","):
+    for case in filter(None, args.cases.split(",")):  # --cases "" --huge: the huge run alone
         X, n_components = data(case)
         n_iter = args.n_iter or CASES[case][4]
         types = CASES[case][3]
@@ -185,6 +257,13 @@ def main() -> None:
             fit_ours(X, init, covariance_type, 1, "float64")  # warm-up
             for repeat in range(args.repeats):
                 sk_seconds, sk_mb, sk_score = fit_sklearn(X, init, covariance_type, n_iter)
+                peers = {}
+                if args.peers:
+                    for peer, fit in (("torchgmm", fit_torchgmm),
+                                      ("pomegranate", fit_pomegranate)):
+                        seconds = _isolated(fit, X, init, covariance_type, n_iter)
+                        if seconds is not None:
+                            peers[f"{peer}_s_per_iter"] = seconds / n_iter
                 for device in devices:
                     for dtype in ("float64", "float32"):
                         seconds, mb, score = fit_ours(X, init, covariance_type, n_iter, dtype,
@@ -198,7 +277,7 @@ def main() -> None:
                             "speedup_vs_sklearn": sk_seconds / seconds,
                             "sklearn_peak_mb": sk_mb, "ours_peak_mb": mb,
                             "sklearn_loglik": sk_score, "ours_loglik": score,
-                            "loglik_diff": score - sk_score,
+                            "loglik_diff": score - sk_score, **peers,
                         })
                         print(json.dumps(rows[-1]), flush=True)
     if args.huge:
@@ -207,7 +286,8 @@ def main() -> None:
     print(f"\nthreads={torch.get_num_threads()}; speed-up = scikit-learn s / ours s "
           "(min-max over repeats); peak MB added by the fit")
     print(f"{'case':10} {'type':10} {'device':6} {'dtype':8} {'speed-up':>14} "
-          f"{'ours s/it':>10} {'sk s/it':>10} {'ours MB':>8} {'sk MB':>8} {'dLL':>9}")
+          f"{'ours s/it':>10} {'sk s/it':>10} {'ours MB':>8} {'sk MB':>8} {'dLL':>9}"
+          + ("  torchgmm s/it  pomegranate s/it" if args.peers else ""))
     keys = sorted({(r["case"], r["covariance_type"], r["device"], r["dtype"]) for r in rows},
                   key=lambda key: [list(CASES).index(key[0]), *key[1:]])
     for key in keys:
@@ -220,7 +300,14 @@ def main() -> None:
               f"{np.median([r['sklearn_s_per_iter'] for r in cell]):10.4f} "
               f"{max(r['ours_peak_mb'] for r in cell):8.0f} "
               f"{max(r['sklearn_peak_mb'] for r in cell):8.0f} "
-              f"{max(abs(r['loglik_diff']) for r in cell):9.2e}")
+              f"{max(abs(r['loglik_diff']) for r in cell):9.2e}"
+              + ("".join(f"  {_median(cell, peer):>14}" for peer in ("torchgmm", "pomegranate"))
+                 if args.peers else ""))
+
+
+def _median(cell: list[dict], peer: str) -> str:
+    values = [r[f"{peer}_s_per_iter"] for r in cell if f"{peer}_s_per_iter" in r]
+    return f"{np.median(values):.4f}" if values else "-"
 
 
 if __name__ == "__main__":

@@ -69,6 +69,27 @@ def test_one_component_at_a_time_matches_side_by_side(dtype, monkeypatch):
     _assert_same(alone, stacked, 1e-12 if dtype == torch.float64 else 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rows_a_component_does_not_explain_are_left_out_exactly(dtype, monkeypatch):
+    """Separated components: most responsibilities underflow to exactly 0, and one component
+    at a time sums each one's moments over its own rows only; the statistics equal the
+    side-by-side E-step's (every row), to rounding."""
+    X, labels = make_gmm(300, 4, 6, separation=40.0, random_state=3)
+    x = torch.as_tensor(X)
+    resp = torch.nn.functional.one_hot(torch.as_tensor(labels), 4).double()
+    fitted = em_gmm.params_from_responsibilities(x, resp, "full")
+    # means moved off the fixed point, so that the first moments are not zero
+    params = gmm.GMMParams(fitted.weights, fitted.means + 0.5, fitted.covariances, "full")
+    x, params = x.to(dtype), params.to(dtype)
+    exact, _ = em_gmm.responsibilities(x, params)
+    assert 0.5 < float((exact == 0).double().mean()) < 1.0  # many exact zeros, not all
+    rows, weight = em_gmm._responsible_rows(exact[:, 0])
+    assert rows is not None and torch.equal(weight, exact[rows, 0]) and (weight > 0).all()
+    stacked = em_gmm.e_step(x, params)
+    monkeypatch.setattr(gmm, "_STACKED_WHITENING_MAX", 0)
+    _assert_same(em_gmm.e_step(x, params), stacked, 1e-12 if dtype == torch.float64 else 1e-5)
+
+
 def test_gram_without_syrk_is_the_same(monkeypatch):
     """The BLAS rank-k update and the plain product give the same upper triangle."""
     values = torch.randn(50, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -89,14 +110,55 @@ def test_float32_diagonal_e_step_matches_float64():
 
 
 @pytest.mark.parametrize("covariance_type", ["tied", "full"])
-def test_outer_product_moments_match_the_batched_ones(covariance_type, monkeypatch):
-    """Float64, K maps side by side: sums about the centre by one (K, n) @ (n, D^2) product,
-    moved to the means, equal the per-component Gram matrices about the means."""
+def test_quadratic_features_match_the_whitened_e_step(covariance_type, monkeypatch):
+    """Float64, K D^2 small: densities and moments from the rows' quadratic features, about
+    the centre and moved to the means, equal the whitened E-step's to float64 rounding,
+    50 standard deviations from the origin and with several chunks of rows."""
     x, params = _start(covariance_type, offset=50.0)
     fast = em_gmm.e_step(x, params)
     monkeypatch.setattr(em_gmm, "_OUTER_MIN_COMPONENTS", 10**9)
-    monkeypatch.setattr(em_gmm, "_OUTER_ELEMENTS", 25 * 7)  # several parts per chunk
     _assert_same(fast, em_gmm.e_step(x, params), 1e-12)
+    monkeypatch.undo()
+    monkeypatch.setattr(em_gmm, "_OUTER_ELEMENTS", 25 * 7)  # chunks of 7 rows
+    _assert_same(em_gmm.e_step(x, params), fast, 1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_row_ranges_in_threads_add_up_to_the_serial_pass(weighted, monkeypatch):
+    """The quadratic pass split over three threads (contiguous ranges of chunks, sums added
+    in range order) equals the serial pass to rounding, and repeats bit for bit."""
+    x, params = _start("full", n=401)
+    weights = (torch.rand(401, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+               if weighted else None)
+    monkeypatch.setattr(em_gmm, "_OUTER_ELEMENTS", 25 * 9)  # chunks of 9 rows: 45 of them
+    monkeypatch.setattr(em_gmm, "_parallel_workers", lambda n_chunks: 1)
+    serial = em_gmm.e_step(x, params, weights)
+    monkeypatch.setattr(em_gmm, "_parallel_workers", lambda n_chunks: 3)
+    threaded = em_gmm.e_step(x, params, weights)
+    _assert_same(threaded, serial, 1e-12)
+    _assert_same(em_gmm.e_step(x, params, weights), threaded, 0.0)
+
+
+def test_threads_only_for_enough_chunks(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert em_gmm._parallel_workers(em_gmm._PARALLEL_MIN_CHUNKS * 4) == 4
+    assert em_gmm._parallel_workers(em_gmm._PARALLEL_MIN_CHUNKS * 2) == 2
+    assert em_gmm._parallel_workers(em_gmm._PARALLEL_MIN_CHUNKS - 1) == 1
+
+
+def test_quadratic_features_step_aside_for_a_near_singular_covariance(monkeypatch):
+    """A covariance with an eigenvalue near 1e-13 puts the expansion's rounding bound
+    above its limit: the whitened E-step runs instead, and the statistics stay finite and
+    equal to it."""
+    x, params = _start("full")
+    squeezed = params.covariances.clone()
+    squeezed[0] = torch.diag(torch.tensor([1e-13, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+    params = gmm.GMMParams(params.weights, params.means, squeezed, "full")
+    assert em_gmm._quadratic_e_step(x, params, em_gmm.factors_of(squeezed)) is None
+    stats = em_gmm.e_step(x, params)
+    assert torch.isfinite(stats.log_likelihood) and torch.isfinite(stats.second_moment).all()
+    monkeypatch.setattr(em_gmm, "_OUTER_MIN_COMPONENTS", 10**9)
+    _assert_same(stats, em_gmm.e_step(x, params), 0.0)
 
 
 def test_m_step_factors_are_read_back_unless_changed():

@@ -44,14 +44,26 @@ _NK_FLOOR_FACTOR = 10.0
 _E_STEP_BLOCK_ELEMENTS = 1 << 18
 #: Fewest rows of an E-step block (unless the budget above is set lower, as tests do).
 _MIN_BLOCK_ROWS = 256
-#: Float64 tied and full mixtures with the K maps side by side and at least this many
-#: components sum ``r_nk xc_n xc_n^T`` as one (K, rows) @ (rows, D^2) product per chunk
-#: (:func:`_whitened_e_step`) instead of K small (D, rows) @ (rows, D) ones.
+#: Float64 tied and full mixtures with at least this many components (and K D^2 within
+#: ``models.gmm._STACKED_WHITENING_MAX``) take their densities and moments from the rows'
+#: quadratic features (:func:`_quadratic_e_step`) instead of whitening them.
 _OUTER_MIN_COMPONENTS = 4
-#: Entries of one (rows, D^2) table of row outer products.
+#: Largest rounding bound ``eps max_n |x_n - c|^2 max_k |P_k|_F`` of the quadratic
+#: E-step's distances; above it the whitened E-step runs (:func:`_quadratic_e_step`).
+_QUADRATIC_ROUNDING = 1e-6
+#: Fewest chunks of rows per thread before a pass is split over threads (_over_row_ranges).
+_PARALLEL_MIN_CHUNKS = 8
+#: Entries of one (rows, D (D + 1) / 2 + D) table of quadratic features.
 _OUTER_ELEMENTS = 1 << 19
 #: Fewest rows whitened at once when the K maps are applied one component at a time.
 _MIN_WHITENED_ROWS = 256
+#: Entries of one (rows, D) chunk whitened one component at a time in float64 (2^21: 16 MB;
+#: float32, which keeps the K whitened chunks for its moments, stays at 2^18: larger chunks
+#: did not make it faster, 5.6 s either way at D = 784, K = 10, N = 2000).
+#: Measured at D = 784, K = 10, N = 2000 on one loaded core: the E-step took 1.7-2.5 s in
+#: chunks of 2000 rows against 2.7-3.6 s in chunks of 334 (2^18 entries): the triangular
+#: solves and rank-k updates run nearer the speed of a matrix product on taller blocks.
+_WHITENED_ELEMENTS = 1 << 21
 #: Below this mean per-feature variance of the data, ``reg_covar`` shrinks with the variance
 #: (:func:`variance_floor`); at and above it, ``reg_covar`` is scikit-learn's absolute floor.
 SMALL_DATA_VARIANCE = 1e-3
@@ -372,14 +384,10 @@ def _whitened_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     component at a time otherwise (large K D^2), on chunks of rows large enough for the
     matrix products.
 
-    In float64 with the maps side by side and at least :data:`_OUTER_MIN_COMPONENTS`
-    components, the moments are summed about the centre ``c`` as one
-    (K, rows) @ (rows, D^2) product of the responsibilities with the rows' outer products
-    and moved to the means once, ``S_k = A_k - (m_k L_k^T + L_k m_k^T) + N_k m_k m_k^T``
-    (``m_k = mu_k - c``): K small (D, rows) @ (rows, D) products took 40 % of the E-step at
-    N = 1e5, D = 32, K = 16 and this one 2-3x less (the same sums to 1e-13 relative). One
-    component at a time (large K D^2), float64 whitens by triangular solves and sums the
-    moments component by component, never holding a (K, rows, D) tensor.
+    In float64 with at least :data:`_OUTER_MIN_COMPONENTS` components and the K maps small
+    enough to sit side by side, :func:`_quadratic_e_step` does the same work in about half
+    the arithmetic. One component at a time (large K D^2), float64 whitens by triangular
+    solves and sums the moments component by component, never holding a (K, rows, D) tensor.
 
     In float32 the whitened moments are near ``0`` and ``N_k I`` whatever the conditioning of
     ``Sigma_k``, so float32 products of them lose nothing that matters: about a float32 sum
@@ -391,6 +399,14 @@ def _whitened_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     n_components = params.n_components
     wide = torch.float64
     factors = factors_of(params.covariances)
+    # float64 only: float32 data keeps the whitened frame below, whose float32 products are
+    # faster than float64 features (0.74-0.82 s against 0.96-1.06 s per E- and M-step at
+    # N = 1e5, D = 32, K = 16, full) and lose nothing that matters
+    if (x.dtype == wide and n_components >= _OUTER_MIN_COMPONENTS
+            and n_components * n_features**2 <= gmm._STACKED_WHITENING_MAX):
+        stats = _quadratic_e_step(x, params, factors, weights)
+        if stats is not None:
+            return stats
     # float32 takes its moments whitened (see above); float64 about the means, so that no
     # D^3 mapping back is needed
     whitened_frame = x.dtype != wide
@@ -414,17 +430,12 @@ def _whitened_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     log_likelihood = x.new_zeros((), dtype=wide)
     resp_sum = x.new_zeros(n_components, dtype=wide)
     stacked = plan is not None and plan.stacked is not None
-    # float64, small D, several components: sums about the centre by one product per chunk,
-    # moved to the means at the end (in float64, as the diagonal E-step does)
-    outer = stacked and not whitened_frame and n_components >= _OUTER_MIN_COMPONENTS
-    if outer:
-        linear = x.new_zeros(n_components, n_features, dtype=wide)  # sum_n r_nk xc_n
-        pairs = x.new_zeros(n_components, n_features**2, dtype=wide)  # sum_n r_nk xc xc^T
-        outer_rows = max(1, _OUTER_ELEMENTS // n_features**2)
     if stacked:
         chunks = _row_chunks(n_samples, n_components, n_features)
     else:  # one (rows, D) product per component: rows enough to keep the product efficient
-        size = max(_MIN_WHITENED_ROWS, (1 << 18) // n_features)
+        # (float32 holds all K whitened chunks at once: its chunks stay at 2^18 entries)
+        size = max(_MIN_WHITENED_ROWS,
+                   (_WHITENED_ELEMENTS if plan is None else 1 << 18) // n_features)
         chunks = [slice(start, start + size) for start in range(0, n_samples, size)]
     for rows in chunks:
         block = xc[rows]
@@ -432,9 +443,8 @@ def _whitened_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
         if stacked:
             whitened = plan.chunk(block)  # (n, K, D)
             distances = torch.linalg.vector_norm(whitened, dim=-1)  # (n, K)
-            if not outer:
-                values = (whitened.transpose(0, 1) if whitened_frame
-                          else block - offsets[:, None, :])  # (K, n, D)
+            values = (whitened.transpose(0, 1) if whitened_frame
+                      else block - offsets[:, None, :])  # (K, n, D)
         elif plan is not None:
             whitened = values = torch.stack([plan.component(block, k)
                                              for k in range(n_components)])
@@ -454,36 +464,125 @@ def _whitened_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
             resp, norm = resp * weights[rows, None], norm * weights[rows]
         log_likelihood += norm.sum(dtype=wide)
         resp_sum += resp.sum(0, dtype=wide)
-        if outer:
-            linear.addmm_(resp.T, block)
-            for start in range(0, block.shape[0], outer_rows):
-                part = block[start:start + outer_rows]
-                products = (part[:, :, None] * part[:, None, :]).view(part.shape[0], -1)
-                pairs.addmm_(resp[start:start + outer_rows].T, products)
-            continue
         if values is not None:
             _add_moments(first, second, values, resp.T)
             continue
         for k in range(n_components):  # x - mu_k again: n D work beside the n D^2 products
-            values_k, weight = block - offsets[k], resp[:, k]
+            rows_k, weight = _responsible_rows(resp[:, k])
+            values_k = (block if rows_k is None else block.index_select(0, rows_k)) - offsets[k]
             first[k] += weight @ values_k
             _gram(second[k], values_k * weight.sqrt()[:, None])
-    if outer:  # about the means m_k = mu_k - centre: S_k = A_k - (m_k L_k^T + L_k m_k^T)
-        # + N_k m_k m_k^T, with L_k = sum_n r_nk xc_n, each term symmetric as computed
-        mc = offsets.to(wide)
-        first = linear - resp_sum[:, None] * mc
-        cross = mc[:, :, None] * linear[:, None, :]
-        second = pairs.view(n_components, n_features, n_features) - (
-            cross + cross.transpose(-1, -2)) + resp_sum[:, None, None] * (
-            mc[:, :, None] * mc[:, None, :])
-    else:
-        second = _symmetric(second)
-    if whitened_frame:  # W_k^-1 maps the whitened moments back, in float64
-        eye = torch.eye(n_features, dtype=wide, device=x.device)
-        back = torch.linalg.solve_triangular(plan.inverse_factors.to(wide), eye, upper=False)
-        first = (back @ first[:, :, None]).squeeze(-1)
-        second = back @ second @ back.transpose(-1, -2)
+    second = _symmetric(second)
+    if whitened_frame:  # W_k^-1 maps the whitened moments back, in float64: W^-1 S W^-T by
+        # two triangular solves (2 D^3), not an inverse and two products (5 D^3)
+        inverse = plan.inverse_factors.to(wide)  # W, as rounded to the data's dtype
+        first = torch.linalg.solve_triangular(inverse, first[:, :, None], upper=False)
+        first = first.squeeze(-1)
+        half = torch.linalg.solve_triangular(inverse, second, upper=False)  # W^-1 S
+        second = torch.linalg.solve_triangular(inverse, half.transpose(-1, -2),
+                                               upper=False).transpose(-1, -2)
     # the likelihood in the parameters' dtype: the EM loop's rounding slack follows its dtype
+    return GMMStats(_total_weight(n_samples, weights), log_likelihood.to(x.dtype), resp_sum,
+                    first, second, params.means)
+
+
+def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
+                      weights: Tensor | None = None) -> GMMStats | None:
+    """Tied/full E-step in float64 from the rows' quadratic features, small K D^2.
+
+    (Tied takes its densities from one whitening product, ``y = L^-1 xc``, as cheap as
+    the diagonal types; only its moments need the features.)
+
+    With ``xc = x - c`` (``c`` the mean of the component means) and ``m_k = mu_k - c``,
+    every Mahalanobis distance is linear in the features ``f(xc) = [xc_i xc_j (i <= j), xc]``:
+    ``(xc - m_k)^T P_k (xc - m_k) = sum_{i<=j} (2 - [i = j]) P_k,ij xc_i xc_j
+    - 2 (P_k m_k)^T xc + m_k^T P_k m_k``, so one (rows, T) @ (T, K) product gives the log
+    densities of a chunk (``T = D (D + 1) / 2 + D``), and ``r^T @ f`` of the same features
+    gives ``sum_n r_nk xc_n`` and the upper triangles of ``sum_n r_nk xc_n xc_n^T``, moved to
+    the means once at the end: ``S_k = A_k - (m_k L_k^T + L_k m_k^T) + N_k m_k m_k^T``. Per
+    row and component that is about ``D^2`` multiply-adds against the ``2 D^2`` of whitening
+    and then summing moments (measured at N = 1e5, D = 32, K = 16: see ``bench/RESULTS.md``).
+    Like the diagonal E-step, the distance is capped below at zero (the model's clamp).
+    The expansion cancels: its rounding is about ``eps |xc|^2 |P_k|``. Returns None, for the
+    whitened E-step to run instead, when that bound exceeds :data:`_QUADRATIC_ROUNDING`
+    (a near-singular covariance, or rows far from the means): on ordinary data it is
+    1e-7 or less (the fused-kernel tests compare it with the whitened densities at 50
+    standard deviations from the origin).
+    """
+    n_samples, n_features = x.shape
+    n_components = params.n_components
+    wide = torch.float64
+    means = params.means.to(wide)
+    center = means.mean(0)
+    mc = means - center  # (K, D)
+    eye = torch.eye(n_features, dtype=wide, device=x.device)
+    inverse = torch.linalg.solve_triangular(factors.to(wide), eye, upper=False)  # L^-1
+    precisions = inverse.transpose(-1, -2) @ inverse  # (K, D, D), or (D, D) tied
+    # the expansion's rounding is about eps |xc|^2 |P|: past _QUADRATIC_ROUNDING (a
+    # near-singular covariance, rows far out) the whitened E-step is the accurate one
+    reach = float((x - center).square().sum(1).max()) if n_samples else 0.0
+    if (torch.finfo(wide).eps * reach * float(torch.linalg.matrix_norm(precisions).max())
+            > _QUADRATIC_ROUNDING or not math.isfinite(reach)):
+        return None
+    log_det = 2.0 * inverse.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    tied = precisions.dim() == 2
+    if tied:  # one precision for every component; densities from one whitening product
+        whitened_means = mc @ inverse.T  # (K, D): W m_k
+        whiten = inverse.T
+        precisions = precisions.expand(n_components, n_features, n_features)
+        log_det = log_det.expand(n_components)
+    upper_i, upper_j = torch.triu_indices(n_features, n_features, device=x.device)
+    n_pairs = upper_i.numel()
+    doubled = torch.where(upper_i == upper_j, -0.5, -1.0).to(wide)
+    scaled = (precisions @ mc[:, :, None]).squeeze(-1)  # P_k m_k
+    # (K, T) coefficients: the (K, T) @ (T, rows) product is 2-3x faster than its transpose
+    # with K columns (measured at K = 16, T = 560), and its (K, rows) result is what the
+    # moment product r @ f takes
+    coefficients = torch.cat([precisions[:, upper_i, upper_j] * doubled, scaled], 1)
+    top = 0.5 * (log_det - n_features * math.log(2 * math.pi)) + params.weights.log()
+    bias = (top - 0.5 * (mc * scaled).sum(-1))[:, None]
+    top = top[:, None]
+    rows = max(1, _OUTER_ELEMENTS // (n_pairs + n_features))
+
+    def rows_pass(begin: int, end: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Sums of the chunks of rows [begin, end): (r^T f, log-likelihood, r sums)."""
+        features = x.new_empty(min(rows, end - begin), n_pairs + n_features, dtype=wide)
+        sums = x.new_zeros(n_components, n_pairs + n_features, dtype=wide)
+        log_likelihood = x.new_zeros((), dtype=wide)
+        resp_sum = x.new_zeros(n_components, dtype=wide)
+        for start in range(begin, end, rows):
+            block = x[start:min(start + rows, end)] - center
+            table = features[:block.shape[0]]
+            column = 0
+            for i in range(n_features):  # row i of the upper triangle: xc_i xc_j, j >= i
+                torch.mul(block[:, i:i + 1], block[:, i:],
+                          out=table[:, column:column + n_features - i])
+                column += n_features - i
+            table[:, n_pairs:] = block
+            if tied:  # -d/2 = (W m_k)^T y - |W m_k|^2 / 2 - |y|^2 / 2, y = W xc
+                whitened = block @ whiten
+                joint = torch.addmm(bias, whitened_means, whitened.T)
+                joint -= 0.5 * whitened.square().sum(1)
+            else:
+                joint = torch.addmm(bias, coefficients, table.T)  # (K, rows)
+            resp, norm = _softmax_columns(torch.minimum(joint, top, out=joint))
+            if weights is not None:
+                part = weights[start:start + block.shape[0]]
+                resp, norm = resp * part, norm * part
+            log_likelihood += norm.sum(dtype=wide)
+            resp_sum += resp.sum(1, dtype=wide)
+            sums.addmm_(resp, table)
+        return sums, log_likelihood, resp_sum
+
+    sums, log_likelihood, resp_sum = _over_row_ranges(rows_pass, n_samples, rows)
+    linear = sums[:, n_pairs:]  # sum_n r_nk xc_n
+    pairs = x.new_zeros(n_components, n_features, n_features, dtype=wide)
+    pairs[:, upper_i, upper_j] = sums[:, :n_pairs]
+    pairs[:, upper_j, upper_i] = sums[:, :n_pairs]
+    first = linear - resp_sum[:, None] * mc
+    cross = mc[:, :, None] * linear[:, None, :]
+    second = pairs - (cross + cross.transpose(-1, -2)) + resp_sum[:, None, None] * (
+        mc[:, :, None] * mc[:, None, :])
     return GMMStats(_total_weight(n_samples, weights), log_likelihood.to(x.dtype), resp_sum,
                     first, second, params.means)
 
@@ -500,6 +599,44 @@ def _softmax(joint: Tensor) -> tuple[Tensor, Tensor]:
     total = resp.sum(-1, keepdim=True)
     resp /= total
     return resp, (top + total.log()).squeeze(-1)
+
+
+def _parallel_workers(n_chunks: int) -> int:
+    """Threads for a pass of ``n_chunks`` chunks: torch's thread count, when every thread gets
+    at least :data:`_PARALLEL_MIN_CHUNKS` chunks, else 1."""
+    return max(1, min(torch.get_num_threads(), n_chunks // _PARALLEL_MIN_CHUNKS))
+
+
+def _over_row_ranges(rows_pass, n_samples: int, rows: int) -> tuple[Tensor, ...]:
+    """``rows_pass(begin, end)`` over all rows, split into contiguous ranges of whole chunks
+    run in threads (:func:`_parallel_workers`), their sums added in range order.
+
+    Each chunk's elementwise work is below torch's parallel grain, so on its own a pass uses
+    one core for all but its matrix products; torch operations release the GIL, so threads
+    over ranges of chunks use the others (measured on 2 loaded cores: the full E-step at
+    N = 1e5, D = 32, K = 16 1.6-1.7x faster). The ranges depend only on N and the thread
+    count, so a fit is deterministic for a given ``torch.get_num_threads()``; the pool lives
+    for one pass and leaves no thread behind.
+    """
+    n_chunks = -(-n_samples // rows)
+    workers = _parallel_workers(n_chunks)
+    if workers == 1:
+        return rows_pass(0, n_samples)
+    from concurrent.futures import ThreadPoolExecutor
+
+    cuts = [rows * (n_chunks * i // workers) for i in range(workers)] + [n_samples]
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(rows_pass, cuts[:-1], cuts[1:]))
+    return tuple(sum(values[1:], values[0]) for values in zip(*parts, strict=True))
+
+
+def _softmax_columns(joint: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_softmax` of a (K, rows) table, over its components (dim 0); overwrites it."""
+    top = joint.amax(0).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    resp = joint.sub_(top).exp_()
+    total = resp.sum(0)
+    resp /= total
+    return resp, top + total.log()
 
 
 def _total_weight(n_samples: int, weights: Tensor | None) -> float:
@@ -521,9 +658,26 @@ def _add_moments(first: Tensor, second: Tensor, values: Tensor, resp: Tensor) ->
         second += torch.bmm(weighted.transpose(1, 2), values).triu()
         return
     for k in range(values.shape[0]):
-        weight = resp[k, :, None]
-        first[k] += (values[k] * weight).sum(0)
-        _gram(second[k], values[k] * weight.sqrt())
+        rows_k, weight = _responsible_rows(resp[k])
+        values_k = values[k] if rows_k is None else values[k].index_select(0, rows_k)
+        first[k] += (values_k * weight[:, None]).sum(0)
+        _gram(second[k], values_k * weight.sqrt()[:, None])
+
+
+def _responsible_rows(weight: Tensor) -> tuple[Tensor | None, Tensor]:
+    """The rows of a chunk that a component's moments need: those with ``r_nk > 0``.
+
+    A row whose responsibility underflowed to exactly zero adds exact zeros to the moments,
+    so leaving it out changes nothing but the work: with separated components (most
+    responsibilities 0 at D = 784) each component's rank-k update runs over its own rows
+    only. Returns ``(None, weight)`` when every row counts, else the kept rows' indices and
+    weights (an empty index when none does).
+    """
+    kept = weight > 0
+    if bool(kept.all()):
+        return None, weight
+    rows = kept.nonzero().squeeze(1)
+    return rows, weight.index_select(0, rows)
 
 
 def _gram(out: Tensor, values: Tensor) -> None:
