@@ -52,10 +52,29 @@ class TableObservation(dist.TorchDistribution):
         raise NotImplementedError
 
     def expand(self, batch_shape, _instance=None):
-        return type(self)(self.params, self.assignment.expand(batch_shape), self.event_size)
+        return type(self)(self.params, self._expand_assignment(batch_shape), self.event_size)
+
+    def _expand_assignment(self, batch_shape) -> Tensor:
+        """``assignment.expand(batch_shape)``, still marked as Pyro's enumerated support
+        (``arange(C)`` along dim 0) when it was, so that :meth:`log_prob` can use the table
+        as it is. Subclasses that override ``expand`` call it."""
+        expanded = self.assignment.expand(batch_shape)
+        support = getattr(self.assignment, "_pyro_categorical_support", None)
+        if support is not None and expanded.dim() == self.assignment.dim():  # dim 0 kept
+            expanded._pyro_categorical_support = support
+        return expanded
 
     def log_prob(self, value: Tensor) -> Tensor:
         table = self._table(value.reshape(-1, value.shape[-1]))
+        assignment = self.assignment
+        if (value.dim() == 2 and assignment.dim() >= 2 and assignment.shape[1:-1].numel() == 1
+                and assignment.shape[-1] in (1, value.shape[0])
+                and assignment.shape[0] == table.shape[-1]
+                and getattr(assignment, "_pyro_categorical_support", None) is not None):
+            # parallel enumeration: the assignment is Pyro's arange(C) of shape (C, 1, .., 1)
+            # (or that, expanded by the data plate), so the entries it picks are the whole
+            # table, transposed (a view, no gather)
+            return table.T.reshape(assignment.shape[:-1] + table.shape[:1])
         table = table.reshape(value.shape[:-1] + table.shape[-1:])  # (..., N, C)
         rows = torch.arange(value.shape[-2], device=value.device)
         return Vindex(table)[..., rows, self.assignment]

@@ -119,7 +119,9 @@ def check_priors(priors: dict[str, dist.Distribution], needed: Iterable[str],
 
 def sample_labels(name: str, weights: Tensor) -> Tensor:
     """The enumerated discrete site ``name ~ Categorical(weights)`` of one row."""
-    return pyro.sample(name, dist.Categorical(weights), infer={"enumerate": "parallel"})
+    labels = dist.Categorical(weights)
+    labels.logits  # noqa: B018 - log(weights) once, so the data plate expands a view, not (N, K)
+    return pyro.sample(name, labels, infer={"enumerate": "parallel"})
 
 
 class DataPlateModel:

@@ -336,7 +336,7 @@ class FactorAnalyzerObservation(TableObservation):
         super().__init__(params, assignment, event_size, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
-        return type(self)(self.params, self.assignment.expand(batch_shape), self.event_size,
+        return type(self)(self.params, self._expand_assignment(batch_shape), self.event_size,
                           missing=self.missing)
 
     def _table(self, x: Tensor) -> Tensor:
