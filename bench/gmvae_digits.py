@@ -15,6 +15,10 @@ Usage::
 pre-training and the GMM start); ``defaults-no-start`` the same with ``init="random"`` (the
 estimator before them); ``defaults-factor-0.3`` and ``defaults-factor-1`` the defaults
 with another slope of the factor-analyser start (``init_factor_scale``, default 0.01);
+``defaults-predict-mean`` predicts at q(w | y)'s mean instead of integrating w out;
+``defaults-freeze-prior`` keeps the prior network at its start; ``defaults-equal-weights``
+starts from an equal-weight GMM (30 restarts), with ``-freeze`` the prior network frozen too
+(``-90-freeze``: 90 restarts); ``defaults-w-encoder`` starts q(w | y) at the factor posterior;
 ``tuned`` (the default) the settings below.
 
 ``--quick`` keeps K = 10 only, M = 1 only, and 20 epochs (about 10 s per seed on one CPU
@@ -59,6 +63,15 @@ SETTINGS = {
     # other slopes of the factor-analyser start (ablation rows of bench/RESULTS.md)
     "defaults-factor-0.3": {"init_factor_scale": 0.3},
     "defaults-factor-1": {"init_factor_scale": 1.0},
+    # issue 17, third round: each lever on its own (ablation of bench/RESULTS.md)
+    "defaults-predict-mean": {"predict_w": "mean"},
+    "defaults-freeze-prior": {"freeze_prior": True},
+    "defaults-equal-weights": {"init_equal_weights": True, "init_restarts": 30},
+    "defaults-equal-weights-freeze": {"init_equal_weights": True, "init_restarts": 30,
+                                      "freeze_prior": True},
+    "defaults-equal-weights-90-freeze": {"init_equal_weights": True, "init_restarts": 90,
+                                         "freeze_prior": True},
+    "defaults-w-encoder": {"init_w_encoder": True},
 }
 
 

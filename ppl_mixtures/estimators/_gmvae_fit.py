@@ -7,6 +7,7 @@ A mixin of the estimator: it reads the estimator's arguments and sets its fitted
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import warnings
@@ -23,10 +24,49 @@ from ppl_mixtures.estimators.gaussian import GaussianMixture
 from ppl_mixtures.inference import gmvae_pretrain, gmvae_stream
 from ppl_mixtures.inference.em.gmm import DataScaleWarning
 from ppl_mixtures.inference.svi import SVITrainer
+from ppl_mixtures.models import gmvae
 
 
 class GMVAEFitting:
     """The fitting hooks of the GMVAE estimator (see the module docstring)."""
+
+    def _architecture(self) -> gmvae.Architecture:
+        base = gmvae.PRESETS[self.preset_]
+        hidden = tuple(self.hidden_dims) if self.hidden_dims is not None else None
+        return gmvae.Architecture(
+            x_dim=self.latent_dim or base.x_dim,
+            w_dim=self.w_dim or base.w_dim,
+            encoder_hidden=hidden if hidden is not None else base.encoder_hidden,
+            prior_hidden=(
+                tuple(self.prior_hidden_dims) if self.prior_hidden_dims is not None
+                else base.prior_hidden
+            ),
+            decoder_hidden=hidden if hidden is not None else base.decoder_hidden,
+            conv=base.conv,
+            image_channels=base.image_channels,
+        )
+
+    def _build(self, n_features: int) -> gmvae.GMVAENetworks:
+        user = {k: copy.deepcopy(v) for k, v in (self.networks or {}).items()}
+        self.preset_ = (gmvae.auto_preset(n_features) if self.preset == "auto"
+                        else self.preset)
+        try:
+            networks = gmvae.GMVAENetworks(
+                n_features, self.n_components, self._architecture(), self.likelihood, **user,
+                observation_scale=self.observation_scale_,
+            )
+        except ValueError as error:
+            raise ValueError(f"preset={self.preset_!r}: {error}") from None
+        networks = networks.to(device=self._device, dtype=self._dtype)
+        if user:
+            networks.check_shapes()  # a user network of the wrong shape, named before training
+        self.networks_ = networks
+        self.model_ = gmvae.GMVAEModel(
+            networks, self.z_inference, self.free_bits, self.z_prior_weight,
+            freeze_prior=self._frozen_prior(),
+        )
+        self.guide_ = self.model_.guide
+        return networks
 
     def _lower_bound(self, source: DataSource) -> float:
         """Mean ELBO per sample on the training data (over all ranks when distributed);
@@ -135,6 +175,7 @@ class GMVAEFitting:
         if init == "auto":  # an autoencoder that does not compress gives no new space
             init = "gmm" if x.shape[1] > self.networks_.x_dim else "random"
         self.init_ = init
+        self.model_.freeze_prior = self._frozen_prior()
         if restored or init == "random":
             return
         if self.pretrain_epochs > 0:
@@ -144,7 +185,17 @@ class GMVAEFitting:
                 gmvae_pretrain.PRETRAIN_LR, generator, weights=weights)
         if x.shape[0] >= self.n_components:
             gmvae_pretrain.gmm_start(self.networks_, x, seed, GaussianMixture, weights=weights,
-                                     input_scale=self.init_factor_scale)
+                                     input_scale=self.init_factor_scale,
+                                     n_init=self.init_restarts,
+                                     equal_weights=self.init_equal_weights,
+                                     w_encoder=self.init_w_encoder)
+
+    def _frozen_prior(self) -> bool:
+        """``freeze_prior`` resolved: ``"auto"`` freezes the prior network after the GMM
+        start (``init_ == "gmm"``) only; False before the start is known."""
+        if self.freeze_prior == "auto":
+            return getattr(self, "init_", None) == "gmm"
+        return bool(self.freeze_prior)
 
     def _set_fitted(self) -> None:
         """Nothing to convert: the fitted attributes are the networks and the history."""

@@ -9,7 +9,6 @@ the estimator does not offer ``bic``/``aic`` (``hasattr(GMVAE(), "bic")`` is Fal
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -37,6 +36,8 @@ from ppl_mixtures.inference.init import resolve_generator
 from ppl_mixtures.models import gmvae
 
 TRANSFORM_LATENTS = ("x", "w")
+#: How :meth:`GMVAE.predict_proba` treats w: integrated over its prior, or at q(w | y)'s mean.
+PREDICT_W = ("marginal", "mean")
 #: Starts of the conditional prior: a GMM fitted in the latent space, or the networks' own.
 INITS = ("auto", "gmm", "random")
 _NETWORK_NAMES = ("encoder", "prior_net", "decoder")
@@ -114,7 +115,7 @@ class GMVAE(GMVAEFitting, TransformerMixin, MixtureEstimator):
         latents of the random encoder.
     init : {"auto", "gmm", "random"}, default "auto"
         Start of the mixture. ``"gmm"``: after the pre-training, a full-covariance
-        :class:`~ppl_mixtures.GaussianMixture` (10 restarts) is fitted to the encoder's x
+        :class:`~ppl_mixtures.GaussianMixture` (``init_restarts``) is fitted to the encoder's x
         means and the conditional prior network starts at it, each component carried over
         as a factor analyser on w (diagonal when the prior network is not a one-hidden-layer
         Tanh MLP); q(x | y) starts narrower than the clusters. It needs a ``prior_net``
@@ -122,18 +123,42 @@ class GMVAE(GMVAEFitting, TransformerMixin, MixtureEstimator):
         distributed, runs on each rank's shard before rank 0's networks are broadcast.
         ``"random"``: the networks' random weights, without pre-training (the estimator of
         earlier releases). ``"auto"``: ``"gmm"`` when the data have more features than
-        ``latent_dim``, else ``"random"``: on 2-D data the latent space is the data space,
-        where a Gaussian start splits curved clusters (pinwheel, 500 points: ARI 0.55 with
-        the start, 0.935 without). See :mod:`ppl_mixtures.inference.gmvae_pretrain`. On
-        scikit-learn's digits (K = 10, seeds 0-4) the start raised the Hungarian accuracy
-        of the defaults from 77.9 % to 83.1 % on average (``bench/gmvae_digits.py``).
+        ``latent_dim``, else ``"random"`` (on 2-D data a Gaussian start splits curved
+        clusters). See :mod:`ppl_mixtures.inference.gmvae_pretrain`; measured in
+        ``bench/RESULTS.md``.
     init_factor_scale : float, default 0.01
         ``init="gmm"`` only: slope of the prior network's hidden units that carry ``w`` in
         the factor-analyser start, ``tanh(init_factor_scale * w)``, read out by the loadings
         divided by it (``input_scale`` of
-        :func:`~ppl_mixtures.inference.gmvae_pretrain.gmm_start`). Larger slopes make the
-        prior network less sensitive to its first layer's weights; 0.3 and 1 did not cluster
-        digits better (``bench/RESULTS.md``).
+        :func:`~ppl_mixtures.inference.gmvae_pretrain.gmm_start`).
+    init_restarts : int, default 90
+        ``init="gmm"`` only: restarts of the mixture fitted in the latent space (the one of
+        the highest likelihood is kept; 10 before this release).
+    init_equal_weights : bool, default True
+        ``init="gmm"`` only: fit that mixture with its weights fixed at ``1 / K``, the
+        GMVAE's uniform prior over z (each restart refined by EM with equal weights,
+        :func:`~ppl_mixtures.inference.gmvae_pretrain.equal_weight_em`), and rank the
+        restarts by that likelihood, which ranks them by accuracy better on digits.
+    freeze_prior : {"auto", True, False}, default "auto"
+        Keep the conditional prior network at its start for the whole fit (SVI trains the
+        encoder and the decoder only; ``GMVAEModel(freeze_prior=True)``): the mixture stays
+        the GMM start's. ``"auto"``: frozen after the GMM start, trained after a random one
+        (``init_`` says which ran): on digits, training it moved every run 3-7 points away
+        from its start, up or down (``bench/RESULTS.md``). ``False`` (with
+        ``init_restarts=10, init_equal_weights=False``) is the earlier behaviour.
+    init_w_encoder : bool, default False
+        ``init="gmm"`` with the factor start only: start the encoder's ``w`` head at the
+        factor analysers' posterior of w given each row's latent mean and component
+        (:func:`~ppl_mixtures.inference.gmvae_pretrain.start_w_encoder`) instead of its
+        random weights.
+    predict_w : {"marginal", "mean"}, default "marginal"
+        How :meth:`predict_proba` (and :meth:`predict`) treat ``w``. ``"marginal"``: the
+        z-posterior ``p(z | x_bar)`` at the mean ``x_bar`` of q(x | y), w integrated out over
+        its prior N(0, I) by ``predict_w_draws`` fixed quasi-random draws (deterministic; the
+        same for every row). ``"mean"``: ``p(z | x_bar, w_bar)`` at the means of q(x | y) and
+        q(w | y) (earlier releases), which ignores each cluster's spread along w.
+    predict_w_draws : int, default 256
+        Draws of w for ``predict_w="marginal"`` (enough for a small ``w_dim``).
     device : str, default "auto"
     dtype : {"float32", "float64", None}, default "float32"
         None follows the data.
@@ -199,6 +224,12 @@ class GMVAE(GMVAEFitting, TransformerMixin, MixtureEstimator):
         pretrain_epochs: int = 100,
         init: str = "auto",
         init_factor_scale: float = gmvae_pretrain.FACTOR_INPUT_SCALE,
+        init_restarts: int = 90,
+        init_equal_weights: bool = True,
+        freeze_prior: Any = "auto",
+        init_w_encoder: bool = False,
+        predict_w: str = "marginal",
+        predict_w_draws: int = 256,
         device: str = "auto",
         dtype: Any = "float32",
         random_state: Any = None,
@@ -226,6 +257,12 @@ class GMVAE(GMVAEFitting, TransformerMixin, MixtureEstimator):
         self.pretrain_epochs = pretrain_epochs
         self.init = init
         self.init_factor_scale = init_factor_scale
+        self.init_restarts = init_restarts
+        self.init_equal_weights = init_equal_weights
+        self.freeze_prior = freeze_prior
+        self.init_w_encoder = init_w_encoder
+        self.predict_w = predict_w
+        self.predict_w_draws = predict_w_draws
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
@@ -258,6 +295,12 @@ class GMVAE(GMVAEFitting, TransformerMixin, MixtureEstimator):
         "pretrain_epochs": [Integer(0)],
         "init": [Options(INITS)],
         "init_factor_scale": [Real(0.0, strict=True)],
+        "init_restarts": [Integer(1)],
+        "init_equal_weights": [BOOLEAN],
+        "freeze_prior": [Options(("auto",)), BOOLEAN],
+        "init_w_encoder": [BOOLEAN],
+        "predict_w": [Options(PREDICT_W)],
+        "predict_w_draws": [Integer(1)],
         "progress": [BOOLEAN],
     }
     #: The one inference path (a class attribute, not an argument).
@@ -289,54 +332,27 @@ class GMVAE(GMVAEFitting, TransformerMixin, MixtureEstimator):
             if not isinstance(module, nn.Module):
                 raise TypeError(f"networks[{name!r}] must be a torch.nn.Module")
 
-    def _architecture(self) -> gmvae.Architecture:
-        base = gmvae.PRESETS[self.preset_]
-        hidden = tuple(self.hidden_dims) if self.hidden_dims is not None else None
-        return gmvae.Architecture(
-            x_dim=self.latent_dim or base.x_dim,
-            w_dim=self.w_dim or base.w_dim,
-            encoder_hidden=hidden if hidden is not None else base.encoder_hidden,
-            prior_hidden=(
-                tuple(self.prior_hidden_dims) if self.prior_hidden_dims is not None
-                else base.prior_hidden
-            ),
-            decoder_hidden=hidden if hidden is not None else base.decoder_hidden,
-            conv=base.conv,
-            image_channels=base.image_channels,
-        )
-
-    def _build(self, n_features: int) -> gmvae.GMVAENetworks:
-        user = {k: copy.deepcopy(v) for k, v in (self.networks or {}).items()}
-        self.preset_ = (gmvae.auto_preset(n_features) if self.preset == "auto"
-                        else self.preset)
-        try:
-            networks = gmvae.GMVAENetworks(
-                n_features, self.n_components, self._architecture(), self.likelihood, **user,
-                observation_scale=self.observation_scale_,
-            )
-        except ValueError as error:
-            raise ValueError(f"preset={self.preset_!r}: {error}") from None
-        networks = networks.to(device=self._device, dtype=self._dtype)
-        if user:
-            networks.check_shapes()  # a user network of the wrong shape, named before training
-        self.networks_ = networks
-        self.model_ = gmvae.GMVAEModel(
-            networks, self.z_inference, self.free_bits, self.z_prior_weight
-        )
-        self.guide_ = self.model_.guide
-        return networks
-
     # ---------------------------------------------------------------------------- prediction
 
     def _log_joint(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(z = k) + log p(x_bar | w_bar, z = k)``, shape (N, K), at the encoder's means."""
-        return gmvae.cluster_log_joint(self.networks_, x)
+        """``log p(z = k) + log p(x_bar | z = k)``, shape (N, K), w as ``predict_w`` says.
+
+        ``"marginal"``: w integrated out over its prior; ``"mean"``: at q(w | y)'s mean.
+        """
+        if self.predict_w == "mean":
+            return gmvae.cluster_log_joint(self.networks_, x)
+        draws = gmvae.prior_w_draws(self.networks_.w_dim, self.predict_w_draws, x.dtype,
+                                    x.device)
+        return gmvae.marginal_log_joint(self.networks_, x, draws)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Cluster probabilities ``p(z | x_bar, w_bar)``, shape (n_samples, n_components).
+        """Cluster probabilities ``p(z | x_bar)``, shape (n_samples, n_components).
 
-        The z-posterior of eq. (3) evaluated at the means ``x_bar``, ``w_bar`` of the
-        encoder's q(x | y), q(w | y); :meth:`predict` is its argmax.
+        The model's z-posterior at the mean ``x_bar`` of the encoder's q(x | y), with w
+        integrated out over its prior (``predict_w="marginal"``, the default, by
+        ``predict_w_draws`` fixed draws: repeated calls agree), or at the mean ``w_bar`` of
+        q(w | y) (``predict_w="mean"``, eq. 3 at ``(x_bar, w_bar)``). :meth:`predict` is its
+        argmax.
         """
         return super().predict_proba(X)
 

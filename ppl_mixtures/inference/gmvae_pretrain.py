@@ -6,7 +6,8 @@ The recipe of VaDE (Jiang et al. 2017), carried over to the GMVAE of Dilokthanak
    (deterministic) autoencoder, ``y -> x_loc(y) -> decoder``, minimising the reconstruction
    error of the observation model (squared error for a Gaussian, cross-entropy for a
    Bernoulli) with Adam, in plain torch.
-2. :func:`gmm_start` fits :class:`ppl_mixtures.GaussianMixture` (EM, 10 restarts) to the
+2. :func:`gmm_start` fits :class:`ppl_mixtures.GaussianMixture` (EM, ``n_init`` restarts; with
+   ``equal_weights`` each restart refined by EM with the weights fixed at ``1 / K``) to the
    latent means ``x_loc(y)`` and makes the conditional prior network start at that mixture.
    By default the mixture has full covariances, each carried over as a factor analyser on
    ``w`` (``x = mean_k + B_k w + noise``, ``B_k`` its leading ``Dw`` principal axes); with
@@ -25,6 +26,7 @@ need the last layers of ``prior_net`` (and of the encoder, for the variance) to 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +46,9 @@ PRETRAIN_LR = 1e-3
 #: first-layer weights) did not keep SVI from lowering the start's accuracy on digits
 #: (seeds 0-2, ``bench/RESULTS.md``), so the default stays.
 FACTOR_INPUT_SCALE = 0.01
+#: Iterations and relative tolerance of :func:`equal_weight_em`.
+EQUAL_WEIGHT_MAX_ITER = 200
+EQUAL_WEIGHT_TOL = 1e-7
 
 
 def last_linear(module: nn.Module) -> nn.Linear | None:
@@ -126,7 +131,9 @@ def latent_means(networks: GMVAENetworks, y: Tensor, batch_size: int = 4096) -> 
 def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
               n_init: int = 10, covariance: str = "factor",
               weights: Tensor | None = None, latents: Tensor | None = None,
-              input_scale: float = FACTOR_INPUT_SCALE) -> np.ndarray:
+              input_scale: float = FACTOR_INPUT_SCALE,
+              equal_weights: bool = False, w_encoder: bool = False,
+              batches: Any = None) -> np.ndarray:
     """Start the conditional prior at a GMM fitted to the latent means (in place).
 
     Parameters
@@ -161,6 +168,19 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
         nearly linear in ``w``, and the output layer reads them out with weights ``B_k /
         input_scale``. Smaller values make the start a closer factor analyser but the
         network more sensitive to its first layer's weights during SVI.
+    equal_weights : bool, default False
+        Fit the mixture with its weights fixed at ``1 / K``, the GMVAE's uniform prior over
+        z: each of the ``n_init`` restarts is a one-restart fit of ``mixture`` refined by
+        :func:`equal_weight_em`, and the restart of the highest equal-weight likelihood is
+        kept. False: ``mixture`` with ``n_init`` restarts, its weights free (and unused).
+    w_encoder : bool, default False
+        ``"factor"`` only: also start the encoder's ``w`` head (its ``w_loc`` and
+        ``w_log_var`` outputs) at the factor analysers' posterior of ``w`` given each row's
+        latent mean and its most probable component (:func:`start_w_encoder`), instead of
+        the random head, so that the first SVI steps see ``w`` that explain ``x``.
+    batches : iterable of Tensor, optional
+        The rows ``y`` in batches, read once by ``w_encoder`` (a stream's); default
+        ``y`` in chunks.
 
     Returns
     -------
@@ -189,15 +209,20 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
     latents = latent_means(networks, y) if latents is None else latents
     values = latents.detach().cpu().double().numpy()
     spread = float(values.var(0).mean()) if values.shape[0] > 1 else 1.0
-    gmm = mixture(
-        n_components, covariance_type="full" if factor else "diag",
-        reg_covar=1e-3 * spread + 1e-9, n_init=n_init, random_state=seed, progress=False,
-        dtype="float64", device="cpu",
-    ).fit(values, sample_weight=None if weights is None else weights.detach().cpu().numpy())
+    row_weights = None if weights is None else weights.detach().cpu().double().numpy()
+    options = dict(covariance_type="full" if factor else "diag", reg_covar=1e-3 * spread + 1e-9,
+                   progress=False, dtype="float64", device="cpu")
+    if equal_weights:
+        gmm_means, gmm_covariances, labels = _equal_weight_mixture(
+            values, row_weights, n_components, seed, n_init, mixture, options)
+    else:
+        gmm = mixture(n_components, n_init=n_init, random_state=seed, **options).fit(
+            values, sample_weight=row_weights)
+        gmm_means, gmm_covariances, labels = gmm.means_, gmm.covariances_, gmm.predict(values)
     dtype = output.bias.dtype
-    means = torch.as_tensor(gmm.means_, dtype=dtype)
+    means = torch.as_tensor(gmm_means, dtype=dtype)
     if factor:
-        covariances = torch.as_tensor(gmm.covariances_, dtype=torch.float64)  # (K, Dx, Dx)
+        covariances = torch.as_tensor(gmm_covariances, dtype=torch.float64)  # (K, Dx, Dx)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariances)  # ascending
         top = min(w_dim, x_dim)
         loadings = eigenvectors[..., -top:] * eigenvalues[:, None, -top:].clamp(min=0).sqrt()
@@ -205,7 +230,7 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
         floor = 1e-3 * torch.diagonal(covariances, dim1=-2, dim2=-1)
         variances = torch.maximum(residual, floor)
     else:
-        variances = torch.as_tensor(gmm.covariances_, dtype=torch.float64)
+        variances = torch.as_tensor(gmm_covariances, dtype=torch.float64)
     log_vars = variances.log().clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND).to(dtype)
     with torch.no_grad():
         output.weight.zero_()
@@ -219,7 +244,173 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
             readout = (loadings / input_scale).reshape(n_components * x_dim, top)
             output.weight[: n_components * x_dim, :top] = readout.to(dtype)
     _narrow_encoder(networks, log_vars.min(0).values + math.log(ENCODER_VARIANCE_FRACTION))
-    return gmm.predict(values)
+    if w_encoder and factor:
+        padded = torch.zeros(n_components, x_dim, w_dim, dtype=torch.float64)
+        padded[..., :top] = loadings
+        start_w_encoder(networks, y.split(4096) if batches is None else batches,
+                        means.double(), padded, log_vars.double().exp())
+    return np.asarray(labels, dtype=np.int64)
+
+
+def start_w_encoder(networks: GMVAENetworks, batches: Any, means: Tensor, loadings: Tensor,
+                    variances: Tensor, ridge: float = 1e-4) -> None:
+    """Set the encoder's ``w`` head to the factor analysers' posterior of ``w`` (in place).
+
+    Component k is ``x = mean_k + B_k w + e``, ``e ~ N(0, diag variances_k)``, ``w ~ N(0, I)``;
+    given ``x`` its posterior is ``N(M B_k^T Psi^-1 (x - mean_k), M)`` with ``M = (I + B_k^T
+    Psi^-1 B_k)^-1``. Every row's latent mean ``x_bar`` takes the component of highest density
+    (equal weights), and the head (the ``w_loc`` and ``w_log_var`` rows of the encoder's last
+    ``nn.Linear``) is the ridge least-squares map from that layer's input to the posterior
+    means and log-variances, from sums accumulated batch by batch (one pass).
+
+    Parameters
+    ----------
+    networks : GMVAENetworks
+    batches : iterable of Tensor
+        Rows y, shape (B, D) each.
+    means : Tensor, shape (K, Dx)
+    loadings : Tensor, shape (K, Dx, Dw)
+    variances : Tensor, shape (K, Dx)
+    ridge : float
+        Added to the diagonal of the features' covariance, relative to its mean diagonal
+        (the intercept is not penalised).
+    """
+    output = last_linear(networks.encoder)
+    x_dim, w_dim = networks.x_dim, networks.w_dim
+    if output is None or output.out_features != 2 * (x_dim + w_dim):
+        return
+    inverse_psi = 1.0 / variances  # (K, Dx)
+    eye = torch.eye(w_dim, dtype=torch.float64)
+    precision = eye + torch.einsum("kdi,kd,kdj->kij", loadings, inverse_psi, loadings)
+    posterior_cov = torch.linalg.inv(precision)  # (K, Dw, Dw)
+    gain = posterior_cov @ (loadings * inverse_psi[..., None]).transpose(1, 2)  # (K, Dw, Dx)
+    log_var = torch.diagonal(posterior_cov, dim1=-2, dim2=-1).log()  # (K, Dw)
+    covariances = loadings @ loadings.transpose(1, 2) + torch.diag_embed(variances)
+    captured: list[Tensor] = []
+    hook = output.register_forward_hook(lambda module, args, result: captured.append(args[0]))
+    gram, cross = None, None
+    try:
+        with torch.no_grad():
+            for y in batches:
+                captured.clear()
+                x_bar = networks.encode(y)[0].double()
+                features = captured[-1].double().reshape(x_bar.shape[0], -1)
+                features = torch.cat([features, features.new_ones(features.shape[0], 1)], 1)
+                component = _gaussian_log_densities(x_bar, means, covariances).argmax(1)
+                centred = (x_bar - means[component])[..., None]  # (B, Dx, 1)
+                target = torch.cat([(gain[component] @ centred)[..., 0], log_var[component]], 1)
+                gram = features.T @ features if gram is None else gram + features.T @ features
+                cross = features.T @ target if cross is None else cross + features.T @ target
+    finally:
+        hook.remove()
+    if gram is None:
+        return
+    # ridge on the centred features, the intercept unpenalised: from the sums in gram, cross
+    count = gram[-1, -1]
+    mean_features, mean_target = gram[:-1, -1] / count, cross[-1] / count
+    covariance = gram[:-1, :-1] / count - torch.outer(mean_features, mean_features)
+    covariance_target = cross[:-1] / count - torch.outer(mean_features, mean_target)
+    size = covariance.shape[0]
+    penalty = ridge * covariance.diagonal().mean().clamp(min=1e-12)
+    weight = torch.linalg.solve(covariance + penalty * torch.eye(size, dtype=torch.float64),
+                                covariance_target)  # (H, 2 Dw)
+    bias = mean_target - mean_features @ weight
+    rows = slice(2 * x_dim, 2 * x_dim + 2 * w_dim)
+    with torch.no_grad():
+        output.weight[rows] = weight.T.to(output.weight)
+        output.bias[rows] = bias.to(output.bias)
+
+
+def _gaussian_log_densities(values: Tensor, means: Tensor, covariances: Tensor) -> Tensor:
+    """``log N(values_n | means_k, covariances_k)``, shape (N, K); covariances (K, D, D)."""
+    cholesky = torch.linalg.cholesky(covariances)
+    diff = (values[None] - means[:, None]).transpose(1, 2)  # (K, D, N)
+    solved = torch.linalg.solve_triangular(cholesky, diff, upper=False)
+    log_det = 2 * torch.diagonal(cholesky, dim1=-2, dim2=-1).log().sum(-1)
+    dim = values.shape[1]
+    return -0.5 * (solved.pow(2).sum(1) + log_det[:, None] + dim * math.log(2 * math.pi)).T
+
+
+def equal_weight_em(values: Tensor, means: Tensor, covariances: Tensor, reg_covar: float,
+                    weights: Tensor | None = None, diagonal: bool = False,
+                    max_iter: int = EQUAL_WEIGHT_MAX_ITER, tol: float = EQUAL_WEIGHT_TOL,
+                    ) -> tuple[Tensor, Tensor, float]:
+    """EM for a Gaussian mixture whose weights are fixed at ``1 / K``, from a start.
+
+    The GMVAE's prior over z is uniform, so its start is the maximum-likelihood mixture of
+    equal weights: the E-step's responsibilities are the softmax of ``log N(x_n | mu_k,
+    Sigma_k)`` over k (no ``log pi_k``), the M-step updates only the means and covariances
+    (``reg_covar`` added to each diagonal; off-diagonals dropped with ``diagonal``).
+
+    Parameters
+    ----------
+    values : Tensor, shape (N, D), float64
+    means : Tensor, shape (K, D)
+    covariances : Tensor, shape (K, D, D)
+    reg_covar : float
+    weights : Tensor, shape (N,), optional
+        Sample weights.
+    diagonal : bool, default False
+    max_iter : int
+    tol : float
+        Stop when the mean log-likelihood changes by less than ``tol`` times its size.
+
+    Returns
+    -------
+    means, covariances : Tensor
+    log_likelihood : float
+        Mean log-likelihood per (weighted) row under the equal-weight mixture.
+    """
+    n_components, dim = means.shape
+    eye = torch.eye(dim, dtype=values.dtype)
+    row_weights = torch.ones(values.shape[0], dtype=values.dtype) if weights is None else weights
+    total = row_weights.sum()
+    previous = -math.inf
+    for _ in range(max_iter):
+        log_joint = _gaussian_log_densities(values, means, covariances) - math.log(n_components)
+        log_likelihood = float((torch.logsumexp(log_joint, 1) * row_weights).sum() / total)
+        if abs(log_likelihood - previous) <= tol * abs(log_likelihood):
+            break
+        previous = log_likelihood
+        resp = torch.softmax(log_joint, 1) * row_weights[:, None]  # (N, K)
+        counts = resp.sum(0).clamp(min=1e-12)
+        means = (resp.T @ values) / counts[:, None]
+        diff = values[None] - means[:, None]  # (K, N, D)
+        covariances = torch.einsum("nk,kni,knj->kij", resp, diff, diff) / counts[:, None, None]
+        if diagonal:
+            covariances = torch.diag_embed(torch.diagonal(covariances, dim1=-2, dim2=-1))
+        covariances = covariances + reg_covar * eye
+    log_joint = _gaussian_log_densities(values, means, covariances) - math.log(n_components)
+    log_likelihood = float((torch.logsumexp(log_joint, 1) * row_weights).sum() / total)
+    return means, covariances, log_likelihood
+
+
+def _equal_weight_mixture(values: np.ndarray, weights: np.ndarray | None, n_components: int,
+                          seed: int, n_init: int, mixture: type, options: dict,
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best of ``n_init`` equal-weight mixtures, each EM (:func:`equal_weight_em`) started
+    at a one-restart fit of ``mixture``; returns means, covariances (full (K, D, D) or
+    diagonal (K, D) as ``options`` asks) and the rows' clusters."""
+    diagonal = options["covariance_type"] == "diag"
+    data = torch.as_tensor(values, dtype=torch.float64)
+    row_weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=n_init)
+    best = None
+    for restart_seed in seeds:
+        gmm = mixture(n_components, n_init=1, random_state=int(restart_seed), **options).fit(
+            values, sample_weight=weights)
+        covariances = torch.as_tensor(gmm.covariances_, dtype=torch.float64)
+        if diagonal:
+            covariances = torch.diag_embed(covariances)
+        fitted = equal_weight_em(data, torch.as_tensor(gmm.means_, dtype=torch.float64),
+                                 covariances, options["reg_covar"], row_weights, diagonal)
+        if best is None or fitted[2] > best[2]:
+            best = fitted
+    means, covariances, _ = best
+    labels = _gaussian_log_densities(data, means, covariances).argmax(1).numpy()
+    if diagonal:
+        covariances = torch.diagonal(covariances, dim1=-2, dim2=-1)
+    return means.numpy(), covariances.numpy(), labels
 
 
 def _narrow_encoder(networks: GMVAENetworks, log_var: Tensor) -> None:

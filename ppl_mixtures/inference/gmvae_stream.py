@@ -22,8 +22,9 @@ SVI losses are the same means over the same rows, and the GMM sees the same late
 order of the pass that collected them). ``tests/estimators/test_gmvae_stream.py`` checks the
 fit against the in-memory one fed the same batches. A fit reads the stream's
 first batch ahead (its shape builds the networks), then ``pretrain_epochs + max_iter + 3``
-passes (one less without the GMM start; a resumed fit skips the pre-training and the start,
-which its checkpoint holds).
+passes (one less without the GMM start, one more to start the w head with
+``init_w_encoder=True``; a resumed fit skips the pre-training and the start, which its
+checkpoint holds).
 """
 
 from __future__ import annotations
@@ -203,6 +204,7 @@ def fit_stream(est: Any, source: Any, generator: torch.Generator, resume: bool) 
     if init == "auto":
         init = "gmm" if source.sample.shape[1] > networks.x_dim else "random"
     est.init_ = init
+    est.model_.freeze_prior = est._frozen_prior()
     est.pretrain_history_ = []
     pairs = _Pairs(source)
     if not restored and init == "gmm":
@@ -216,7 +218,11 @@ def fit_stream(est: Any, source: Any, generator: torch.Generator, resume: bool) 
             from ppl_mixtures.estimators.gaussian import GaussianMixture
 
             gmvae_pretrain.gmm_start(networks, None, seed, GaussianMixture, weights=weights,
-                                     latents=latents, input_scale=est.init_factor_scale)
+                                     latents=latents, input_scale=est.init_factor_scale,
+                                     n_init=est.init_restarts,
+                                     equal_weights=est.init_equal_weights,
+                                     w_encoder=est.init_w_encoder,
+                                     batches=(x for x, _ in pairs) if est.init_w_encoder else None)
     trainer = SVITrainer(
         est.model_, est.guide_, lr=est.lr, num_particles=est.num_particles,
         batch_size=est.batch_size, max_steps=est._max_iter * max(counts.batches, 1),

@@ -365,18 +365,26 @@ class GMVAENetworks(nn.Module):
         x_raw, w_raw = raw[..., : 2 * self.x_dim], raw[..., 2 * self.x_dim :]
         return (*_split_gaussian(x_raw, self.x_dim), *_split_gaussian(w_raw, self.w_dim))
 
-    def conditional_prior(self, w: Tensor) -> tuple[Tensor, Tensor]:
+    def conditional_prior(self, w: Tensor, frozen: bool = False) -> tuple[Tensor, Tensor]:
         """All K components of p(x | w, z) in one forward pass (eq. 1c, Table A.2).
 
         Parameters
         ----------
         w : Tensor, shape (..., Dw)
+        frozen : bool, default False
+            Run ``prior_net`` with its parameters detached: gradients still reach ``w`` but
+            not the prior network's weights (which an optimiser then leaves as they are).
 
         Returns
         -------
         means, scales : Tensor, shape (..., K, Dx)
         """
-        raw = self.prior_net(w)
+        if frozen:
+            detached = {name: value.detach() for name, value in
+                        self.prior_net.named_parameters()}
+            raw = torch.func.functional_call(self.prior_net, detached, (w,))
+        else:
+            raw = self.prior_net(w)
         size = self.n_components * self.x_dim
         shape = (*raw.shape[:-1], self.n_components, self.x_dim)
         means = raw[..., :size].reshape(shape)
@@ -595,6 +603,65 @@ def cluster_log_joint(networks: GMVAENetworks, y: Tensor) -> Tensor:
     return component_log_prob(x_loc, means, scales) - math.log(networks.n_components)
 
 
+#: Entries of the (rows, draws, K, Dx) block evaluated at once by :func:`marginal_log_joint`.
+_BLOCK_ENTRIES = 2**22
+
+
+def prior_w_draws(w_dim: int, n_draws: int, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str | None = None) -> Tensor:
+    """Fixed draws of ``w ~ N(0, I)``: a scrambled Sobol sequence mapped by the normal quantile.
+
+    Deterministic (the scrambling has a fixed seed), so every call gives the same points; a
+    quasi-random sequence covers a low-dimensional ``w`` more evenly than independent draws.
+
+    Parameters
+    ----------
+    w_dim : int
+    n_draws : int
+    dtype, device
+        Of the result.
+
+    Returns
+    -------
+    Tensor, shape (n_draws, w_dim)
+    """
+    engine = torch.quasirandom.SobolEngine(w_dim, scramble=True, seed=0)
+    uniform = engine.draw(n_draws, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    return (math.sqrt(2.0) * torch.erfinv(2 * uniform - 1)).to(dtype=dtype, device=device)
+
+
+def marginal_log_joint(networks: GMVAENetworks, y: Tensor, w_draws: Tensor) -> Tensor:
+    """``log pi_k + log p(x_bar | z = k)`` with w integrated out over its prior.
+
+    ``p(x | z = k) = E_{w ~ N(0, I)} N(x | mu_k(w), sigma_k(w))`` is estimated by the mean over
+    the fixed draws ``w_draws`` (the same for every row), at the mean ``x_bar`` of q(x | y).
+    The softmax over k is the model's z-posterior ``p(z | x_bar)``: unlike
+    :func:`cluster_log_joint` it does not depend on the w-encoder, and it carries the spread
+    of each component along w (the factor-analyser start puts each cluster's leading
+    covariance directions there).
+
+    Parameters
+    ----------
+    networks : GMVAENetworks
+    y : Tensor, shape (N, D)
+    w_draws : Tensor, shape (S, Dw)
+        Draws of the prior of w (:func:`prior_w_draws`).
+
+    Returns
+    -------
+    Tensor, shape (N, K)
+    """
+    x_loc = networks.encode(y)[0]
+    means, scales = networks.conditional_prior(w_draws)  # (S, K, Dx)
+    n_draws, n_components, x_dim = means.shape
+    rows = max(1, _BLOCK_ENTRIES // (n_draws * n_components * x_dim))
+    blocks = []
+    for chunk in x_loc.split(rows):
+        log_probs = component_log_prob(chunk[:, None, :], means, scales)  # (n, S, K)
+        blocks.append(torch.logsumexp(log_probs, 1))
+    return torch.cat(blocks) - math.log(n_draws) - math.log(n_components)
+
+
 def sample(
     networks: GMVAENetworks,
     n_samples: int,
@@ -671,6 +738,11 @@ class GMVAEModel:
         ``"enumerate"`` only: sample ``z`` at a discrete site that ``TraceEnum_ELBO``
         enumerates (the model of earlier releases) instead of summing it out inside the
         ``"x"`` site; the same ELBO, one site more and slower steps.
+    freeze_prior : bool, default False
+        Keep the conditional prior network ``beta`` at its start: the model runs it with
+        detached parameters (:meth:`GMVAENetworks.conditional_prior` with ``frozen=True``), so
+        the ELBO's gradients never reach them and SVI trains the encoder and the decoder
+        only. After the GMM start this keeps the mixture it starts from.
 
     Sites: ``"w"`` (N, Dw), ``"z"`` (N,) enumerated (``"enumerate"`` with ``z_site=True``
     only), ``"x"`` (N, Dx), ``"z_prior"`` factor (``"closed_form"`` only), ``"obs"`` (N, D).
@@ -690,6 +762,7 @@ class GMVAEModel:
     z_prior_weight: float = 1.0
     name: str = "gmvae"
     z_site: bool = False
+    freeze_prior: bool = False
 
     def _register(self) -> GMVAENetworks:
         return pyro.module(self.name, self.networks, update_module_params=True)
@@ -707,7 +780,7 @@ class GMVAEModel:
             batch = y[index]
             zeros = batch.new_zeros(w_dim)
             w = pyro.sample("w", dist.Normal(zeros, 1.0).expand([len(index), w_dim]).to_event(1))
-            means, scales = networks.conditional_prior(w)
+            means, scales = networks.conditional_prior(w, frozen=self.freeze_prior)
             if self.z_inference == "enumerate" and (sample_weight is not None
                                                     or not self.z_site):
                 x = pyro.sample("x", MarginalComponents(means, scales))

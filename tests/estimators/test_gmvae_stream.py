@@ -57,6 +57,8 @@ def _in_memory_plan(n_rows: int, est: GMVAE) -> list[list[torch.Tensor]]:
     plan += [list(torch.randperm(n_rows, generator=pretrain).split(
         gmvae_pretrain.PRETRAIN_BATCH_SIZE)) for _ in range(est.pretrain_epochs)]
     plan.append(natural)  # the GMM start encodes the rows in their order
+    if est.init_w_encoder:  # and once more to start the w head
+        plan.append(natural)
     sampler = torch.Generator().manual_seed(seed)  # none on full batches: the rows in order
     plan += [natural if est.batch_size >= n_rows else
              list(torch.randperm(n_rows, generator=sampler).split(est.batch_size))
@@ -86,20 +88,23 @@ def _assert_same_fit(streamed: GMVAE, memory: GMVAE, X: np.ndarray) -> None:
     np.testing.assert_array_equal(streamed.predict(X), memory.predict(X))
 
 
-def test_stream_equals_in_memory_fit_for_the_same_batches():
-    """Pre-training, the GMM start and SVI (minibatches of 64 of 300 rows) take the same steps."""
+@pytest.mark.parametrize("w_encoder", [False, True])
+def test_stream_equals_in_memory_fit_for_the_same_batches(w_encoder):
+    """Pre-training, the GMM start (with the w head started at the factor posterior, one
+    pass more) and SVI (minibatches of 64 of 300 rows) take the same steps."""
     X = _data()
-    memory = _estimator().fit(X)
+    memory = _estimator(init_w_encoder=w_encoder).fit(X)
     stream = Replay(X, _in_memory_plan(X.shape[0], memory))
-    streamed = _estimator().fit(stream)
-    assert stream.passes == len(stream.plan) == 2 + 2 + 1 + 2 + 1
+    streamed = _estimator(init_w_encoder=w_encoder).fit(stream)
+    assert stream.passes == len(stream.plan) == 2 + 2 + 1 + 2 + 1 + w_encoder
     assert streamed.init_ == memory.init_ == "gmm"
     assert streamed.n_iter_ == memory.n_iter_ == 2 * math.ceil(300 / 64)
     _assert_same_fit(streamed, memory, X)
 
 
 def test_weighted_stream_equals_weighted_in_memory_fit():
-    """Batches (x, w): weighted pre-training (2 batches an epoch), GMM start and SVI.
+    """Batches (x, w): weighted pre-training (2 batches an epoch), GMM start (equal weights,
+    2 restarts) and SVI (prior network frozen).
 
     SVI on full batches: on weighted minibatches the two paths estimate the full-data ELBO
     differently (in memory the batch's terms are scaled by N / B, in a stream by
@@ -107,7 +112,8 @@ def test_weighted_stream_equals_weighted_in_memory_fit():
     """
     X = _data(200)
     weights = np.random.default_rng(1).integers(0, 3, X.shape[0]).astype(np.float32)
-    args = dict(pretrain_epochs=2, max_iter=3, batch_size=200, init_factor_scale=0.5)
+    args = dict(pretrain_epochs=2, max_iter=3, batch_size=200, init_factor_scale=0.5,
+                init_equal_weights=True, init_restarts=2, freeze_prior=True)
     memory = _estimator(**args).fit(X, sample_weight=weights)
     stream = Replay(X, _in_memory_plan(X.shape[0], memory), weights)
     streamed = _estimator(**args).fit(stream, sample_weight="batches")
