@@ -7,7 +7,9 @@ loop as ``SQUAREM_CYCLES`` monotone SQUAREM cycles (:func:`~ppl_mixtures.inferen
 on the section 3.1 setting of Selosse et al. (2020) plain EM creeps (noise variances of the
 deeper layers shrinking a little at every step), and the cycles move along that ridge many EM
 steps at a time. The loop's history, monotonicity check and convergence test then apply to
-cycles, with their own defaults (:data:`SQUAREM_MAX_ITER`, :data:`SQUAREM_TOL`).
+cycles, with their own defaults (:data:`SQUAREM_MAX_ITER`, :data:`SQUAREM_TOL`). Once it
+has stopped, the same loop runs again from the settled fit with the lower noise floor
+``final_reg_covar`` (:meth:`DGMMFitting._release_floor`).
 """
 
 from __future__ import annotations
@@ -172,15 +174,17 @@ class DGMMFitting:
     def _m_step(self, stats: em_dgmm.DGMMStats) -> dgmm.DGMMParams:
         return em_dgmm.m_step(stats, self.reg_covar)
 
-    def _loop_m_step(self, source: DataSource) -> Any:
+    def _loop_m_step(self, source: DataSource, floor: float | None = None) -> Any:
         """The EM loop's M-step: a SQUAREM cycle over ``source`` (:meth:`_squarem_loop`, and
-        the data can be read again), else the plain M-step."""
+        the data can be read again), else the plain M-step. ``floor``: the noise floor of
+        the cycles (default ``reg_covar``)."""
         if not self._squarem_loop(source):
             return self._m_step
         data, summed = source.data, source.e_step(em_dgmm.e_step)
+        floor = self.reg_covar if floor is None else floor
 
         def squarem(stats: em_dgmm.DGMMStats) -> dgmm.DGMMParams:
-            return em_dgmm.squarem_m_step(stats, data, self.reg_covar, e_step_fn=summed,
+            return em_dgmm.squarem_m_step(stats, data, floor, e_step_fn=summed,
                                           n_cycles=SQUAREM_CYCLES)
 
         return squarem
@@ -192,7 +196,11 @@ class DGMMFitting:
         flat tensor), then every rank anneals and runs EM.
         """
         n_features = source.sample.shape[1]
-        m_step = self._loop_m_step(source)
+        # a warm start continues a released fit at the released floor (no second search)
+        final = self._final_floor(source)
+        warm_released = (self._warm_start_from is not None and final is not None
+                         and getattr(self, "_released", False))
+        m_step = self._loop_m_step(source, final if warm_released else None)
 
         def draw(x: torch.Tensor) -> dgmm.DGMMParams | torch.Tensor:
             start = self._initial_params(x, generator)
@@ -211,6 +219,57 @@ class DGMMFitting:
         self._max_iter, self._tol = self._loop_settings(source)
         self._fit_em_restarts(source, draw, em_dgmm.e_step, m_step, "DGMM EM", dgmm.map_guide,
                               init_params=init)
+        self._released = warm_released
+        if not warm_released:
+            self._release_floor(source)
+
+    def _final_floor(self, source: DataSource) -> float | None:
+        """``final_reg_covar`` where the accelerated loop releases the floor, else None."""
+        final = self.final_reg_covar
+        if not self._squarem_loop(source) or final is None or final >= self.reg_covar:
+            return None
+        return float(final)
+
+    def _release_floor(self, source: DataSource) -> None:
+        """The accelerated loop's second phase: from the settled fit, the same loop with the
+        noise floor ``final_reg_covar`` (:meth:`_final_floor`), its iterations appended to
+        ``history_`` and counted in ``n_iter_``. It gets what the search left of
+        ``max_iter``, at least 3 iterations (measured: 1-8 on the section 3.1 setting), and
+        its own convergence test (its first E-step is at the settled fit). A search stopped
+        by ``max_iter`` is released too (BIC then compares candidates at the same floor);
+        with ``tol=0`` (exactly ``max_iter`` iterations asked) nothing is released, and a
+        warm start continues at ``reg_covar``, so two warm fits of k iterations equal one
+        of 2k.
+
+        Why: on the section 3.1 setting of Selosse et al. (2020), standardised, most true
+        first-layer noise variances lie below 1e-6 (8e-9 to 1.6e-5 on two draws); EM started
+        at the true parameters stops 1.5 nats per point below them with the floor 1e-6 and
+        reaches them with 1e-8, while a search run at 1e-8 from the start lands elsewhere.
+        So the search keeps ``reg_covar`` and only the settled fit is released. A lower
+        floor widens the M-step's maximisation, so the likelihood never drops; the E-steps
+        are the loop's own (summed over batches and ranks).
+        """
+        final = self._final_floor(source)
+        if final is None or self._tol <= 0 or self._max_iter == 0:
+            return  # no release; tol=0: exactly max_iter iterations; max_iter=0: the start
+        settled = self.params_
+        result = run_em(source.data, init_params=lambda _: settled,
+                        e_step=source.e_step(em_dgmm.e_step),
+                        m_step=self._loop_m_step(source, final), n_init=1,
+                        max_iter=max(min(3, self._max_iter), self._max_iter - self.n_iter_),
+                        tol=self._tol, progress=False, evaluate_final=not source.one_pass)
+        self._released = True
+        # the best start's final value is now the released fit's
+        restarts = list(self.restart_log_likelihoods_)
+        if restarts:
+            restarts[restarts.index(max(restarts))] = result.log_likelihood
+        self.restart_log_likelihoods_ = restarts
+        self.params_ = result.params
+        self.converged_ = result.converged
+        self.n_iter_ = self.n_iter_ + result.n_iter
+        self.history_ = [*self.history_, *result.history]
+        self.lower_bounds_ = list(self.history_)
+        self.lower_bound_ = result.lower_bound
 
     def _make_guide(self, x: torch.Tensor, generator: torch.Generator):
         start = self._initial_params(x, generator)
@@ -226,5 +285,5 @@ class DGMMFitting:
         self.params_ = dgmm.guide_params(guide, len(self._components))
 
 
-__all__ = ["AUTO_ROWS_PER_PARAMETER", "DEFAULT_ACCELERATE", "DGMMChecks", "DGMMFitting", "SQUAREM_CYCLES",
-           "SQUAREM_MAX_ITER", "SQUAREM_TOL"]
+__all__ = ["AUTO_ROWS_PER_PARAMETER", "DEFAULT_ACCELERATE", "DGMMChecks", "DGMMFitting",
+           "SQUAREM_CYCLES", "SQUAREM_MAX_ITER", "SQUAREM_TOL"]
