@@ -37,32 +37,24 @@ import pyro.optim
 import torch
 import torch.distributed as torch_dist
 from pyro import poutine
-from pyro.distributions.util import is_identically_zero, scale_and_mask
-from pyro.infer import SVI, TraceEnum_ELBO
+from pyro.infer import SVI
 from pyro.infer.elbo import ELBO
-from pyro.infer.enum import get_importance_trace
-from pyro.infer.traceenum_elbo import _compute_dice_elbo, _get_common_scale
-from pyro.infer.util import is_validation_enabled, zero_grads
+from pyro.infer.util import zero_grads
 from pyro.optim import PyroOptim
-from pyro.optim.clipped_adam import ClippedAdam as ClippedAdamTorch
 from pyro.poutine.messenger import Messenger
-from pyro.util import check_traceenum_requirements, warn_if_nan
 from torch import Tensor
 
 from ppl_mixtures import distributed as process_group
 from ppl_mixtures import io
 from ppl_mixtures._progress import progress_bar
 from ppl_mixtures._rng import fork_rng, seed_global
+from ppl_mixtures.inference._joint_optim import JOINT_OPTIMIZERS, _JointOptim
+from ppl_mixtures.inference.elbo import DenseTraceEnum_ELBO
 
 #: Optimisers selectable by name; any other :class:`pyro.optim.PyroOptim` may be passed as is.
 OPTIMIZERS: dict[str, Callable[[dict], PyroOptim]] = {
     "adam": pyro.optim.Adam,
     "clipped_adam": pyro.optim.ClippedAdam,
-}
-#: The torch optimiser behind each name of OPTIMIZERS, stepped as one over all parameters.
-_JOINT_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "clipped_adam": ClippedAdamTorch,
 }
 #: Settings that must match between a checkpoint and the trainer resuming from it.
 _RESUME_SETTINGS = ("optimizer", "lr", "batch_size", "num_particles", "ema_decay")
@@ -142,232 +134,6 @@ class ScaleSites(Messenger):
             return
         local = any(frame.name == self.data_plate for frame in msg["cond_indep_stack"])
         msg["scale"] = (self.local_factor if local else self.global_factor) * msg["scale"]
-
-
-class DenseTraceEnum_ELBO(TraceEnum_ELBO):
-    """:class:`~pyro.infer.TraceEnum_ELBO` that sums the enumerated sites out in one dense pass.
-
-    The default loss of :class:`SVITrainer`. It runs the user's model and guide through
-    Pyro's own machinery (guide trace, model replayed under parallel enumeration, site log
-    densities), and differs from its parent only in how it adds them up, when the traces have
-    the simple shape of the zoo's mixtures:
-
-    - every guide site is reparameterised (no score-function terms) and none is enumerated;
-    - every model site whose log density depends on an enumerated variable (the enumerated
-      sites themselves included) sits in the same plates (e.g. all in ``"data"``);
-    - the broadcast table of those log densities is at most twice as large as the densities
-      themselves (no blow-up that variable elimination would avoid);
-    - no site is enumerated by sampling (``num_samples``) and particles are not vectorised.
-
-    The ELBO is then ``sum over the other model sites of log p - sum over the guide sites of
-    log q + scale * sum over the plates of logsumexp over the enumerated values of the sum of
-    the enumerated factors``: the same quantity as Pyro's tensor-network contraction (the
-    masks and the common subsampling scale applied as Pyro applies them: masks inside the
-    log-sum-exp, the scale outside), without packing the traces, the log-space einsum and
-    the DiCE bookkeeping, so with fewer (N x K) passes forward and backward. Any other trace
-    is handed to Pyro's own contraction, so every model :class:`~pyro.infer.TraceEnum_ELBO`
-    accepts is accepted, with the same result. ``compute_marginals`` and ``sample_posterior``
-    are the parent's.
-    """
-
-    _dense_wanted = False
-
-    def _get_trace(self, model, guide, args, kwargs):
-        if not self._dense_wanted or self.vectorize_particles:
-            return super()._get_trace(model, guide, args, kwargs)
-        model_trace, guide_trace = get_importance_trace(
-            "flat", self.max_plate_nesting, model, guide, args, kwargs
-        )
-        if is_validation_enabled():
-            check_traceenum_requirements(model_trace, guide_trace)
-            if self.strict_enumeration_warning and not any(
-                site["type"] == "sample" and site["infer"].get("enumerate")
-                for trace in (model_trace, guide_trace) for site in trace.nodes.values()
-            ):
-                warnings.warn("DenseTraceEnum_ELBO found no sample site configured for "
-                              "enumeration; Trace_ELBO does the same work", stacklevel=2)
-        model_trace._dense_elbo = _dense_elbo(model_trace, guide_trace, self.max_plate_nesting)
-        if model_trace._dense_elbo is None:  # Pyro's contraction needs packed traces
-            guide_trace.pack_tensors()
-            model_trace.pack_tensors(guide_trace.plate_to_symbol)
-        return model_trace, guide_trace
-
-    def _particles(self, model, guide, args, kwargs):
-        """(model trace, guide trace, ELBO of the particle) for every particle."""
-        self._dense_wanted = True
-        try:
-            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-                elbo = getattr(model_trace, "_dense_elbo", None)
-                if elbo is None:
-                    elbo = _compute_dice_elbo(model_trace, guide_trace)
-                yield model_trace, guide_trace, elbo
-        finally:
-            self._dense_wanted = False
-
-    def loss(self, model, guide, *args, **kwargs):
-        elbo = 0.0
-        for _, _, particle in self._particles(model, guide, args, kwargs):
-            if not is_identically_zero(particle):
-                elbo += particle.item() / self.num_particles
-        warn_if_nan(-elbo, "loss")
-        return -elbo
-
-    def differentiable_loss(self, model, guide, *args, **kwargs):
-        elbo = 0.0
-        for _, _, particle in self._particles(model, guide, args, kwargs):
-            if not is_identically_zero(particle):
-                elbo = elbo + particle
-        elbo = elbo / self.num_particles
-        if not torch.is_tensor(elbo) or not elbo.requires_grad:
-            raise ValueError(f"the ELBO cannot be differentiated: {elbo}")
-        warn_if_nan(-elbo, "loss")
-        return -elbo
-
-    def loss_and_grads(self, model, guide, *args, **kwargs):
-        elbo = 0.0
-        for model_trace, guide_trace, particle in self._particles(model, guide, args, kwargs):
-            if is_identically_zero(particle):
-                continue
-            elbo += particle.item() / self.num_particles
-            trainable = any(site["type"] == "param" for trace in (model_trace, guide_trace)
-                            for site in trace.nodes.values())
-            if trainable and particle.requires_grad:
-                (-particle / self.num_particles).backward(retain_graph=True)
-        warn_if_nan(-elbo, "loss")
-        return -elbo
-
-
-def _vectorised_plates(site: dict[str, Any]) -> frozenset[str]:
-    return frozenset(frame.name for frame in site["cond_indep_stack"] if frame.vectorized)
-
-
-def _dense_elbo(model_trace: Any, guide_trace: Any, max_plate_nesting: int) -> Tensor | None:
-    """The ELBO of one particle summed densely (see :class:`DenseTraceEnum_ELBO`), or None
-    when the traces are not of the simple shape it handles."""
-    guide_sites = [site for site in guide_trace.nodes.values() if site["type"] == "sample"]
-    for site in guide_sites:
-        if site["infer"].get("enumerate") or not is_identically_zero(
-                site["score_parts"].score_function):
-            return None
-    enum_dims = set()
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or name in guide_trace.nodes:
-            continue
-        if site["infer"].get("num_samples") is not None:
-            return None  # sampled (Monte Carlo) enumeration: Pyro's estimator
-        if site["infer"].get("_enumerate_dim") is not None:
-            enum_dims.add(site["infer"]["_enumerate_dim"])
-        elif site["infer"].get("enumerate") and not site["is_observed"]:
-            return None  # enumerated in another way than in parallel
-    elbo: Any = 0.0
-    factors, scales, plates = [], [], set()
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample":
-            continue
-        log_p = site["unscaled_log_prob"]
-        if name not in guide_trace.nodes and site["infer"].get("_enumerate_dim") is not None:
-            factors.append(log_p)  # as Pyro: an enumerated site's own mask is not applied
-        elif isinstance(log_p, Tensor) and any(
-                log_p.dim() >= -dim and log_p.shape[dim] > 1 for dim in enum_dims):
-            factors.append(scale_and_mask(log_p, mask=site["mask"]))
-        else:
-            elbo = elbo + site["log_prob_sum"]
-            continue
-        scales.append(site["scale"])
-        plates.add(_vectorised_plates(site))
-    if factors:
-        if len(plates) > 1:
-            return None
-        shape = torch.broadcast_shapes(*(factor.shape for factor in factors))
-        if math.prod(shape) > 2 * sum(factor.numel() for factor in factors):
-            return None
-        scale = _get_common_scale(scales)
-        joint = factors[0]
-        for factor in factors[1:]:
-            joint = joint + factor
-        lead = len(shape) - max_plate_nesting
-        if lead > 0:
-            joint = joint.reshape((-1,) + tuple(shape[lead:])).logsumexp(0)
-        elbo = elbo + scale_and_mask(joint, scale=scale).sum()
-    for site in guide_sites:
-        elbo = elbo - site["log_prob_sum"]
-    return elbo
-
-
-class _JointOptim(PyroOptim):
-    """A named optimiser of :data:`OPTIMIZERS`, run as one torch optimiser over all parameters.
-
-    :class:`pyro.optim.PyroOptim` keeps one torch optimiser per parameter tensor and steps
-    them one after the other. With the same settings for every tensor (a named optimiser has
-    only ``lr``), one optimiser over all of them takes the same steps, bit for bit (Adam's and
-    ClippedAdam's updates are computed tensor by tensor, ClippedAdam's clipping is elementwise
-    and its learning-rate decay once per step), in one call instead of one per tensor. A
-    tensor not passed to a call is not stepped (as with PyroOptim); new tensors join the
-    optimiser when they first appear. :meth:`get_state` and :meth:`set_state` use
-    PyroOptim's layout (one single-tensor state dict per parameter name), so a checkpoint
-    written by either is read by the other.
-    """
-
-    def __init__(self, constructor: type[torch.optim.Optimizer], optim_args: dict) -> None:
-        super().__init__(constructor, optim_args)
-        self._params: list[Tensor] = []
-        self._known: set[Tensor] = set()
-        self._optimizer: torch.optim.Optimizer | None = None
-
-    def __call__(self, params: Iterable[Tensor], *args: Any, **kwargs: Any) -> None:
-        params = params if isinstance(params, (set, frozenset)) else set(params)
-        new = [p for p in params if p not in self._known]
-        if new:
-            self._add(new)
-        if self._optimizer is None:  # nothing to step yet
-            return
-        resting = [(p, p.grad) for p in self._params if p not in params and p.grad is not None]
-        for p, _ in resting:  # torch skips tensors without a gradient
-            p.grad = None
-        try:
-            self._optimizer.step(*args, **kwargs)
-        finally:
-            for p, grad in resting:
-                p.grad = grad
-
-    def _add(self, new: list[Tensor]) -> None:
-        """Rebuild the optimiser over the known tensors and ``new`` ones, keeping the state."""
-        store = pyro.get_param_store()
-        new.sort(key=lambda p: store.param_name(p) or "")
-        old = self._optimizer
-        optimizer = self.pt_optim_constructor(self._params + new, **self.pt_optim_args)
-        if old is not None:
-            hyper = {k: v for k, v in old.param_groups[0].items() if k != "params"}
-            optimizer.param_groups[0].update(hyper)
-            for p in self._params:
-                if p in old.state:
-                    optimizer.state[p] = old.state[p]
-        for p in new:
-            saved = self._state_waiting_to_be_consumed.pop(store.param_name(p), None)
-            if saved is not None:  # torch casts the state to the tensor's dtype and device
-                single = self.pt_optim_constructor([p], **self.pt_optim_args)
-                single.load_state_dict(saved)
-                if p in single.state:
-                    optimizer.state[p] = single.state[p]
-                if old is None and not self._params:  # e.g. ClippedAdam's decayed lr
-                    hyper = {k: v for k, v in single.param_groups[0].items() if k != "params"}
-                    optimizer.param_groups[0].update(hyper)
-        self._params = self._params + new
-        self._known.update(new)
-        self._optimizer = optimizer
-
-    def get_state(self) -> dict:
-        if self._optimizer is None:
-            return {}
-        store = pyro.get_param_store()
-        hyper = {k: v for k, v in self._optimizer.param_groups[0].items() if k != "params"}
-        return {
-            store.param_name(p): {
-                "state": {0: self._optimizer.state[p]} if p in self._optimizer.state else {},
-                "param_groups": [{**hyper, "params": [0]}],
-            }
-            for p in self._params
-        }
 
 
 class _EpochSampler:
@@ -954,8 +720,8 @@ class SVITrainer:
 
     def _fresh_optimizer(self) -> PyroOptim:
         if isinstance(self.optimizer, str):
-            if self.optimizer in _JOINT_OPTIMIZERS:
-                return _JointOptim(_JOINT_OPTIMIZERS[self.optimizer], {"lr": self.lr})
+            if self.optimizer in JOINT_OPTIMIZERS:
+                return _JointOptim(JOINT_OPTIMIZERS[self.optimizer], {"lr": self.lr})
             return OPTIMIZERS[self.optimizer]({"lr": self.lr})
         self.optimizer.optim_objs.clear()
         self.optimizer.grad_clip.clear()

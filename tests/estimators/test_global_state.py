@@ -39,7 +39,7 @@ PATHS = {
     "dgmm-em": lambda: DeepGaussianMixture((2, 2), (2, 1), max_iter=10, **QUIET),
     "dgmm-svi": lambda: DeepGaussianMixture((2, 1), (2, 1), inference="svi", max_iter=10,
                                             **QUIET),
-    "gmvae": lambda: GMVAE(3, max_iter=2, batch_size=50, **QUIET),
+    "gmvae": lambda: GMVAE(3, max_iter=2, batch_size=50, init_restarts=3, **QUIET),
     "bgmm-cavi": lambda: BayesianGaussianMixture(3, **QUIET),
     "bgmm-svi": lambda: BayesianGaussianMixture(3, inference="svi", max_iter=20, **QUIET),
 }

@@ -23,7 +23,8 @@ from ppl_mixtures.models import gmvae
 
 TINY = gmvae.Architecture(x_dim=2, w_dim=3, encoder_hidden=(8,), prior_hidden=(8,),
                           decoder_hidden=(8,))
-TINY_ARGS = dict(latent_dim=2, w_dim=2, hidden_dims=(8,), prior_hidden_dims=(8,))
+# tiny networks; 3 restarts of the latent GMM start (the default 90 cost ~5 s a fit here)
+TINY_ARGS = dict(latent_dim=2, w_dim=2, hidden_dims=(8,), prior_hidden_dims=(8,), init_restarts=3)
 
 
 def _tiny_networks(likelihood: str, n_features: int = 5, n_components: int = 4):

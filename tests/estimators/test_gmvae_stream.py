@@ -73,7 +73,7 @@ def _data(n_rows: int = 300, n_features: int = 6) -> np.ndarray:
 
 def _estimator(**kwargs) -> GMVAE:
     args = dict(n_components=3, batch_size=64, pretrain_epochs=2, max_iter=2, progress=False,
-                random_state=0, device="cpu", **TINY_ARGS)
+                random_state=0, device="cpu", init_restarts=3, **TINY_ARGS)
     return GMVAE(**{**args, **kwargs})
 
 

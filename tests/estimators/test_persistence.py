@@ -80,7 +80,8 @@ def test_loading_a_pickle_runs_nothing(tmp_path, name, loader, legacy):
 
 @pytest.mark.parametrize("make", [
     lambda path: GaussianMixture(3, inference="svi", max_iter=5, checkpoint_path=path, **QUIET),
-    lambda path: GMVAE(3, max_iter=1, batch_size=60, checkpoint_path=path, **QUIET),
+    lambda path: GMVAE(3, max_iter=1, batch_size=60, checkpoint_path=path, init_restarts=3,
+                       **QUIET),
 ], ids=["GaussianMixture svi", "GMVAE"])
 def test_resuming_from_a_crafted_checkpoint_runs_nothing(tmp_path, data, make):
     path, marker = _crafted(tmp_path, "checkpoint.pt")
@@ -222,7 +223,7 @@ ROUND_TRIPS = {
                                             **QUIET),
     "dgmm-em-identified": lambda: DeepGaussianMixture((2, 1), (2, 1), max_iter=15,
                                                       identifiability="diagonal", **QUIET),
-    "gmvae": lambda: GMVAE(3, max_iter=2, batch_size=60, **QUIET),
+    "gmvae": lambda: GMVAE(3, max_iter=2, batch_size=60, init_restarts=3, **QUIET),
     "bgmm-cavi-dp": lambda: BayesianGaussianMixture(3, **QUIET),
     "bgmm-cavi-dirichlet-diag": lambda: BayesianGaussianMixture(
         3, covariance_type="diag", weight_concentration_prior_type="dirichlet_distribution",

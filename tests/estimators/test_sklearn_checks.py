@@ -31,7 +31,8 @@ def expected_failures(estimator):
     GaussianMixture(progress=False, random_state=0),
     MixtureOfFactorAnalyzers(2, 1, max_iter=20, progress=False, random_state=0),
     GMVAE(2, max_iter=1, batch_size=16, latent_dim=2, w_dim=2, hidden_dims=(8,),
-          prior_hidden_dims=(8,), progress=False, device="cpu", random_state=0),
+          prior_hidden_dims=(8,), init_restarts=3, progress=False, device="cpu",
+          random_state=0),
 ], expected_failed_checks=expected_failures)
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)

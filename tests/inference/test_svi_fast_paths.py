@@ -17,7 +17,8 @@ from pyro.infer import TraceEnum_ELBO
 from pyro.infer.autoguide import AutoDelta, init_to_value
 
 from ppl_mixtures.datasets import make_dgmm, make_gmm
-from ppl_mixtures.inference import svi as svi_module
+from ppl_mixtures.inference import _joint_optim
+from ppl_mixtures.inference import elbo as elbo_module
 from ppl_mixtures.inference.em import dgmm as em_dgmm
 from ppl_mixtures.inference.em.gmm import params_from_responsibilities
 from ppl_mixtures.inference.init import initial_responsibilities
@@ -98,14 +99,14 @@ def _loss_and_grads(loss_class, model, guide, x, **kwargs):
 def dense_calls(monkeypatch):
     """Counts of traces summed by the dense path and handed to Pyro's contraction."""
     calls = {"dense": 0, "pyro": 0}
-    original = svi_module._dense_elbo
+    original = elbo_module._dense_elbo
 
     def counting(*args):
         result = original(*args)
         calls["pyro" if result is None else "dense"] += 1
         return result
 
-    monkeypatch.setattr(svi_module, "_dense_elbo", counting)
+    monkeypatch.setattr(elbo_module, "_dense_elbo", counting)
     return calls
 
 
@@ -160,7 +161,7 @@ def test_trainer_defaults_are_the_fast_paths():
     model, guide, _ = _gmm("diag")
     trainer = SVITrainer(model, guide)
     assert isinstance(trainer.loss, DenseTraceEnum_ELBO)
-    assert isinstance(trainer._fresh_optimizer(), svi_module._JointOptim)
+    assert isinstance(trainer._fresh_optimizer(), _joint_optim._JointOptim)
 
 
 # -- one optimiser over all tensors ----------------------------------------------------------
@@ -244,7 +245,7 @@ def test_one_optimiser_resumes_from_a_per_tensor_state():
     expected = steps(first, 5)
     for name, value in saved_params.items():
         pyro.get_param_store().get_param(name).unconstrained().data.copy_(value)
-    joint = svi_module._JointOptim(torch.optim.Adam, {"lr": 0.05})
+    joint = _joint_optim._JointOptim(torch.optim.Adam, {"lr": 0.05})
     joint.set_state(saved_state)
     assert steps(joint, 5) == expected
 
@@ -257,7 +258,7 @@ def test_one_optimiser_steps_only_the_tensors_passed():
     pyro.param("b", b)
     a_u = pyro.get_param_store().get_param("a").unconstrained()
     b_u = pyro.get_param_store().get_param("b").unconstrained()
-    optim = svi_module._JointOptim(torch.optim.Adam, {"lr": 0.1})
+    optim = _joint_optim._JointOptim(torch.optim.Adam, {"lr": 0.1})
     a_u.grad, b_u.grad = torch.ones(3), torch.ones(2)
     optim({a_u, b_u})
     before = b_u.detach().clone()
