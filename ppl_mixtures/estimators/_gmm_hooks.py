@@ -1,7 +1,7 @@
 """:class:`~ppl_mixtures.estimators.GaussianMixture`'s checks across arguments and its save/load
 hooks (mixins, kept apart from the estimator's parameters and fitting paths).
 
-:class:`GMMChecks` refuses argument combinations that no path can fit (checked once, before a
+:class:`GMMModel` builds the Pyro model (deferred after EM); :class:`GMMChecks` refuses argument combinations that no path can fit (checked once, before a
 fit starts); :class:`GMMPersistence` gives :meth:`~ppl_mixtures.estimators._persistence.PersistenceMixin.save`
 what it stores beside the fitted attributes (the SGD trainer's state, a mean-field guide's
 parameters) and rebuilds the model and guide on load.
@@ -17,6 +17,66 @@ import torch
 
 from ppl_mixtures.estimators._sgd import MaxComponentSGD
 from ppl_mixtures.models import gmm
+from ppl_mixtures.models.priors import data_moments, default_gmm_priors
+
+
+def _gmm_model(x: torch.Tensor, moments: tuple[torch.Tensor, torch.Tensor] | None,
+               n_components: int, covariance_type: str, priors: dict | None,
+               missing: bool) -> gmm.GaussianMixtureModel:
+    """The Pyro model with the default priors for ``x`` (or ``moments``), updated by ``priors``."""
+    defaults = default_gmm_priors(x, n_components, covariance_type, moments=moments)
+    defaults.update(priors or {})
+    return gmm.GaussianMixtureModel(n_components, x.shape[1], covariance_type, defaults,
+                                    missing=missing)
+
+
+class GMMModel:
+    """The Pyro model of :class:`~ppl_mixtures.estimators.GaussianMixture`: built with its
+    priors for SVI, NUTS and SGD, deferred until read after an EM fit."""
+
+    def _build_model(self, x: torch.Tensor,
+                     moments: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     ) -> gmm.GaussianMixtureModel:
+        """The Pyro model with the default priors for ``x``, updated by ``priors``.
+
+        ``moments``: mean and variance of all the data when ``x`` is one batch or one shard.
+        """
+        return _gmm_model(x, moments, self.n_components, self.covariance_type, self.priors,
+                          self._marginalize)
+
+    @property
+    def model_(self) -> gmm.GaussianMixtureModel:
+        """The Pyro model of the fit (its priors built when first read after an EM fit)."""
+        model = self.__dict__.get("_model")
+        if model is None:
+            deferred = self.__dict__.get("_deferred_model")
+            if deferred is None:
+                raise AttributeError(f"{type(self).__name__} has no model_ before fit")
+            model = _gmm_model(*deferred)
+            self.__dict__["_model"] = model
+            self.__dict__.pop("_deferred_model", None)
+        return model
+
+    @model_.setter
+    def model_(self, model: gmm.GaussianMixtureModel | None) -> None:
+        self.__dict__["_model"] = model
+        self.__dict__.pop("_deferred_model", None)
+
+    def _defer_model(self, x: torch.Tensor,
+                     moments: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Set ``model_`` to ``_build_model(x, moments)``, built when first read.
+
+        EM is maximum likelihood: it never reads the priors, whose distributions (checked
+        arguments, transforms) cost more than the rest of a small fit's set-up. The data's
+        moments are taken now (two vectors of length D; the data itself is not kept), and
+        the arguments too (``set_params`` after the fit changes nothing), so the priors built
+        later are the ones an eager build would have given.
+        """
+        self.__dict__.pop("_model", None)
+        self.__dict__["_deferred_model"] = (
+            x[:1].clone(), data_moments(x, moments), self.n_components, self.covariance_type,
+            dict(self.priors or {}), self._marginalize,
+        )
 
 
 class GMMChecks:

@@ -199,3 +199,11 @@ class GMVAEFitting:
 
     def _set_fitted(self) -> None:
         """Nothing to convert: the fitted attributes are the networks and the history."""
+
+    def _param_tensors(self) -> dict[str, torch.Tensor]:
+        return self.params_
+
+    def _restore(self, content: dict) -> None:
+        networks = self._build(self.n_features_in_)
+        networks.load_state_dict(content["params"])
+        self.params_ = {k: v.detach() for k, v in networks.named_parameters()}

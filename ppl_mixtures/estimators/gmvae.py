@@ -444,13 +444,3 @@ class GMVAE(GMVAEFitting, TransformerMixin, MixtureEstimator):
         with torch.no_grad():
             y, z = gmvae.sample(self.networks_, n_samples, component, generator, observation)
         return y.cpu().numpy(), z.cpu().numpy()
-
-    # ------------------------------------------------------------------------------ save/load
-
-    def _param_tensors(self) -> dict[str, torch.Tensor]:
-        return self.params_
-
-    def _restore(self, content: dict) -> None:
-        networks = self._build(self.n_features_in_)
-        networks.load_state_dict(content["params"])
-        self.params_ = {k: v.detach() for k, v in networks.named_parameters()}
