@@ -115,11 +115,13 @@ def singular_components(stats: em_gmm.GMMStats, covariance_type: str,
         elif covariance_type == "tied_diag":
             scatter = ((resp_sum[:, None] * scatter).sum(0) / resp_sum.sum())[None]
         bad = (scatter <= threshold).any(-1)
+    elif covariance_type == "tied":  # pooled over the components: (D, D)
+        scatter = ((second_moment - (offset.T * resp_sum) @ offset)
+                   / resp_sum.sum())[None]
     else:
         scatter = (second_moment / resp_sum[:, None, None]
                    - offset[:, :, None] * offset[:, None, :])
-        if covariance_type == "tied":
-            scatter = ((resp_sum[:, None, None] * scatter).sum(0) / resp_sum.sum())[None]
+    if covariance_type not in gmm.DIAGONAL_TYPES:
         eye = torch.eye(scatter.shape[-1], dtype=wide, device=scatter.device)
         shifted = 0.5 * (scatter + scatter.transpose(-1, -2)) - threshold * eye
         bad = torch.linalg.cholesky_ex(shifted).info != 0

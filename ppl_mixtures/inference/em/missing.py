@@ -162,19 +162,20 @@ def gmm_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None):
 
 
 def _empty_gmm_stats(x: Tensor, params: GMMParams):
-    from ppl_mixtures.inference.em.gmm import GMMStats
+    from ppl_mixtures.inference.em.gmm import GMMStats, pooled
 
     k, d = params.means.shape
     full = params.covariance_type not in DIAGONAL_TYPES
     second = x.new_zeros((k, d, d) if full else (k, d), dtype=_WIDE)
     return GMMStats(0.0, x.new_zeros(()), x.new_zeros(k, dtype=_WIDE),
-                    x.new_zeros(k, d, dtype=_WIDE), second, params.means)
+                    x.new_zeros(k, d, dtype=_WIDE), pooled(second, params.covariance_type),
+                    params.means)
 
 
 def _incomplete_gmm_stats(x: Tensor, observed: Tensor, params: GMMParams,
                           weights: Tensor | None):
     """Expected sufficient statistics of rows that each miss some, not all, entries."""
-    from ppl_mixtures.inference.em.gmm import GMMStats
+    from ppl_mixtures.inference.em.gmm import GMMStats, pooled
 
     log_weights = params.weights.to(_WIDE).log()
     n_components, n_features = params.means.shape
@@ -220,7 +221,7 @@ def _incomplete_gmm_stats(x: Tensor, observed: Tensor, params: GMMParams,
         pattern_resp = resp.new_zeros(patterns.shape[0], n_components).index_add_(0, local, resp)
         second += _conditional_covariance_sum(covariances, inverse, patterns, pattern_resp)
     return GMMStats(float(_count(x, weights)), log_likelihood.to(x.dtype), resp_sum, first,
-                    second, params.means)
+                    pooled(second, params.covariance_type), params.means)
 
 
 def _count(x: Tensor, weights: Tensor | None) -> float:
