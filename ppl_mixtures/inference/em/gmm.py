@@ -356,24 +356,26 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     log_2pi = n_features * math.log(2 * math.pi)
     # joint = 0.5 (log|P| - D log 2 pi - mahalanobis) + log pi, the affine parts folded into
     # one product; capping it at its value for a zero distance is the model's clamp at zero
-    top = (log_det - log_2pi).mul_(0.5).add_(params.weights.log())
-    bias = top - 0.5 * constant
+    top = (log_det - log_2pi).mul_(0.5).add_(params.weights.log())[:, None]
+    bias = top - 0.5 * constant[:, None]
+    # (K, rows) tables: the (K, 2D) @ (2D, rows) product is about 2x faster than its
+    # transpose with K columns (measured at 5461 rows, D = 32, K = 16, one thread)
     if params.covariance_type == "spherical":
-        joint = torch.addmm(bias, xc, scaled.T)
-        joint -= 0.5 * squares.sum(-1, keepdim=True) * precisions[:, 0]
+        joint = torch.addmm(bias, scaled, xc.T)
+        joint -= 0.5 * squares.sum(-1) * precisions[:, :1]
     else:
-        joint = torch.addmm(bias, features, torch.cat([scaled, -0.5 * precisions], 1).T)
+        joint = torch.addmm(bias, torch.cat([scaled, -0.5 * precisions], 1), features.T)
     joint = torch.minimum(joint, top, out=joint)
-    resp, norm = _softmax(joint)
+    resp, norm = _softmax_columns(joint)
     if weights is not None:
-        resp, norm = resp * weights[:, None], norm * weights
+        resp, norm = resp * weights, norm * weights
     if x.dtype != wide:
         # float32 data: the sums in float64, from rows and squares rounded once; in float32
         # ``sum r xc^2 - N_k m^2`` would cancel away a tight component's variance
         xc = xc.to(wide)
         features, resp = torch.cat([xc, xc * xc], dim=1), resp.to(wide)
-    sums = resp.T @ features  # (K, 2D): sum r xc, sum r xc^2
-    resp_sum = resp.sum(0, dtype=wide)
+    sums = resp @ features  # (K, 2D): sum r xc, sum r xc^2
+    resp_sum = resp.sum(1, dtype=wide)
     mc = mc.to(wide)
     linear, quadratic = sums[:, :n_features], sums[:, n_features:]
     # about the means: sum r (xc - m) = sum r xc - N_k m and, with it,
