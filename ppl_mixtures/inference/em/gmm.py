@@ -805,10 +805,16 @@ def e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None) -> GMMSt
     rows = e_step_block_rows(params.n_components, x.shape[1])
     if x.shape[0] <= rows:
         return _e_step_block(x, params, weights)
-    if weights is None:
-        return sum_over_batches(_e_step_block)(x.split(rows), params)
-    blocks = zip(x.split(rows), weights.split(rows), strict=True)
-    return sum_over_batches(_e_step_block)(blocks, params)
+
+    def rows_pass(begin: int, end: int) -> tuple[GMMStats]:
+        """The blocks of rows [begin, end), their statistics added in order."""
+        blocks = x[begin:end].split(rows)
+        if weights is not None:
+            blocks = zip(blocks, weights[begin:end].split(rows), strict=True)
+        return (sum_over_batches(_e_step_block)(blocks, params),)
+
+    # contiguous ranges of whole blocks over torch's threads (one range: the serial pass)
+    return _over_row_ranges(rows_pass, x.shape[0], rows)[0]
 
 
 def stats_from_responsibilities(x: Tensor, resp: Tensor, sample_log_likelihood: Tensor,
