@@ -372,8 +372,10 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     if x.dtype != wide:
         # float32 data: the sums in float64, from rows and squares rounded once; in float32
         # ``sum r xc^2 - N_k m^2`` would cancel away a tight component's variance
-        xc = xc.to(wide)
-        features, resp = torch.cat([xc, xc * xc], dim=1), resp.to(wide)
+        wide_features = features.new_empty(n_samples, 2 * n_features, dtype=wide)
+        xc = wide_features[:, :n_features].copy_(xc)
+        torch.mul(xc, xc, out=wide_features[:, n_features:])
+        features, resp = wide_features, resp.to(wide)
     sums = resp @ features  # (K, 2D): sum r xc, sum r xc^2
     resp_sum = resp.sum(1, dtype=wide)
     mc = mc.to(wide)
