@@ -205,6 +205,21 @@ def test_quadratic_features_step_aside_for_a_near_singular_covariance(monkeypatc
     _assert_same(stats, em_gmm.e_step(x, params), 0.0)
 
 
+def test_a_far_row_in_a_late_chunk_stops_the_quadratic_pass(monkeypatch):
+    """The rounding bound is checked chunk by chunk: one row 1e7 away in the last chunk
+    (chunks of 7 rows over 3 threads) stops the pass, and the whitened E-step's statistics
+    come back."""
+    x, params = _start("full", n=401)
+    x = x.clone()
+    x[-1] += 1e7
+    monkeypatch.setattr(em_gmm, "_OUTER_ELEMENTS", 25 * 7)
+    monkeypatch.setattr(em_gmm, "_parallel_workers", lambda n_chunks: 3)
+    assert em_gmm._quadratic_e_step(x, params, em_gmm.factors_of(params.covariances)) is None
+    stats = em_gmm.e_step(x, params)
+    monkeypatch.setattr(em_gmm, "_OUTER_MIN_COMPONENTS", 10**9)
+    _assert_same(stats, em_gmm.e_step(x, params), 0.0)
+
+
 def test_m_step_factors_are_read_back_unless_changed():
     """The E-step reads the M-step's Cholesky factors (the same bits as a new factorisation);
     covariances changed in place, or other tensors, are factorised afresh."""

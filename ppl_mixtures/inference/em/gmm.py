@@ -505,6 +505,10 @@ def _whitened_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
                     first, second, params.means)
 
 
+class _BeyondReach(Exception):
+    """A chunk's rows lie too far out for the quadratic expansion's rounding."""
+
+
 def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
                       weights: Tensor | None = None) -> GMMStats | None:
     """Full E-step in float64 from the rows' quadratic features, small K D^2 (tied has its
@@ -536,11 +540,12 @@ def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
     inverse = torch.linalg.solve_triangular(factors.to(wide), eye, upper=False)  # L^-1
     precisions = inverse.transpose(-1, -2) @ inverse  # (K, D, D), or (D, D) tied
     # the expansion's rounding is about eps |xc|^2 |P|: past _QUADRATIC_ROUNDING (a
-    # near-singular covariance, rows far out) the whitened E-step is the accurate one
-    reach = float((x - center).square().sum(1).max()) if n_samples else 0.0
-    if (torch.finfo(wide).eps * reach * float(torch.linalg.matrix_norm(precisions).max())
-            > _QUADRATIC_ROUNDING or not math.isfinite(reach)):
-        return None
+    # near-singular covariance, rows far out) the whitened E-step is the accurate one; each
+    # chunk checks its rows' reach (no separate pass over the data), and the first chunk
+    # beyond it stops the pass
+    reach = _QUADRATIC_ROUNDING / (torch.finfo(wide).eps
+                                   * float(torch.linalg.matrix_norm(precisions).max()))
+    beyond: list[bool] = []  # set by the first chunk beyond reach, read by every thread
     log_det = 2.0 * inverse.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     upper_i, upper_j = torch.triu_indices(n_features, n_features, device=x.device)
     n_pairs = upper_i.numel()
@@ -563,6 +568,9 @@ def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
         resp_sum = x.new_zeros(n_components, dtype=wide)
         for start in range(begin, end, rows):
             block = x[start:min(start + rows, end)] - center
+            if beyond or not float(torch.linalg.vector_norm(block, dim=1).max()) ** 2 <= reach:
+                beyond.append(True)  # NaN and inf too
+                raise _BeyondReach
             table = features[:block.shape[0]]
             column = 0
             for i in range(n_features):  # row i of the upper triangle: xc_i xc_j, j >= i
@@ -580,7 +588,10 @@ def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
             sums.addmm_(resp, table)
         return sums, log_likelihood, resp_sum
 
-    sums, log_likelihood, resp_sum = _over_row_ranges(rows_pass, n_samples, rows)
+    try:
+        sums, log_likelihood, resp_sum = _over_row_ranges(rows_pass, n_samples, rows)
+    except _BeyondReach:
+        return None
     linear = sums[:, n_pairs:]  # sum_n r_nk xc_n
     pairs = x.new_zeros(n_components, n_features, n_features, dtype=wide)
     pairs[:, upper_i, upper_j] = sums[:, :n_pairs]
