@@ -207,7 +207,7 @@ def test_quadratic_features_step_aside_for_a_near_singular_covariance(monkeypatc
 
 def test_a_far_row_in_a_late_chunk_stops_the_quadratic_pass(monkeypatch):
     """The rounding bound is checked chunk by chunk: one row 1e7 away in the last chunk
-    (chunks of 7 rows over 3 threads) stops the pass, and the whitened E-step's statistics
+    (chunks of 8 rows over 3 threads) stops the pass, and the whitened E-step's statistics
     come back."""
     x, params = _start("full", n=401)
     x = x.clone()
