@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ppl_mixtures.datasets import make_gmm
+from ppl_mixtures.inference.em import _gmm_kernels as kernels
 from ppl_mixtures.inference.em import gmm as em_gmm
 from ppl_mixtures.models import gmm
 
@@ -83,7 +84,7 @@ def test_rows_a_component_does_not_explain_are_left_out_exactly(dtype, monkeypat
     x, params = x.to(dtype), params.to(dtype)
     exact, _ = em_gmm.responsibilities(x, params)
     assert 0.5 < float((exact == 0).double().mean()) < 1.0  # many exact zeros, not all
-    rows, weight = em_gmm._responsible_rows(exact[:, 0])
+    rows, weight = kernels._responsible_rows(exact[:, 0])
     assert rows is not None and torch.equal(weight, exact[rows, 0]) and (weight > 0).all()
     stacked = em_gmm.e_step(x, params)
     monkeypatch.setattr(gmm, "_STACKED_WHITENING_MAX", 0)
@@ -94,12 +95,12 @@ def test_gram_without_syrk_is_the_same(monkeypatch):
     """The BLAS rank-k update and the plain product give the same upper triangle."""
     values = torch.randn(50, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     fast = torch.zeros(6, 6, dtype=torch.float64)
-    em_gmm._gram(fast, values)
-    monkeypatch.setattr(em_gmm, "_SYRK", {})
+    kernels._gram(fast, values)
+    monkeypatch.setattr(kernels, "_SYRK", {})
     plain = torch.zeros(6, 6, dtype=torch.float64)
-    em_gmm._gram(plain, values)
+    kernels._gram(plain, values)
     torch.testing.assert_close(fast, plain)
-    torch.testing.assert_close(em_gmm._symmetric(plain), values.T @ values)
+    torch.testing.assert_close(kernels._symmetric(plain), values.T @ values)
 
 
 def test_float32_diagonal_e_step_matches_float64():
@@ -116,10 +117,10 @@ def test_quadratic_features_match_the_whitened_e_step(covariance_type, monkeypat
     50 standard deviations from the origin and with several chunks of rows."""
     x, params = _start(covariance_type, offset=50.0)
     fast = em_gmm.e_step(x, params)
-    monkeypatch.setattr(em_gmm, "_OUTER_MIN_COMPONENTS", 10**9)
+    monkeypatch.setattr(kernels, "_OUTER_MIN_COMPONENTS", 10**9)
     _assert_same(fast, em_gmm.e_step(x, params), 1e-12)
     monkeypatch.undo()
-    monkeypatch.setattr(em_gmm, "_OUTER_ELEMENTS", 25 * 7)  # chunks of 7 rows
+    monkeypatch.setattr(kernels, "_OUTER_ELEMENTS", 25 * 7)  # chunks of 7 rows
     _assert_same(em_gmm.e_step(x, params), fast, 1e-12)
 
 
@@ -130,10 +131,10 @@ def test_row_ranges_in_threads_add_up_to_the_serial_pass(weighted, monkeypatch):
     x, params = _start("full", n=401)
     weights = (torch.rand(401, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
                if weighted else None)
-    monkeypatch.setattr(em_gmm, "_OUTER_ELEMENTS", 25 * 9)  # chunks of 9 rows: 45 of them
-    monkeypatch.setattr(em_gmm, "_parallel_workers", lambda n_chunks: 1)
+    monkeypatch.setattr(kernels, "_OUTER_ELEMENTS", 25 * 9)  # chunks of 9 rows: 45 of them
+    monkeypatch.setattr(kernels, "_parallel_workers", lambda n_chunks: 1)
     serial = em_gmm.e_step(x, params, weights)
-    monkeypatch.setattr(em_gmm, "_parallel_workers", lambda n_chunks: 3)
+    monkeypatch.setattr(kernels, "_parallel_workers", lambda n_chunks: 3)
     threaded = em_gmm.e_step(x, params, weights)
     _assert_same(threaded, serial, 1e-12)
     _assert_same(em_gmm.e_step(x, params, weights), threaded, 0.0)
@@ -161,9 +162,8 @@ def test_tied_moments_pooled_in_the_whitened_frame_keep_a_thin_direction(weighte
         root, ours.covariances - theirs.covariances, upper=False).T, upper=False)
     assert float(whitened.abs().max()) < 1e-9
     torch.testing.assert_close(ours.means, theirs.means, rtol=0, atol=1e-10)
-    monkeypatch.setattr(em_gmm, "_OUTER_ELEMENTS", 7 * (4 + 10))  # chunks of 7 rows
-    monkeypatch.setattr(em_gmm, "_MIN_BLOCK_ROWS", 1)
-    monkeypatch.setattr(em_gmm, "_parallel_workers", lambda n_chunks: 3)
+    monkeypatch.setattr(kernels, "_OUTER_ELEMENTS", 7 * (4 + 10))  # chunks of 7 rows
+    monkeypatch.setattr(kernels, "_parallel_workers", lambda n_chunks: 3)
     _assert_same(em_gmm.e_step(x, params, weights), stats, 1e-12)
 
 
@@ -176,18 +176,18 @@ def test_diagonal_blocks_in_threads_add_up_to_the_serial_pass(covariance_type, m
     monkeypatch.setattr(em_gmm, "_E_STEP_BLOCK_ELEMENTS", 9 * (4 + 5))  # blocks of 9 rows
     monkeypatch.setattr(em_gmm, "_MIN_BLOCK_ROWS", 1)
     for w in (None, weights):
-        monkeypatch.setattr(em_gmm, "_parallel_workers", lambda n_chunks: 1)
+        monkeypatch.setattr(kernels, "_parallel_workers", lambda n_chunks: 1)
         serial = em_gmm.e_step(x, params, w)
-        monkeypatch.setattr(em_gmm, "_parallel_workers", lambda n_chunks: 3)
+        monkeypatch.setattr(kernels, "_parallel_workers", lambda n_chunks: 3)
         _assert_same(em_gmm.e_step(x, params, w), serial, 1e-12)
         _assert_same(serial, _reference(x, params, w), 1e-10)
 
 
 def test_threads_only_for_enough_chunks(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    assert em_gmm._parallel_workers(em_gmm._PARALLEL_MIN_CHUNKS * 4) == 4
-    assert em_gmm._parallel_workers(em_gmm._PARALLEL_MIN_CHUNKS * 2) == 2
-    assert em_gmm._parallel_workers(em_gmm._PARALLEL_MIN_CHUNKS - 1) == 1
+    assert kernels._parallel_workers(kernels._PARALLEL_MIN_CHUNKS * 4) == 4
+    assert kernels._parallel_workers(kernels._PARALLEL_MIN_CHUNKS * 2) == 2
+    assert kernels._parallel_workers(kernels._PARALLEL_MIN_CHUNKS - 1) == 1
 
 
 def test_quadratic_features_step_aside_for_a_near_singular_covariance(monkeypatch):
@@ -198,10 +198,10 @@ def test_quadratic_features_step_aside_for_a_near_singular_covariance(monkeypatc
     squeezed = params.covariances.clone()
     squeezed[0] = torch.diag(torch.tensor([1e-13, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
     params = gmm.GMMParams(params.weights, params.means, squeezed, "full")
-    assert em_gmm._quadratic_e_step(x, params, em_gmm.factors_of(squeezed)) is None
+    assert kernels._quadratic_e_step(x, params, em_gmm.factors_of(squeezed)) is None
     stats = em_gmm.e_step(x, params)
     assert torch.isfinite(stats.log_likelihood) and torch.isfinite(stats.second_moment).all()
-    monkeypatch.setattr(em_gmm, "_OUTER_MIN_COMPONENTS", 10**9)
+    monkeypatch.setattr(kernels, "_OUTER_MIN_COMPONENTS", 10**9)
     _assert_same(stats, em_gmm.e_step(x, params), 0.0)
 
 
@@ -212,11 +212,11 @@ def test_a_far_row_in_a_late_chunk_stops_the_quadratic_pass(monkeypatch):
     x, params = _start("full", n=401)
     x = x.clone()
     x[-1] += 1e7
-    monkeypatch.setattr(em_gmm, "_OUTER_ELEMENTS", 25 * 7)
-    monkeypatch.setattr(em_gmm, "_parallel_workers", lambda n_chunks: 3)
-    assert em_gmm._quadratic_e_step(x, params, em_gmm.factors_of(params.covariances)) is None
+    monkeypatch.setattr(kernels, "_OUTER_ELEMENTS", 25 * 7)
+    monkeypatch.setattr(kernels, "_parallel_workers", lambda n_chunks: 3)
+    assert kernels._quadratic_e_step(x, params, em_gmm.factors_of(params.covariances)) is None
     stats = em_gmm.e_step(x, params)
-    monkeypatch.setattr(em_gmm, "_OUTER_MIN_COMPONENTS", 10**9)
+    monkeypatch.setattr(kernels, "_OUTER_MIN_COMPONENTS", 10**9)
     _assert_same(stats, em_gmm.e_step(x, params), 0.0)
 
 
