@@ -22,7 +22,7 @@ seconds), on ``make_dgmm(4000, 17, (3, 3, 2), (11, 6, 2), random_state=seed,
 standardize=True)``, the fit's ``random_state`` being the seed::
 
     python bench/dgmm.py --recovery --seeds 0 1 2 100 101 [--start auto|gmm|layerwise] [--max-iter 150]
-        [--compare-old] [--compare-release]
+        [--compare-old] [--compare-release] [--compare-relabel]
 
 and on scikit-learn's wine data (standardised; ``(3, 2), (5, 2)``; first-layer ARI against the
 cultivars), seeds 0-4::
@@ -124,17 +124,21 @@ OLD_DEFAULT = {"accelerate": 20, "max_iter": 500, "tol": 1e-5}
 
 
 def recovery(seeds: list[int], start: str, max_iter: int | None,
-             compare_old: bool = False, compare_release: bool = False) -> None:
+             compare_old: bool = False, compare_release: bool = False,
+             compare_relabel: bool = False) -> None:
     """One default-settings fit per seed of the section 3.1 setting, scored against the truth;
     with ``compare_old``, the old default's fit of the same data first (interleaved); with
     ``compare_release``, the default without its released floor (``final_reg_covar=None``:
-    the same search, stopped at ``reg_covar``) first."""
+    the same search, stopped at ``reg_covar``) first; with ``compare_relabel``, the default
+    without the deeper layers' relabelling (``relabel=False``) first."""
     from ppl_mixtures.estimators import DeepGaussianMixture
     from ppl_mixtures.metrics import adjusted_rand_score
 
     settings = [("old", OLD_DEFAULT)] if compare_old else []
     if compare_release:
         settings.append(("unreleased", {"final_reg_covar": None}))
+    if compare_relabel:
+        settings.append(("no_relabel", {"relabel": False}))
     settings.append(("default", {} if max_iter is None else {"max_iter": max_iter}))
     rows = []
     for seed in seeds:
@@ -163,6 +167,7 @@ def recovery(seeds: list[int], start: str, max_iter: int | None,
                                            for w in caught),
                 "monotone": bool(np.all(np.diff(history) >= -1e-8)),
                 "seconds": seconds, "torch_threads": torch.get_num_threads(),
+                "relabel_changes": getattr(est, "relabel_changes_", None),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -210,9 +215,12 @@ def main() -> None:
                         help="--recovery: also fit the old default (OLD_DEFAULT), interleaved")
     parser.add_argument("--compare-release", action="store_true",
                         help="--recovery: also fit the default with final_reg_covar=None")
+    parser.add_argument("--compare-relabel", action="store_true",
+                        help="--recovery: also fit the default with relabel=False")
     args = parser.parse_args()
     if args.recovery:
-        recovery(args.seeds, args.start, args.max_iter, args.compare_old, args.compare_release)
+        recovery(args.seeds, args.start, args.max_iter, args.compare_old, args.compare_release,
+                 args.compare_relabel)
         return
     if args.wine:
         wine(args.start)

@@ -21,7 +21,13 @@ r_1-dimensional column space of ``Lambda_g``. :func:`group_components` partition
 mixture's ``K`` components into ``G`` groups of ``K / G`` by minimising, summed over the
 groups, the energy of these differences (whitened by the group's mean covariance) outside
 their best r-dimensional subspace (groups grown greedily from the most compatible pairs,
-then improved by swaps). Each group then gets a factor analyser (weighted PPCA of rank r_1 on
+then improved by swaps). The data's mixture need not give every first-layer component the same
+number of components (two paths may share one, a wide path may take two: group sizes 4 to 8
+where the tree has 6 on draws of the section 3.1 setting), so single components then move
+between groups, and one or two swap each way, while the cost falls, each group keeping
+``K / G`` within a slack of a third; a group left with more or fewer components merges its
+closest pair or splits its widest one (:func:`_balance_clusters`) back to ``K / G``. Each
+group then gets a factor analyser (weighted PPCA of rank r_1 on
 the rows of its components), every row its posterior mean score, and each group's scores are
 whitened and rotated onto group 0's frame by matching its components' score means *and
 covariances* (:func:`_match`; the components inside a group are the deeper paths, the same in
@@ -112,7 +118,8 @@ def _group_cost(means: Tensor, covs: Tensor, rank: int) -> float:
 
 
 def group_components(means: Tensor, covs: Tensor, n_groups: int, rank: int,
-                     generator: torch.Generator, n_starts: int = 10) -> list[list[int]]:
+                     generator: torch.Generator, n_starts: int = 10,
+                     slack: int = 0) -> list[list[int]]:
     """Balanced partition of K components into ``n_groups`` sharing an r-dimensional map.
 
     Parameters
@@ -128,11 +135,16 @@ def group_components(means: Tensor, covs: Tensor, n_groups: int, rank: int,
         Greedy partitions (the first group grown from the ``i``-th most compatible pair,
         each later group from the most compatible pair left), each improved by swaps; the
         lowest cost is kept.
+    slack : int
+        Then single components move between groups while the total cost falls, each group
+        keeping between ``max(2, K / n_groups - slack)`` and ``K / n_groups + slack``
+        components: the data's mixture need not give every first-layer component the same
+        number of clusters (two paths may share one, one path may take two). 0: balanced.
 
     Returns
     -------
     list of list of int
-        ``n_groups`` lists of ``K / n_groups`` component indices.
+        ``n_groups`` lists of component indices (``K / n_groups`` each with ``slack=0``).
     """
     k_total = means.shape[0]
     size = k_total // n_groups
@@ -179,10 +191,86 @@ def group_components(means: Tensor, covs: Tensor, n_groups: int, rank: int,
                     if ca + cb < costs[a] + costs[b] - 1e-9:
                         groups[a], groups[b], costs[a], costs[b] = new_a, new_b, ca, cb
                         improved = True
+        if slack > 0:
+            groups = _move_components(groups, cost, max(2, size - slack), size + slack)
+            costs = [cost(group) for group in groups]
         total = sum(costs)
         if best is None or total < best[0]:
             best = (total, [sorted(group) for group in groups])
     return best[1]
+
+
+def _move_components(groups: list[list[int]], cost, smallest: int,
+                     largest: int) -> list[list[int]]:
+    """Move single components between groups, or swap one or two each way, while the summed
+    cost falls (best step first), every group keeping between ``smallest`` and ``largest``
+    components."""
+    groups = [sorted(group) for group in groups]
+    costs = [cost(group) for group in groups]
+    while True:
+        best = None
+        for a, b in itertools.permutations(range(len(groups)), 2):
+            steps = []
+            if len(groups[a]) > smallest and len(groups[b]) < largest:
+                steps += [([d for d in groups[a] if d != c], sorted([*groups[b], c]))
+                          for c in groups[a]]
+            if a < b:  # swaps of one or two components each way
+                for n_swap in (1, 2):
+                    for out_a in itertools.combinations(groups[a], n_swap):
+                        for out_b in itertools.combinations(groups[b], n_swap):
+                            steps.append((
+                                sorted([d for d in groups[a] if d not in out_a] + list(out_b)),
+                                sorted([d for d in groups[b] if d not in out_b] + list(out_a))))
+            for new_a, new_b in steps:
+                gain = costs[a] + costs[b] - cost(new_a) - cost(new_b)
+                if gain > 1e-9 and (best is None or gain > best[0]):
+                    best = (gain, a, b, new_a, new_b)
+        if best is None:
+            return groups
+        _, a, b, groups[a], groups[b] = best
+        costs[a], costs[b] = cost(groups[a]), cost(groups[b])
+
+
+def _balance_clusters(inputs: Tensor, clusters: Tensor, groups: list[list[int]],
+                      reg_covar: float) -> tuple[Tensor, list[list[int]]]:
+    """Columns of ``clusters`` remade so that every group holds ``K / len(groups)`` of them.
+
+    A group with too many merges its two clusters whose union loses the least Gaussian
+    likelihood (``n_ij log|S_ij| - n_i log|S_i| - n_j log|S_j|``); one with too few splits
+    the cluster of largest ``n lambda_max`` at its mean, along its leading eigenvector.
+    """
+    k = clusters.shape[1] // len(groups)
+    eye = torch.eye(inputs.shape[1], dtype=inputs.dtype, device=inputs.device)
+
+    def spread(column: Tensor) -> tuple[float, Tensor, Tensor]:
+        mass, means, covs = _moments(inputs, column[:, None])
+        return float(mass[0]), means[0], covs[0] + reg_covar * eye
+
+    def log_det(column: Tensor) -> float:
+        mass, _, cov = spread(column)
+        return mass * float(torch.linalg.slogdet(cov)[1])
+
+    columns = []
+    for group in groups:
+        own = [clusters[:, c] for c in group]
+        while len(own) > k:
+            pairs = itertools.combinations(range(len(own)), 2)
+            i, j = min(pairs, key=lambda p: log_det(own[p[0]] + own[p[1]])
+                       - log_det(own[p[0]]) - log_det(own[p[1]]))
+            own = [col for m, col in enumerate(own) if m not in (i, j)] + [own[i] + own[j]]
+        while len(own) < k:
+            def reach(column: Tensor) -> float:
+                mass, _, cov = spread(column)
+                return mass * float(torch.linalg.eigvalsh(cov)[-1])
+            i = max(range(len(own)), key=lambda m: reach(own[m]))
+            _, centre, cov = spread(own[i])
+            axis = torch.linalg.eigh(cov)[1][:, -1]
+            side = ((inputs - centre) @ axis > 0).to(inputs.dtype)
+            own = [col for m, col in enumerate(own) if m != i] + [own[i] * side,
+                                                                   own[i] * (1 - side)]
+        columns += own
+    new_groups = [list(range(g * k, (g + 1) * k)) for g in range(len(groups))]
+    return torch.stack(columns, -1), new_groups
 
 
 def _skew(values: Tensor, rank: int) -> Tensor:
@@ -280,7 +368,10 @@ def _layer_start(inputs: Tensor, clusters: Tensor, size: int, rank: int, first: 
                  generator: torch.Generator, reg_covar: float):
     """One layer: groups, factor analysers, and each group's candidate alignments."""
     _, means, covs = _moments(inputs, clusters)
-    groups = group_components(means, covs, size, rank, generator)
+    per_group = clusters.shape[1] // size
+    groups = group_components(means, covs, size, rank, generator, slack=per_group // 3)
+    if any(len(group) != per_group for group in groups):
+        clusters, groups = _balance_clusters(inputs, clusters, groups, reg_covar)
     group_resp = torch.stack([clusters[:, group].sum(-1) for group in groups], -1)
     spread = float(inputs.var(0).mean()) if inputs.shape[0] > 1 else 0.0
     scaled = variance_floor(reg_covar, spread, float(inputs.mean(0).square().mean()),
@@ -288,7 +379,7 @@ def _layer_start(inputs: Tensor, clusters: Tensor, size: int, rank: int, first: 
     floor = scaled if first else max(reg_covar, 1e-3 * spread)
     eta, loadings, noise = _factor_analyser(inputs, group_resp, rank, floor)
     weights = group_resp.mean(0) + _MASS_FLOOR_FACTOR * torch.finfo(inputs.dtype).eps
-    return groups, group_resp, eta, loadings, noise, weights / weights.sum()
+    return groups, group_resp, eta, loadings, noise, weights / weights.sum(), clusters
 
 
 def _align_groups(inputs, clusters, groups, group_resp, eta, loadings, noise, generator,
@@ -379,7 +470,7 @@ def tree_from_responsibilities(x: Tensor, resp: Tensor, n_components: Sequence[i
 
     def build(layer: int, inputs: Tensor, clusters: Tensor, budget: int) -> list[tuple]:
         size, rank = n_components[layer], n_factors[layer]
-        groups, group_resp, eta, loadings, noise, weights = _layer_start(
+        groups, group_resp, eta, loadings, noise, weights, clusters = _layer_start(
             inputs, clusters, size, rank, layer == 0, generator, reg_covar)
         if layer == n_layers - 1:
             return [(0.0, [(weights, eta, loadings, noise)])]

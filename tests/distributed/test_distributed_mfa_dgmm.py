@@ -101,3 +101,36 @@ def test_one_rank_equals_plain_fit():
     with pytest.raises(ValueError, match=r"the first batch has 3 rows, fewer than "
                                          r"n_components=\(2, 2\) \(4 clusters\)"):
         small.fit([X[:3], X[3:]])
+
+
+@pytest.mark.usefixtures("one_rank_group")
+def test_one_rank_relabels_as_plain_fit():
+    """The default's relabelling of the deeper layers (``relabel=True``) takes its E-steps
+    through the all-reduced sums: from a start whose second-layer labels are swapped under
+    one first-layer component, one rank makes the same change and ends at the same fit."""
+    import warnings
+
+    import torch
+    from sklearn.exceptions import ConvergenceWarning
+
+    from ppl_mixtures.datasets import make_dgmm
+    from ppl_mixtures.inference.em import dgmm as em_dgmm
+    from ppl_mixtures.inference.em import dgmm_relabel
+    from ppl_mixtures.models import dgmm
+
+    X, _, _, params = make_dgmm(600, 9, (2, 2), (4, 2), random_state=0, standardize=True)
+    x = torch.as_tensor(X)
+    truth = dgmm.DGMMParams.from_numpy(params)
+    swapped = dgmm_relabel.relabelled(em_dgmm.e_step(x, truth), 1, 1, (1, 0))
+    fits = {}
+    for distributed in (True, False):
+        est = DeepGaussianMixture((2, 2), (4, 2), max_iter=2, progress=False, device="cpu",
+                                  distributed=distributed)
+        est._initial_params = lambda rows, generator: swapped
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter=2: a short search
+            fits[distributed] = est.fit(X)
+    one, plain = fits[True], fits[False]
+    assert one.relabel_changes_ == plain.relabel_changes_ != []
+    assert one.history_ == pytest.approx(plain.history_, abs=1e-6)
+    np.testing.assert_allclose(one.means_, plain.means_, rtol=0, atol=1e-5)

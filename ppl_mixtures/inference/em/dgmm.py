@@ -42,6 +42,7 @@ identical, empty components).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -601,7 +602,6 @@ def _procrustes_match(reference: Tensor, points: Tensor, generator: torch.Genera
     every matching is tried (k! orthogonal Procrustes problems); above, Hungarian matching and
     Procrustes alternate from ``n_starts`` random rotations. Returns the best ``Q``.
     """
-    import itertools
 
     from scipy.optimize import linear_sum_assignment
 
