@@ -10,6 +10,7 @@ Usage::
 
     python bench/gmvae_digits.py [--quick] [--seeds 0 1 2] [--epochs N] [--jsonl PATH]
                                  [--settings tuned|defaults|defaults-no-start|...]
+                                 [--ks 10 16 30] [--ms 1 10] [--sample-grids DIR]
 
 ``--settings defaults`` runs ``GMVAE(K)`` with the estimator's defaults (autoencoder
 pre-training and the GMM start); ``defaults-no-start`` the same with ``init="random"`` (the
@@ -19,7 +20,8 @@ with another slope of the factor-analyser start (``init_factor_scale``, default 
 ``defaults-freeze-prior`` keeps the prior network at its start; ``defaults-equal-weights``
 starts from an equal-weight GMM (30 restarts), with ``-freeze`` the prior network frozen too
 (``-90-freeze``: 90 restarts); ``defaults-w-encoder`` starts q(w | y) at the factor posterior;
-``tuned`` (the default) the settings below.
+``tuned`` (the default) the settings below. ``--sample-grids DIR`` saves, for every GMVAE
+fit, decoded samples of each component as one row of images (``DIR/gmvae_samples_K*_M*_seed*.png``).
 
 ``--quick`` keeps K = 10 only, M = 1 only, and 20 epochs (about 10 s per seed on one CPU
 core); the full table takes 100 epochs, about 0.45 s per epoch at M = 1 and 2.5 s at M = 10.
@@ -84,14 +86,35 @@ def _scores(y: np.ndarray, pred: np.ndarray) -> dict:
     }
 
 
-def run_gmvae(X, y, k, m, seed, epochs, settings=GMVAE_SETTINGS) -> dict:
+def sample_grid(model: GMVAE, y: np.ndarray, pred: np.ndarray, path: str,
+                per_row: int = 8) -> None:
+    """Save ``per_row`` decoded samples (means of p(y | x)) of every component as one row of
+    8x8 images (``plot_centroid_grid``, as ``ppl-mixtures fit gmvae`` draws ``samples.png``),
+    rows ordered by each cluster's majority digit (clusters that took no row last)."""
+    from ppl_mixtures.plotting import plot_centroid_grid
+
+    majority = {k: int(np.bincount(y[pred == k]).argmax()) if (pred == k).any() else 99
+                for k in range(model.n_components)}
+    order = sorted(range(model.n_components), key=lambda k: (majority[k], k))
+    images = np.concatenate([model.sample(per_row, component=k, observation="mean")[0]
+                             for k in order])
+    digits = ",".join(str(majority[k]) if majority[k] < 99 else "-" for k in order)
+    fig = plot_centroid_grid(images, (model.n_components, per_row), (8, 8),
+                             title=f"K={model.n_components}: rows = clusters by majority digit "
+                             f"({digits})")
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+
+
+def run_gmvae(X, y, k, m, seed, epochs, settings=GMVAE_SETTINGS, grid_dir=None) -> dict:
     start = time.perf_counter()
     model = GMVAE(k, num_particles=m, max_iter=epochs, random_state=seed, progress=False,
                   **settings).fit(X)
     seconds = time.perf_counter() - start
+    pred = model.predict(X)
+    if grid_dir:
+        sample_grid(model, y, pred, f"{grid_dir}/gmvae_samples_K{k}_M{m}_seed{seed}.png")
     return {"method": "gmvae", "K": k, "M": m, "seed": seed, "epochs": epochs,
-            "seconds": seconds, "sec_per_epoch": seconds / epochs,
-            **_scores(y, model.predict(X))}
+            "seconds": seconds, "sec_per_epoch": seconds / epochs, **_scores(y, pred)}
 
 
 def run_references(X, y, seeds) -> list[dict]:
@@ -125,6 +148,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--jsonl", default=None, help="append every run as a JSON line")
     parser.add_argument("--settings", choices=tuple(SETTINGS), default="tuned")
+    parser.add_argument("--sample-grids", default=None, metavar="DIR",
+                        help="save every GMVAE's samples per component as DIR/*.png")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ks, ms = ((10,), (1,)) if args.quick else ((10, 16, 30), (1, 10))
@@ -143,7 +168,8 @@ def main() -> None:
     references = [] if args.no_references else [
         record(r) for r in run_references(X, y, args.seeds)]
     settings = SETTINGS[args.settings]
-    cells = {(k, m): [record(run_gmvae(X, y, k, m, s, epochs, settings)) for s in args.seeds]
+    cells = {(k, m): [record(run_gmvae(X, y, k, m, s, epochs, settings, args.sample_grids))
+                      for s in args.seeds]
              for k in ks for m in ms}
 
     print(f"\nAccuracy (%) on digits, best / mean ± sd over seeds {args.seeds}, "

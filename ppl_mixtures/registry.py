@@ -36,8 +36,9 @@ __all__ = [
 ]
 
 #: Value types of :class:`Option`: an integer >= 1, comma-separated integers >= 1, a number
-#: > 0, a number >= 0, or one of ``Option.choices``.
-OPTION_TYPES = ("count", "counts", "positive", "nonnegative", "choice")
+#: > 0, a number >= 0, one of ``Option.choices``, or a boolean (``true``/``false``, passed as
+#: True/False; ``Option.choices`` lists other words it also takes, e.g. ``("auto",)``).
+OPTION_TYPES = ("count", "counts", "positive", "nonnegative", "choice", "boolean")
 
 #: ``ppl_mixtures.models.gmm.COVARIANCE_TYPES``, repeated so that this module needs no torch
 #: (``tests/test_cli.py`` checks that the two agree).
@@ -64,7 +65,8 @@ class Option:
     help : str
         The ``--help`` line, stating the default.
     choices : tuple of str
-        The allowed values of a ``"choice"`` option.
+        The allowed values of a ``"choice"`` option; for a ``"boolean"`` one, the words it
+        takes besides ``true`` and ``false`` (passed as they are, e.g. ``"auto"``).
     metavar : str or None
         The value's name in ``--help`` (default: from the flag).
     inference : tuple of str
@@ -89,8 +91,11 @@ class Option:
         if self.type not in OPTION_TYPES:
             raise ValueError(f"Option {self.flag}: type={self.type!r} is not one of "
                              f"{OPTION_TYPES}")
-        if (self.type == "choice") != bool(self.choices):
-            raise ValueError(f"Option {self.flag}: choices go with type='choice' only")
+        if self.type == "choice" and not self.choices:
+            raise ValueError(f"Option {self.flag}: type='choice' needs choices")
+        if self.choices and self.type not in ("choice", "boolean"):
+            raise ValueError(f"Option {self.flag}: choices go with type='choice' or "
+                             "'boolean' only")
         if self.inference and any(path not in self.inference
                                   for path, _ in self.inference_defaults):
             raise ValueError(f"Option {self.flag}: inference_defaults for a path outside "
@@ -346,6 +351,41 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
                    "latent; default: auto)", choices=("auto", "gmm", "random")),
             Option("--pretrain-epochs", "pretrain_epochs", "count", 100,
                    "autoencoder epochs before the gmm start (default: 100)", metavar="E"),
+            Option("--init-restarts", "init_restarts", "count", 90,
+                   "restarts of the latent GMM of the gmm start, the most likely kept; each "
+                   "costs a small GMM fit (default: 90)", metavar="R"),
+            Option("--init-equal-weights", "init_equal_weights", "boolean", True,
+                   "fit the latent GMM of the gmm start with its weights fixed at 1/K (the "
+                   "GMVAE's uniform prior over z) and rank its restarts by that likelihood "
+                   "(default: true)"),
+            Option("--freeze-prior", "freeze_prior", "boolean", "auto",
+                   "keep the conditional prior network at its start during SVI; auto: after "
+                   "the gmm start only (default: auto)", choices=("auto",)),
+            Option("--init-w-encoder", "init_w_encoder", "boolean", False,
+                   "start the encoder's w head at the factor analysers' posterior of w in the "
+                   "gmm start (default: false)"),
+            Option("--init-factor-scale", "init_factor_scale", "positive", 0.01,
+                   "slope of the prior network's units that carry w in the gmm start "
+                   "(default: 0.01)", metavar="S"),
+            Option("--predict-w", "predict_w", "choice", "marginal",
+                   "how predict treats w: marginal (integrated over its prior) or mean (at "
+                   "q(w | y)'s mean; default: marginal)", choices=("marginal", "mean")),
+            Option("--predict-w-draws", "predict_w_draws", "count", 256,
+                   "fixed draws of w for --predict-w marginal (default: 256)", metavar="N"),
+            Option("--latent-dim", "latent_dim", "count", None,
+                   "dimension of the clustered latent x (default: the preset's)",
+                   metavar="DX"),
+            Option("--w-dim", "w_dim", "count", None,
+                   "dimension of w (default: the preset's)", metavar="DW"),
+            Option("--hidden-dims", "hidden_dims", "counts", None,
+                   "hidden widths of the encoder and the decoder (default: the preset's)",
+                   metavar="H1,H2,..."),
+            Option("--prior-hidden-dims", "prior_hidden_dims", "counts", None,
+                   "hidden widths of the conditional prior network (default: the preset's)",
+                   metavar="H1,..."),
+            Option("--z-prior-weight", "z_prior_weight", "nonnegative", 1.0,
+                   "weight of the closed-form z term, with --z-inference closed_form "
+                   "(default: 1)", metavar="W"),
         ),
         dataset="pinwheel", distributed=("svi",), outputs="latent",
         tractable_likelihood=False, n_init=False,

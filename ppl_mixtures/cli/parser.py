@@ -81,6 +81,25 @@ def real(*, positive: bool) -> Callable[[str], float]:
     return parse
 
 
+def boolean(words: tuple[str, ...] = ()) -> Callable[[str], Any]:
+    """An argparse type: ``true``/``false`` (or ``yes``/``no``, ``1``/``0``) -> True/False;
+    each of ``words`` (e.g. ``("auto",)``) is returned as it is."""
+    spelled = " or ".join(("true", "false", *words))
+
+    def parse(text: str) -> Any:
+        word = text.strip().lower()
+        if word in words:
+            return word
+        if word in ("true", "yes", "1"):
+            return True
+        if word in ("false", "no", "0"):
+            return False
+        raise argparse.ArgumentTypeError(f"expected {spelled}, got {text!r}")
+
+    parse.__name__ = "boolean"
+    return parse
+
+
 def integer_list(text: str) -> tuple[int, ...]:
     """An argparse type: ``"3,3,2"`` -> ``(3, 3, 2)``, positive integers."""
     try:
@@ -93,7 +112,8 @@ def integer_list(text: str) -> tuple[int, ...]:
     return values
 
 
-#: The argparse type of each :data:`ppl_mixtures.registry.OPTION_TYPES` (``choice``: none).
+#: The argparse type of each :data:`ppl_mixtures.registry.OPTION_TYPES` (``choice``: none;
+#: ``boolean``: :func:`boolean` of the option's ``choices``, made per option).
 _OPTION_PARSERS: dict[str, Callable[[str], Any] | None] = {
     "count": integer(1),
     "counts": integer_list,
@@ -205,6 +225,11 @@ def _common_fit_options(family: Family) -> argparse.ArgumentParser:
 
 def _add_option(group: Any, option: Option) -> None:
     metavar = option.metavar
+    if option.type == "boolean":  # true/false and the option's own words, parsed to values
+        metavar = metavar or "{" + ",".join((*option.choices, "true", "false")) + "}"
+        group.add_argument(option.flag, dest=option.dest, type=boolean(option.choices),
+                           default=option.default, metavar=metavar, help=option.help)
+        return
     if metavar is None and option.type != "choice":
         metavar = option.flag.lstrip("-").upper().replace("-", "_")
     group.add_argument(

@@ -135,12 +135,11 @@ class GMVAEFitting:
         self._check_unit_range(x, "fit")
         self._warn_if_far_from_unit_scale(x)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        self.observation_scale_ = None
+        variance, rows = None, 0
         if self.likelihood == "gaussian" and self.observation_variance is not None:
             batch = x if source.weights is None else (x, source.weights)
             _, variance, rows = process_group.data_moments([batch], self.distributed)
-            data_variance = float(variance.mean()) if rows > 1 else 1.0
-            self.observation_scale_ = math.sqrt(self.observation_variance * data_variance)
+        self._set_observation_scale(variance, rows)
         with seeded_global_rng(seed, x.device):  # the networks' initial weights
             self._build(x.shape[1])
         restored = bool(resume and self.checkpoint_path and os.path.exists(self.checkpoint_path))
@@ -156,12 +155,26 @@ class GMVAEFitting:
             tol=self.tol, progress=self.progress and process_group.rank() == 0,
             checkpoint_path=self.checkpoint_path, seed=seed, distributed=self.distributed,
         )
-        result = trainer.fit(x, resume=resume, sample_weight=source.weights)
+        self._set_result(trainer.fit(x, resume=resume, sample_weight=source.weights))
+
+    def _set_result(self, result: Any) -> None:
+        """The fitted attributes from the SVI trainer's ``result`` (in memory and on a
+        stream): ``params_``, ``history_``, ``n_iter_``, ``converged_``."""
         self.model_._register()  # bind the modules to the param store's final tensors
         self.params_ = {k: v.detach() for k, v in self.networks_.named_parameters()}
         self.history_ = result.history
         self.n_iter_ = result.n_steps
         self.converged_ = result.converged
+
+    def _set_observation_scale(self, variance: torch.Tensor | None, rows: int) -> None:
+        """``observation_scale_``: the fixed standard deviation of a Gaussian p(y | x),
+        ``sqrt(observation_variance * mean(variance))`` from the data's per-feature
+        ``variance`` (D,) over ``rows`` rows (1 for a single row); None when it is learned
+        or the likelihood is Bernoulli."""
+        self.observation_scale_ = None
+        if self.likelihood == "gaussian" and self.observation_variance is not None:
+            data_variance = float(variance.mean()) if rows > 1 else 1.0
+            self.observation_scale_ = math.sqrt(self.observation_variance * data_variance)
 
     def _pretrain(self, x: torch.Tensor, seed: int, weights: torch.Tensor | None,
                   restored: bool) -> None:
@@ -170,12 +183,7 @@ class GMVAEFitting:
         ``restored``: the run resumes from a checkpoint, which holds the networks; only
         ``init_`` is set.
         """
-        self.pretrain_history_ = []
-        init = self.init
-        if init == "auto":  # an autoencoder that does not compress gives no new space
-            init = "gmm" if x.shape[1] > self.networks_.x_dim else "random"
-        self.init_ = init
-        self.model_.freeze_prior = self._frozen_prior()
+        init = self._resolve_init(x.shape[1])
         if restored or init == "random":
             return
         if self.pretrain_epochs > 0:
@@ -184,11 +192,32 @@ class GMVAEFitting:
                 self.networks_, x, self.pretrain_epochs, gmvae_pretrain.PRETRAIN_BATCH_SIZE,
                 gmvae_pretrain.PRETRAIN_LR, generator, weights=weights)
         if x.shape[0] >= self.n_components:
-            gmvae_pretrain.gmm_start(self.networks_, x, seed, GaussianMixture, weights=weights,
-                                     input_scale=self.init_factor_scale,
-                                     n_init=self.init_restarts,
-                                     equal_weights=self.init_equal_weights,
-                                     w_encoder=self.init_w_encoder)
+            self._gmm_start(x, seed, weights)
+
+    def _gmm_start(self, y: torch.Tensor | None, seed: int, weights: torch.Tensor | None,
+                   latents: torch.Tensor | None = None, batches: Any = None) -> None:
+        """:func:`~ppl_mixtures.inference.gmvae_pretrain.gmm_start` with the estimator's
+        ``init_*`` arguments (in memory: the rows ``y`` (N, D); on a stream: their
+        ``latents`` (N, Dx) and, for ``init_w_encoder``, the ``batches`` of rows)."""
+        gmvae_pretrain.gmm_start(self.networks_, y, seed, GaussianMixture, weights=weights,
+                                 latents=latents, input_scale=self.init_factor_scale,
+                                 n_init=self.init_restarts,
+                                 equal_weights=self.init_equal_weights,
+                                 w_encoder=self.init_w_encoder, batches=batches)
+
+    def _resolve_init(self, n_features: int) -> str:
+        """Resolve ``init`` and ``freeze_prior`` once the networks are built (in memory and
+        on a stream alike): sets ``init_`` (``"auto"``: ``"gmm"`` when the data have more
+        features than the latent, since an autoencoder that does not compress gives no new
+        space, else ``"random"``), the model's ``freeze_prior`` and an empty
+        ``pretrain_history_``; returns ``init_``."""
+        self.pretrain_history_ = []
+        init = self.init
+        if init == "auto":
+            init = "gmm" if n_features > self.networks_.x_dim else "random"
+        self.init_ = init
+        self.model_.freeze_prior = self._frozen_prior()
+        return init
 
     def _frozen_prior(self) -> bool:
         """``freeze_prior`` resolved: ``"auto"`` freezes the prior network after the GMM

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ppl_mixtures.inference.em import gmm as em_gmm
+from ppl_mixtures.models.gmm import GMMParams
 from ppl_mixtures.models.gmvae import LOG_VAR_BOUND, GMVAENetworks
 
 #: Initial variance of q(x | y) as a fraction of the smallest component variance of the start.
@@ -339,15 +341,20 @@ def equal_weight_em(values: Tensor, means: Tensor, covariances: Tensor, reg_cova
 
     The GMVAE's prior over z is uniform, so its start is the maximum-likelihood mixture of
     equal weights: the E-step's responsibilities are the softmax of ``log N(x_n | mu_k,
-    Sigma_k)`` over k (no ``log pi_k``), the M-step updates only the means and covariances
-    (``reg_covar`` added to each diagonal; off-diagonals dropped with ``diagonal``).
+    Sigma_k)`` over k (the ``log pi_k`` are all ``-log K``), the M-step updates only the means
+    and covariances (``reg_covar`` added to each diagonal; off-diagonals dropped with
+    ``diagonal``). Each iteration is the GMM's EM step
+    (:func:`ppl_mixtures.inference.em.gmm.e_step` and :func:`~ppl_mixtures.inference.em.gmm.
+    m_step`, ``"full"`` or ``"diag"``) with the weights put back to ``1 / K``.
 
     Parameters
     ----------
     values : Tensor, shape (N, D), float64
     means : Tensor, shape (K, D)
     covariances : Tensor, shape (K, D, D)
+        With ``diagonal``, only their diagonals are read.
     reg_covar : float
+        Added to every variance, as is (not rescaled to the data's spread).
     weights : Tensor, shape (N,), optional
         Sample weights.
     diagonal : bool, default False
@@ -357,32 +364,43 @@ def equal_weight_em(values: Tensor, means: Tensor, covariances: Tensor, reg_cova
 
     Returns
     -------
-    means, covariances : Tensor
+    means : Tensor, shape (K, D)
+    covariances : Tensor, shape (K, D, D)
+        Diagonal matrices with ``diagonal``.
     log_likelihood : float
         Mean log-likelihood per (weighted) row under the equal-weight mixture.
     """
-    n_components, dim = means.shape
-    eye = torch.eye(dim, dtype=values.dtype)
-    row_weights = torch.ones(values.shape[0], dtype=values.dtype) if weights is None else weights
-    total = row_weights.sum()
+    covariance_type = "diag" if diagonal else "full"
+    if diagonal:
+        covariances = torch.diagonal(covariances, dim1=-2, dim2=-1)
+    params, log_likelihood = _equal_weight_em(values, means, covariances, covariance_type,
+                                              reg_covar, weights, max_iter, tol)
+    covariances = params.covariances
+    if diagonal:
+        covariances = torch.diag_embed(covariances)
+    return params.means, covariances, log_likelihood
+
+
+def _equal_weight_em(values: Tensor, means: Tensor, covariances: Tensor, covariance_type: str,
+                     reg_covar: float, weights: Tensor | None, max_iter: int, tol: float,
+                     ) -> tuple[GMMParams, float]:
+    """:func:`equal_weight_em` on the GMM's parameters: covariances (K, D, D) for
+    ``"full"``, (K, D) for ``"diag"``; returns the parameters (weights ``1 / K``) and the
+    mean log-likelihood per (weighted) row."""
+    n_components = means.shape[0]
+    equal = torch.full((n_components,), 1.0 / n_components, dtype=means.dtype)
+    params = GMMParams(equal, means, covariances, covariance_type)
     previous = -math.inf
     for _ in range(max_iter):
-        log_joint = _gaussian_log_densities(values, means, covariances) - math.log(n_components)
-        log_likelihood = float((torch.logsumexp(log_joint, 1) * row_weights).sum() / total)
+        stats = em_gmm.e_step(values, params, weights)
+        log_likelihood = float(stats.log_likelihood) / float(stats.n_samples)
         if abs(log_likelihood - previous) <= tol * abs(log_likelihood):
-            break
+            return params, log_likelihood
         previous = log_likelihood
-        resp = torch.softmax(log_joint, 1) * row_weights[:, None]  # (N, K)
-        counts = resp.sum(0).clamp(min=1e-12)
-        means = (resp.T @ values) / counts[:, None]
-        diff = values[None] - means[:, None]  # (K, N, D)
-        covariances = torch.einsum("nk,kni,knj->kij", resp, diff, diff) / counts[:, None, None]
-        if diagonal:
-            covariances = torch.diag_embed(torch.diagonal(covariances, dim1=-2, dim2=-1))
-        covariances = covariances + reg_covar * eye
-    log_joint = _gaussian_log_densities(values, means, covariances) - math.log(n_components)
-    log_likelihood = float((torch.logsumexp(log_joint, 1) * row_weights).sum() / total)
-    return means, covariances, log_likelihood
+        fitted = em_gmm.m_step(stats, covariance_type, reg_covar, floor=reg_covar)
+        params = GMMParams(equal, fitted.means, fitted.covariances, covariance_type)
+    stats = em_gmm.e_step(values, params, weights)
+    return params, float(stats.log_likelihood) / float(stats.n_samples)
 
 
 def _equal_weight_mixture(values: np.ndarray, weights: np.ndarray | None, n_components: int,
@@ -390,27 +408,34 @@ def _equal_weight_mixture(values: np.ndarray, weights: np.ndarray | None, n_comp
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best of ``n_init`` equal-weight mixtures, each EM (:func:`equal_weight_em`) started
     at a one-restart fit of ``mixture``; returns means, covariances (full (K, D, D) or
-    diagonal (K, D) as ``options`` asks) and the rows' clusters."""
-    diagonal = options["covariance_type"] == "diag"
+    diagonal (K, D) as ``options`` asks) and the rows' clusters.
+
+    The first restart of the highest likelihood wins. A restart whose start is the same, bit
+    for bit, as an earlier one's (frequent on small data: 58 of 90 on 100 rows) would give
+    the same EM and the same likelihood, so it is skipped without changing the choice.
+    """
+    covariance_type = options["covariance_type"]
     data = torch.as_tensor(values, dtype=torch.float64)
     row_weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
     seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=n_init)
     best = None
+    seen = set()
     for restart_seed in seeds:
         gmm = mixture(n_components, n_init=1, random_state=int(restart_seed), **options).fit(
             values, sample_weight=weights)
-        covariances = torch.as_tensor(gmm.covariances_, dtype=torch.float64)
-        if diagonal:
-            covariances = torch.diag_embed(covariances)
-        fitted = equal_weight_em(data, torch.as_tensor(gmm.means_, dtype=torch.float64),
-                                 covariances, options["reg_covar"], row_weights, diagonal)
-        if best is None or fitted[2] > best[2]:
+        start = (np.asarray(gmm.means_).tobytes(), np.asarray(gmm.covariances_).tobytes())
+        if start in seen:
+            continue
+        seen.add(start)
+        fitted = _equal_weight_em(
+            data, torch.as_tensor(gmm.means_, dtype=torch.float64),
+            torch.as_tensor(gmm.covariances_, dtype=torch.float64), covariance_type,
+            options["reg_covar"], row_weights, EQUAL_WEIGHT_MAX_ITER, EQUAL_WEIGHT_TOL)
+        if best is None or fitted[1] > best[1]:
             best = fitted
-    means, covariances, _ = best
-    labels = _gaussian_log_densities(data, means, covariances).argmax(1).numpy()
-    if diagonal:
-        covariances = torch.diagonal(covariances, dim1=-2, dim2=-1)
-    return means.numpy(), covariances.numpy(), labels
+    params = best[0]
+    labels = em_gmm.responsibilities(data, params)[0].argmax(1).numpy()
+    return params.means.numpy(), params.covariances.numpy(), labels
 
 
 def _narrow_encoder(networks: GMVAENetworks, log_var: Tensor) -> None:

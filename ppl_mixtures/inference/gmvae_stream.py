@@ -29,7 +29,6 @@ checkpoint holds).
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -192,20 +191,12 @@ def fit_stream(est: Any, source: Any, generator: torch.Generator, resume: bool) 
     est._warn_if_far_from_unit_scale(source.sample)
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     counts = count_pass(source, lambda x: est._check_unit_range(x, "fit"))
-    est.observation_scale_ = None
-    if est.likelihood == "gaussian" and est.observation_variance is not None:
-        data_variance = float(counts.variance.mean()) if counts.rows > 1 else 1.0
-        est.observation_scale_ = math.sqrt(est.observation_variance * data_variance)
+    est._set_observation_scale(counts.variance, counts.rows)
     with seeded_global_rng(seed, source.sample.device):  # the networks' initial weights
         est._build(source.sample.shape[1])
     networks = est.networks_
     restored = bool(resume and est.checkpoint_path and os.path.exists(est.checkpoint_path))
-    init = est.init
-    if init == "auto":
-        init = "gmm" if source.sample.shape[1] > networks.x_dim else "random"
-    est.init_ = init
-    est.model_.freeze_prior = est._frozen_prior()
-    est.pretrain_history_ = []
+    init = est._resolve_init(source.sample.shape[1])
     pairs = _Pairs(source)
     if not restored and init == "gmm":
         if est.pretrain_epochs > 0:
@@ -215,27 +206,16 @@ def fit_stream(est: Any, source: Any, generator: torch.Generator, resume: bool) 
         if counts.rows >= est.n_components:
             latents, weights = latent_sample(networks, pairs, GMM_START_MAX_ROWS,
                                              torch.Generator().manual_seed(seed))
-            from ppl_mixtures.estimators.gaussian import GaussianMixture
-
-            gmvae_pretrain.gmm_start(networks, None, seed, GaussianMixture, weights=weights,
-                                     latents=latents, input_scale=est.init_factor_scale,
-                                     n_init=est.init_restarts,
-                                     equal_weights=est.init_equal_weights,
-                                     w_encoder=est.init_w_encoder,
-                                     batches=(x for x, _ in pairs) if est.init_w_encoder else None)
+            est._gmm_start(None, seed, weights, latents=latents,
+                           batches=(x for x, _ in pairs) if est.init_w_encoder else None)
     trainer = SVITrainer(
         est.model_, est.guide_, lr=est.lr, num_particles=est.num_particles,
         batch_size=est.batch_size, max_steps=est._max_iter * max(counts.batches, 1),
         tol=est.tol, progress=est.progress, checkpoint_path=est.checkpoint_path, seed=seed,
     )
-    result = trainer.fit_batches(
+    est._set_result(trainer.fit_batches(
         source.svi_batches(), counts.rows, resume=resume,
-        total_weight=counts.total_weight if source.weighted_stream else None)
-    est.model_._register()
-    est.params_ = {k: v.detach() for k, v in networks.named_parameters()}
-    est.history_ = result.history
-    est.n_iter_ = result.n_steps
-    est.converged_ = result.converged
+        total_weight=counts.total_weight if source.weighted_stream else None))
 
 
 def lower_bound(est: Any, source: Any) -> float:

@@ -23,7 +23,7 @@ from ppl_mixtures.models import gmvae
 
 TINY = gmvae.Architecture(x_dim=2, w_dim=3, encoder_hidden=(8,), prior_hidden=(8,),
                           decoder_hidden=(8,))
-# tiny networks; 3 restarts of the latent GMM start (the default 90 cost ~5 s a fit here)
+# tiny networks; 3 restarts of the latent GMM start (the default 90 cost 1-2 CPU s a fit here)
 TINY_ARGS = dict(latent_dim=2, w_dim=2, hidden_dims=(8,), prior_hidden_dims=(8,), init_restarts=3)
 
 
@@ -708,6 +708,70 @@ def test_equal_weight_em_is_monotone_and_a_fixed_point():
     torch.testing.assert_close(fitted_means, (resp.T @ y) / resp.sum(0)[:, None], rtol=0,
                                atol=1e-5)
     assert adjusted_rand_score(labels, log_joint.argmax(1).numpy()) == 1.0
+
+
+def _reference_equal_weight_em(values, means, covariances, reg_covar, weights, diagonal,
+                               max_iter):
+    """Equal-weight EM written out (the implementation before the GMM kernels)."""
+    n_components, dim = means.shape
+    row_weights = torch.ones(values.shape[0], dtype=values.dtype) if weights is None else weights
+    for _ in range(max_iter):
+        log_joint = gmvae_pretrain._gaussian_log_densities(values, means, covariances)
+        resp = torch.softmax(log_joint, 1) * row_weights[:, None]
+        counts = resp.sum(0)
+        means = (resp.T @ values) / counts[:, None]
+        diff = values[None] - means[:, None]  # (K, N, D)
+        covariances = torch.einsum("nk,kni,knj->kij", resp, diff, diff) / counts[:, None, None]
+        if diagonal:
+            covariances = torch.diag_embed(torch.diagonal(covariances, dim1=-2, dim2=-1))
+        covariances = covariances + reg_covar * torch.eye(dim, dtype=values.dtype)
+    log_joint = gmvae_pretrain._gaussian_log_densities(values, means, covariances)
+    log_likelihood = torch.logsumexp(log_joint - np.log(n_components), 1) @ row_weights
+    return means, covariances, float(log_likelihood / row_weights.sum())
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+@pytest.mark.parametrize("n_components", [3, 5])  # 5: the kernels' quadratic E-step
+def test_equal_weight_em_equals_the_written_out_em(diagonal, n_components):
+    """The GMM kernels with the weights put back to 1/K are EM with equal weights, to
+    rounding (float64; measured differences 1e-15, digits latents 5e-14)."""
+    y, _ = _blobs()
+    weights = torch.as_tensor(np.random.default_rng(1).uniform(0.5, 2.0, y.shape[0]))
+    means = y[torch.arange(n_components) * 37]
+    covariances = torch.eye(2, dtype=torch.float64).expand(n_components, 2, 2) * 4.0
+    for row_weights in (None, weights):
+        expected = _reference_equal_weight_em(y, means, covariances, 1e-3, row_weights,
+                                              diagonal, max_iter=12)
+        fitted = gmvae_pretrain.equal_weight_em(y, means, covariances, 1e-3, row_weights,
+                                                diagonal, max_iter=12, tol=0.0)
+        torch.testing.assert_close(fitted[0], expected[0], rtol=0, atol=1e-10)
+        torch.testing.assert_close(fitted[1], expected[1], rtol=0, atol=1e-10)
+        assert abs(fitted[2] - expected[2]) < 1e-10
+
+
+def test_equal_weight_restarts_skip_repeated_starts_and_keep_the_first_best(monkeypatch):
+    """A restart whose GMM start repeats an earlier one, bit for bit, is not refined again;
+    the choice is the first restart of the highest likelihood over all restarts."""
+    y, _ = _blobs(20)
+    values = y.numpy()
+    options = dict(covariance_type="full", reg_covar=1e-3, progress=False, dtype="float64",
+                   device="cpu")
+    calls = []
+    em = gmvae_pretrain._equal_weight_em
+    monkeypatch.setattr(gmvae_pretrain, "_equal_weight_em",
+                        lambda *args: calls.append(1) or em(*args))
+    means, covariances, labels = gmvae_pretrain._equal_weight_mixture(
+        values, None, 4, 0, 12, GaussianMixture, options)
+    starts, results = set(), []
+    for restart in np.random.default_rng(0).integers(0, 2**31 - 1, size=12):
+        gmm = GaussianMixture(4, n_init=1, random_state=int(restart), **options).fit(values)
+        starts.add(gmm.means_.tobytes() + gmm.covariances_.tobytes())
+        results.append(em(y, torch.as_tensor(gmm.means_), torch.as_tensor(gmm.covariances_),
+                          "full", 1e-3, None, 200, 1e-7))
+    assert len(calls) == len(starts) < 12  # repeated starts on these three clusters
+    first_best = results[int(np.argmax([ll for _, ll in results]))][0]
+    np.testing.assert_array_equal(means, first_best.means.numpy())
+    np.testing.assert_array_equal(covariances, first_best.covariances.numpy())
 
 
 def test_gmm_start_with_equal_weights_finds_the_clusters():
