@@ -272,6 +272,13 @@ class DGMMFitting:
                         max_iter=max(min(RELABEL_MIN_ITER, self._max_iter),
                                      self._max_iter - self.n_iter_),
                         tol=self._tol, progress=False, evaluate_final=not source.one_pass)
+        self._append_run(result)
+        return True
+
+    def _append_run(self, result) -> None:
+        """A continuation of the search (after a relabelling, or the floor's release) made
+        the fit's: the best start's final value, the parameters, convergence and iteration
+        count are its, and its history is appended to ``history_``."""
         restarts = list(self.restart_log_likelihoods_)
         if restarts:
             restarts[restarts.index(max(restarts))] = result.log_likelihood
@@ -282,7 +289,6 @@ class DGMMFitting:
         self.history_ = [*self.history_, *result.history]
         self.lower_bounds_ = list(self.history_)
         self.lower_bound_ = result.lower_bound
-        return True
 
     def _final_floor(self, source: DataSource) -> float | None:
         """``final_reg_covar`` where the accelerated loop releases the floor, else None."""
@@ -322,17 +328,7 @@ class DGMMFitting:
                                      self._max_iter - self.n_iter_),
                         tol=self._tol, progress=False, evaluate_final=not source.one_pass)
         self._released = True
-        # the best start's final value is now the released fit's
-        restarts = list(self.restart_log_likelihoods_)
-        if restarts:
-            restarts[restarts.index(max(restarts))] = result.log_likelihood
-        self.restart_log_likelihoods_ = restarts
-        self.params_ = result.params
-        self.converged_ = result.converged
-        self.n_iter_ = self.n_iter_ + result.n_iter
-        self.history_ = [*self.history_, *result.history]
-        self.lower_bounds_ = list(self.history_)
-        self.lower_bound_ = result.lower_bound
+        self._append_run(result)  # the best start's final value is now the released fit's
 
     def _make_guide(self, x: torch.Tensor, generator: torch.Generator):
         start = self._initial_params(x, generator)
