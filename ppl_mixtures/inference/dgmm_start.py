@@ -136,8 +136,8 @@ def group_components(means: Tensor, covs: Tensor, n_groups: int, rank: int,
         each later group from the most compatible pair left), each improved by swaps; the
         lowest cost is kept.
     slack : int
-        Then single components move between groups while the total cost falls, each group
-        keeping between ``max(2, K / n_groups - slack)`` and ``K / n_groups + slack``
+        Then single components move between groups, and one or two swap each way, while the
+        total cost falls (:func:`_move_components`), each group keeping between ``max(2, K / n_groups - slack)`` and ``K / n_groups + slack``
         components: the data's mixture need not give every first-layer component the same
         number of clusters (two paths may share one, one path may take two). 0: balanced.
 
@@ -250,6 +250,10 @@ def _balance_clusters(inputs: Tensor, clusters: Tensor, groups: list[list[int]],
         mass, _, cov = spread(column)
         return mass * float(torch.linalg.slogdet(cov)[1])
 
+    def reach(column: Tensor) -> float:
+        mass, _, cov = spread(column)
+        return mass * float(torch.linalg.eigvalsh(cov)[-1])
+
     columns = []
     for group in groups:
         own = [clusters[:, c] for c in group]
@@ -259,9 +263,6 @@ def _balance_clusters(inputs: Tensor, clusters: Tensor, groups: list[list[int]],
                        - log_det(own[p[0]]) - log_det(own[p[1]]))
             own = [col for m, col in enumerate(own) if m not in (i, j)] + [own[i] + own[j]]
         while len(own) < k:
-            def reach(column: Tensor) -> float:
-                mass, _, cov = spread(column)
-                return mass * float(torch.linalg.eigvalsh(cov)[-1])
             i = max(range(len(own)), key=lambda m: reach(own[m]))
             _, centre, cov = spread(own[i])
             axis = torch.linalg.eigh(cov)[1][:, -1]
