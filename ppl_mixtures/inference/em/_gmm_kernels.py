@@ -227,7 +227,7 @@ def _whitened_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     second = x.new_zeros(n_components, n_features, n_features, dtype=wide)
     log_likelihood = x.new_zeros((), dtype=wide)
     resp_sum = x.new_zeros(n_components, dtype=wide)
-    stacked = plan is not None and plan.stacked is not None
+    stacked = plan is not None  # built only for K D^2 within the side-by-side limit
     if stacked:
         chunks = _row_chunks(n_samples, n_components, n_features)
     else:  # one (rows, D) solve per component: rows enough to keep it efficient
@@ -315,7 +315,7 @@ def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
     mc = means - center  # (K, D)
     eye = torch.eye(n_features, dtype=wide, device=x.device)
     inverse = torch.linalg.solve_triangular(factors.to(wide), eye, upper=False)  # L^-1
-    precisions = inverse.transpose(-1, -2) @ inverse  # (K, D, D), or (D, D) tied
+    precisions = inverse.transpose(-1, -2) @ inverse  # (K, D, D)
     # the expansion's rounding is about eps |xc|^2 |P|: past _QUADRATIC_ROUNDING (a
     # near-singular covariance, rows far out) the whitened E-step is the accurate one; each
     # chunk checks its rows' reach (no separate pass over the data), and the first chunk
