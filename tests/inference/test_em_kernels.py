@@ -183,6 +183,35 @@ def test_diagonal_blocks_in_threads_add_up_to_the_serial_pass(covariance_type, m
         _assert_same(serial, _reference(x, params, w), 1e-10)
 
 
+def test_row_range_threads_leave_the_thread_count_as_it_was(monkeypatch):
+    """The row-range workers run their own operations in one thread each; the caller's
+    count, and the count a thread started afterwards gets, are unchanged, and the
+    statistics equal those of workers that keep the caller's count."""
+    import threading
+
+    x, params = _start("full", n=401)
+    monkeypatch.setattr(kernels, "_OUTER_ELEMENTS", 9 * (15 + 5))  # chunks of 9 rows
+    monkeypatch.setattr(kernels, "_parallel_workers", lambda n_chunks: 2)
+    before = torch.get_num_threads()
+    seen = []
+
+    def record(begin, end):
+        seen.append(torch.get_num_threads())
+        return (torch.zeros(()),)
+
+    kernels._over_row_ranges(record, 401, 9)
+    assert seen == [1, 1]
+    stats = em_gmm.e_step(x, params)
+    assert torch.get_num_threads() == before
+    later = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert later == [before]
+    monkeypatch.setattr(kernels, "_ONE_THREAD_EACH", False)
+    _assert_same(em_gmm.e_step(x, params), stats, 1e-12)
+
+
 def test_threads_only_for_enough_chunks(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     assert kernels._parallel_workers(kernels._PARALLEL_MIN_CHUNKS * 4) == 4

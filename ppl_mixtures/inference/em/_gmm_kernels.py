@@ -8,7 +8,8 @@ M-step leaves for the next E-step (:func:`factors_of`).
 * diagonal types: :func:`_diagonal_e_step`, two matrix products per block;
 * tied: :func:`_tied_e_step`, one whitening for every component and a Gram matrix;
 * full: :func:`_quadratic_e_step` (float64, small K D^2: the rows' quadratic features), or
-  :func:`_whitened_e_step` (side by side, or one component at a time by triangular solves).
+  :func:`_whitened_e_step` (side by side, or one component at a time by triangular solves);
+  :func:`_dense_e_step` chooses among tied and full's passes.
 
 Chunks of rows keep every table in cache and memory bounded by one chunk; contiguous ranges of
 chunks run on torch's threads (:func:`_over_row_ranges`).
@@ -44,8 +45,12 @@ _OUTER_MIN_COMPONENTS = 4
 _QUADRATIC_ROUNDING = 1e-6
 #: Fewest chunks of rows per thread before a pass is split over threads (_over_row_ranges).
 _PARALLEL_MIN_CHUNKS = 8
+#: Whether the row-range threads of a pass run their own operations in one thread each.
+_ONE_THREAD_EACH = True
 #: Entries of one (rows, D (D + 1) / 2 + D) table of quadratic features.
 _OUTER_ELEMENTS = 1 << 19
+#: Rows per chunk of the quadratic E-step's check of the rows' reach.
+_REACH_ROWS = 1 << 14
 #: Fewest rows whitened at once when the K maps are applied one component at a time.
 _MIN_WHITENED_ROWS = 256
 #: Entries of one (rows, D) chunk whitened one component at a time in float64 (2^21: 16 MB;
@@ -116,10 +121,7 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     means = params.means
     center = means.mean(0)
     mc = means - center
-    # [xc, xc^2] written side by side once (no concatenation: 1.5-2x cheaper on digits)
-    features = x.new_empty(n_samples, 2 * n_features)
-    xc = torch.sub(x, center, out=features[:, :n_features])
-    squares = torch.mul(xc, xc, out=features[:, n_features:])
+    spherical = params.covariance_type == "spherical"
     precisions = gmm.diagonal_variances(params).reciprocal()  # (K, D)
     scaled = mc * precisions
     constant = (mc * scaled).sum(-1)
@@ -131,10 +133,18 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     bias = top - 0.5 * constant[:, None]
     # (K, rows) tables: the (K, 2D) @ (2D, rows) product is about 2x faster than its
     # transpose with K columns (measured at 5461 rows, D = 32, K = 16, one thread)
-    if params.covariance_type == "spherical":
+    if spherical:
+        # one variance per component: the densities need xc and |xc|^2 only, and the
+        # moments r^T xc and r^T |xc|^2 (one (K, rows) @ (rows, D) product, not two)
+        xc = x - center
+        squares = xc.square().sum(-1)  # (rows,)
         joint = torch.addmm(bias, scaled, xc.T)
-        joint -= 0.5 * squares.sum(-1) * precisions[:, :1]
+        joint.addr_(precisions[:, 0], squares, alpha=-0.5)
     else:
+        # [xc, xc^2] written side by side once (no concatenation: 1.5-2x cheaper on digits)
+        features = x.new_empty(n_samples, 2 * n_features)
+        xc = torch.sub(x, center, out=features[:, :n_features])
+        torch.mul(xc, xc, out=features[:, n_features:])
         joint = torch.addmm(bias, torch.cat([scaled, -0.5 * precisions], 1), features.T)
     joint = torch.minimum(joint, top, out=joint)
     resp, norm = _softmax_columns(joint)
@@ -143,26 +153,65 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     if x.dtype != wide:
         # float32 data: the sums in float64, from rows and squares rounded once; in float32
         # ``sum r xc^2 - N_k m^2`` would cancel away a tight component's variance
-        wide_features = features.new_empty(n_samples, 2 * n_features, dtype=wide)
-        xc = wide_features[:, :n_features].copy_(xc)
-        torch.mul(xc, xc, out=wide_features[:, n_features:])
-        features, resp = wide_features, resp.to(wide)
-    sums = resp @ features  # (K, 2D): sum r xc, sum r xc^2
+        resp = resp.to(wide)
+        if spherical:
+            xc = xc.to(wide)
+            squares = xc.square().sum(-1)
+        else:
+            wide_features = features.new_empty(n_samples, 2 * n_features, dtype=wide)
+            xc = wide_features[:, :n_features].copy_(xc)
+            torch.mul(xc, xc, out=wide_features[:, n_features:])
+            features = wide_features
     resp_sum = resp.sum(1, dtype=wide)
     mc = mc.to(wide)
-    linear, quadratic = sums[:, :n_features], sums[:, n_features:]
+    if spherical:
+        linear = resp @ xc  # (K, D): sum r xc
+        quadratic = (resp @ squares)[:, None]  # (K, 1): sum r |xc|^2
+    else:
+        sums = resp @ features  # (K, 2D): sum r xc, sum r xc^2
+        linear, quadratic = sums[:, :n_features], sums[:, n_features:]
     # about the means: sum r (xc - m) = sum r xc - N_k m and, with it,
     # sum r (xc - m)^2 = sum r xc^2 - m (2 sum r xc - N_k m)
     first = torch.addcmul(linear, resp_sum[:, None], mc, value=-1.0)
-    second = quadratic - mc * (linear + first)
+    if spherical:  # the total over features, spread evenly (see GMMStats)
+        total = quadratic[:, 0] - (mc * (linear + first)).sum(-1)
+        second = (total / n_features)[:, None].expand(-1, n_features).contiguous()
+    else:
+        second = quadratic - mc * (linear + first)
     # the likelihood in the data's dtype: the EM loop's rounding slack follows its dtype
     return GMMStats(_total_weight(n_samples, weights), norm.sum(dtype=wide).to(x.dtype),
                     resp_sum, first, second, means)
 
 
-def _whitened_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None) -> GMMStats:
-    """The E-step of a full mixture: one whitened pass for densities and moments (a tied
-    one runs :func:`_tied_e_step`).
+def _dense_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None) -> GMMStats:
+    """The E-step of a tied or full mixture: the covariances' float64 Cholesky factors (the
+    M-step's, :func:`factors_of`) and the pass that suits the case.
+
+    * tied: :func:`_tied_e_step`;
+    * full, float64, at least :data:`_OUTER_MIN_COMPONENTS` components and the K whitening
+      maps small enough to sit side by side: :func:`_quadratic_e_step` (about half the
+      arithmetic), unless its rounding bound is exceeded;
+    * otherwise :func:`_whitened_e_step`.
+    """
+    n_components, n_features = params.means.shape
+    factors = factors_of(params.covariances)
+    if params.covariance_type == "tied":
+        return _tied_e_step(x, params, factors, weights)
+    # float64 only: float32 data keeps the whitened frame, whose float32 products are
+    # faster than float64 features (0.74-0.82 s against 0.96-1.06 s per E- and M-step at
+    # N = 1e5, D = 32, K = 16, full) and lose nothing that matters
+    if (x.dtype == torch.float64 and n_components >= _OUTER_MIN_COMPONENTS
+            and n_components * n_features**2 <= gmm._STACKED_WHITENING_MAX):
+        stats = _quadratic_e_step(x, params, factors, weights)
+        if stats is not None:
+            return stats
+    return _whitened_e_step(x, params, factors, weights)
+
+
+def _whitened_e_step(x: Tensor, params: GMMParams, factors: Tensor,
+                     weights: Tensor | None = None) -> GMMStats:
+    """The E-step of a full mixture: one whitened pass for densities and moments
+    (``factors``: the covariances' float64 Cholesky factors, :func:`factors_of`).
 
     With ``y_nk = W_k (x_n - mu_k)``, ``W_k`` the inverse Cholesky factor that
     :func:`~ppl_mixtures.models.gmm.component_log_prob` applies, each chunk of rows is
@@ -174,10 +223,10 @@ def _whitened_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     component at a time otherwise (large K D^2), on chunks of rows large enough for the
     matrix products.
 
-    In float64 with at least :data:`_OUTER_MIN_COMPONENTS` components and the K maps small
-    enough to sit side by side, :func:`_quadratic_e_step` does the same work in about half
-    the arithmetic. One component at a time (large K D^2), float64 whitens by triangular
-    solves and sums the moments component by component, never holding a (K, rows, D) tensor.
+    Where :func:`_quadratic_e_step` applies (:func:`_dense_e_step`), it does the same work in
+    about half the arithmetic. One component at a time (large K D^2), float64 whitens by
+    triangular solves and sums the moments component by component, never holding a (K,
+    rows, D) tensor.
 
     In float32 with the K maps side by side, the moments are taken in the whitened frame:
     the whitened moments are near ``0`` and ``N_k I`` whatever the conditioning of
@@ -192,17 +241,6 @@ def _whitened_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     n_samples, n_features = x.shape
     n_components = params.n_components
     wide = torch.float64
-    factors = factors_of(params.covariances)
-    if params.covariance_type == "tied":
-        return _tied_e_step(x, params, factors, weights)
-    # float64 only: float32 data keeps the whitened frame below, whose float32 products are
-    # faster than float64 features (0.74-0.82 s against 0.96-1.06 s per E- and M-step at
-    # N = 1e5, D = 32, K = 16, full) and lose nothing that matters
-    if (x.dtype == wide and n_components >= _OUTER_MIN_COMPONENTS
-            and n_components * n_features**2 <= gmm._STACKED_WHITENING_MAX):
-        stats = _quadratic_e_step(x, params, factors, weights)
-        if stats is not None:
-            return stats
     # float32 takes its moments whitened (see above); float64 about the means, so that no
     # D^3 mapping back is needed
     whitened_frame = x.dtype != wide
@@ -282,10 +320,6 @@ def _whitened_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
                     first, second, params.means)
 
 
-class _BeyondReach(Exception):
-    """A chunk's rows lie too far out for the quadratic expansion's rounding."""
-
-
 def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
                       weights: Tensor | None = None) -> GMMStats | None:
     """Full E-step in float64 from the rows' quadratic features, small K D^2 (tied has its
@@ -317,12 +351,18 @@ def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
     inverse = torch.linalg.solve_triangular(factors.to(wide), eye, upper=False)  # L^-1
     precisions = inverse.transpose(-1, -2) @ inverse  # (K, D, D)
     # the expansion's rounding is about eps |xc|^2 |P|: past _QUADRATIC_ROUNDING (a
-    # near-singular covariance, rows far out) the whitened E-step is the accurate one; each
-    # chunk checks its rows' reach (no separate pass over the data), and the first chunk
-    # beyond it stops the pass
+    # near-singular covariance, rows far out) the whitened E-step is the accurate one. The
+    # rows' reach is checked before any features are built (an n D pass, chunk by chunk:
+    # a pass stopped part way when a later chunk was beyond reach cost 10 % of the
+    # digits' E-step for nothing)
     reach = _QUADRATIC_ROUNDING / (torch.finfo(wide).eps
                                    * float(torch.linalg.matrix_norm(precisions).max()))
-    beyond: list[bool] = []  # set by the first chunk beyond reach, read by every thread
+    farthest = 0.0
+    for start in range(0, n_samples, _REACH_ROWS):
+        block = x[start:start + _REACH_ROWS].to(wide) - center
+        farthest = max(farthest, float(block.square().sum(1).max()))
+    if not farthest <= reach:  # NaN and inf too
+        return None
     log_det = 2.0 * inverse.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     upper_i, upper_j = torch.triu_indices(n_features, n_features, device=x.device)
     n_pairs = upper_i.numel()
@@ -345,9 +385,6 @@ def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
         resp_sum = x.new_zeros(n_components, dtype=wide)
         for start in range(begin, end, rows):
             block = x[start:min(start + rows, end)] - center
-            if beyond or not float(torch.linalg.vector_norm(block, dim=1).max()) ** 2 <= reach:
-                beyond.append(True)  # NaN and inf too
-                raise _BeyondReach
             table = features[:block.shape[0]]
             column = 0
             for i in range(n_features):  # row i of the upper triangle: xc_i xc_j, j >= i
@@ -365,10 +402,7 @@ def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
             sums.addmm_(resp, table)
         return sums, log_likelihood, resp_sum
 
-    try:
-        sums, log_likelihood, resp_sum = _over_row_ranges(rows_pass, n_samples, rows)
-    except _BeyondReach:
-        return None
+    sums, log_likelihood, resp_sum = _over_row_ranges(rows_pass, n_samples, rows)
     linear = sums[:, n_pairs:]  # sum_n r_nk xc_n
     pairs = x.new_zeros(n_components, n_features, n_features, dtype=wide)
     pairs[:, upper_i, upper_j] = sums[:, :n_pairs]
@@ -488,8 +522,24 @@ def _over_row_ranges(rows_pass, n_samples: int, rows: int) -> tuple[Tensor, ...]
     from concurrent.futures import ThreadPoolExecutor
 
     cuts = [rows * (n_chunks * i // workers) for i in range(workers)] + [n_samples]
+    caller_threads = torch.get_num_threads()
+    one_each = _ONE_THREAD_EACH
+
+    def in_worker(begin: int, end: int) -> tuple[Tensor, ...]:
+        if not one_each:
+            return rows_pass(begin, end)
+        # the workers already use every core: a worker's own operations in one thread (as
+        # many threads again each would oversubscribe the cores). Thread-local in effect:
+        # the caller's count is put back before the worker ends (torch also records it
+        # for threads it starts later), and the pool's threads end with the pass
+        torch.set_num_threads(1)
+        try:
+            return rows_pass(begin, end)
+        finally:
+            torch.set_num_threads(caller_threads)
+
     with ThreadPoolExecutor(workers) as pool:
-        parts = list(pool.map(rows_pass, cuts[:-1], cuts[1:]))
+        parts = list(pool.map(in_worker, cuts[:-1], cuts[1:]))
     return tuple(sum(values[1:], values[0]) for values in zip(*parts, strict=True))
 
 
@@ -576,7 +626,9 @@ class GMMStats(SummedStats):
         ``sum_n r_nk (x_n - shift_k)(x_n - shift_k)^T``, shape (K, D, D), for full; for tied
         pooled over the components (the tied M-step needs no more), shape (D, D):
         ``sum_k sum_n r_nk (x_n - shift_k)(x_n - shift_k)^T``; its diagonal only, shape
-        (K, D), for the diagonal types.
+        (K, D), for ``"diag"`` and ``"tied_diag"``; for ``"spherical"`` the mean of that
+        diagonal over the features, repeated in each of the D columns (the spherical M-step
+        needs only the total ``sum_n r_nk |x_n - shift_k|^2``), shape (K, D).
     shift : Tensor, shape (K, D)
         The means of the E-step's parameters, about which moments are taken (the same in
         every batch and on every rank, so it is kept, not added). Its dtype is the
@@ -593,8 +645,13 @@ class GMMStats(SummedStats):
 
 def pooled(second: Tensor, covariance_type: str) -> Tensor:
     """The :class:`GMMStats` form of per-component second moments (K, D, D) or (K, D): summed
-    over the components for ``"tied"`` (shape (D, D)), unchanged otherwise."""
-    return second.sum(0) if covariance_type == "tied" else second
+    over the components for ``"tied"`` (shape (D, D)), averaged over the features and
+    repeated for ``"spherical"`` (shape (K, D)), unchanged otherwise."""
+    if covariance_type == "tied":
+        return second.sum(0)
+    if covariance_type == "spherical":
+        return second.mean(-1, keepdim=True).expand_as(second).contiguous()
+    return second
 
 
 def _total_weight(n_samples: int, weights: Tensor | None) -> float:

@@ -30,11 +30,11 @@ from torch import Tensor
 
 from ppl_mixtures.inference.em._gmm_kernels import (  # noqa: F401  (GMMStats, factors_of: API)
     GMMStats,
+    _dense_e_step,
     _diagonal_e_step,
     _over_row_ranges,
     _remember_factors,
     _total_weight,
-    _whitened_e_step,
     factors_of,
     pooled,
 )
@@ -229,7 +229,7 @@ def e_step_block_rows(n_components: int, n_features: int = 0) -> int:
 def _e_step_block(x: Tensor, params: GMMParams, weights: Tensor | None = None) -> GMMStats:
     if params.covariance_type in DIAGONAL_TYPES:
         return _diagonal_e_step(x, params, weights)
-    return _whitened_e_step(x, params, weights)
+    return _dense_e_step(x, params, weights)
 
 
 def e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None) -> GMMStats:
@@ -259,7 +259,7 @@ def e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None) -> GMMSt
     """
     if params.covariance_type not in DIAGONAL_TYPES:
         # chunked inside, its memory bounded by one chunk; one factorisation per E-step
-        return _whitened_e_step(x, params, weights)
+        return _dense_e_step(x, params, weights)
     rows = e_step_block_rows(params.n_components, x.shape[1])
     if x.shape[0] <= rows:
         return _e_step_block(x, params, weights)

@@ -203,7 +203,7 @@ def _incomplete_gmm_stats(x: Tensor, observed: Tensor, params: GMMParams,
             # conditional variance of each missing coordinate: Sigma_k,dd
             second += (resp.T @ (~block_observed).to(_WIDE)) * variances
         return GMMStats(float(_count(x, weights)), log_likelihood.to(x.dtype), resp_sum,
-                        first, second, params.means)
+                        first, pooled(second, params.covariance_type), params.means)
     covariances = covariance_matrices(params).to(_WIDE)
     second = x.new_zeros(n_components, n_features, n_features, dtype=_WIDE)
     for rows, patterns, local in _pattern_blocks(observed, n_components):
