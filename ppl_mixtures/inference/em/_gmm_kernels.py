@@ -101,20 +101,27 @@ def factors_of(covariances: Tensor) -> Tensor:
     return gmm.float64_factors(covariances)
 
 
-def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None) -> GMMStats:
-    """One pass of a diagonal-family E-step: log densities and statistics by matrix products.
+def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None,
+                     rows: int | None = None) -> GMMStats:
+    """The E-step of a diagonal-family mixture: log densities and statistics by matrix
+    products, over blocks of ``rows`` rows (all of ``x`` at once by default).
 
     With ``xc = x - c`` (``c`` the mean of the component means, for less cancellation far
-    from the origin), ``[xc, xc^2] @ [[-2 (mu_k - c) / s_k], [1 / s_k]]`` gives every
-    Mahalanobis distance up to a per-component constant (the arithmetic of
-    :func:`~ppl_mixtures.models.gmm.component_log_prob`, whose clamp at zero it keeps), and
-    ``r^T @ [xc, xc^2]`` gives the responsibility-weighted sums of the rows and their squares:
-    two (rows, 2D) x (2D, K) products per block and no (rows, K, D) tensor. Spherical
-    variances need only ``sum_d xc_d^2`` for the densities. The sums about ``c`` are turned
-    into moments about the means (the ``shift``) in float64:
-    ``sum r (xc - m)^2 = sum r xc^2 - 2 m sum r xc + N_k m^2``. Float32 data keeps its
-    density products in float32 and takes these sums in float64 (the cancellation above
-    would otherwise swamp the variance of a component that is tight far from ``c``).
+    from the origin), the features ``f = [xc, q, 1]`` (``q = xc^2``; spherical: ``|xc|^2``)
+    and the coefficients ``[-2 (mu_k - c) / s_k, 1 / s_k, constant_k]`` give every
+    Mahalanobis distance and the affine parts of the log density in one (K, F) @ (F, rows)
+    product (the arithmetic of :func:`~ppl_mixtures.models.gmm.component_log_prob`, whose
+    clamp at zero it keeps), and ``r^T @ f`` gives the responsibility-weighted sums of the
+    rows, of their squares and of the responsibilities themselves: two products per block,
+    no (rows, K, D) tensor. The coefficients are prepared once per E-step and the feature
+    table is written in place, block after block (its ones column once). Spherical
+    variances need only ``|xc|^2`` for the densities, and the moments only its sum (see
+    :class:`GMMStats`). The sums about ``c`` are turned into moments about the means (the
+    ``shift``) in float64: ``sum r (xc - m)^2 = sum r xc^2 - 2 m sum r xc + N_k m^2``.
+    Float32 data keeps its density products in float32 and takes these sums in float64 (the
+    cancellation above would otherwise swamp the variance of a component that is tight far
+    from ``c``). Contiguous ranges of blocks run on torch's threads
+    (:func:`_over_row_ranges`).
     """
     n_samples, n_features = x.shape
     wide = torch.float64
@@ -124,52 +131,69 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     spherical = params.covariance_type == "spherical"
     precisions = gmm.diagonal_variances(params).reciprocal()  # (K, D)
     scaled = mc * precisions
-    constant = (mc * scaled).sum(-1)
-    log_det = precisions.log().sum(-1)
     log_2pi = n_features * math.log(2 * math.pi)
     # joint = 0.5 (log|P| - D log 2 pi - mahalanobis) + log pi, the affine parts folded into
-    # one product; capping it at its value for a zero distance is the model's clamp at zero
-    top = (log_det - log_2pi).mul_(0.5).add_(params.weights.log())[:, None]
-    bias = top - 0.5 * constant[:, None]
-    # (K, rows) tables: the (K, 2D) @ (2D, rows) product is about 2x faster than its
-    # transpose with K columns (measured at 5461 rows, D = 32, K = 16, one thread)
-    if spherical:
-        # one variance per component: the densities need xc and |xc|^2 only, and the
-        # moments r^T xc and r^T |xc|^2 (one (K, rows) @ (rows, D) product, not two)
-        xc = x - center
-        squares = xc.square().sum(-1)  # (rows,)
-        joint = torch.addmm(bias, scaled, xc.T)
-        joint.addr_(precisions[:, 0], squares, alpha=-0.5)
-    else:
-        # [xc, xc^2] written side by side once (no concatenation: 1.5-2x cheaper on digits)
-        features = x.new_empty(n_samples, 2 * n_features)
-        xc = torch.sub(x, center, out=features[:, :n_features])
-        torch.mul(xc, xc, out=features[:, n_features:])
-        joint = torch.addmm(bias, torch.cat([scaled, -0.5 * precisions], 1), features.T)
-    joint = torch.minimum(joint, top, out=joint)
-    resp, norm = _softmax_columns(joint)
-    if weights is not None:
-        resp, norm = resp * weights, norm * weights
-    if x.dtype != wide:
-        # float32 data: the sums in float64, from rows and squares rounded once; in float32
-        # ``sum r xc^2 - N_k m^2`` would cancel away a tight component's variance
-        resp = resp.to(wide)
+    # the product's last coefficient; capping it at its value for a zero distance is the
+    # model's clamp at zero
+    top = (precisions.log().sum(-1) - log_2pi).mul_(0.5).add_(params.weights.log())
+    bias = top - 0.5 * (mc * scaled).sum(-1)
+    squares = -0.5 * (precisions[:, :1] if spherical else precisions)
+    # (K, F) coefficients and (K, rows) tables: the (K, F) @ (F, rows) product is about 2x
+    # faster than its transpose with K columns (measured at 5461 rows, D = 32, K = 16)
+    coefficients = torch.cat([scaled, squares], 1)
+    top, bias = top[:, None], bias[:, None]
+    n_q = 1 if spherical else n_features
+    n_f = n_features + n_q
+    rows = n_samples if rows is None else max(1, rows)
+
+    def features_table(dtype: torch.dtype, size: int) -> Tensor:
+        return x.new_empty(size, n_f, dtype=dtype)
+
+    def fill(table: Tensor, block: Tensor) -> None:
+        xc = torch.sub(block, center.to(table.dtype), out=table[:, :n_features])
         if spherical:
-            xc = xc.to(wide)
-            squares = xc.square().sum(-1)
+            torch.sum(xc * xc, 1, out=table[:, n_features])
         else:
-            wide_features = features.new_empty(n_samples, 2 * n_features, dtype=wide)
-            xc = wide_features[:, :n_features].copy_(xc)
-            torch.mul(xc, xc, out=wide_features[:, n_features:])
-            features = wide_features
-    resp_sum = resp.sum(1, dtype=wide)
-    mc = mc.to(wide)
-    if spherical:
-        linear = resp @ xc  # (K, D): sum r xc
-        quadratic = (resp @ squares)[:, None]  # (K, 1): sum r |xc|^2
+            torch.mul(xc, xc, out=table[:, n_features:])
+
+    def rows_pass(begin: int, end: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Sums of the blocks of rows [begin, end): (r^T f in float64, log-likelihood,
+        N_k)."""
+        size = min(rows, end - begin)
+        table = features_table(x.dtype, size)
+        wide_table = features_table(wide, size) if x.dtype != wide else None
+        sums = log_likelihood = resp_sum = None
+        for start in range(begin, end, rows):
+            block = x[start:min(start + rows, end)]
+            n = block.shape[0]
+            features = table[:n]
+            fill(features, block)
+            joint = torch.addmm(bias, coefficients, features.T)  # (K, n)
+            resp, norm = _softmax_columns(torch.minimum(joint, top, out=joint))
+            if weights is not None:
+                part = weights[start:start + n]
+                resp, norm = resp * part, norm * part
+            part_likelihood = norm.sum(dtype=wide)
+            log_likelihood = (part_likelihood if log_likelihood is None
+                              else log_likelihood.add_(part_likelihood))
+            if wide_table is not None:
+                # float32 data: the sums in float64, from rows and squares rounded once; in
+                # float32 ``sum r xc^2 - N_k m^2`` would cancel away a tight component's
+                # variance
+                features = wide_table[:n]
+                fill(features, block.to(wide))
+                resp = resp.to(wide)
+            part_sum = resp.sum(1, dtype=wide)
+            resp_sum = part_sum if resp_sum is None else resp_sum.add_(part_sum)
+            sums = resp @ features if sums is None else sums.addmm_(resp, features)
+        return sums, log_likelihood, resp_sum
+
+    if n_samples <= rows:  # one block (small data: every operation's overhead counts)
+        sums, log_likelihood, resp_sum = rows_pass(0, n_samples)
     else:
-        sums = resp @ features  # (K, 2D): sum r xc, sum r xc^2
-        linear, quadratic = sums[:, :n_features], sums[:, n_features:]
+        sums, log_likelihood, resp_sum = _over_row_ranges(rows_pass, n_samples, rows)
+    mc = mc.to(wide)
+    linear, quadratic = sums[:, :n_features], sums[:, n_features:]
     # about the means: sum r (xc - m) = sum r xc - N_k m and, with it,
     # sum r (xc - m)^2 = sum r xc^2 - m (2 sum r xc - N_k m)
     first = torch.addcmul(linear, resp_sum[:, None], mc, value=-1.0)
@@ -179,7 +203,7 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     else:
         second = quadratic - mc * (linear + first)
     # the likelihood in the data's dtype: the EM loop's rounding slack follows its dtype
-    return GMMStats(_total_weight(n_samples, weights), norm.sum(dtype=wide).to(x.dtype),
+    return GMMStats(_total_weight(n_samples, weights), log_likelihood.to(x.dtype),
                     resp_sum, first, second, means)
 
 

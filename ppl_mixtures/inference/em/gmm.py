@@ -38,7 +38,6 @@ from ppl_mixtures.inference.em._gmm_kernels import (  # noqa: F401  (GMMStats, f
     factors_of,
     pooled,
 )
-from ppl_mixtures.inference.em.loop import sum_over_batches
 from ppl_mixtures.models import gmm
 from ppl_mixtures.models.gmm import DIAGONAL_TYPES, GMMParams, _row_chunks, log_joint
 
@@ -226,12 +225,6 @@ def e_step_block_rows(n_components: int, n_features: int = 0) -> int:
     return max(fewest, rows, 1)
 
 
-def _e_step_block(x: Tensor, params: GMMParams, weights: Tensor | None = None) -> GMMStats:
-    if params.covariance_type in DIAGONAL_TYPES:
-        return _diagonal_e_step(x, params, weights)
-    return _dense_e_step(x, params, weights)
-
-
 def e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None) -> GMMStats:
     """E-step: responsibilities at ``params``, reduced to sufficient statistics.
 
@@ -260,19 +253,9 @@ def e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None) -> GMMSt
     if params.covariance_type not in DIAGONAL_TYPES:
         # chunked inside, its memory bounded by one chunk; one factorisation per E-step
         return _dense_e_step(x, params, weights)
-    rows = e_step_block_rows(params.n_components, x.shape[1])
-    if x.shape[0] <= rows:
-        return _e_step_block(x, params, weights)
-
-    def rows_pass(begin: int, end: int) -> tuple[GMMStats]:
-        """The blocks of rows [begin, end), their statistics added in order."""
-        blocks = x[begin:end].split(rows)
-        if weights is not None:
-            blocks = zip(blocks, weights[begin:end].split(rows), strict=True)
-        return (sum_over_batches(_e_step_block)(blocks, params),)
-
-    # contiguous ranges of whole blocks over torch's threads (one range: the serial pass)
-    return _over_row_ranges(rows_pass, x.shape[0], rows)[0]
+    # blocks of rows, contiguous ranges of them over torch's threads
+    return _diagonal_e_step(x, params, weights,
+                            rows=e_step_block_rows(params.n_components, x.shape[1]))
 
 
 def stats_from_responsibilities(x: Tensor, resp: Tensor, sample_log_likelihood: Tensor,
