@@ -167,7 +167,12 @@ def _dense_elbo(model_trace: Any, guide_trace: Any, max_plate_nesting: int) -> T
             joint = joint + factor
         lead = len(shape) - max_plate_nesting
         if lead > 0:
-            joint = joint.reshape((-1,) + tuple(shape[lead:])).logsumexp(0)
+            joint = joint.reshape((-1,) + tuple(shape[lead:]))
+            # an observation's (N, K) table seen as (K, N) puts the enumerated values
+            # innermost in memory: reduced along the last dimension of the view that has
+            # them there, the pass and its backward run on contiguous memory
+            moved = joint.movedim(0, -1)
+            joint = moved.logsumexp(-1) if moved.is_contiguous() else joint.logsumexp(0)
         elbo = elbo + scale_and_mask(joint, scale=scale).sum()
     for site in guide_sites:
         elbo = elbo - site["log_prob_sum"]
