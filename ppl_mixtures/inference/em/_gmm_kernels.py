@@ -11,13 +11,15 @@ M-step leaves for the next E-step (:func:`factors_of`).
   :func:`_whitened_e_step` (side by side, or one component at a time by triangular solves);
   :func:`_dense_e_step` chooses among tied and full's passes.
 
-Chunks of rows keep every table in cache and memory bounded by one chunk; contiguous ranges of
-chunks run on torch's threads (:func:`_over_row_ranges`).
+Chunks of rows keep every table in cache and memory bounded by one chunk; the tied and full
+passes run contiguous ranges of chunks on torch's threads (:func:`_over_row_ranges`), the
+diagonal one uses torch's own threads inside each block's operations.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -47,6 +49,8 @@ _QUADRATIC_ROUNDING = 1e-6
 _PARALLEL_MIN_CHUNKS = 8
 #: Whether the row-range threads of a pass run their own operations in one thread each.
 _ONE_THREAD_EACH = True
+#: Per thread: whether it is a row-range worker of :func:`_over_row_ranges`.
+_WORKER = threading.local()
 #: Entries of one (rows, D (D + 1) / 2 + D) table of quadratic features.
 _OUTER_ELEMENTS = 1 << 19
 #: Rows per chunk of the quadratic E-step's check of the rows' reach.
@@ -120,8 +124,7 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     ``shift``) in float64: ``sum r (xc - m)^2 = sum r xc^2 - 2 m sum r xc + N_k m^2``.
     Float32 data keeps its density products in float32 and takes these sums in float64 (the
     cancellation above would otherwise swamp the variance of a component that is tight far
-    from ``c``). Contiguous ranges of blocks run on torch's threads
-    (:func:`_over_row_ranges`).
+    from ``c``).
     """
     n_samples, n_features = x.shape
     wide = torch.float64
@@ -188,10 +191,11 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
             sums = resp @ features if sums is None else sums.addmm_(resp, features)
         return sums, log_likelihood, resp_sum
 
-    if n_samples <= rows:  # one block (small data: every operation's overhead counts)
-        sums, log_likelihood, resp_sum = rows_pass(0, n_samples)
-    else:
-        sums, log_likelihood, resp_sum = _over_row_ranges(rows_pass, n_samples, rows)
+    # one pass in this thread: each block's products and (K, rows) tables are large enough
+    # for torch's own threads, and at the benchmark shape (N = 1e5, D = 32, K = 16, two
+    # idle cores) the E-step took 11.1 ms against 18.1 ms over two row-range threads
+    # (one thread: 17.1 ms); at N = 2e5, D = 64, K = 128 the two were within 10 %
+    sums, log_likelihood, resp_sum = rows_pass(0, n_samples)
     mc = mc.to(wide)
     linear, quadratic = sums[:, :n_features], sums[:, n_features:]
     # about the means: sum r (xc - m) = sum r xc - N_k m and, with it,
@@ -535,7 +539,9 @@ def _over_row_ranges(rows_pass, n_samples: int, rows: int) -> tuple[Tensor, ...]
     Each chunk's elementwise work is below torch's parallel grain, so on its own a pass uses
     one core for all but its matrix products; torch operations release the GIL, so threads
     over ranges of chunks use the others (measured on 2 loaded cores: the full E-step at
-    N = 1e5, D = 32, K = 16 1.6-1.7x faster). The ranges depend only on N and the thread
+    N = 1e5, D = 32, K = 16 1.6-1.7x faster; idle, 94 against 132 ms; tied, with each
+    worker's operations in one thread and its Gram matrices by torch, 33-38 against 58-83
+    ms with scipy's rank-k update in the workers). The ranges depend only on N and the thread
     count, so a fit is deterministic for a given ``torch.get_num_threads()``; the pool lives
     for one pass and leaves no thread behind.
     """
@@ -557,9 +563,11 @@ def _over_row_ranges(rows_pass, n_samples: int, rows: int) -> tuple[Tensor, ...]
         # the caller's count is put back before the worker ends (torch also records it
         # for threads it starts later), and the pool's threads end with the pass
         torch.set_num_threads(1)
+        _WORKER.active = True
         try:
             return rows_pass(begin, end)
         finally:
+            _WORKER.active = False
             torch.set_num_threads(caller_threads)
 
     with ThreadPoolExecutor(workers) as pool:
@@ -616,9 +624,12 @@ def _gram(out: Tensor, values: Tensor) -> None:
     """Add the upper triangle of ``values^T values`` ((n, D) -> (D, D)) to ``out`` (float64).
 
     On CPU this is the BLAS rank-k update (``syrk``, half the work of ``values.T @ values``:
-    measured 2x faster at n = 1024, D = 784 on one core); elsewhere a plain product.
+    measured 2x faster at n = 1024, D = 784 on one core); elsewhere, and in the row-range
+    workers of :func:`_over_row_ranges` (scipy's BLAS would start its own threads beside
+    them), a plain product.
     """
-    if values.device.type == "cpu" and values.dtype in _SYRK and values.shape[0] > 0:
+    if (values.device.type == "cpu" and values.dtype in _SYRK and values.shape[0] > 0
+            and not getattr(_WORKER, "active", False)):
         # values.T is Fortran-ordered (D, n): syrk reads it in place, A A^T = values^T values
         product = _SYRK[values.dtype](1.0, values.detach().numpy().T, lower=0)
         out += torch.from_numpy(product).to(out.dtype)
