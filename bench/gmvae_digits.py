@@ -20,6 +20,9 @@ with another slope of the factor-analyser start (``init_factor_scale``, default 
 ``defaults-freeze-prior`` keeps the prior network at its start; ``defaults-equal-weights``
 starts from an equal-weight GMM (30 restarts), with ``-freeze`` the prior network frozen too
 (``-90-freeze``: 90 restarts); ``defaults-w-encoder`` starts q(w | y) at the factor posterior;
+``defaults-likelihood-pick`` keeps the most likely restart of the start instead of the most
+balanced one (the defaults before the fourth round); ``defaults-factor-ml`` carries the start
+over as maximum-likelihood factor analysers;
 ``tuned`` (the default) the settings below. ``--sample-grids DIR`` saves, for every GMVAE
 fit, decoded samples of each component as one row of images (``DIR/gmvae_samples_K*_M*_seed*.png``).
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -74,6 +78,10 @@ SETTINGS = {
     "defaults-equal-weights-90-freeze": {"init_equal_weights": True, "init_restarts": 90,
                                          "freeze_prior": True},
     "defaults-w-encoder": {"init_w_encoder": True},
+    # issue 17, fourth round: the start's restart picked by likelihood (the previous default)
+    # instead of cluster balance, and the maximum-likelihood factor analysers
+    "defaults-likelihood-pick": {"init_select": "likelihood"},
+    "defaults-factor-ml": {"init_factor_fit": "ml"},
 }
 
 
@@ -168,6 +176,8 @@ def main() -> None:
     references = [] if args.no_references else [
         record(r) for r in run_references(X, y, args.seeds)]
     settings = SETTINGS[args.settings]
+    if args.sample_grids:
+        os.makedirs(args.sample_grids, exist_ok=True)
     cells = {(k, m): [record(run_gmvae(X, y, k, m, s, epochs, settings, args.sample_grids))
                       for s in args.seeds]
              for k in ks for m in ms}

@@ -358,6 +358,17 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
                    "fit the latent GMM of the gmm start with its weights fixed at 1/K (the "
                    "GMVAE's uniform prior over z) and rank its restarts by that likelihood "
                    "(default: true)"),
+            Option("--init-select", "init_select", "choice", "auto",
+                   "which restart of the gmm start is kept: balance (the most even cluster "
+                   "sizes, the GMVAE's uniform prior over z), penalised (likelihood less the "
+                   "sizes' divergence from 1/K), likelihood (the most likely; for clusters "
+                   "of very unequal sizes); auto: balance with --init-equal-weights true, "
+                   "else likelihood (default: auto)",
+                   choices=("auto", "balance", "penalised", "likelihood")),
+            Option("--init-factor-fit", "init_factor_fit", "choice", "pca",
+                   "how each latent covariance of the gmm start becomes a factor analyser "
+                   "over w: pca (leading axes) or ml (maximum likelihood) (default: pca)",
+                   choices=("pca", "ml")),
             Option("--freeze-prior", "freeze_prior", "boolean", "auto",
                    "keep the conditional prior network at its start during SVI; auto: after "
                    "the gmm start only (default: auto)", choices=("auto",)),

@@ -203,7 +203,16 @@ class GMVAEFitting:
                                  latents=latents, input_scale=self.init_factor_scale,
                                  n_init=self.init_restarts,
                                  equal_weights=self.init_equal_weights,
-                                 w_encoder=self.init_w_encoder, batches=batches)
+                                 w_encoder=self.init_w_encoder, batches=batches,
+                                 select=self._init_select(),
+                                 factor_fit=self.init_factor_fit)
+
+    def _init_select(self) -> str:
+        """``init_select`` resolved: ``"auto"`` ranks equal-weight restarts by balance,
+        free-weight ones by likelihood."""
+        if self.init_select == "auto":
+            return "balance" if self.init_equal_weights else "likelihood"
+        return self.init_select
 
     def _resolve_init(self, n_features: int) -> str:
         """Resolve ``init`` and ``freeze_prior`` once the networks are built (in memory and

@@ -9,8 +9,12 @@ The recipe of VaDE (Jiang et al. 2017), carried over to the GMVAE of Dilokthanak
 2. :func:`gmm_start` fits :class:`ppl_mixtures.GaussianMixture` (EM, ``n_init`` restarts; with
    ``equal_weights`` each restart refined by EM with the weights fixed at ``1 / K``) to the
    latent means ``x_loc(y)`` and makes the conditional prior network start at that mixture.
+   Of the equal-weight restarts, ``select="balance"`` keeps the one whose clusters have the
+   most even sizes (the GMVAE's prior over z is uniform; on digits this picks restarts 1-11
+   points more accurate than the highest likelihood does, ``bench/RESULTS.md``).
    By default the mixture has full covariances, each carried over as a factor analyser on
-   ``w`` (``x = mean_k + B_k w + noise``, ``B_k`` its leading ``Dw`` principal axes); with
+   ``w`` (``x = mean_k + B_k w + noise``, ``B_k`` its leading ``Dw`` principal axes, or with
+   ``factor_fit="ml"`` the maximum-likelihood factor analyser, :func:`factor_analysers`); with
    ``covariance="diag"`` the last layer of ``prior_net`` gets zero weights and the
    mixture's means and log-variances as its bias, so ``p(x | w, z=k) = N(mean_k, diag
    var_k)`` for every ``w`` at the first SVI step. The encoder's ``x`` log-variance is set
@@ -48,9 +52,19 @@ PRETRAIN_LR = 1e-3
 #: first-layer weights) did not keep SVI from lowering the start's accuracy on digits
 #: (seeds 0-2, ``bench/RESULTS.md``), so the default stays.
 FACTOR_INPUT_SCALE = 0.01
+#: How the equal-weight restarts are ranked (:func:`gmm_start`'s ``select``): by their
+#: likelihood, by the balance of their clusters' sizes (the GMVAE's uniform prior over z), or
+#: by the likelihood less the clusters' divergence from equal sizes (:func:`restart_order`).
+SELECTIONS = ("likelihood", "balance", "penalised")
+#: How each full covariance of the start becomes a factor analyser (:func:`factor_analysers`).
+FACTOR_FITS = ("pca", "ml")
 #: Iterations and relative tolerance of :func:`equal_weight_em`.
 EQUAL_WEIGHT_MAX_ITER = 200
 EQUAL_WEIGHT_TOL = 1e-7
+#: Iterations and relative tolerance of the maximum-likelihood factor analysers
+#: (:func:`factor_analysers` with ``method="ml"``).
+FACTOR_FIT_MAX_ITER = 500
+FACTOR_FIT_TOL = 1e-6
 
 
 def last_linear(module: nn.Module) -> nn.Linear | None:
@@ -135,7 +149,8 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
               weights: Tensor | None = None, latents: Tensor | None = None,
               input_scale: float = FACTOR_INPUT_SCALE,
               equal_weights: bool = False, w_encoder: bool = False,
-              batches: Any = None) -> np.ndarray:
+              batches: Any = None, select: str = "likelihood",
+              factor_fit: str = "pca") -> np.ndarray:
     """Start the conditional prior at a GMM fitted to the latent means (in place).
 
     Parameters
@@ -183,6 +198,19 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
     batches : iterable of Tensor, optional
         The rows ``y`` in batches, read once by ``w_encoder`` (a stream's); default
         ``y`` in chunks.
+    select : {"likelihood", "balance", "penalised"}, default "likelihood"
+        ``equal_weights`` only: which restart is kept. ``"likelihood"``: the highest
+        equal-weight log-likelihood. ``"balance"``: the restart whose clusters (each row
+        at its most probable component) have the most even sizes, i.e. the highest entropy
+        of the cluster proportions, closest to the GMVAE's uniform prior over z; ties go to
+        the higher likelihood. ``"penalised"``: the highest likelihood per row less the
+        Kullback-Leibler divergence of the cluster proportions from ``1 / K``
+        (:func:`restart_order`).
+    factor_fit : {"pca", "ml"}, default "pca"
+        ``"factor"`` only: how each full covariance becomes ``B_k B_k^T + diag`` (the
+        ``method`` of :func:`factor_analysers`): its leading principal axes, or the
+        maximum-likelihood factor analyser of ``Dw`` factors, closer to the full
+        covariance.
 
     Returns
     -------
@@ -192,8 +220,17 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
     Raises
     ------
     ValueError
-        When ``prior_net`` does not end with such a layer, or ``input_scale`` is not positive.
+        When ``prior_net`` does not end with such a layer, ``input_scale`` is not positive, or
+        ``select`` or ``factor_fit`` is unknown, or ``select`` other than ``"likelihood"``
+        without ``equal_weights``.
     """
+    if factor_fit not in FACTOR_FITS:
+        raise ValueError(f"factor_fit={factor_fit!r} is not one of {FACTOR_FITS}")
+    if select not in SELECTIONS:
+        raise ValueError(f"select={select!r} is not one of {SELECTIONS}")
+    if select != "likelihood" and not equal_weights:
+        raise ValueError(f"select={select!r} ranks the equal-weight restarts; pass "
+                         "equal_weights=True, or select='likelihood'")
     if not input_scale > 0:
         raise ValueError(f"input_scale={input_scale!r} must be positive (the slope of the "
                          "factor-analyser start, e.g. 0.01)")
@@ -216,21 +253,17 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
                    progress=False, dtype="float64", device="cpu")
     if equal_weights:
         gmm_means, gmm_covariances, labels = _equal_weight_mixture(
-            values, row_weights, n_components, seed, n_init, mixture, options)
+            values, row_weights, n_components, seed, n_init, mixture, options, select)
     else:
         gmm = mixture(n_components, n_init=n_init, random_state=seed, **options).fit(
             values, sample_weight=row_weights)
         gmm_means, gmm_covariances, labels = gmm.means_, gmm.covariances_, gmm.predict(values)
+    top = min(w_dim, x_dim)
     dtype = output.bias.dtype
     means = torch.as_tensor(gmm_means, dtype=dtype)
     if factor:
         covariances = torch.as_tensor(gmm_covariances, dtype=torch.float64)  # (K, Dx, Dx)
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariances)  # ascending
-        top = min(w_dim, x_dim)
-        loadings = eigenvectors[..., -top:] * eigenvalues[:, None, -top:].clamp(min=0).sqrt()
-        residual = torch.diagonal(covariances, dim1=-2, dim2=-1) - loadings.pow(2).sum(-1)
-        floor = 1e-3 * torch.diagonal(covariances, dim1=-2, dim2=-1)
-        variances = torch.maximum(residual, floor)
+        loadings, variances = factor_analysers(covariances, top, factor_fit)
     else:
         variances = torch.as_tensor(gmm_covariances, dtype=torch.float64)
     log_vars = variances.log().clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND).to(dtype)
@@ -252,6 +285,58 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
         start_w_encoder(networks, y.split(4096) if batches is None else batches,
                         means.double(), padded, log_vars.double().exp())
     return np.asarray(labels, dtype=np.int64)
+
+
+def factor_analysers(covariances: Tensor, rank: int, method: str = "pca",
+                     max_iter: int = FACTOR_FIT_MAX_ITER, tol: float = FACTOR_FIT_TOL,
+                     start: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Each covariance as a factor analyser ``B_k B_k^T + diag(psi_k)`` of ``rank`` factors.
+
+    Parameters
+    ----------
+    covariances : Tensor, shape (K, D, D), float64
+    rank : int
+        Factors (columns of ``B_k``), at most D.
+    method : {"pca", "ml"}, default "pca"
+        ``"pca"``: ``B_k`` the leading ``rank`` principal axes scaled by the square roots of
+        their variances, ``psi_k`` the rest of the diagonal (the marginal variances are kept
+        exactly). ``"ml"``: the factor analyser closest to the covariance in Gaussian
+        likelihood (Kullback-Leibler divergence from ``N(0, S_k)``), by the fixed point of
+        Joreskog (1967) as scikit-learn's ``FactorAnalysis`` runs it: ``B = Psi^1/2 U (L -
+        I)_+^1/2`` from the leading eigenpairs ``(L, U)`` of ``Psi^-1/2 S Psi^-1/2``, then
+        ``psi = diag(S - B B^T)``, started at ``"pca"``.
+    max_iter, tol : int, float
+        ``"ml"`` only: stop when no ``psi`` changes by more than ``tol`` relative.
+    start : Tensor, shape (K, D), optional
+        ``"ml"`` only: the ``psi`` to start from instead of the ``"pca"`` ones.
+
+    Returns
+    -------
+    loadings : Tensor, shape (K, D, rank)
+    variances : Tensor, shape (K, D)
+        ``psi_k``, at least ``1e-3`` times the diagonal of ``S_k``.
+    """
+    diagonal = torch.diagonal(covariances, dim1=-2, dim2=-1)
+    floor = 1e-3 * diagonal
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariances)  # ascending
+    loadings = eigenvectors[..., -rank:] * eigenvalues[:, None, -rank:].clamp(min=0).sqrt()
+    variances = torch.maximum(diagonal - loadings.pow(2).sum(-1), floor)
+    if method == "pca":
+        return loadings, variances
+    if start is not None:
+        variances = torch.maximum(start, floor)
+    for _ in range(max_iter):
+        root = variances.sqrt()
+        scaled = covariances / (root[:, :, None] * root[:, None, :])
+        eigenvalues, eigenvectors = torch.linalg.eigh(scaled)
+        loadings = root[:, :, None] * eigenvectors[..., -rank:] * (
+            eigenvalues[:, None, -rank:] - 1).clamp(min=0).sqrt()
+        updated = torch.maximum(diagonal - loadings.pow(2).sum(-1), floor)
+        change = float(((updated - variances).abs() / variances).max())
+        variances = updated
+        if change <= tol:
+            break
+    return loadings, variances
 
 
 def start_w_encoder(networks: GMVAENetworks, batches: Any, means: Tensor, loadings: Tensor,
@@ -403,16 +488,51 @@ def _equal_weight_em(values: Tensor, means: Tensor, covariances: Tensor, covaria
     return params, float(stats.log_likelihood) / float(stats.n_samples)
 
 
+def restart_order(log_likelihood: float, labels: np.ndarray, weights: np.ndarray | None,
+                  n_components: int, select: str = "likelihood") -> tuple[float, ...]:
+    """The key that ranks an equal-weight restart (larger is better).
+
+    Parameters
+    ----------
+    log_likelihood : float
+        Mean equal-weight log-likelihood per row.
+    labels : ndarray of int, shape (N,)
+        Each row's most probable component.
+    weights : ndarray, shape (N,), optional
+        Sample weights (the cluster sizes are weighted counts).
+    n_components : int
+    select : {"likelihood", "balance", "penalised"}
+        ``"likelihood"``: ``(log_likelihood,)``. ``"balance"``: ``(H, log_likelihood)`` with
+        ``H = -sum_k p_k log p_k`` the entropy of the cluster proportions ``p_k`` (at most
+        ``log K``, for clusters of equal sizes). ``"penalised"``: ``(log_likelihood - (log K -
+        H),)``, the likelihood less ``KL(p || 1 / K)``.
+
+    Returns
+    -------
+    tuple of float
+    """
+    if select == "likelihood":
+        return (log_likelihood,)
+    sizes = np.bincount(labels, weights=weights, minlength=n_components).astype(np.float64)
+    proportions = sizes[sizes > 0] / sizes.sum()
+    entropy = float(-(proportions * np.log(proportions)).sum())
+    if select == "penalised":
+        return (log_likelihood - (math.log(n_components) - entropy),)
+    return (entropy, log_likelihood)
+
+
 def _equal_weight_mixture(values: np.ndarray, weights: np.ndarray | None, n_components: int,
                           seed: int, n_init: int, mixture: type, options: dict,
+                          select: str = "likelihood",
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best of ``n_init`` equal-weight mixtures, each EM (:func:`equal_weight_em`) started
     at a one-restart fit of ``mixture``; returns means, covariances (full (K, D, D) or
     diagonal (K, D) as ``options`` asks) and the rows' clusters.
 
-    The first restart of the highest likelihood wins. A restart whose start is the same, bit
-    for bit, as an earlier one's (frequent on small data: 58 of 90 on 100 rows) would give
-    the same EM and the same likelihood, so it is skipped without changing the choice.
+    The first restart of the highest :func:`restart_order` (``select``) wins. A restart whose
+    start is the same, bit for bit, as an earlier one's (frequent on small data: 58 of 90 on
+    100 rows) would give the same EM, the same likelihood and the same clusters, so it is
+    skipped without changing the choice.
     """
     covariance_type = options["covariance_type"]
     data = torch.as_tensor(values, dtype=torch.float64)
@@ -431,10 +551,11 @@ def _equal_weight_mixture(values: np.ndarray, weights: np.ndarray | None, n_comp
             data, torch.as_tensor(gmm.means_, dtype=torch.float64),
             torch.as_tensor(gmm.covariances_, dtype=torch.float64), covariance_type,
             options["reg_covar"], row_weights, EQUAL_WEIGHT_MAX_ITER, EQUAL_WEIGHT_TOL)
-        if best is None or fitted[1] > best[1]:
-            best = fitted
-    params = best[0]
-    labels = em_gmm.responsibilities(data, params)[0].argmax(1).numpy()
+        labels = em_gmm.responsibilities(data, fitted[0])[0].argmax(1).numpy()
+        key = restart_order(fitted[1], labels, weights, n_components, select)
+        if best is None or key > best[0]:
+            best = (key, fitted[0], labels)
+    _, params, labels = best
     return params.means.numpy(), params.covariances.numpy(), labels
 
 

@@ -15,13 +15,14 @@ GMVAE_OPTIONS = [
     "--predict-w-draws", "16", "--latent-dim", "3", "--w-dim", "2", "--hidden-dims", "16,8",
     "--prior-hidden-dims", "12", "--z-inference", "closed_form", "--z-prior-weight", "0.5",
     "--pretrain-epochs", "1", "--init-equal-weights", "false", "--freeze-prior", "true",
-    "--init-w-encoder", "yes",
+    "--init-w-encoder", "yes", "--init-select", "likelihood", "--init-factor-fit", "ml",
 ]
 EXPECTED = {
     "init_restarts": 2, "init_factor_scale": 0.3, "predict_w": "mean", "predict_w_draws": 16,
     "latent_dim": 3, "w_dim": 2, "hidden_dims": (16, 8), "prior_hidden_dims": (12,),
     "z_inference": "closed_form", "z_prior_weight": 0.5, "pretrain_epochs": 1,
     "init_equal_weights": False, "freeze_prior": True, "init_w_encoder": True,
+    "init_select": "likelihood", "init_factor_fit": "ml",
 }
 
 
@@ -53,7 +54,7 @@ def test_gmvae_help_names_the_start_and_prediction_options(capsys):
     for flag in ("--init-restarts", "--init-factor-scale", "--predict-w", "--predict-w-draws",
                  "--latent-dim", "--w-dim", "--hidden-dims", "--prior-hidden-dims",
                  "--z-prior-weight", "--init-equal-weights", "--freeze-prior {auto,true,false}",
-                 "--init-w-encoder"):
+                 "--init-w-encoder", "--init-select", "--init-factor-fit"):
         assert flag in text, flag
 
 
@@ -72,6 +73,14 @@ def test_fit_gmvae_with_the_options_runs_them(tmp_path, capsys):
     assert est.freeze_prior is True and est.model_.freeze_prior
     assert est.init_equal_weights is False and est.init_w_encoder is True
     assert json.loads((tmp_path / "summary.json").read_text())["n_components"] == 3
+
+
+def test_init_select_takes_the_rankings_and_refuses_others(capsys):
+    for word in ("auto", "balance", "penalised", "likelihood"):
+        assert _estimator("--init-select", word).init_select == word
+    with pytest.raises(SystemExit):
+        _estimator("--init-select", "entropy")
+    assert "--init-select" in capsys.readouterr().err
 
 
 def test_freeze_prior_takes_auto_true_and_false():
