@@ -22,7 +22,7 @@ seconds), on ``make_dgmm(4000, 17, (3, 3, 2), (11, 6, 2), random_state=seed,
 standardize=True)``, the fit's ``random_state`` being the seed::
 
     python bench/dgmm.py --recovery --seeds 0 1 2 100 101 [--start auto|gmm|layerwise] [--max-iter 150]
-        [--compare-old] [--compare-release] [--compare-relabel]
+        [--compare-old] [--compare-release] [--compare-relabel] [--compare-reframe]
 
 and on scikit-learn's wine data (standardised; ``(3, 2), (5, 2)``; first-layer ARI against the
 cultivars), seeds 0-4::
@@ -125,12 +125,14 @@ OLD_DEFAULT = {"accelerate": 20, "max_iter": 500, "tol": 1e-5}
 
 def recovery(seeds: list[int], start: str, max_iter: int | None,
              compare_old: bool = False, compare_release: bool = False,
-             compare_relabel: bool = False) -> None:
+             compare_relabel: bool = False, compare_reframe: bool = False) -> None:
     """One default-settings fit per seed of the section 3.1 setting, scored against the truth;
     with ``compare_old``, the old default's fit of the same data first (interleaved); with
     ``compare_release``, the default without its released floor (``final_reg_covar=None``:
     the same search, stopped at ``reg_covar``) first; with ``compare_relabel``, the default
-    without the deeper layers' relabelling (``relabel=False``) first."""
+    without the deeper layers' relabelling (``relabel=False``) first; with ``compare_reframe``,
+    the default without the frames' move (``reframe=False``) first. Each default row holds
+    ``reframe`` (the move's log-likelihood per point before and after, and moves kept)."""
     from ppl_mixtures.estimators import DeepGaussianMixture
     from ppl_mixtures.metrics import adjusted_rand_score
 
@@ -139,6 +141,8 @@ def recovery(seeds: list[int], start: str, max_iter: int | None,
         settings.append(("unreleased", {"final_reg_covar": None}))
     if compare_relabel:
         settings.append(("no_relabel", {"relabel": False}))
+    if compare_reframe:
+        settings.append(("no_reframe", {"reframe": False}))
     settings.append(("default", {} if max_iter is None else {"max_iter": max_iter}))
     rows = []
     for seed in seeds:
@@ -168,6 +172,7 @@ def recovery(seeds: list[int], start: str, max_iter: int | None,
                 "monotone": bool(np.all(np.diff(history) >= -1e-8)),
                 "seconds": seconds, "torch_threads": torch.get_num_threads(),
                 "relabel_changes": getattr(est, "relabel_changes_", None),
+                "reframe": getattr(est, "reframe_", None),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -217,10 +222,12 @@ def main() -> None:
                         help="--recovery: also fit the default with final_reg_covar=None")
     parser.add_argument("--compare-relabel", action="store_true",
                         help="--recovery: also fit the default with relabel=False")
+    parser.add_argument("--compare-reframe", action="store_true",
+                        help="--recovery: also fit the default with reframe=False")
     args = parser.parse_args()
     if args.recovery:
         recovery(args.seeds, args.start, args.max_iter, args.compare_old, args.compare_release,
-                 args.compare_relabel)
+                 args.compare_relabel, args.compare_reframe)
         return
     if args.wine:
         wine(args.start)

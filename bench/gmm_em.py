@@ -257,6 +257,9 @@ def main() -> None:
             fit_ours(X, init, covariance_type, 1, "float64")  # warm-up
             for repeat in range(args.repeats):
                 sk_seconds, sk_mb, sk_score = fit_sklearn(X, init, covariance_type, n_iter)
+                # scikit-learn's BLAS threads keep spinning for a while after a call; with two
+                # threads a small fit started at once ran 4-8x slower (digits diag, float64)
+                time.sleep(0.2)
                 peers = {}
                 if args.peers:
                     for peer, fit in (("torchgmm", fit_torchgmm),

@@ -176,6 +176,21 @@ class DeepGaussianMixture(DGMMChecks, DGMMFitting, MixtureEstimator):
         labellings that differ only there differ little in likelihood; ``bench/RESULTS.md``).
         The kept labellings are listed in ``relabel_changes_``.
         False: no relabelling (the previous default). Plain EM and SVI do not use it.
+    reframe : bool, default True
+        The accelerated loop's last move (``accelerate=None`` with a mixture start, two
+        layers or more, ``tol > 0``), after the floor's release: for every component c of
+        a layer ``l - 1 < h``, c's frame of the scores ``z^(l)`` is moved by the affine map
+        that best puts its rows on the shared components they belong to, two SQUAREM
+        cycles follow, and the move is kept where the likelihood rises, for up to
+        :data:`~ppl_mixtures.estimators._dgmm_fit.REFRAME_ROUNDS` rounds
+        (:func:`~ppl_mixtures.inference.em.dgmm_moves.reframe`); where a move was kept the
+        loop continues at the released floor (appended to ``history_``). With tiny
+        first-layer noise EM cannot move these frames (the scores' posterior is almost a
+        point, and the M-step gives the loadings back), so the layers above fit clouds read
+        in frames that disagree. Monotone; its E-steps are the loop's (a stream and
+        ``distributed=True`` decide as the in-memory fit does). The log-likelihood per point
+        before and after it, and the moves kept, are in ``reframe_``. False: the previous
+        default.
     identifiability : {None, "lower_triangular", "diagonal", "orthonormal"}, default None
         After fitting, map the parameters to this canonical form of Selosse et al. (2020), section 3.4
         (:func:`~ppl_mixtures.models.dgmm_identify.identify`: last-layer loadings rotated to the
@@ -217,6 +232,10 @@ checkpoint_path
     relabel_changes_ : list of str
         Where the relabelling ran (``relabel=True``): the labellings it kept, in order (empty
         when none beat the fit's own).
+    reframe_ : dict
+        Where the frames' move ran (``reframe=True``): ``before`` and ``after`` (mean
+        log-likelihood per sample), ``moves`` (kept), ``continued`` (iterations of the loop
+        after it) and ``seconds`` (move and continuation).
     params_ : DGMMParams
     model_ : DeepGaussianMixtureModel
     guide_ : AutoDelta or LatentScoreGuide
@@ -237,6 +256,7 @@ checkpoint_path
         "anneal_iter": [Integer(0)],
         "realign": [BOOLEAN],
         "relabel": [BOOLEAN],
+        "reframe": [BOOLEAN],
         "identifiability": [Options(CONSTRAINTS), NONE],
         "priors": [DICT, NONE],
         "max_iter": [Integer(0), NONE],
@@ -270,6 +290,7 @@ checkpoint_path
         anneal_iter: int = 150,
         realign: bool = False,
         relabel: bool = True,
+        reframe: bool = True,
         identifiability: str | None = None,
         priors: dict | None = None,
         lr: float | None = None,
@@ -300,6 +321,7 @@ checkpoint_path
         self.anneal_iter = anneal_iter
         self.realign = realign
         self.relabel = relabel
+        self.reframe = reframe
         self.identifiability = identifiability
         self.priors = priors
         self.lr = lr

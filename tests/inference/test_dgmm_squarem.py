@@ -95,7 +95,7 @@ def test_default_runs_the_accelerated_loop_and_converges(problem):
     fits = {}
     for accelerate in (None, 0):
         est = DeepGaussianMixture(SIZES, FACTORS, accelerate=accelerate, max_iter=2,
-                                  relabel=False, progress=False)
+                                  relabel=False, reframe=False, progress=False)
         est._initial_params = lambda x, generator: start
         with pytest.warns(ConvergenceWarning, match="max_iter=2 .*tol="):
             fits[accelerate] = est.fit(X)
@@ -140,7 +140,7 @@ def test_released_floor_continues_the_settled_fit_to_the_truth(tiny_noise):
     27.39 released, truth 27.41 (seeds 0 and 2 of this draw: within 0.2 of it or above)."""
     X, truth = tiny_noise
     fits = {final: DeepGaussianMixture(SIZES, FACTORS, random_state=0, progress=False,
-                                       final_reg_covar=final).fit(X)
+                                       final_reg_covar=final, reframe=False).fit(X)
             for final in (None, 1e-8)}
     kept, released = fits[None], fits[1e-8]
     n_kept = len(kept.history_)
@@ -186,11 +186,12 @@ def test_released_stream_fit_equals_in_memory_fit(problem):
     """The release's E-steps are the stream's sums too: two batches give the in-memory fit,
     search and release (the same start; tol so large that each phase stops at its second
     iteration, the first gain being measured from -inf; without the relabelling, whose own
-    stream test is in test_dgmm_relabel.py)."""
+    stream test is in test_dgmm_relabel.py, nor the frames' move, test_dgmm_reframe.py)."""
     X, _, start = problem
     fits = []
     for data in (X, [X[:150], X[150:]]):
-        est = DeepGaussianMixture(SIZES, FACTORS, tol=1e9, relabel=False, progress=False)
+        est = DeepGaussianMixture(SIZES, FACTORS, tol=1e9, relabel=False, reframe=False,
+                                  progress=False)
         est._initial_params = lambda x, generator: start
         fits.append(est.fit(data))
     in_memory, streamed = fits
@@ -204,12 +205,13 @@ def test_released_stream_fit_equals_in_memory_fit(problem):
 def test_release_follows_a_search_stopped_by_max_iter_but_not_tol_zero(problem):
     """A search cut by max_iter is released too (at least min(3, max_iter) iterations), so
     BIC compares candidates at one floor; tol=0 asks for exactly max_iter iterations (without
-    the relabelling, which would continue the search from this layer-wise start)."""
+    the relabelling and the frames' move, which would continue the search from this
+    layer-wise start)."""
     X, _, start = problem
     fits = {}
     for tol in (None, 0.0):
         est = DeepGaussianMixture(SIZES, FACTORS, max_iter=1, tol=tol, relabel=False,
-                                  progress=False)
+                                  reframe=False, progress=False)
         est._initial_params = lambda x, generator: start
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)

@@ -168,17 +168,29 @@ def test_tied_moments_pooled_in_the_whitened_frame_keep_a_thin_direction(weighte
 
 
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
-def test_diagonal_blocks_add_up_to_the_reference_weighted_too(covariance_type, monkeypatch):
+def test_diagonal_blocks_add_up_in_this_thread_and_over_row_ranges(covariance_type,
+                                                                   monkeypatch):
     """The diagonal E-step's blocks (45 of 9 rows, the feature tables reused from block to
-    block) add up to the two-step reference, with and without weights, and a pass ignores
-    the row-range threads (it runs in the caller's thread, on torch's own threads)."""
+    block) add up to the two-step reference, with and without weights, in the caller's
+    thread (light blocks) and split over three row-range threads (heavy blocks: the
+    threshold lowered here), whose sums, added in range order, equal the serial pass's."""
     x, params = _start(covariance_type, n=401)
     weights = torch.rand(401, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     monkeypatch.setattr(em_gmm, "_E_STEP_BLOCK_ELEMENTS", 9 * (4 + 5))  # blocks of 9 rows
     monkeypatch.setattr(em_gmm, "_MIN_BLOCK_ROWS", 1)
     monkeypatch.setattr(kernels, "_parallel_workers", lambda n_chunks: 3)
-    for w in (None, weights):
-        _assert_same(em_gmm.e_step(x, params, w), _reference(x, params, w), 1e-10)
+    serial = {}
+    for name, w in (("plain", None), ("weighted", weights)):
+        serial[name] = em_gmm.e_step(x, params, w)
+        _assert_same(serial[name], _reference(x, params, w), 1e-10)
+    ranges = []
+    monkeypatch.setattr(kernels, "_THREADED_DIAGONAL_WORK", 0)
+    over_ranges = kernels._over_row_ranges
+    monkeypatch.setattr(kernels, "_over_row_ranges",
+                        lambda *args: ranges.append(args[1:]) or over_ranges(*args))
+    for name, w in (("plain", None), ("weighted", weights)):
+        _assert_same(em_gmm.e_step(x, params, w), serial[name], 1e-12)
+    assert ranges == [(401, 9), (401, 9)]
 
 
 def test_row_range_threads_leave_the_thread_count_as_it_was(monkeypatch):

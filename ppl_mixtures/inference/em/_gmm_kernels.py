@@ -12,8 +12,9 @@ M-step leaves for the next E-step (:func:`factors_of`).
   :func:`_dense_e_step` chooses among tied and full's passes.
 
 Chunks of rows keep every table in cache and memory bounded by one chunk; the tied and full
-passes run contiguous ranges of chunks on torch's threads (:func:`_over_row_ranges`), the
-diagonal one uses torch's own threads inside each block's operations.
+passes, and the diagonal one at large K D, run contiguous ranges of chunks on torch's threads
+(:func:`_over_row_ranges`); a light diagonal pass uses torch's own threads inside each
+block's operations.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ _QUADRATIC_ROUNDING = 1e-6
 _PARALLEL_MIN_CHUNKS = 8
 #: Whether the row-range threads of a pass run their own operations in one thread each.
 _ONE_THREAD_EACH = True
+#: Multiply-adds per row of a diagonal E-step's product (K times the features' width) from
+#: which its blocks run over row ranges (:func:`_diagonal_e_step`); lighter ones run in the
+#: caller's thread.
+_THREADED_DIAGONAL_WORK = 4096
 #: Per thread: whether it is a row-range worker of :func:`_over_row_ranges`.
 _WORKER = threading.local()
 #: Entries of one (rows, D (D + 1) / 2 + D) table of quadratic features.
@@ -111,14 +116,14 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     products, over blocks of ``rows`` rows (all of ``x`` at once by default).
 
     With ``xc = x - c`` (``c`` the mean of the component means, for less cancellation far
-    from the origin), the features ``f = [xc, q, 1]`` (``q = xc^2``; spherical: ``|xc|^2``)
-    and the coefficients ``[-2 (mu_k - c) / s_k, 1 / s_k, constant_k]`` give every
-    Mahalanobis distance and the affine parts of the log density in one (K, F) @ (F, rows)
-    product (the arithmetic of :func:`~ppl_mixtures.models.gmm.component_log_prob`, whose
-    clamp at zero it keeps), and ``r^T @ f`` gives the responsibility-weighted sums of the
-    rows, of their squares and of the responsibilities themselves: two products per block,
-    no (rows, K, D) tensor. The coefficients are prepared once per E-step and the feature
-    table is written in place, block after block (its ones column once). Spherical
+    from the origin), the features ``f = [xc, q]`` (``q = xc^2``; spherical: ``|xc|^2``)
+    and the coefficients ``[(mu_k - c) / s_k, -1 / (2 s_k)]`` give every Mahalanobis
+    distance, with the affine parts of the log density as the product's bias, in one (K, F)
+    @ (F, rows) product (the arithmetic of
+    :func:`~ppl_mixtures.models.gmm.component_log_prob`, whose clamp at zero it keeps), and
+    ``r^T @ f`` gives the responsibility-weighted sums of the rows and of their squares: two
+    products per block, no (rows, K, D) tensor. The coefficients are prepared once per
+    E-step and the feature table is written in place, block after block. Spherical
     variances need only ``|xc|^2`` for the densities, and the moments only its sum (see
     :class:`GMMStats`). The sums about ``c`` are turned into moments about the means (the
     ``shift``) in float64: ``sum r (xc - m)^2 = sum r xc^2 - 2 m sum r xc + N_k m^2``.
@@ -127,6 +132,7 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     from ``c``).
     """
     n_samples, n_features = x.shape
+    n_components = params.n_components
     wide = torch.float64
     means = params.means
     center = means.mean(0)
@@ -191,11 +197,15 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
             sums = resp @ features if sums is None else sums.addmm_(resp, features)
         return sums, log_likelihood, resp_sum
 
-    # one pass in this thread: each block's products and (K, rows) tables are large enough
-    # for torch's own threads, and at the benchmark shape (N = 1e5, D = 32, K = 16, two
-    # idle cores) the E-step took 11.1 ms against 18.1 ms over two row-range threads
-    # (one thread: 17.1 ms); at N = 2e5, D = 64, K = 128 the two were within 10 %
-    sums, log_likelihood, resp_sum = rows_pass(0, n_samples)
+    # light blocks (K F below _THREADED_DIAGONAL_WORK) in this thread, on torch's own
+    # threads: at N = 1e5, D = 32, K = 16 on two idle cores the E-step took 11.1 ms against
+    # 18.1 ms over two row-range threads (one thread: 17.1 ms). Heavy blocks over row ranges:
+    # at N = 2e5, D = 64, K = 128 whole fits ran 3.1-4.0x scikit-learn's speed over row
+    # ranges against 2.2-2.6x in this thread
+    if n_components * n_f >= _THREADED_DIAGONAL_WORK:
+        sums, log_likelihood, resp_sum = _over_row_ranges(rows_pass, n_samples, rows)
+    else:
+        sums, log_likelihood, resp_sum = rows_pass(0, n_samples)
     mc = mc.to(wide)
     linear, quadratic = sums[:, :n_features], sums[:, n_features:]
     # about the means: sum r (xc - m) = sum r xc - N_k m and, with it,
