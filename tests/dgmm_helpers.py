@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from ppl_mixtures.datasets import make_dgmm
 from ppl_mixtures.estimators import DeepGaussianMixture
+from ppl_mixtures.inference.em import dgmm as em_dgmm
 from ppl_mixtures.models import dgmm
 
 
@@ -58,3 +60,16 @@ def assert_move_validated_and_unused_by_plain_em(fit, X, start, n_components, n_
         fits = [fit(X, start, **{flag: value}, **options) for value in (True, False)]
         assert fits[0].history_ == fits[1].history_
         assert not hasattr(fits[0], record)
+
+
+def settled_layerwise_starts(n_components, n_factors):
+    """``(x, params, history)`` for three layer-wise k-means starts (seeds 0-2) after three
+    accelerated EM cycles on a small draw of the model (300 rows, 9 features): fits whose
+    labellings and frames may be right or wrong, for the moves' monotonicity tests."""
+    X, _, _, _ = make_dgmm(300, 9, n_components, n_factors, random_state=3, standardize=True)
+    x = torch.as_tensor(X)
+    for seed in range(3):
+        start = em_dgmm.initial_params(x, n_components, n_factors, "kmeans",
+                                       torch.Generator().manual_seed(seed))
+        params, history = em_dgmm.accelerate(x, start, 3, 1e-6)
+        yield x, params, history

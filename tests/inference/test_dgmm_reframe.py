@@ -10,6 +10,7 @@ from dgmm_helpers import (
     assert_move_validated_and_unused_by_plain_em,
     assert_stream_fit_moves_as_in_memory,
     fit_from,
+    settled_layerwise_starts,
 )
 
 from ppl_mixtures.datasets import make_dgmm
@@ -62,12 +63,7 @@ def test_reframe_climbs_faster_than_em(frozen):
 def test_reframe_never_lowers_the_likelihood():
     """From layer-wise starts after a few EM steps, the returned value is at least the
     start's; ``rounds=0`` returns the fit unchanged."""
-    X, _, _, _ = make_dgmm(300, 9, SIZES, FACTORS, random_state=3, standardize=True)
-    x = torch.as_tensor(X)
-    for seed in range(3):
-        start = em_dgmm.initial_params(x, SIZES, FACTORS, "kmeans",
-                                       torch.Generator().manual_seed(seed))
-        start, history = em_dgmm.accelerate(x, start, 3, 1e-6)
+    for x, start, history in settled_layerwise_starts(SIZES, FACTORS):
         params, begin, value, _ = dgmm_moves.reframe(x, start, 1e-6, rounds=2,
                                                      trial_cycles=1)
         assert begin == pytest.approx(history[-1], abs=1e-9) and value >= begin

@@ -10,6 +10,7 @@ from dgmm_helpers import (
     assert_move_validated_and_unused_by_plain_em,
     assert_stream_fit_moves_as_in_memory,
     fit_from,
+    settled_layerwise_starts,
 )
 
 from ppl_mixtures.datasets import make_dgmm
@@ -103,12 +104,7 @@ def test_relabel_restores_the_swapped_labelling(swapped):
 def test_relabel_never_lowers_the_likelihood():
     """From layer-wise starts after a few EM steps (labellings right or wrong), the returned
     value is at least the start's and is the returned parameters' likelihood."""
-    X, _, _, _ = make_dgmm(300, 9, SIZES, FACTORS, random_state=3, standardize=True)
-    x = torch.as_tensor(X)
-    for seed in range(3):
-        start = em_dgmm.initial_params(x, SIZES, FACTORS, "kmeans",
-                                       torch.Generator().manual_seed(seed))
-        start, history = em_dgmm.accelerate(x, start, 3, 1e-6)
+    for x, start, history in settled_layerwise_starts(SIZES, FACTORS):
         params, value, _ = dgmm_relabel.relabel(x, start, 1e-6, trial_cycles=1)
         assert value >= history[-1] - 1e-9
         assert value == pytest.approx(float(dgmm.log_likelihood(x, params).mean()), abs=1e-9)

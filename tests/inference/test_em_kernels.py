@@ -311,3 +311,16 @@ def test_fitted_precisions_match_the_inverse():
         np.testing.assert_array_equal(chol, np.triu(chol))
         np.testing.assert_allclose(chol @ np.swapaxes(chol, -1, -2), arrays["precisions_"],
                                    rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_no_rows_give_zero_statistics(covariance_type):
+    """An empty batch (a stream's, or a shard's) adds nothing: zero weight, likelihood and
+    sums, for every covariance type."""
+    x, params = _start(covariance_type)
+    stats = em_gmm.e_step(x[:0], params)
+    assert stats.n_samples == 0 and float(stats.log_likelihood) == 0.0
+    for name in ("resp_sum", "first_moment", "second_moment"):
+        assert not bool(getattr(stats, name).any()), name
+    total = stats + em_gmm.e_step(x, params)
+    _assert_same(total, em_gmm.e_step(x, params), 0.0)

@@ -141,9 +141,8 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     precisions = gmm.diagonal_variances(params).reciprocal()  # (K, D)
     scaled = mc * precisions
     log_2pi = n_features * math.log(2 * math.pi)
-    # joint = 0.5 (log|P| - D log 2 pi - mahalanobis) + log pi, the affine parts folded into
-    # the product's last coefficient; capping it at its value for a zero distance is the
-    # model's clamp at zero
+    # joint = 0.5 (log|P| - D log 2 pi - mahalanobis) + log pi, the affine parts as the
+    # product's bias; capping it at its value for a zero distance is the model's clamp at zero
     top = (precisions.log().sum(-1) - log_2pi).mul_(0.5).add_(params.weights.log())
     bias = top - 0.5 * (mc * scaled).sum(-1)
     squares = -0.5 * (precisions[:, :1] if spherical else precisions)
@@ -195,6 +194,9 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
             part_sum = resp.sum(1, dtype=wide)
             resp_sum = part_sum if resp_sum is None else resp_sum.add_(part_sum)
             sums = resp @ features if sums is None else sums.addmm_(resp, features)
+        if sums is None:  # no rows
+            return (x.new_zeros(n_components, n_f, dtype=wide), x.new_zeros((), dtype=wide),
+                    x.new_zeros(n_components, dtype=wide))
         return sums, log_likelihood, resp_sum
 
     # light blocks (K F below _THREADED_DIAGONAL_WORK) in this thread, on torch's own
