@@ -32,7 +32,6 @@ from ppl_mixtures.inference.em._gmm_kernels import (  # noqa: F401  (GMMStats, f
     GMMStats,
     _dense_e_step,
     _diagonal_e_step,
-    _over_row_ranges,
     _remember_factors,
     _total_weight,
     factors_of,
