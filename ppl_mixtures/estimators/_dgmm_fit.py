@@ -261,8 +261,7 @@ class DGMMFitting:
         / 701 (bench/RESULTS.md): +0.9 / +1.3 nats per point in four rounds.
         """
         self.__dict__.pop("reframe_", None)
-        if (not self.reframe or not self._squarem_loop(source) or len(self._components) < 2
-                or self._tol <= 0 or self._max_iter == 0):
+        if not (self.reframe and self._moves_apply(source)):
             return False
         final = self._final_floor(source)
         floor = final if (final is not None and getattr(self, "_released", False)) \
@@ -276,11 +275,7 @@ class DGMMFitting:
                          "seconds": time.perf_counter() - begin, "continued": 0}
         if not moves:
             return False
-        result = run_em(source.data, init_params=lambda _: params, e_step=summed,
-                        m_step=self._loop_m_step(source, floor), n_init=1,
-                        max_iter=max(min(3, self._max_iter), self._max_iter - self.n_iter_),
-                        tol=self._tol, progress=False, evaluate_final=not source.one_pass)
-        self._append_run(result)
+        result = self._continue(source, params, 3, floor)
         self.reframe_.update(after=float(result.log_likelihood), continued=result.n_iter,
                              seconds=time.perf_counter() - begin)
         return True
@@ -309,8 +304,7 @@ class DGMMFitting:
         per point, every time, for 10-35 s more per fit (``bench/RESULTS.md``).
         """
         self.__dict__.pop("relabel_changes_", None)  # a refit's own, or none
-        if (not self.relabel or not self._squarem_loop(source) or len(self._components) < 2
-                or self._tol <= 0 or self._max_iter == 0):
+        if not (self.relabel and self._moves_apply(source)):
             return False
         summed = source.e_step(em_dgmm.e_step)
         params, _, changes = dgmm_relabel.relabel(source.data, self.params_, self.reg_covar,
@@ -320,13 +314,28 @@ class DGMMFitting:
         if not changes:
             self.params_ = params  # the identity's trial cycles: a little further, no lower
             return False
-        result = run_em(source.data, init_params=lambda _: params, e_step=summed,
-                        m_step=self._loop_m_step(source), n_init=1,
-                        max_iter=max(min(RELABEL_MIN_ITER, self._max_iter),
+        self._continue(source, params, RELABEL_MIN_ITER)
+        return True
+
+    def _moves_apply(self, source: DataSource) -> bool:
+        """Whether the settled fit's moves (relabelling, frames) run: the accelerated loop
+        (:meth:`_squarem_loop`), two layers or more, ``tol > 0`` and ``max_iter > 0``."""
+        return (self._squarem_loop(source) and len(self._components) >= 2
+                and self._tol > 0 and self._max_iter != 0)
+
+    def _continue(self, source: DataSource, params: dgmm.DGMMParams, min_iter: int,
+                  floor: float | None = None) -> Any:
+        """The loop run again from ``params`` (after a move, or at the released ``floor``):
+        what the search left of ``max_iter``, at least ``min_iter`` iterations, its own
+        convergence test; made the fit's by :meth:`_append_run`. Returns the run's result."""
+        result = run_em(source.data, init_params=lambda _: params,
+                        e_step=source.e_step(em_dgmm.e_step),
+                        m_step=self._loop_m_step(source, floor), n_init=1,
+                        max_iter=max(min(min_iter, self._max_iter),
                                      self._max_iter - self.n_iter_),
                         tol=self._tol, progress=False, evaluate_final=not source.one_pass)
         self._append_run(result)
-        return True
+        return result
 
     def _append_run(self, result) -> None:
         """A continuation of the search (after a relabelling, or the floor's release) made
@@ -373,15 +382,8 @@ class DGMMFitting:
         final = self._final_floor(source)
         if final is None or self._tol <= 0 or self._max_iter == 0:
             return  # no release; tol=0: exactly max_iter iterations; max_iter=0: the start
-        settled = self.params_
-        result = run_em(source.data, init_params=lambda _: settled,
-                        e_step=source.e_step(em_dgmm.e_step),
-                        m_step=self._loop_m_step(source, final), n_init=1,
-                        max_iter=max(min(min_iter, self._max_iter),
-                                     self._max_iter - self.n_iter_),
-                        tol=self._tol, progress=False, evaluate_final=not source.one_pass)
-        self._released = True
-        self._append_run(result)  # the best start's final value is now the released fit's
+        self._continue(source, self.params_, min_iter, final)
+        self._released = True  # the best start's final value is now the released fit's
 
     def _make_guide(self, x: torch.Tensor, generator: torch.Generator):
         start = self._initial_params(x, generator)

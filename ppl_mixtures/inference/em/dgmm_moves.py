@@ -35,8 +35,12 @@ from typing import Any
 
 import torch
 
-from ppl_mixtures.inference.em.dgmm import DGMMStats, _extrapolation, e_step, squarem_m_step
-from ppl_mixtures.inference.em.dgmm_relabel import _candidate_map, _moved_frame
+from ppl_mixtures.inference.em.dgmm import DGMMStats, _extrapolation, e_step
+from ppl_mixtures.inference.em.dgmm_relabel import (
+    _candidate_map,
+    _moved_frame,
+    trial_cycles_from,
+)
 from ppl_mixtures.models.dgmm import DGMMParams
 
 
@@ -127,12 +131,10 @@ def reframe(x: Any, params: DGMMParams, reg_covar: float = 1e-6, *,
                     order = tuple(range(math.prod(params.n_components[layer:])))
                     _, a, b = _candidate_map(stats, layer, parent, order)
                     moved = _moved_frame(moved, layer, parent, a, b)
-                moved = squarem_m_step(step_at(x, moved), x, reg_covar, e_step_fn=step_at,
-                                       n_cycles=trial_cycles)
-                moved_stats = step_at(x, moved)
+                moved, moved_stats, value = trial_cycles_from(step_at(x, moved), x, reg_covar,
+                                                              step_at, trial_cycles)
             except (ValueError, RuntimeError, torch.linalg.LinAlgError):
                 continue
-            value = float(moved_stats.log_likelihood) / moved_stats.n_samples
             if math.isfinite(value) and value > current + min_gain:
                 params, stats, current = moved, moved_stats, value
                 moves += 1
@@ -141,11 +143,9 @@ def reframe(x: Any, params: DGMMParams, reg_covar: float = 1e-6, *,
             step_length, jump_to = _extrapolation(*path)
             if step_length is not None:
                 try:
-                    jumped = squarem_m_step(step_at(x, jump_to(min(-1.0, step_length))), x,
-                                            reg_covar, e_step_fn=step_at,
-                                            n_cycles=trial_cycles)
-                    jumped_stats = step_at(x, jumped)
-                    value = float(jumped_stats.log_likelihood) / jumped_stats.n_samples
+                    jumped, jumped_stats, value = trial_cycles_from(
+                        step_at(x, jump_to(min(-1.0, step_length))), x, reg_covar, step_at,
+                        trial_cycles)
                 except (ValueError, RuntimeError, torch.linalg.LinAlgError):
                     value = -math.inf
                 if math.isfinite(value) and value > current + min_gain:

@@ -254,6 +254,16 @@ def relabelled(stats: DGMMStats, layer: int, parent: int, order: Sequence[int]) 
     return _moved_frame(stats.params, layer, parent, a, b)
 
 
+def trial_cycles_from(stats: DGMMStats, x: Any, reg_covar: float, step_at: Any,
+                      n_cycles: int) -> tuple[DGMMParams, DGMMStats, float]:
+    """A move's trial: ``n_cycles`` SQUAREM cycles from the parameters of ``stats`` (their
+    E-step), then an E-step of the result; returns the parameters, their statistics and
+    their mean log-likelihood per sample (the value a move is kept or dropped on)."""
+    moved = squarem_m_step(stats, x, reg_covar, e_step_fn=step_at, n_cycles=n_cycles)
+    moved_stats = step_at(x, moved)
+    return moved, moved_stats, float(moved_stats.log_likelihood) / moved_stats.n_samples
+
+
 def relabel(x: Any, params: DGMMParams, reg_covar: float = 1e-6, *,
             e_step_fn: Callable[[Any, DGMMParams], DGMMStats] | None = None,
             trial_cycles: int = 2, n_trials: int = 2, min_gain: float = 1e-3,
@@ -308,10 +318,7 @@ def relabel(x: Any, params: DGMMParams, reg_covar: float = 1e-6, *,
     trial_cycles = max(1, int(trial_cycles))
 
     def trial(start_stats: DGMMStats) -> tuple[DGMMParams, DGMMStats, float]:
-        moved = squarem_m_step(start_stats, x, reg_covar, e_step_fn=step_at,
-                               n_cycles=trial_cycles)
-        moved_stats = step_at(x, moved)
-        return moved, moved_stats, float(moved_stats.log_likelihood) / moved_stats.n_samples
+        return trial_cycles_from(start_stats, x, reg_covar, step_at, trial_cycles)
 
     for layer, parent, orders in groups:
         best_params, best_stats, best_value = trial(stats)  # the identity
