@@ -51,6 +51,9 @@ def main(out: Path) -> None:
         for name in ("weights_", "means_", "covariances_", "history_", "lower_bound_"):
             arrays[f"{covariance_type}_{name}"] = np.asarray(getattr(est, name))
     np.savez(out / f"rank{rank}.npz", **arrays)
+    # leave together: a rank exiting with the gloo group alive can abort at shutdown
+    # ("terminate called without an active exception", SIGABRT)
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -102,6 +102,9 @@ def main(out: Path) -> None:
     arrays.update(gmvae_lower_bound=vae.lower_bound_, gmvae_steps=vae.n_iter_,
                   gmvae_first_weight=vae.params_["encoder.0.weight"].numpy())
     np.savez(out / f"rank{rank}.npz", **arrays)
+    # leave together: a rank exiting with the gloo group alive can abort at shutdown
+    # ("terminate called without an active exception", SIGABRT)
+    dist.barrier()
     dist.destroy_process_group()
 
 
