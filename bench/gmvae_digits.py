@@ -22,7 +22,9 @@ starts from an equal-weight GMM (30 restarts), with ``-freeze`` the prior networ
 (``-90-freeze``: 90 restarts); ``defaults-w-encoder`` starts q(w | y) at the factor posterior;
 ``defaults-likelihood-pick`` keeps the most likely restart of the start instead of the most
 balanced one (the defaults before the fourth round); ``defaults-factor-ml`` carries the start
-over as maximum-likelihood factor analysers;
+over as maximum-likelihood factor analysers; ``defaults-unrotated-pca`` starts in the
+pre-trained latent axes with principal-axes factor analysers (the defaults before the fifth
+round), ``defaults-unrotated`` and ``defaults-rotated-pca`` change one of the two;
 ``tuned`` (the default) the settings below. ``--sample-grids DIR`` saves, for every GMVAE
 fit, decoded samples of each component as one row of images (``DIR/gmvae_samples_K*_M*_seed*.png``).
 
@@ -82,6 +84,11 @@ SETTINGS = {
     # instead of cluster balance, and the maximum-likelihood factor analysers
     "defaults-likelihood-pick": {"init_select": "likelihood"},
     "defaults-factor-ml": {"init_factor_fit": "ml"},
+    # issue 17, fifth round: the start in the latent space's own axes with principal-axes
+    # factor analysers (the defaults before it), and each of the two changes on its own
+    "defaults-unrotated-pca": {"init_rotate": False, "init_factor_fit": "pca"},
+    "defaults-unrotated": {"init_rotate": False},
+    "defaults-rotated-pca": {"init_factor_fit": "pca"},
 }
 
 

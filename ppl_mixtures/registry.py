@@ -365,10 +365,14 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
                    "of very unequal sizes); auto: balance with --init-equal-weights true, "
                    "else likelihood (default: auto)",
                    choices=("auto", "balance", "penalised", "likelihood")),
-            Option("--init-factor-fit", "init_factor_fit", "choice", "pca",
+            Option("--init-factor-fit", "init_factor_fit", "choice", "ml",
                    "how each latent covariance of the gmm start becomes a factor analyser "
-                   "over w: pca (leading axes) or ml (maximum likelihood) (default: pca)",
-                   choices=("pca", "ml")),
+                   "over w: ml (maximum likelihood) or pca (leading axes) (default: ml)",
+                   choices=("ml", "pca")),
+            Option("--init-rotate", "init_rotate", "boolean", True,
+                   "turn the latent space of the gmm start to the common principal axes of "
+                   "its covariances before carrying them over as factor analysers "
+                   "(default: true)"),
             Option("--freeze-prior", "freeze_prior", "boolean", "auto",
                    "keep the conditional prior network at its start during SVI; auto: after "
                    "the gmm start only (default: auto)", choices=("auto",)),

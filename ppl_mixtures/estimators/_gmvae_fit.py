@@ -205,7 +205,8 @@ class GMVAEFitting:
                                  equal_weights=self.init_equal_weights,
                                  w_encoder=self.init_w_encoder, batches=batches,
                                  select=self._init_select(),
-                                 factor_fit=self.init_factor_fit)
+                                 factor_fit=self.init_factor_fit,
+                                 rotate=self.init_rotate)
 
     def _init_select(self) -> str:
         """``init_select`` resolved: ``"auto"`` ranks equal-weight restarts by balance,

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ppl_mixtures.inference import gmvae_axes
 from ppl_mixtures.inference.em import gmm as em_gmm
 from ppl_mixtures.models.gmm import GMMParams
 from ppl_mixtures.models.gmvae import LOG_VAR_BOUND, GMVAENetworks
@@ -58,6 +59,8 @@ FACTOR_INPUT_SCALE = 0.01
 SELECTIONS = ("likelihood", "balance", "penalised")
 #: How each full covariance of the start becomes a factor analyser (:func:`factor_analysers`).
 FACTOR_FITS = ("pca", "ml")
+#: Latent rows on which :func:`gmm_start`'s rotation checks the decoder's outputs unchanged.
+ROTATION_PROBE_ROWS = 256
 #: Iterations and relative tolerance of :func:`equal_weight_em`.
 EQUAL_WEIGHT_MAX_ITER = 200
 EQUAL_WEIGHT_TOL = 1e-7
@@ -150,7 +153,7 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
               input_scale: float = FACTOR_INPUT_SCALE,
               equal_weights: bool = False, w_encoder: bool = False,
               batches: Any = None, select: str = "likelihood",
-              factor_fit: str = "pca") -> np.ndarray:
+              factor_fit: str = "pca", rotate: bool = False) -> np.ndarray:
     """Start the conditional prior at a GMM fitted to the latent means (in place).
 
     Parameters
@@ -211,6 +214,13 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
         ``method`` of :func:`factor_analysers`): its leading principal axes, or the
         maximum-likelihood factor analyser of ``Dw`` factors, closer to the full
         covariance.
+    rotate : bool, default False
+        ``"factor"`` only: first turn the latent space to the common principal axes of the
+        mixture's covariances (:func:`~ppl_mixtures.inference.gmvae_axes.common_axes`,
+        weighted by the clusters' sizes), absorbed by the encoder's ``x`` mean and the
+        decoder's first layer (:func:`~ppl_mixtures.inference.gmvae_axes.
+        rotate_latent_space`), so that the factor analysers' diagonals hold more of each
+        covariance. Skipped when the networks are not of that form.
 
     Returns
     -------
@@ -258,6 +268,14 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
         gmm = mixture(n_components, n_init=n_init, random_state=seed, **options).fit(
             values, sample_weight=row_weights)
         gmm_means, gmm_covariances, labels = gmm.means_, gmm.covariances_, gmm.predict(values)
+    if factor and rotate:
+        sizes = np.bincount(labels, weights=row_weights, minlength=n_components) + 1.0
+        turn = gmvae_axes.common_axes(gmm_covariances, sizes).numpy()
+        if gmvae_axes.rotate_latent_space(networks, torch.as_tensor(turn),
+                                          latents[:ROTATION_PROBE_ROWS],
+                                          last_linear(networks.encoder)):
+            gmm_means = np.asarray(gmm_means) @ turn
+            gmm_covariances = turn.T @ np.asarray(gmm_covariances) @ turn
     top = min(w_dim, x_dim)
     dtype = output.bias.dtype
     means = torch.as_tensor(gmm_means, dtype=dtype)
@@ -302,7 +320,7 @@ def factor_analysers(covariances: Tensor, rank: int, method: str = "pca",
         their variances, ``psi_k`` the rest of the diagonal (the marginal variances are kept
         exactly). ``"ml"``: the factor analyser closest to the covariance in Gaussian
         likelihood (Kullback-Leibler divergence from ``N(0, S_k)``), by the fixed point of
-        Joreskog (1967) as scikit-learn's ``FactorAnalysis`` runs it: ``B = Psi^1/2 U (L -
+        Jöreskog (1967) as scikit-learn's ``FactorAnalysis`` runs it: ``B = Psi^1/2 U (L -
         I)_+^1/2`` from the leading eigenpairs ``(L, U)`` of ``Psi^-1/2 S Psi^-1/2``, then
         ``psi = diag(S - B B^T)``, started at ``"pca"``.
     max_iter, tol : int, float
