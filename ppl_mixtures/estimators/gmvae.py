@@ -145,16 +145,14 @@ class GMVAE(GMVAEFitting, TransformerMixin, MixtureEstimator):
         turn the latent space to their common principal axes (an orthogonal map taken up by
         the encoder's x mean and the decoder's first layer, so the autoencoder is
         unchanged), where the factor analysers' diagonals hold more of each covariance
-        (:mod:`ppl_mixtures.inference.gmvae_axes`). With ``init_factor_fit="ml"`` the
-        start's accuracy on digits rose 0.3-1.3 points on six seeds and the fits' 0.29 on
-        average over twelve (``bench/RESULTS.md``); False with ``"pca"`` is the start of
-        earlier releases.
+        (:mod:`ppl_mixtures.inference.gmvae_axes`); on digits the start (with
+        ``init_factor_fit="ml"``) was more accurate on every seed (``bench/RESULTS.md``).
+        False with ``init_factor_fit="pca"`` is the start of earlier releases.
     init_restarts : int, default 90
         ``init="gmm"`` only: restarts of the mixture fitted in the latent space (the one
         ``init_select`` ranks first is kept; 10 before this release). Each is a one-restart GMM
         fit and an equal-weight EM (skipped when its GMM repeats an earlier restart's): about
-        4-7 CPU seconds in all on digits (1,797 rows, K = 10; about a fifth of an M = 1 fit)
-        and 1-2 s on 100 rows; fewer restarts for quick experiments.
+        a fifth of an M = 1 fit on digits; fewer restarts for quick experiments.
     init_equal_weights : bool, default True
         ``init="gmm"`` only: fit that mixture with its weights fixed at ``1 / K``, the
         GMVAE's uniform prior over z (each restart refined by EM with equal weights,
@@ -168,13 +166,10 @@ class GMVAE(GMVAEFitting, TransformerMixin, MixtureEstimator):
         the highest likelihood per row less the divergence of the cluster proportions from
         ``1 / K``. ``"likelihood"``: the highest likelihood (the earlier behaviour). The
         first two need ``init_equal_weights=True``; ``"auto"``: ``"balance"`` with equal
-        weights, else ``"likelihood"``. On digits (seeds 0-2) the final accuracy is 88.2 /
-        89.4 / 89.5 % with ``"balance"``, 83.9 / 89.4 / 88.8 % with ``"penalised"`` and
-        83.9 / 84.3 / 88.8 % with ``"likelihood"``; on digits with classes of 44-180
-        images (seeds 0-2) the start's accuracy is 80.0 / 77.3 / 81.7 % with
-        ``"balance"`` against 89.4 / 86.1 / 81.8 % with ``"likelihood"``
-        (``"penalised"`` picked the likelihood's restarts there; ``bench/RESULTS.md``):
-        when the clusters may have very unequal sizes, pass ``"likelihood"``.
+        weights, else ``"likelihood"``. On digits ``"balance"`` was the most accurate on
+        every seed, but on classes of very unequal sizes (44-180 images) its start lost 6
+        points to ``"likelihood"`` (``bench/RESULTS.md``): when the clusters may have very
+        unequal sizes, pass ``"likelihood"``.
     freeze_prior : {"auto", True, False}, default "auto"
         Keep the conditional prior network at its start for the whole fit (SVI trains the
         encoder and the decoder only; ``GMVAEModel(freeze_prior=True)``): the mixture stays
