@@ -50,6 +50,22 @@ def test_fused_e_step_matches_the_two_step_one(covariance_type, weighted):
     _assert_same(em_gmm.e_step(x, params, weights), _reference(x, params, weights), 1e-10)
 
 
+@pytest.mark.parametrize("offset", [0.0, 50.0, 1e4])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_whitened_float64_moments_from_features_match_the_reference(offset, weighted,
+                                                                      monkeypatch):
+    """Float64, the K maps side by side, quadratic E-step turned away: the densities are
+    whitened and the moments come from the rows' quadratic features about the centre of the
+    means, moved to each mean; far from the origin too (the centring cancels the offset)."""
+    x, params = _start("full", offset=offset)
+    weights = (torch.rand(x.shape[0], generator=torch.Generator().manual_seed(2),
+                          dtype=torch.float64) * 3 if weighted else None)
+    monkeypatch.setattr(kernels, "_OUTER_MIN_COMPONENTS", 10**9)
+    monkeypatch.setattr(kernels, "_row_chunks", lambda n, k, d: [slice(s, min(s + 37, n))
+                                                            for s in range(0, n, 37)])
+    _assert_same(em_gmm.e_step(x, params, weights), _reference(x, params, weights), 1e-10)
+
+
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
 def test_blocks_by_rows_add_up(covariance_type, monkeypatch):
     x, params = _start(covariance_type)
@@ -237,7 +253,14 @@ def test_quadratic_features_step_aside_for_a_near_singular_covariance(monkeypatc
     squeezed = params.covariances.clone()
     squeezed[0] = torch.diag(torch.tensor([1e-13, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
     params = gmm.GMMParams(params.weights, params.means, squeezed, "full")
-    assert kernels._quadratic_e_step(x, params, em_gmm.factors_of(squeezed)) is None
+    factors = em_gmm.factors_of(squeezed)
+    solves = []
+    solve = torch.linalg.solve_triangular
+    monkeypatch.setattr(torch.linalg, "solve_triangular",
+                        lambda *args, **kwargs: solves.append(1) or solve(*args, **kwargs))
+    assert kernels._quadratic_e_step(x, params, factors) is None
+    assert not solves  # turned away by the diagonal's bound, before any K D^3 work
+    monkeypatch.undo()
     stats = em_gmm.e_step(x, params)
     assert torch.isfinite(stats.log_likelihood) and torch.isfinite(stats.second_moment).all()
     monkeypatch.setattr(kernels, "_OUTER_MIN_COMPONENTS", 10**9)
