@@ -387,16 +387,6 @@ def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
     means = params.means.to(wide)
     center = means.mean(0)
     mc = means - center  # (K, D)
-    farthest = 0.0
-    for start in range(0, n_samples, _REACH_ROWS):
-        block = x[start:start + _REACH_ROWS].to(wide) - center
-        farthest = max(farthest, float(block.square().sum(1).max()))
-    # |P_k| >= 1 / lambda_min(Sigma_k) >= 1 / min_i Sigma_k,ii: a reach bound from the
-    # diagonals alone turns away near-singular covariances (the digits' constant pixels)
-    # before any K D^3 work
-    smallest = float(params.covariances.diagonal(dim1=-2, dim2=-1).min())
-    if not farthest <= _QUADRATIC_ROUNDING * smallest / torch.finfo(wide).eps:
-        return None
     eye = torch.eye(n_features, dtype=wide, device=x.device)
     inverse = torch.linalg.solve_triangular(factors.to(wide), eye, upper=False)  # L^-1
     precisions = inverse.transpose(-1, -2) @ inverse  # (K, D, D)
@@ -407,6 +397,10 @@ def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
     # digits' E-step for nothing)
     reach = _QUADRATIC_ROUNDING / (torch.finfo(wide).eps
                                    * float(torch.linalg.matrix_norm(precisions).max()))
+    farthest = 0.0
+    for start in range(0, n_samples, _REACH_ROWS):
+        block = x[start:start + _REACH_ROWS].to(wide) - center
+        farthest = max(farthest, float(block.square().sum(1).max()))
     if not farthest <= reach:  # NaN and inf too
         return None
     log_det = 2.0 * inverse.diagonal(dim1=-2, dim2=-1).log().sum(-1)
