@@ -82,8 +82,8 @@ def common_axes(covariances: Tensor | np.ndarray, sizes: Tensor | np.ndarray | N
     Returns
     -------
     Tensor, shape (D, D), float64
-        Orthogonal; column ``d`` is the d-th axis, ordered by the pooled variance along it
-        (largest first) at the start.
+        Orthogonal; column ``d`` is the d-th axis, ordered by the weighted variance along it
+        (largest first), each with its entry of largest magnitude positive.
     """
     values = np.asarray(covariances, dtype=np.float64)
     n_components, dim, _ = values.shape
@@ -107,7 +107,18 @@ def common_axes(covariances: Tensor | np.ndarray, sizes: Tensor | np.ndarray | N
         if previous - current <= tol * abs(current):
             break
         previous = current
-    return torch.as_tensor(rotation)
+    return torch.as_tensor(_canonical(rotation, values, weights))
+
+
+def _canonical(rotation: np.ndarray, covariances: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The axes in a canonical order and orientation: by the weighted variance along them
+    (largest first), each with its largest entry positive. Axes are defined up to order and
+    sign, and eigenvectors come with arbitrary signs: without this, two fits whose
+    covariances differ by rounding could start in mirrored latent spaces."""
+    variances = np.einsum("n,dk,nde,ek->k", sizes, rotation, covariances, rotation)
+    rotation = rotation[:, np.argsort(-variances, kind="stable")]
+    largest = rotation[np.abs(rotation).argmax(0), np.arange(rotation.shape[1])]
+    return rotation * np.where(largest < 0, -1.0, 1.0)[None]
 
 
 def _first_linear(module: nn.Module) -> nn.Linear | None:

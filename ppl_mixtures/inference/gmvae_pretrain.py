@@ -14,7 +14,9 @@ The recipe of VaDE (Jiang et al. 2017), carried over to the GMVAE of Dilokthanak
    points more accurate than the highest likelihood does, ``bench/RESULTS.md``).
    By default the mixture has full covariances, each carried over as a factor analyser on
    ``w`` (``x = mean_k + B_k w + noise``, ``B_k`` its leading ``Dw`` principal axes, or with
-   ``factor_fit="ml"`` the maximum-likelihood factor analyser, :func:`factor_analysers`); with
+   ``factor_fit="ml"`` the maximum-likelihood factor analyser, :func:`factor_analysers`; with
+   ``rotate`` in the common principal axes of the covariances,
+   :mod:`~ppl_mixtures.inference.gmvae_axes`); with
    ``covariance="diag"`` the last layer of ``prior_net`` gets zero weights and the
    mixture's means and log-variances as its bias, so ``p(x | w, z=k) = N(mean_k, diag
    var_k)`` for every ``w`` at the first SVI step. The encoder's ``x`` log-variance is set
@@ -220,7 +222,8 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
         weighted by the clusters' sizes), absorbed by the encoder's ``x`` mean and the
         decoder's first layer (:func:`~ppl_mixtures.inference.gmvae_axes.
         rotate_latent_space`), so that the factor analysers' diagonals hold more of each
-        covariance. Skipped when the networks are not of that form.
+        covariance. Skipped when the networks are not of that form, or when ``Dw >= Dx``
+        (the factors then hold the whole covariance).
 
     Returns
     -------
@@ -268,7 +271,7 @@ def gmm_start(networks: GMVAENetworks, y: Tensor, seed: int, mixture: type,
         gmm = mixture(n_components, n_init=n_init, random_state=seed, **options).fit(
             values, sample_weight=row_weights)
         gmm_means, gmm_covariances, labels = gmm.means_, gmm.covariances_, gmm.predict(values)
-    if factor and rotate:
+    if factor and rotate and min(w_dim, x_dim) < x_dim:  # full rank: nothing left to turn
         sizes = np.bincount(labels, weights=row_weights, minlength=n_components) + 1.0
         turn = gmvae_axes.common_axes(gmm_covariances, sizes).numpy()
         if gmvae_axes.rotate_latent_space(networks, torch.as_tensor(turn),

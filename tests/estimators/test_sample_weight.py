@@ -317,7 +317,9 @@ def test_gmvae_unit_weights_fit_as_no_weights_and_bound_is_weighted(data):
     X, weights, _ = data
     plain = gmvae().fit(X)
     unit = gmvae().fit(X, sample_weight=np.ones(len(X)))
-    np.testing.assert_allclose(unit.history_, plain.history_, rtol=1e-10)
+    # unit weights round differently in the start's weighted sums, and its iterative factor
+    # analysers amplify that (measured 9e-14 here, 1e-10 in a CI run)
+    np.testing.assert_allclose(unit.history_, plain.history_, rtol=1e-8)
     weighted = gmvae().fit(X, sample_weight=weights)
     expected = weighted.score_samples(X) @ weights / weights.sum()
     assert weighted.lower_bound_ == pytest.approx(expected, rel=1e-10)

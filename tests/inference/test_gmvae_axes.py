@@ -32,6 +32,32 @@ def test_common_axes_recover_shared_eigenvectors():
     assert float(off.abs().max()) < 1e-6 * float(turned.abs().max())
 
 
+def test_common_axes_are_canonical_under_rounding():
+    """Order by weighted variance, largest entry of each axis positive: covariances that
+    differ by rounding give the same axes (eigenvectors' signs would otherwise be free)."""
+    generator = torch.Generator().manual_seed(4)
+    factors = torch.randn(3, 4, 4, generator=generator, dtype=torch.float64)
+    covariances = factors @ factors.transpose(1, 2) + torch.eye(4, dtype=torch.float64)
+    axes = gmvae_axes.common_axes(covariances).numpy()
+    nudged = gmvae_axes.common_axes(covariances * (1 + 1e-13)).numpy()
+    np.testing.assert_allclose(nudged, axes, atol=1e-8)
+    largest = axes[np.abs(axes).argmax(0), np.arange(4)]
+    assert (largest > 0).all()
+    variances = np.einsum("dk,nde,ek->k", axes, covariances.numpy(), axes)
+    assert (np.diff(variances) <= 0).all()
+
+
+def test_unit_weights_start_as_no_weights():
+    """The turned start (Dw < Dx) of unit weights is the unweighted one: same history."""
+    X, _ = _correlated_clusters()
+    fits = [GMVAE(3, likelihood="gaussian", max_iter=1, batch_size=64, latent_dim=3, w_dim=1,
+                  hidden_dims=(8,), prior_hidden_dims=(8,), pretrain_epochs=2,
+                  init_restarts=3, progress=False, device="cpu", dtype="float64",
+                  random_state=0).fit(X, sample_weight=weights)
+            for weights in (None, np.ones(len(X)))]
+    np.testing.assert_allclose(fits[1].history_, fits[0].history_, rtol=1e-8)
+
+
 def test_common_axes_lower_the_criterion_from_the_pooled_axes():
     """On covariances without common axes the FG sweeps only lower sum_k n_k log det diag,
     starting from the pooled covariance's eigenvectors."""
