@@ -74,6 +74,10 @@ def test_common_axes_lower_the_criterion_from_the_pooled_axes():
     assert found <= gmvae_axes._criterion(one_sweep, covariances_np, sizes) <= start
     assert found < start - 1.0
     np.testing.assert_allclose(axes.T @ axes, np.eye(7), atol=1e-12)
+    # a budget of pair rotations cuts the sweeps (never below one)
+    cut = gmvae_axes.common_axes(covariances, sizes, max_rotations=1).numpy()
+    np.testing.assert_allclose(cut, gmvae_axes._canonical(one_sweep, covariances_np, sizes),
+                               atol=1e-12)
     # Hadamard: log det diag >= log det, so the criterion is bounded below there
     assert found >= float((torch.as_tensor(sizes) * torch.logdet(covariances)).sum()) - 1e-9
 
