@@ -20,29 +20,12 @@ from torch import nn
 from ppl_mixtures._rng import keeps_global_rng
 from ppl_mixtures.estimators._base import MixtureEstimator
 from ppl_mixtures.estimators._gmvae_fit import GMVAEFitting
-from ppl_mixtures.estimators._validation import (
-    BOOLEAN,
-    COMMON_CONSTRAINTS,
-    DICT,
-    NONE,
-    Integer,
-    IntegerSequence,
-    Options,
-    Real,
-    check_int,
-)
+from ppl_mixtures.estimators._validation import check_int
 from ppl_mixtures.inference import gmvae_pretrain
 from ppl_mixtures.inference.init import resolve_generator
 from ppl_mixtures.models import gmvae
 
 TRANSFORM_LATENTS = ("x", "w")
-#: How :meth:`GMVAE.predict_proba` treats w: integrated over its prior, or at q(w | y)'s mean.
-PREDICT_W = ("marginal", "mean")
-#: Starts of the conditional prior: a GMM fitted in the latent space, or the networks' own.
-INITS = ("auto", "gmm", "random")
-#: How the restarts of the GMM start are ranked (``"auto"``: balance with equal weights).
-INIT_SELECTS = ("auto", *gmvae_pretrain.SELECTIONS)
-_NETWORK_NAMES = ("encoder", "prior_net", "decoder")
 
 
 def _no_information_criteria(estimator: Any) -> bool:
@@ -307,42 +290,6 @@ class GMVAE(GMVAEFitting, TransformerMixin, MixtureEstimator):
         self.checkpoint_path = checkpoint_path
         self.distributed = distributed
 
-    # ----------------------------------------------------------------------------- validation
-
-    _parameter_constraints = {
-        **{k: COMMON_CONSTRAINTS[k] for k in ("random_state", "device", "dtype", "progress",
-                                              "checkpoint_path", "distributed")},
-        "n_components": [Integer(1)],
-        "preset": [Options(("auto", *gmvae.PRESETS))],
-        "latent_dim": [Integer(1), NONE],
-        "w_dim": [Integer(1), NONE],
-        "hidden_dims": [IntegerSequence(1), NONE],
-        "prior_hidden_dims": [IntegerSequence(1), NONE],
-        "networks": [DICT, NONE],
-        "likelihood": [Options(gmvae.LIKELIHOODS)],
-        "observation_variance": [Real(0.0, strict=True), NONE],
-        "z_inference": [Options(gmvae.Z_INFERENCE)],
-        "free_bits": [Real(0.0)],
-        "z_prior_weight": [Real(0.0)],
-        "num_particles": [Integer(1)],
-        "max_iter": [Integer(1)],
-        "batch_size": [Integer(1)],
-        "lr": [Real(0.0, strict=True)],
-        "tol": [Real(0.0)],
-        "pretrain_epochs": [Integer(0)],
-        "init": [Options(INITS)],
-        "init_factor_scale": [Real(0.0, strict=True)],
-        "init_factor_fit": [Options(gmvae_pretrain.FACTOR_FITS)],
-        "init_rotate": [BOOLEAN],
-        "init_restarts": [Integer(1)],
-        "init_equal_weights": [BOOLEAN],
-        "init_select": [Options(INIT_SELECTS)],
-        "freeze_prior": [Options(("auto",)), BOOLEAN],
-        "init_w_encoder": [BOOLEAN],
-        "predict_w": [Options(PREDICT_W)],
-        "predict_w_draws": [Integer(1)],
-        "progress": [BOOLEAN],
-    }
     #: The one inference path (a class attribute, not an argument).
     inference = "svi"
     _inference_methods = ("svi",)
@@ -358,24 +305,6 @@ class GMVAE(GMVAEFitting, TransformerMixin, MixtureEstimator):
         else:
             tags.transformer_tags.preserves_dtype = [str(self.dtype).removeprefix("torch.")]
         return tags
-
-    def _check_arguments(self) -> None:
-        if self.z_inference == "enumerate" and (self.free_bits > 0 or self.z_prior_weight != 1):
-            raise ValueError(
-                "free_bits and z_prior_weight act on the closed-form z-prior term; pass "
-                "z_inference='closed_form' to use them"
-            )
-        if self.init_select in ("balance", "penalised") and not self.init_equal_weights:
-            raise ValueError(
-                f"init_select={self.init_select!r} ranks the equal-weight restarts; pass "
-                "init_equal_weights=True, or init_select='likelihood' (or 'auto')"
-            )
-        unknown = set(self.networks or {}) - set(_NETWORK_NAMES)
-        if unknown:
-            raise ValueError(f"networks has unknown keys {sorted(unknown)}; use {_NETWORK_NAMES}")
-        for name, module in (self.networks or {}).items():
-            if not isinstance(module, nn.Module):
-                raise TypeError(f"networks[{name!r}] must be a torch.nn.Module")
 
     # ---------------------------------------------------------------------------- prediction
 
