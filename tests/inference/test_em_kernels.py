@@ -340,3 +340,128 @@ def test_no_rows_give_zero_statistics(covariance_type):
         assert not bool(getattr(stats, name).any()), name
     total = stats + em_gmm.e_step(x, params)
     _assert_same(total, em_gmm.e_step(x, params), 0.0)
+
+
+def _run_em_on(x, params, e_step, max_iter=3):
+    from ppl_mixtures.inference.em.loop import run_em
+
+    return run_em(x, init_params=lambda _: params, e_step=e_step,
+                  m_step=lambda stats: em_gmm.m_step(stats, "full"), max_iter=max_iter, tol=0.0,
+                  progress=False, monotone=False)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_an_em_fit_keeps_its_quadratic_features_and_leaves_nothing_behind(weighted,
+                                                                         monkeypatch):
+    """Inside :func:`run_em` the quadratic E-step of the fit's own tensor keeps its features
+    (about the rows' mean) from the first E-step to the next: every E-step's statistics
+    equal the uncached pass's to float64 rounding, 50 standard deviations from the origin,
+    in chunks of 7 rows over 3 threads; the table is built once, and nothing is kept after
+    the fit, for another tensor, or beyond the size limit."""
+    from ppl_mixtures.inference.em import loop
+
+    x, params = _start("full", offset=50.0)
+    weights = (torch.rand(x.shape[0], generator=torch.Generator().manual_seed(2),
+                          dtype=torch.float64) * 3 if weighted else None)
+    monkeypatch.setattr(kernels, "_OUTER_ELEMENTS", 25 * 7)
+    monkeypatch.setattr(kernels, "_parallel_workers", lambda n_chunks: 3)
+    kept, fills = [], []
+    fill = kernels._fill_features
+    monkeypatch.setattr(kernels, "_fill_features",
+                        lambda table, block: fills.append(len(block)) or fill(table, block))
+
+    def e_step(data, current):
+        stats = em_gmm.e_step(data, current, weights)
+        store = loop.kept_tables(data)
+        kept.append(store["quadratic features"] if store else None)
+        with monkeypatch.context() as patch:  # the uncached pass
+            patch.setattr(kernels, "kept_tables", lambda _: None)
+            _assert_same(stats, em_gmm.e_step(data, current, weights), 1e-12)
+        return stats
+
+    _run_em_on(x, params, e_step)
+    assert len(kept) == 4 and kept[0] is not None and all(k is kept[0] for k in kept)
+    assert kept[0].filled and kept[0].table.shape == (x.shape[0], 15 + 5)
+    torch.testing.assert_close(kept[0].center, x.mean(0))
+    assert sum(fills) == x.shape[0] * 5  # once in the fit, once per uncached pass (4)
+    assert getattr(loop._FIT, "scope", None) is None  # the store went with the fit
+    assert loop.kept_tables(x) is None
+    monkeypatch.setattr(kernels, "_KEPT_FEATURES_BYTES", x.shape[0] * 20 * 8 - 1)
+    seen = []
+    _run_em_on(x, params, lambda data, current: seen.append(
+        kernels._kept_features(data, 20)) or em_gmm.e_step(data, current))
+    assert seen == [None] * 4
+
+
+def test_kept_features_follow_a_change_of_the_rows_in_place():
+    """A tensor changed in place during a fit (its version moves) gets new features: the
+    E-step after the change equals a fresh one's."""
+    x, params = _start("full")
+    x = x.clone()
+    results = []
+
+    def e_step(data, current):
+        if len(results) == 2:
+            data.mul_(1.5)
+        stats = em_gmm.e_step(data, current)
+        results.append(stats)
+        return stats
+
+    result = _run_em_on(x, params, e_step, max_iter=3)
+    fresh = em_gmm.e_step(x, result.params)  # outside the fit: nothing kept
+    _assert_same(results[-1], fresh, 1e-12)
+
+
+def test_the_store_is_the_fits_own_thread_and_tensor():
+    """:func:`kept_tables` answers only the thread running the fit, for its own tensor (a
+    copy or a view is another tensor); a fit in another thread has its own store."""
+    import threading
+
+    from ppl_mixtures.inference.em import loop
+
+    x = torch.zeros(3, 2)
+    answers = {}
+
+    def e_step(data, current):
+        answers.setdefault("own", loop.kept_tables(data))
+        answers.setdefault("view", loop.kept_tables(data[:2]))
+        answers.setdefault("copy", loop.kept_tables(data.clone()))
+        other = threading.Thread(target=lambda: answers.setdefault(
+            "other thread", loop.kept_tables(data)))
+        other.start()
+        other.join()
+        return gmm_stats_stub()
+
+    def gmm_stats_stub():
+        return loop.SummedStats(3.0, torch.tensor(-1.0))
+
+    loop.run_em(x, init_params=lambda _: None, e_step=e_step, m_step=lambda s: None,
+                max_iter=1, progress=False)
+    assert answers["own"] == {}
+    assert answers["view"] is None and answers["copy"] is None
+    assert answers["other thread"] is None
+
+
+def test_constant_features_do_not_turn_the_quadratic_e_step_away(monkeypatch):
+    """A feature that never varies (a blank pixel) gets a covariance at the variance floor,
+    1e-13 here, whose precision dwarfs the others: the rows never move along it, so the
+    expansion's rounding stays small (the bound by features), the quadratic E-step runs,
+    and it equals the whitened E-step to rounding; a row that does move along such a
+    direction still turns it away."""
+    x, params = _start("full", offset=50.0)
+    x = x.clone()
+    x[:, 0] = 3.0
+    means = params.means.clone()
+    means[:, 0] = 3.0
+    covariances = params.covariances.clone()
+    covariances[:, 0, :] = 0.0
+    covariances[:, :, 0] = 0.0
+    covariances[:, 0, 0] = 1e-13
+    params = gmm.GMMParams(params.weights, means, covariances, "full")
+    factors = em_gmm.factors_of(covariances)
+    fast = kernels._quadratic_e_step(x, params, factors)
+    assert fast is not None
+    monkeypatch.setattr(kernels, "_OUTER_MIN_COMPONENTS", 10**9)
+    _assert_same(fast, em_gmm.e_step(x, params), 1e-12)
+    x[7, 0] += 1.0
+    assert kernels._quadratic_e_step(x, params, factors) is None

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ppl_mixtures.inference.em.loop import SummedStats
+from ppl_mixtures.inference.em.loop import SummedStats, kept_tables
 from ppl_mixtures.models import gmm
 from ppl_mixtures.models.gmm import GMMParams, _row_chunks
 
@@ -60,6 +60,12 @@ _WORKER = threading.local()
 _OUTER_ELEMENTS = 1 << 19
 #: Rows per chunk of the quadratic E-step's check of the rows' reach.
 _REACH_ROWS = 1 << 14
+#: Bytes of the largest (N, D (D + 1) / 2 + D) float64 table of quadratic features that an EM
+#: fit keeps from one iteration to the next (:func:`_kept_features`; 64 MiB). Measured on one
+#: core with a 32 MiB L3 cache: at N = 1797, D = 64, K = 10 (31 MB) the E-step took 11.5 ms
+#: from the kept table against 17.6 ms building it chunk by chunk; at N = 1e5, D = 32, K = 16
+#: (448 MB, read from memory) 206 against 195 ms: a table beyond the cache gains nothing.
+_KEPT_FEATURES_BYTES = 64 << 20
 #: Fewest rows whitened at once when the K maps are applied one component at a time.
 _MIN_WHITENED_ROWS = 256
 #: Entries of one (rows, D) chunk whitened one component at a time in float64 (2^21: 16 MB;
@@ -360,12 +366,97 @@ def _whitened_e_step(x: Tensor, params: GMMParams, factors: Tensor,
                     first, second, params.means)
 
 
+@dataclass
+class _KeptFeatures:
+    """The quadratic features of a fit's rows about a fixed centre (:func:`_kept_features`)."""
+
+    version: int  # x._version when the centre and reach were taken
+    center: Tensor  # (D,) float64: the rows' mean
+    farthest: float  # max_n |x_n - center|^2
+    spans: Tensor  # (D,) float64: max_n |x_ni - center_i|
+    table: Tensor | None = None  # (N, T) float64, allocated when first needed
+    filled: bool = False  # whether a whole pass has written every row of the table
+
+
+def _tensor_version(x: Tensor) -> int | None:
+    """``x._version``, or None for a tensor without a version counter (inference mode)."""
+    try:
+        return x._version
+    except RuntimeError:  # pragma: no cover - inference tensors only
+        return None
+
+
+def _reach(x: Tensor, center: Tensor) -> tuple[float, Tensor]:
+    """``max_n |x_n - center|^2`` and, per feature, ``max_n |x_ni - center_i|``, in float64,
+    chunk by chunk (NaN if a row holds one)."""
+    farthest = 0.0
+    spans = torch.zeros_like(center)
+    for start in range(0, x.shape[0], _REACH_ROWS):
+        block = (x[start:start + _REACH_ROWS].to(center.dtype) - center).abs_()
+        farthest = max(farthest, float(block.square().sum(1).max()))
+        torch.maximum(spans, block.amax(0), out=spans)
+    return farthest, spans
+
+
+def _expansion_rounding(farthest: float, spans: Tensor, offsets: Tensor,
+                        precisions: Tensor) -> float:
+    """A bound on the rounding of the quadratic expansion's distances, in units of ``eps``:
+    ``max_n sum_ij |P_k,ij| |xc_ni| |xc_nj|`` over rows and components, bounded by the
+    smaller of ``max_n |xc_n|^2 max_k |P_k|_F`` and ``max_k s^T |P_k| s`` with ``s`` the
+    features' largest deviations (of the rows, and of the means ``offsets`` (K, D)).
+
+    The second is far smaller where the data have constant features (the digits' blank
+    pixels): their near-singular covariances make ``|P_k|_F`` huge, but the rows never
+    move along them.
+    """
+    whole = farthest * float(torch.linalg.matrix_norm(precisions).max())
+    span = torch.maximum(spans, offsets.abs().amax(0))
+    by_feature = float(torch.einsum("i,kij,j->k", span, precisions.abs(), span).max())
+    return min(whole, by_feature)
+
+
+def _kept_features(x: Tensor, width: int) -> _KeptFeatures | None:
+    """The quadratic features that the running EM fit of ``x`` keeps between iterations, or
+    None (``x`` is not the fit's data, e.g. a stream's batch, or its table of ``width``
+    float64 numbers per row would exceed :data:`_KEPT_FEATURES_BYTES`).
+
+    The features are taken about the rows' mean, fixed for the whole fit, so one table serves
+    every iteration (the uncached pass takes them about the mean of the component means,
+    which moves); the store (:func:`ppl_mixtures.inference.em.loop.kept_tables`) is emptied
+    when the fit ends, and a change of ``x`` in place starts a new table.
+    """
+    store = kept_tables(x)
+    version = _tensor_version(x)
+    if store is None or version is None or x.shape[0] * width * 8 > _KEPT_FEATURES_BYTES:
+        return None
+    kept = store.get("quadratic features")
+    if kept is None or kept.version != version or kept.table is not None and (
+            kept.table.shape[1] != width):
+        center = x.mean(0, dtype=torch.float64)
+        kept = _KeptFeatures(version, center, *_reach(x, center))
+        store["quadratic features"] = kept
+    return kept
+
+
+def _fill_features(table: Tensor, block: Tensor) -> None:
+    """Write the quadratic features ``[xc_i xc_j (i <= j), xc]`` of the centred rows
+    ``block`` (rows, D) into ``table`` (rows, D (D + 1) / 2 + D)."""
+    n_features = block.shape[1]
+    column = 0
+    for i in range(n_features):  # row i of the upper triangle: xc_i xc_j, j >= i
+        torch.mul(block[:, i:i + 1], block[:, i:], out=table[:, column:column + n_features - i])
+        column += n_features - i
+    table[:, column:] = block
+
+
 def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
                       weights: Tensor | None = None) -> GMMStats | None:
     """Full E-step in float64 from the rows' quadratic features, small K D^2 (tied has its
     own, cheaper pass: :func:`_tied_e_step`).
 
-    With ``xc = x - c`` (``c`` the mean of the component means) and ``m_k = mu_k - c``,
+    With ``xc = x - c`` (``c`` the mean of the component means; in an EM fit whose table of
+    features is small enough to keep between iterations, :func:`_kept_features`, the rows'
+    mean) and ``m_k = mu_k - c``,
     every Mahalanobis distance is linear in the features ``f(xc) = [xc_i xc_j (i <= j), xc]``:
     ``(xc - m_k)^T P_k (xc - m_k) = sum_{i<=j} (2 - [i = j]) P_k,ij xc_i xc_j
     - 2 (P_k m_k)^T xc + m_k^T P_k m_k``, so one (rows, T) @ (T, K) product gives the log
@@ -375,37 +466,41 @@ def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
     row and component that is about ``D^2`` multiply-adds against the ``2 D^2`` of whitening
     and then summing moments (measured at N = 1e5, D = 32, K = 16: see ``bench/RESULTS.md``).
     Like the diagonal E-step, the distance is capped below at zero (the model's clamp).
-    The expansion cancels: its rounding is about ``eps |xc|^2 |P_k|``. Returns None, for the
-    whitened E-step to run instead, when that bound exceeds :data:`_QUADRATIC_ROUNDING`
-    (a near-singular covariance, or rows far from the means): on ordinary data it is
-    1e-7 or less (the fused-kernel tests compare it with the whitened densities at 50
-    standard deviations from the origin).
+    The expansion cancels: its rounding is about ``eps sum_ij |P_k,ij| |xc_i| |xc_j|``
+    (:func:`_expansion_rounding`). Returns None, for the whitened E-step to run instead,
+    when that bound exceeds :data:`_QUADRATIC_ROUNDING` (a near-singular covariance along
+    which the rows move, or rows far from the means): on ordinary data it is 1e-7 or less
+    (the fused-kernel tests compare it with the whitened densities at 50 standard
+    deviations from the origin). Constant features (blank pixels) do not count: the rows
+    never leave them, however small the variance floor makes their covariances.
     """
     n_samples, n_features = x.shape
     n_components = params.n_components
     wide = torch.float64
+    n_pairs = n_features * (n_features + 1) // 2
+    # in an EM fit of x with a small table: features about the rows' mean, built in the
+    # first E-step and read back in the others
+    kept = _kept_features(x, n_pairs + n_features)
     means = params.means.to(wide)
-    center = means.mean(0)
+    center = kept.center if kept is not None else means.mean(0)
     mc = means - center  # (K, D)
     eye = torch.eye(n_features, dtype=wide, device=x.device)
     inverse = torch.linalg.solve_triangular(factors.to(wide), eye, upper=False)  # L^-1
     precisions = inverse.transpose(-1, -2) @ inverse  # (K, D, D)
-    # the expansion's rounding is about eps |xc|^2 |P|: past _QUADRATIC_ROUNDING (a
-    # near-singular covariance, rows far out) the whitened E-step is the accurate one. The
+    # the expansion's rounding is about eps sum |P_ij| |xc_i| |xc_j|: past _QUADRATIC_ROUNDING
+    # (a near-singular covariance, rows far out) the whitened E-step is the accurate one. The
     # rows' reach is checked before any features are built (an n D pass, chunk by chunk:
     # a pass stopped part way when a later chunk was beyond reach cost 10 % of the
-    # digits' E-step for nothing)
-    reach = _QUADRATIC_ROUNDING / (torch.finfo(wide).eps
-                                   * float(torch.linalg.matrix_norm(precisions).max()))
-    farthest = 0.0
-    for start in range(0, n_samples, _REACH_ROWS):
-        block = x[start:start + _REACH_ROWS].to(wide) - center
-        farthest = max(farthest, float(block.square().sum(1).max()))
-    if not farthest <= reach:  # NaN and inf too
+    # digits' E-step for nothing; a kept table's reach is taken once)
+    farthest, spans = (kept.farthest, kept.spans) if kept is not None else _reach(x, center)
+    rounding = torch.finfo(wide).eps * _expansion_rounding(farthest, spans, mc, precisions)
+    if not rounding <= _QUADRATIC_ROUNDING:  # NaN and inf too
         return None
+    if kept is not None and kept.table is None:
+        kept.table = x.new_empty(n_samples, n_pairs + n_features, dtype=wide)
+    fill = kept is None or not kept.filled
     log_det = 2.0 * inverse.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     upper_i, upper_j = torch.triu_indices(n_features, n_features, device=x.device)
-    n_pairs = upper_i.numel()
     doubled = torch.where(upper_i == upper_j, -0.5, -1.0).to(wide)
     scaled = (precisions @ mc[:, :, None]).squeeze(-1)  # P_k m_k
     # (K, T) coefficients: the (K, T) @ (T, rows) product is 2-3x faster than its transpose
@@ -419,23 +514,20 @@ def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
 
     def rows_pass(begin: int, end: int) -> tuple[Tensor, Tensor, Tensor]:
         """Sums of the chunks of rows [begin, end): (r^T f, log-likelihood, r sums)."""
-        features = x.new_empty(min(rows, end - begin), n_pairs + n_features, dtype=wide)
+        features = (x.new_empty(min(rows, end - begin), n_pairs + n_features, dtype=wide)
+                    if kept is None else None)
         sums = x.new_zeros(n_components, n_pairs + n_features, dtype=wide)
         log_likelihood = x.new_zeros((), dtype=wide)
         resp_sum = x.new_zeros(n_components, dtype=wide)
         for start in range(begin, end, rows):
-            block = x[start:min(start + rows, end)] - center
-            table = features[:block.shape[0]]
-            column = 0
-            for i in range(n_features):  # row i of the upper triangle: xc_i xc_j, j >= i
-                torch.mul(block[:, i:i + 1], block[:, i:],
-                          out=table[:, column:column + n_features - i])
-                column += n_features - i
-            table[:, n_pairs:] = block
+            stop = min(start + rows, end)
+            table = features[:stop - start] if kept is None else kept.table[start:stop]
+            if fill:
+                _fill_features(table, x[start:stop] - center)
             joint = torch.addmm(bias, coefficients, table.T)  # (K, rows)
             resp, norm = _softmax_columns(torch.minimum(joint, top, out=joint))
             if weights is not None:
-                part = weights[start:start + block.shape[0]]
+                part = weights[start:stop]
                 resp, norm = resp * part, norm * part
             log_likelihood += norm.sum(dtype=wide)
             resp_sum += resp.sum(1, dtype=wide)
@@ -443,6 +535,8 @@ def _quadratic_e_step(x: Tensor, params: GMMParams, factors: Tensor,
         return sums, log_likelihood, resp_sum
 
     sums, log_likelihood, resp_sum = _over_row_ranges(rows_pass, n_samples, rows)
+    if kept is not None:
+        kept.filled = True
     linear = sums[:, n_pairs:]  # sum_n r_nk xc_n
     pairs = x.new_zeros(n_components, n_features, n_features, dtype=wide)
     pairs[:, upper_i, upper_j] = sums[:, :n_pairs]

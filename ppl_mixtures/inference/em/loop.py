@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -77,6 +78,34 @@ class EMResult:
 
 
 _Stats = TypeVar("_Stats", bound="SummedStats")
+
+#: Per thread: ``(x, store)`` of the :func:`run_em` running in it (None outside a fit).
+_FIT = threading.local()
+
+
+@contextlib.contextmanager
+def _fit_scope(x: Any):
+    """While :func:`run_em` fits the tensor ``x``, :func:`kept_tables` gives E-steps of ``x``
+    a store that lives until the fit ends (per thread: fits in other threads have theirs)."""
+    previous = getattr(_FIT, "scope", None)
+    _FIT.scope = (x, {}) if isinstance(x, Tensor) else None
+    try:
+        yield
+    finally:
+        _FIT.scope = previous
+
+
+def kept_tables(x: Any) -> dict | None:
+    """A store for tables an E-step derives from ``x`` alone, kept for the fit's later
+    iterations; None unless ``x`` is the very tensor that the :func:`run_em` running in this
+    thread fits (a batch of a stream, a user's own call of an E-step: None, nothing kept).
+
+    The store is emptied when the fit ends, so a fit leaves nothing behind. Whoever keeps a
+    table must check that ``x`` has not changed since (its ``_version``) and bound its size.
+    """
+    scope = getattr(_FIT, "scope", None)
+    return scope[1] if scope is not None and scope[0] is x else None
+
 
 
 @dataclass
@@ -301,7 +330,7 @@ def run_em(
     # no bar object at all when none is shown (a disabled tqdm still costs ~0.5 ms a fit)
     shown = progress_enabled(progress)
     with (progress_bar(total=n_init * max_iter, enabled=True, desc=desc) if shown
-          else contextlib.nullcontext()) as bar:
+          else contextlib.nullcontext()) as bar, _fit_scope(x):
         for index in range(n_init):
             report.start(index)
             result = _single_run(x, init_params(index), e_step, m_step, max_iter, tol, bar,
