@@ -25,6 +25,7 @@ import weakref
 from dataclasses import dataclass
 
 import torch
+from numpy import shares_memory as numpy_shares_memory
 from torch import Tensor
 
 from ppl_mixtures.inference.em.loop import SummedStats, kept_tables
@@ -35,8 +36,9 @@ try:  # the BLAS rank-k update, for Gram matrices at half the work of a product
     from scipy.linalg import blas as _blas
 
     _SYRK = {torch.float64: _blas.dsyrk, torch.float32: _blas.ssyrk}
+    _TRSM = {torch.float64: _blas.dtrsm, torch.float32: _blas.strsm}
 except ImportError:  # pragma: no cover - scipy comes with scikit-learn
-    _SYRK = {}
+    _SYRK, _TRSM = {}, {}
 
 
 #: Float64 full mixtures with at least this many components (and K D^2 within
@@ -329,10 +331,10 @@ def _whitened_e_step(x: Tensor, params: GMMParams, factors: Tensor,
             # y = (x - mu) L^-T: a triangular solve, half the work of a product with L^-1;
             # one component at a time, never a (K, n, D) tensor
             distances = block.new_empty(block.shape[0], n_components)
+            work = block.new_empty(block.shape)
             for k in range(n_components):
-                solved = torch.linalg.solve_triangular(upper[k], block - offsets[k],
-                                                       upper=True, left=False)
-                torch.linalg.vector_norm(solved, dim=-1, out=distances[:, k])
+                _whiten_in_place(upper[k], torch.sub(block, offsets[k], out=work))
+                torch.linalg.vector_norm(work, dim=-1, out=distances[:, k])
         # the arithmetic of gmm.log_joint, so the likelihood is the model's
         joint = 0.5 * (log_det - log_2pi - distances.square()) + log_weights
         resp, norm = _softmax(joint)
@@ -708,6 +710,28 @@ def _add_moments(first: Tensor, second: Tensor, values: Tensor, resp: Tensor) ->
         values_k = values[k] if rows_k is None else values[k].index_select(0, rows_k)
         first[k] += (values_k * weight[:, None]).sum(0)
         _gram(second[k], values_k * weight.sqrt()[:, None])
+
+
+def _whiten_in_place(upper: Tensor, rows: Tensor) -> None:
+    """Overwrite ``rows`` (n, D), C-contiguous, with ``rows L^-T`` (each row ``r`` becomes
+    ``L^-1 r``; ``upper`` is ``L^T``, C-contiguous, in the rows' dtype).
+
+    On CPU by the BLAS triangular solve in place (scipy's ``trsm``: the rows, read as a
+    Fortran-ordered (D, n) matrix, are its right-hand sides, and ``L^T`` read that way is
+    ``L``), which neither copies the rows nor allocates: at D = 784 and 2,675 rows on one
+    core 47 ms against 64-78 ms for ``torch.linalg.solve_triangular``. Elsewhere, and in the
+    row-range workers of :func:`_over_row_ranges`, by torch.
+    """
+    if (rows.device.type == "cpu" and rows.dtype in _TRSM and rows.shape[0] > 0
+            and rows.is_contiguous() and upper.is_contiguous()
+            and not getattr(_WORKER, "active", False)):
+        right = rows.detach().numpy().T  # (D, n), Fortran-ordered: the same memory
+        solved = _TRSM[rows.dtype](1.0, upper.detach().numpy().T, right, side=0, lower=1,
+                                   overwrite_b=1)
+        if not numpy_shares_memory(solved, right):  # pragma: no cover - scipy copied
+            rows.copy_(torch.from_numpy(solved.T))
+        return
+    torch.linalg.solve_triangular(upper, rows, upper=True, left=False, out=rows)
 
 
 def _responsible_rows(weight: Tensor) -> tuple[Tensor | None, Tensor]:
