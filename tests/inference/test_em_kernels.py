@@ -465,3 +465,23 @@ def test_constant_features_do_not_turn_the_quadratic_e_step_away(monkeypatch):
     _assert_same(fast, em_gmm.e_step(x, params), 1e-12)
     x[7, 0] += 1.0
     assert kernels._quadratic_e_step(x, params, factors) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rows_whitened_in_place_by_blas_and_by_torch_agree(dtype, monkeypatch):
+    """The in-place BLAS triangular solve (rows become ``L^-1 r``) equals torch's solve, and
+    the torch fallback (row-range workers, other devices) writes the same into the rows."""
+    generator = torch.Generator().manual_seed(0)
+    root = torch.randn(7, 7, generator=generator, dtype=torch.float64)
+    factor = torch.linalg.cholesky(root @ root.T + 7 * torch.eye(7, dtype=torch.float64))
+    rows = torch.randn(30, 7, generator=generator, dtype=torch.float64)
+    expected = torch.linalg.solve_triangular(factor, rows.T, upper=False).T
+    upper = factor.T.contiguous().to(dtype)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    for blas in (kernels._TRSM, {}):
+        monkeypatch.setattr(kernels, "_TRSM", blas)
+        work = rows.to(dtype).clone()
+        pointer = work.data_ptr()
+        kernels._whiten_in_place(upper, work)
+        assert work.data_ptr() == pointer
+        torch.testing.assert_close(work.double(), expected, rtol=0, atol=tolerance)
