@@ -432,8 +432,7 @@ def _kept_features(x: Tensor, width: int) -> _KeptFeatures | None:
     if store is None or version is None or x.shape[0] * width * 8 > _KEPT_FEATURES_BYTES:
         return None
     kept = store.get("quadratic features")
-    if kept is None or kept.version != version or kept.table is not None and (
-            kept.table.shape[1] != width):
+    if kept is None or kept.version != version:
         center = x.mean(0, dtype=torch.float64)
         kept = _KeptFeatures(version, center, *_reach(x, center))
         store["quadratic features"] = kept

@@ -107,7 +107,6 @@ def kept_tables(x: Any) -> dict | None:
     return scope[1] if scope is not None and scope[0] is x else None
 
 
-
 @dataclass
 class SummedStats:
     """Base of the models' E-step statistics, which add across batches and ranks.
