@@ -402,7 +402,7 @@ class GaussianMixture(GMMChecks, GMMModel, GMMPersistence, MixtureEstimator):
     def _log_joint(self, x: torch.Tensor) -> torch.Tensor:
         if self._marginalize:
             return em_missing.gmm_log_joint(x, self.params_)
-        return gmm.log_joint(x, self.params_)
+        return em_gmm.scoring_log_joint(x, self.params_)
 
     def _missing_e_step(self):
         return em_missing.gmm_e_step

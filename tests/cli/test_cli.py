@@ -692,6 +692,8 @@ def test_every_family_defaults_to_data_its_defaults_fit():
         assert labels is not None
 
 
+@pytest.mark.slow  # ~50 s: the default restarts, relabelling and reframing (their
+# estimator tests run by default); the CLI's dgmm path runs by default in the --layers tests
 def test_fit_dgmm_with_its_defaults_runs_on_its_default_data(tmp_path):
     assert main(["fit", "dgmm", "--max-iter", "2", "--out", str(tmp_path / "dgmm"),
                  "--no-progress", "--device", "cpu"]) == 0

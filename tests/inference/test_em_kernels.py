@@ -5,6 +5,7 @@ densities) and moments about the means summed row by row in float64
 (``stats_from_responsibilities``), on the same blocks of rows.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -485,3 +486,151 @@ def test_rows_whitened_in_place_by_blas_and_by_torch_agree(dtype, monkeypatch):
         kernels._whiten_in_place(upper, work)
         assert work.data_ptr() == pointer
         torch.testing.assert_close(work.double(), expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_negligible_rows_are_left_out_of_the_moments_to_rounding(dtype, weighted, monkeypatch):
+    """One component at a time, from a broad start in many dimensions (most responsibilities
+    tiny but not zero), each component's moments skip rows whose contribution is below a
+    tenth of a rounding unit: the statistics equal the reference's (every row) to float64
+    rounding, and rows were in fact left out."""
+    X, _ = make_gmm(600, 4, 40, separation=3.0, random_state=5)
+    x = torch.as_tensor(X).to(dtype)
+    means = x[torch.tensor([0, 150, 300, 450])]
+    covariances = torch.eye(40, dtype=dtype).expand(4, 40, 40) * float(x.var(0).mean())
+    params = gmm.GMMParams(torch.full((4,), 0.25, dtype=dtype), means,
+                           covariances.contiguous(), "full")
+    weights = (torch.rand(600, generator=torch.Generator().manual_seed(2),
+                          dtype=dtype) * 3 if weighted else None)
+    reference = _reference(x, params, weights)
+    resp, _ = em_gmm.responsibilities(x, params)
+    # the regime this targets: nearly every responsibility positive, most negligible
+    assert float((resp > 0).double().mean()) > 0.9
+    kept = []
+    contributing = kernels._contributing_rows
+    monkeypatch.setattr(kernels, "_contributing_rows",
+                        lambda w, d2: kept.append(contributing(w, d2)) or kept[-1])
+    monkeypatch.setattr(gmm, "_STACKED_WHITENING_MAX", 0)
+    stats = em_gmm.e_step(x, params, weights)
+    left_out = sum(600 if rows is None else 600 - rows.numel() for rows, _ in kept)
+    assert left_out > 0.5 * 600 * 4
+    _assert_same(stats, reference, 1e-12 if dtype == torch.float64 else 1e-5)
+
+
+def test_contributing_rows_bound_what_they_leave_out():
+    """The left-out rows' contributions ``r (1 + d^2)`` sum to less than a tenth of one float64
+    rounding unit of the largest; an all-zero column keeps nothing; a full column keeps all."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.exp(-torch.rand(500, generator=generator, dtype=torch.float64) * 200)
+    squared = torch.rand(500, generator=generator, dtype=torch.float64) * 1e4
+    rows, kept = kernels._contributing_rows(weight, squared)
+    assert rows is not None and 0 < rows.numel() < 500
+    torch.testing.assert_close(kept, weight[rows])
+    contribution = weight * (1 + squared)
+    mask = torch.ones(500, dtype=torch.bool)
+    mask[rows] = False
+    eps = torch.finfo(torch.float64).eps
+    assert float(contribution[mask].sum()) < 0.1 * eps * float(contribution.max())
+    assert kernels._contributing_rows(torch.zeros(5, dtype=torch.float64),
+                                      torch.ones(5, dtype=torch.float64))[0].numel() == 0
+    assert kernels._contributing_rows(torch.ones(5, dtype=torch.float64),
+                                      torch.ones(5, dtype=torch.float64))[0] is None
+
+
+def test_gram_added_in_place_equals_the_plain_product(monkeypatch):
+    """float64 rank-k updates are added into the target in place (its upper triangle, the
+    lower left as it was); float32 values go through a float64 copy of the product."""
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(40, 6, generator=generator, dtype=torch.float64)
+    start = torch.randn(6, 6, generator=generator, dtype=torch.float64)
+    fast = start.clone()
+    pointer = fast.data_ptr()
+    kernels._gram(fast, values)
+    assert fast.data_ptr() == pointer
+    expected = start + (values.T @ values).triu()
+    torch.testing.assert_close(fast.triu(), expected.triu())
+    torch.testing.assert_close(fast.tril(-1), start.tril(-1))
+    single = start.clone()
+    kernels._gram(single, values.float())
+    torch.testing.assert_close(single.triu(), expected.triu(), rtol=1e-5, atol=1e-4)
+
+
+def test_per_component_pass_runs_torch_in_one_thread_and_puts_the_count_back(monkeypatch):
+    """One component at a time (BLAS solves) torch's operations run in the calling thread
+    only, so that its idle threads do not spin beside the BLAS; the count is restored,
+    also when the pass raises."""
+    if not kernels._TRSM:
+        pytest.skip("scipy's BLAS is not available")
+    x, params = _start("full", n=300)
+    monkeypatch.setattr(gmm, "_STACKED_WHITENING_MAX", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        whiten = kernels._whiten_in_place
+        monkeypatch.setattr(kernels, "_whiten_in_place",
+                            lambda upper, rows: seen.append(torch.get_num_threads())
+                            or whiten(upper, rows))
+        em_gmm.e_step(x, params)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+
+        def broken(upper, rows):
+            raise RuntimeError("stop")
+
+        monkeypatch.setattr(kernels, "_whiten_in_place", broken)
+        with pytest.raises(RuntimeError, match="stop"):
+            em_gmm.e_step(x, params)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_scoring_log_joint_by_solves_equals_the_models(dtype, monkeypatch):
+    """Large K D^2 (forced here): scoring and prediction take triangular solves with the
+    M-step's factors, equal to the model's log_joint; with autograd the model's own
+    function runs (the result carries a gradient), and the thread count is put back."""
+    x, params = _start("full", n=700, d=6)
+    x, params = x.to(dtype), params.to(dtype)
+    monkeypatch.setattr(gmm, "_STACKED_WHITENING_MAX", 0)
+    monkeypatch.setattr(kernels, "_WHITENED_ELEMENTS", 6 * 300)  # chunks of 300 rows
+    before = torch.get_num_threads()
+    fast = em_gmm.scoring_log_joint(x, params)
+    assert torch.get_num_threads() == before
+    expected = gmm.log_joint(x.double(), params.to(torch.float64))
+    torch.testing.assert_close(fast.double(), expected, rtol=0,
+                               atol=1e-10 if dtype == torch.float64 else 1e-3)
+    assert fast.dtype == dtype and fast.shape == (700, 4)
+    means = params.means.clone().requires_grad_(True)
+    graded = em_gmm.scoring_log_joint(x, gmm.GMMParams(params.weights, means,
+                                                       params.covariances, "full"))
+    assert graded.requires_grad
+    torch.testing.assert_close(graded.detach(), fast, rtol=0,
+                               atol=1e-10 if dtype == torch.float64 else 1e-3)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_estimator_predictions_take_the_scoring_route(monkeypatch):
+    """GaussianMixture's score, predict and predict_proba read scoring_log_joint; at large
+    K D^2 they equal scikit-learn's from the same parameters."""
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    from ppl_mixtures import GaussianMixture
+
+    X, _ = make_gmm(500, 3, 8, separation=3.0, random_state=1)
+    monkeypatch.setattr(gmm, "_STACKED_WHITENING_MAX", 0)
+    calls = []
+    scoring = kernels.scoring_log_joint
+    monkeypatch.setattr(em_gmm, "scoring_log_joint",
+                        lambda x, p: calls.append(1) or scoring(x, p))
+    ours = GaussianMixture(3, covariance_type="full", random_state=0, progress=False).fit(X)
+    theirs = SkGaussianMixture(3, covariance_type="full", max_iter=1).fit(X)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        setattr(theirs, name, getattr(ours, name))  # scikit-learn scores our parameters
+    calls.clear()
+    assert ours.score(X) == pytest.approx(theirs.score(X), rel=1e-10)
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-10)
+    assert (ours.predict(X) == theirs.predict(X)).all()
+    assert len(calls) == 3

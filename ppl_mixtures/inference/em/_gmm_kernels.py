@@ -19,6 +19,7 @@ block's operations.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import weakref
@@ -77,6 +78,11 @@ _MIN_WHITENED_ROWS = 256
 #: chunks of 2000 rows against 2.7-3.6 s in chunks of 334 (2^18 entries): the triangular
 #: solves and rank-k updates run nearer the speed of a matrix product on taller blocks.
 _WHITENED_ELEMENTS = 1 << 21
+#: A row's contribution to a component's moments is left out when it is below this fraction
+#: of one float64 rounding unit of the chunk's largest, divided by the chunk's rows (see
+#: :func:`_contributing_rows`): all left-out terms together stay below a tenth of one
+#: rounding unit of the kept sum.
+_NEGLIGIBLE_ROUNDING = 0.1 * torch.finfo(torch.float64).eps
 
 #: The float64 Cholesky factors of the last covariances the M-step factorised:
 #: ``(weakref to the covariances, their version counter, factors)`` (:func:`factors_of`).
@@ -319,41 +325,52 @@ def _whitened_e_step(x: Tensor, params: GMMParams, factors: Tensor,
     else:  # one (rows, D) solve per component: rows enough to keep it efficient
         size = max(_MIN_WHITENED_ROWS, _WHITENED_ELEMENTS // n_features)
         chunks = [slice(start, start + size) for start in range(0, n_samples, size)]
-    for rows in chunks:
-        block = xc[rows]
-        values = None
-        if stacked:
-            whitened = plan.chunk(block)  # (n, K, D)
-            distances = torch.linalg.vector_norm(whitened, dim=-1)  # (n, K)
-            values = (whitened.transpose(0, 1) if whitened_frame
-                      else block - offsets[:, None, :])  # (K, n, D)
-        else:
-            # y = (x - mu) L^-T: a triangular solve, half the work of a product with L^-1;
-            # one component at a time, never a (K, n, D) tensor
-            distances = block.new_empty(block.shape[0], n_components)
-            work = block.new_empty(block.shape)
-            for k in range(n_components):
-                _whiten_in_place(upper[k], torch.sub(block, offsets[k], out=work))
-                torch.linalg.vector_norm(work, dim=-1, out=distances[:, k])
-        # the arithmetic of gmm.log_joint, so the likelihood is the model's
-        joint = 0.5 * (log_det - log_2pi - distances.square()) + log_weights
-        resp, norm = _softmax(joint)
-        if weights is not None:
-            resp, norm = resp * weights[rows, None], norm * weights[rows]
-        log_likelihood += norm.sum(dtype=wide)
-        resp_sum += resp.sum(0, dtype=wide)
-        if values is not None:
-            _add_moments(first, second, values, resp.T)
-            continue
-        # moments about the means, in float64 (float32 data too: its rows widened, only those
-        # a component explains), over the rows with r_nk > 0
-        for k in range(n_components):  # x - mu_k again: n D work beside the n D^2 products
-            rows_k, weight = _responsible_rows(resp[:, k])
-            values_k = (block if rows_k is None else block.index_select(0, rows_k))
-            values_k = values_k.to(wide) - wide_offsets[k]
-            weight = weight.to(wide)
-            first[k] += weight @ values_k
-            _gram(second[k], values_k * weight.sqrt()[:, None])
+    # one component at a time the BLAS solves and rank-k updates use every core; torch's own
+    # threads, woken by the light operations between them, would spin beside them (D = 784,
+    # K = 16, N = 1e4 on 2 cores: 3.1-3.6 s per E-step, 1.8-2.0 s with torch's operations in
+    # this thread)
+    with _torch_threads_for_blas(x, not stacked):
+        for rows in chunks:
+            block = xc[rows]
+            values = None
+            if stacked:
+                whitened = plan.chunk(block)  # (n, K, D)
+                distances = torch.linalg.vector_norm(whitened, dim=-1)  # (n, K)
+                values = (whitened.transpose(0, 1) if whitened_frame
+                          else block - offsets[:, None, :])  # (K, n, D)
+            else:
+                distances = block.new_empty(block.shape[0], n_components)
+                work = block.new_empty(block.shape)
+                _distances_by_solves(block, upper, offsets, distances, work)
+            # the arithmetic of gmm.log_joint, so the likelihood is the model's
+            squared = distances.square()
+            joint = 0.5 * (log_det - log_2pi - squared) + log_weights
+            resp, norm = _softmax(joint)
+            if weights is not None:
+                resp, norm = resp * weights[rows, None], norm * weights[rows]
+            log_likelihood += norm.sum(dtype=wide)
+            resp_sum += resp.sum(0, dtype=wide)
+            if values is not None:
+                _add_moments(first, second, values, resp.T)
+                continue
+            # moments about the means, in float64 (float32 data too: its rows widened), over
+            # the rows whose contribution is not negligible (_contributing_rows); float64
+            # rows are taken into the solves' buffer, no new (rows, D) tensor per component
+            for k in range(n_components):  # x - mu_k again: n D work beside the n D^2 products
+                rows_k, weight = _contributing_rows(resp[:, k], squared[:, k])
+                if x.dtype == wide:
+                    values_k = work[:weight.shape[0]]
+                    if rows_k is None:
+                        torch.sub(block, wide_offsets[k], out=values_k)
+                    else:
+                        torch.index_select(block, 0, rows_k, out=values_k)
+                        values_k.sub_(wide_offsets[k])
+                else:
+                    values_k = (block if rows_k is None else block.index_select(0, rows_k))
+                    values_k = values_k.to(wide) - wide_offsets[k]
+                weight = weight.to(wide)
+                first[k] += weight @ values_k
+                _gram(second[k], values_k.mul_(weight.sqrt()[:, None]))
     second = _symmetric(second)
     if whitened_frame and plan is not None:  # W_k^-1 maps the whitened moments back, in float64: W^-1 S W^-T
         # by two triangular solves (2 D^3), not an inverse and two products (5 D^3)
@@ -619,6 +636,56 @@ def _tied_e_step(x: Tensor, params: GMMParams, factor: Tensor,
                     first, second, params.means)
 
 
+def _distances_by_solves(block: Tensor, upper: Tensor, offsets: Tensor, out: Tensor,
+                         work: Tensor) -> None:
+    """Write ``|L_k^-1 (x_n - mu_k)|`` of centred rows ``block`` (n, D) into ``out`` (n, K).
+
+    ``upper``: the factors ``L_k^T`` (K, D, D), C-contiguous, in the rows' dtype; ``offsets``
+    (K, D): the means less the rows' centre; ``work`` (n, D): a buffer, left holding the last
+    component's whitened rows. ``y = (x - mu) L^-T`` is a triangular solve, half the work of a
+    product with ``L^-1``, one component at a time: never a (K, n, D) tensor.
+    """
+    for k in range(upper.shape[0]):
+        _whiten_in_place(upper[k], torch.sub(block, offsets[k], out=work))
+        torch.linalg.vector_norm(work, dim=-1, out=out[:, k])
+
+
+def scoring_log_joint(x: Tensor, params: GMMParams) -> Tensor:
+    """:func:`~ppl_mixtures.models.gmm.log_joint` for scoring and prediction (no autograd):
+    ``log pi_k + log N(x_n | mu_k, Sigma_k)``, shape (n_samples, n_components).
+
+    Full covariances whose K whitening maps are applied one component at a time (large
+    K D^2) take the E-step's route on CPU: triangular solves with the M-step's Cholesky
+    factors (:func:`factors_of`, no inverse), torch's operations in one thread beside the
+    BLAS (measured at D = 784, K = 16, N = 1e4 on 2 cores: see ``bench/RESULTS.md``). Every
+    other case, and any input that requires grad, is the model's own function.
+    """
+    n_components, n_features = params.means.shape
+    if (params.covariance_type != "full" or x.device.type != "cpu" or not _TRSM
+            or x.dtype not in _TRSM
+            or n_components * n_features**2 <= gmm._STACKED_WHITENING_MAX
+            or (torch.is_grad_enabled() and any(
+                t.requires_grad for t in (x, params.weights, params.means,
+                                          params.covariances)))):
+        return gmm.log_joint(x, params)
+    factors = factors_of(params.covariances).to(x.dtype)
+    upper = factors.transpose(-1, -2).contiguous()
+    log_det = (-2.0 * factors.to(torch.float64).diagonal(dim1=-2, dim2=-1).log().sum(-1))
+    center = params.means.mean(0)
+    xc = (x - center).contiguous()
+    offsets = params.means - center
+    distances = x.new_empty(x.shape[0], n_components)
+    size = max(_MIN_WHITENED_ROWS, _WHITENED_ELEMENTS // n_features)
+    with _torch_threads_for_blas(x, True):
+        work = xc.new_empty(min(size, x.shape[0]), n_features)
+        for start in range(0, x.shape[0], size):
+            block = xc[start:start + size]
+            _distances_by_solves(block, upper, offsets, distances[start:start + size],
+                                 work[:block.shape[0]])
+    log_2pi = n_features * math.log(2 * math.pi)
+    return 0.5 * (log_det.to(x.dtype) - log_2pi - distances.square()) + params.weights.log()
+
+
 def _softmax(joint: Tensor) -> tuple[Tensor, Tensor]:
     """Responsibilities and ``logsumexp`` of a (rows, K) table, one exponential pass.
 
@@ -733,6 +800,31 @@ def _whiten_in_place(upper: Tensor, rows: Tensor) -> None:
     torch.linalg.solve_triangular(upper, rows, upper=True, left=False, out=rows)
 
 
+def _contributing_rows(weight: Tensor, squared: Tensor) -> tuple[Tensor | None, Tensor]:
+    """The rows of a chunk whose contribution to a component's moments is not negligible.
+
+    ``weight`` (rows,): the responsibilities ``r_nk`` (times the sample weights); ``squared``
+    (rows,): the squared Mahalanobis distances ``d_nk^2`` under the component. A row adds
+    ``r_nk`` to ``N_k``, a first moment of Mahalanobis length ``r_nk d_nk`` and a second one of
+    trace ``r_nk d_nk^2`` in the component's own metric, all at most ``c_nk = r_nk (1 +
+    d_nk^2)``. Rows with ``c_nk`` below ``eps / (10 n)`` times the chunk's largest ``c`` (``n``
+    rows, ``eps`` float64's) are left out: together they weigh less than a tenth of one
+    rounding unit of the kept sums, so the moments are those of every row to rounding.
+
+    At D = 784 EM's first E-step from a broad start gives most ``r_nk`` tiny but not zero
+    (160,000 nonzero of 160,000 at K = 16, N = 1e4; 28,000 kept), and each component's
+    rank-k update runs over its own rows only. Returns ``(None, weight)`` when every row
+    counts, else the kept rows' indices and weights (an empty index when none does).
+    """
+    contribution = weight * (1.0 + squared)
+    top = contribution.amax() if contribution.numel() else contribution.new_zeros(())
+    kept = contribution > top * (_NEGLIGIBLE_ROUNDING / max(1, weight.shape[0]))
+    if bool(kept.all()):
+        return None, weight
+    rows = kept.nonzero().squeeze(1)
+    return rows, weight.index_select(0, rows)
+
+
 def _responsible_rows(weight: Tensor) -> tuple[Tensor | None, Tensor]:
     """The rows of a chunk that a component's moments need: those with ``r_nk > 0``.
 
@@ -749,6 +841,23 @@ def _responsible_rows(weight: Tensor) -> tuple[Tensor | None, Tensor]:
     return rows, weight.index_select(0, rows)
 
 
+@contextlib.contextmanager
+def _torch_threads_for_blas(x: Tensor, active: bool):
+    """Torch's operations in the calling thread only, while a pass whose work is scipy's BLAS
+    runs (``active``, on CPU, scipy at hand, not in a row-range worker); its thread count is
+    put back afterwards."""
+    threads = torch.get_num_threads()
+    if (not active or threads == 1 or x.device.type != "cpu" or not _TRSM
+            or getattr(_WORKER, "active", False)):
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _gram(out: Tensor, values: Tensor) -> None:
     """Add the upper triangle of ``values^T values`` ((n, D) -> (D, D)) to ``out`` (float64).
 
@@ -760,6 +869,15 @@ def _gram(out: Tensor, values: Tensor) -> None:
     if (values.device.type == "cpu" and values.dtype in _SYRK and values.shape[0] > 0
             and not getattr(_WORKER, "active", False)):
         # values.T is Fortran-ordered (D, n): syrk reads it in place, A A^T = values^T values
+        if out.dtype == values.dtype and out.is_contiguous():
+            # added into ``out`` in place: out^T read as Fortran-ordered, its lower triangle
+            # is out's upper one
+            target = out.numpy().T
+            added = _SYRK[values.dtype](1.0, values.detach().numpy().T, beta=1.0, c=target,
+                                        lower=1, overwrite_c=1)
+            if not numpy_shares_memory(added, target):  # pragma: no cover - scipy copied
+                out.copy_(torch.from_numpy(added.T))
+            return
         product = _SYRK[values.dtype](1.0, values.detach().numpy().T, lower=0)
         out += torch.from_numpy(product).to(out.dtype)
     else:

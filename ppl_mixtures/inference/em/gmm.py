@@ -28,7 +28,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from ppl_mixtures.inference.em._gmm_kernels import (  # noqa: F401  (GMMStats, factors_of: API)
+from ppl_mixtures.inference.em._gmm_kernels import (  # noqa: F401  (GMMStats, factors_of, scoring_log_joint: API)
     GMMStats,
     _dense_e_step,
     _diagonal_e_step,
@@ -36,6 +36,7 @@ from ppl_mixtures.inference.em._gmm_kernels import (  # noqa: F401  (GMMStats, f
     _total_weight,
     factors_of,
     pooled,
+    scoring_log_joint,
 )
 from ppl_mixtures.models import gmm
 from ppl_mixtures.models.gmm import DIAGONAL_TYPES, GMMParams, _row_chunks, log_joint
