@@ -186,7 +186,7 @@ def fitted_arrays(params: gmm.GMMParams) -> dict[str, np.ndarray]:
             eye = torch.eye(factors.shape[-1], dtype=factors.dtype, device=factors.device)
             inverse = torch.linalg.solve_triangular(factors, eye, upper=False)
             precisions = torch.cholesky_inverse(factors).cpu().numpy()
-        precisions = precisions.astype(covariances.dtype)
+        precisions = precisions.astype(covariances.dtype, copy=False)
         # scikit-learn's convention: P with P P^T = Sigma^-1, upper triangular.
         precisions_cholesky = inverse.mT.cpu().numpy().astype(covariances.dtype)
     return {"weights_": params.weights.detach().cpu().numpy(),
