@@ -847,7 +847,7 @@ def _torch_threads_for_blas(x: Tensor, active: bool):
     runs (``active``, on CPU, scipy at hand, not in a row-range worker); its thread count is
     put back afterwards."""
     threads = torch.get_num_threads()
-    if (not active or threads == 1 or x.device.type != "cpu" or not _TRSM
+    if (not active or threads == 1 or x.device.type != "cpu" or x.dtype not in _TRSM
             or getattr(_WORKER, "active", False)):
         yield
         return
