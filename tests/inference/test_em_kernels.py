@@ -634,3 +634,27 @@ def test_estimator_predictions_take_the_scoring_route(monkeypatch):
     np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-10)
     assert (ours.predict(X) == theirs.predict(X)).all()
     assert len(calls) == 3
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_per_component_fit_from_a_broad_start_equals_scikit_learn(monkeypatch):
+    """A whole float64 EM fit one component at a time (forced), from the broad isotropic start
+    of bench/gmm_em.py where most responsibilities are tiny but not zero (the rows left out
+    of the moments): scikit-learn's fit from the same start, to 1e-8."""
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    from ppl_mixtures import GaussianMixture
+
+    X, _ = make_gmm(600, 4, 40, separation=2.0, random_state=7)
+    rng = np.random.default_rng(0)
+    start = {"weights_init": np.full(4, 0.25),
+             "means_init": X[rng.choice(600, 4, replace=False)],
+             "precisions_init": np.stack([np.eye(40) / X.var(0).mean()] * 4)}
+    monkeypatch.setattr(gmm, "_STACKED_WHITENING_MAX", 0)
+    ours = GaussianMixture(4, covariance_type="full", max_iter=8, tol=0.0, progress=False,
+                           **start).fit(X)
+    theirs = SkGaussianMixture(4, covariance_type="full", max_iter=8, tol=0.0, **start).fit(X)
+    assert ours.lower_bound_ == pytest.approx(theirs.lower_bound_, rel=1e-8)
+    np.testing.assert_allclose(ours.means_, theirs.means_, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(ours.covariances_, theirs.covariances_, rtol=0, atol=1e-8)
+    assert ours.score(X) == pytest.approx(theirs.score(X), rel=1e-8)
