@@ -305,11 +305,8 @@ def _whitened_e_step(x: Tensor, params: GMMParams, factors: Tensor,
     else:  # one component at a time: triangular solves with L_k, no inverse (float32: L_k
         # rounded to float32, 1.4x faster than a product with the inverse at D = 784; its
         # moments are taken about the means in float64, as float64's: no D^3 map back)
-        factors = factors.to(x.dtype)
         center = params.means.mean(0)
-        log_det = (-2.0 * factors.to(wide).diagonal(dim1=-2, dim2=-1).log().sum(-1)).to(x.dtype)
-        # L_k^T, contiguous once (a transposed view would be copied by every solve)
-        upper = factors.transpose(-1, -2).contiguous()
+        upper, log_det = _solve_factors(factors, x.dtype)
     offsets = params.means - center
     wide_offsets = params.means.to(wide) - center.to(wide)
     xc = x - center
@@ -323,7 +320,7 @@ def _whitened_e_step(x: Tensor, params: GMMParams, factors: Tensor,
     if stacked:
         chunks = _row_chunks(n_samples, n_components, n_features)
     else:  # one (rows, D) solve per component: rows enough to keep it efficient
-        size = max(_MIN_WHITENED_ROWS, _WHITENED_ELEMENTS // n_features)
+        size = _solved_rows(n_features)
         chunks = [slice(start, start + size) for start in range(0, n_samples, size)]
     # one component at a time the BLAS solves and rank-k updates use every core; torch's own
     # threads, woken by the light operations between them, would spin beside them (D = 784,
@@ -668,14 +665,12 @@ def scoring_log_joint(x: Tensor, params: GMMParams) -> Tensor:
                 t.requires_grad for t in (x, params.weights, params.means,
                                           params.covariances)))):
         return gmm.log_joint(x, params)
-    factors = factors_of(params.covariances).to(x.dtype)
-    upper = factors.transpose(-1, -2).contiguous()
-    log_det = (-2.0 * factors.to(torch.float64).diagonal(dim1=-2, dim2=-1).log().sum(-1))
+    upper, log_det = _solve_factors(factors_of(params.covariances), x.dtype)
     center = params.means.mean(0)
     xc = (x - center).contiguous()
     offsets = params.means - center
     distances = x.new_empty(x.shape[0], n_components)
-    size = max(_MIN_WHITENED_ROWS, _WHITENED_ELEMENTS // n_features)
+    size = _solved_rows(n_features)
     with _torch_threads_for_blas(x, True):
         work = xc.new_empty(min(size, x.shape[0]), n_features)
         for start in range(0, x.shape[0], size):
@@ -683,7 +678,20 @@ def scoring_log_joint(x: Tensor, params: GMMParams) -> Tensor:
             _distances_by_solves(block, upper, offsets, distances[start:start + size],
                                  work[:block.shape[0]])
     log_2pi = n_features * math.log(2 * math.pi)
-    return 0.5 * (log_det.to(x.dtype) - log_2pi - distances.square()) + params.weights.log()
+    return 0.5 * (log_det - log_2pi - distances.square()) + params.weights.log()
+
+
+def _solve_factors(factors: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``L_k^T`` (K, D, D), C-contiguous in ``dtype`` (a transposed view would be copied by
+    every solve), and ``log |Sigma_k^-1|`` (K,) from the float64 factors, in ``dtype``."""
+    rounded = factors.to(dtype)
+    log_det = -2.0 * rounded.to(torch.float64).diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return rounded.transpose(-1, -2).contiguous(), log_det.to(dtype)
+
+
+def _solved_rows(n_features: int) -> int:
+    """Rows per chunk solved one component at a time (:data:`_WHITENED_ELEMENTS`)."""
+    return max(_MIN_WHITENED_ROWS, _WHITENED_ELEMENTS // n_features)
 
 
 def _softmax(joint: Tensor) -> tuple[Tensor, Tensor]:
@@ -818,11 +826,8 @@ def _contributing_rows(weight: Tensor, squared: Tensor) -> tuple[Tensor | None, 
     """
     contribution = weight * (1.0 + squared)
     top = contribution.amax() if contribution.numel() else contribution.new_zeros(())
-    kept = contribution > top * (_NEGLIGIBLE_ROUNDING / max(1, weight.shape[0]))
-    if bool(kept.all()):
-        return None, weight
-    rows = kept.nonzero().squeeze(1)
-    return rows, weight.index_select(0, rows)
+    return _kept_rows(weight, contribution > top * (_NEGLIGIBLE_ROUNDING
+                                                    / max(1, weight.shape[0])))
 
 
 def _responsible_rows(weight: Tensor) -> tuple[Tensor | None, Tensor]:
@@ -834,7 +839,12 @@ def _responsible_rows(weight: Tensor) -> tuple[Tensor | None, Tensor]:
     only. Returns ``(None, weight)`` when every row counts, else the kept rows' indices and
     weights (an empty index when none does).
     """
-    kept = weight > 0
+    return _kept_rows(weight, weight > 0)
+
+
+def _kept_rows(weight: Tensor, kept: Tensor) -> tuple[Tensor | None, Tensor]:
+    """``(None, weight)`` when ``kept`` (a boolean mask over the rows) holds everywhere, else
+    the kept rows' indices and weights."""
     if bool(kept.all()):
         return None, weight
     rows = kept.nonzero().squeeze(1)
