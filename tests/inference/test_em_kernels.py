@@ -15,6 +15,13 @@ from ppl_mixtures.inference.em import gmm as em_gmm
 from ppl_mixtures.models import gmm
 
 TYPES = ("spherical", "diag", "tied_diag", "tied", "full")
+DIAGONAL = ("spherical", "diag", "tied_diag")
+
+
+@pytest.fixture
+def torch_route(monkeypatch):
+    """Small diagonal E-steps by torch's blocks, not the NumPy route of small data."""
+    monkeypatch.setattr(kernels, "_SMALL_DIAGONAL_WORK", -1)
 
 
 def _start(covariance_type, n=400, d=5, k=4, offset=0.0):
@@ -42,9 +49,15 @@ def _assert_same(stats, reference, rtol):
 
 @pytest.mark.parametrize("covariance_type", TYPES)
 @pytest.mark.parametrize("weighted", [False, True])
-def test_fused_e_step_matches_the_two_step_one(covariance_type, weighted):
+@pytest.mark.parametrize("route", ["default", "torch"])
+def test_fused_e_step_matches_the_two_step_one(covariance_type, weighted, route, monkeypatch):
     """Densities and statistics in one pass (matmul-shaped for the diagonal types, whitened
-    for tied and full): the same sums to float64 rounding, with and without weights."""
+    for tied and full): the same sums to float64 rounding, with and without weights; the
+    diagonal types of this small data by NumPy (default) and by torch's blocks."""
+    if route == "torch":
+        if covariance_type not in DIAGONAL:
+            pytest.skip("one route only")
+        monkeypatch.setattr(kernels, "_SMALL_DIAGONAL_WORK", -1)
     x, params = _start(covariance_type, offset=50.0)  # far from the origin: cancellation
     weights = (torch.rand(x.shape[0], generator=torch.Generator().manual_seed(2),
                           dtype=torch.float64) * 3 if weighted else None)
@@ -68,7 +81,7 @@ def test_whitened_float64_moments_from_features_match_the_reference(offset, weig
 
 
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
-def test_blocks_by_rows_add_up(covariance_type, monkeypatch):
+def test_blocks_by_rows_add_up(covariance_type, monkeypatch, torch_route):
     x, params = _start(covariance_type)
     whole = em_gmm.e_step(x, params)
     monkeypatch.setattr(em_gmm, "_E_STEP_BLOCK_ELEMENTS", 4 * 37)  # blocks of 37 rows
@@ -120,7 +133,7 @@ def test_gram_without_syrk_is_the_same(monkeypatch):
     torch.testing.assert_close(kernels._symmetric(plain), values.T @ values)
 
 
-def test_float32_diagonal_e_step_matches_float64():
+def test_float32_diagonal_e_step_matches_float64(torch_route):
     x, params = _start("diag")
     single = em_gmm.e_step(x.float(), params.to(torch.float32))
     double = em_gmm.e_step(x, params.to(torch.float32).to(torch.float64))
@@ -186,7 +199,7 @@ def test_tied_moments_pooled_in_the_whitened_frame_keep_a_thin_direction(weighte
 
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
 def test_diagonal_blocks_add_up_in_this_thread_and_over_row_ranges(covariance_type,
-                                                                   monkeypatch):
+                                                                   monkeypatch, torch_route):
     """The diagonal E-step's blocks (45 of 9 rows, the feature tables reused from block to
     block) add up to the two-step reference, with and without weights, in the caller's
     thread (light blocks) and split over three row-range threads (heavy blocks: the
@@ -658,3 +671,84 @@ def test_per_component_fit_from_a_broad_start_equals_scikit_learn(monkeypatch):
     np.testing.assert_allclose(ours.means_, theirs.means_, rtol=0, atol=1e-8)
     np.testing.assert_allclose(ours.covariances_, theirs.covariances_, rtol=0, atol=1e-8)
     assert ours.score(X) == pytest.approx(theirs.score(X), rel=1e-8)
+
+
+@pytest.mark.parametrize("covariance_type", DIAGONAL)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_small_diagonal_e_step_by_numpy_equals_torchs(covariance_type, weighted, offset,
+                                                      monkeypatch):
+    """Small CPU data takes the NumPy E-step; its statistics equal torch's blocks' to float64
+    rounding (far from the origin too), with and without weights, and the statistics keep
+    their types: float64 sums, the likelihood in the data's dtype."""
+    x, params = _start(covariance_type, n=300, offset=offset)
+    weights = (torch.rand(300, generator=torch.Generator().manual_seed(2),
+                          dtype=torch.float64) * 3 if weighted else None)
+    taken = []
+    small = kernels._small_diagonal_e_step
+    monkeypatch.setattr(kernels, "_small_diagonal_e_step",
+                        lambda *args: taken.append(1) or small(*args))
+    monkeypatch.setattr(em_gmm, "_small_diagonal_e_step", kernels._small_diagonal_e_step)
+    fast = em_gmm.e_step(x, params, weights)
+    assert taken == [1]
+    monkeypatch.setattr(kernels, "_SMALL_DIAGONAL_WORK", -1)
+    blocks = em_gmm.e_step(x, params, weights)
+    assert taken == [1]
+    _assert_same(fast, blocks, 1e-12)
+    assert fast.shift is params.means
+    assert fast.log_likelihood.dtype == torch.float64 and fast.log_likelihood.dim() == 0
+    for name in ("resp_sum", "first_moment", "second_moment"):
+        value = getattr(fast, name)
+        assert value.dtype == torch.float64 and value.shape == getattr(blocks, name).shape
+
+
+@pytest.mark.parametrize("covariance_type", DIAGONAL)
+def test_small_float32_data_by_numpy_is_summed_in_float64(covariance_type):
+    """Float32 data on the NumPy route: its rows taken in float64, so the statistics equal
+    the float64 E-step of the same (rounded) numbers; the likelihood comes back in float32."""
+    x, params = _start(covariance_type)
+    single = em_gmm.e_step(x.float(), params.to(torch.float32))
+    double = em_gmm.e_step(x.float().double(), params.to(torch.float32).to(torch.float64))
+    assert single.log_likelihood.dtype == torch.float32
+    assert torch.equal(single.log_likelihood, double.log_likelihood.float())
+    for name in ("resp_sum", "first_moment", "second_moment"):
+        expected = getattr(double, name)
+        torch.testing.assert_close(getattr(single, name), expected, rtol=0,
+                                   atol=1e-12 * float(expected.abs().max()), msg=name)
+
+
+def test_only_small_cpu_data_without_gradients_takes_numpy():
+    """The NumPy route: small CPU float data whose parameters share its dtype; not large data,
+    mixed dtypes, half precision or tensors that need gradients."""
+    x, params = _start("diag", n=200)
+    assert kernels._takes_small_diagonal(x, params, None)
+    assert kernels._takes_small_diagonal(x.float(), params.to(torch.float32), None)
+    assert not kernels._takes_small_diagonal(x.float(), params, None)
+    assert not kernels._takes_small_diagonal(x, params, torch.ones(200, dtype=torch.float32))
+    assert not kernels._takes_small_diagonal(x.half(), params.to(torch.float16), None)
+    grad = gmm.GMMParams(params.weights, params.means.clone().requires_grad_(),
+                         params.covariances, "diag")
+    assert not kernels._takes_small_diagonal(x, grad, None)
+    rows = kernels._SMALL_DIAGONAL_WORK // (4 + 5)
+    big = x[:1].expand(rows + 1, -1)
+    assert kernels._takes_small_diagonal(big[:rows], params, None)
+    assert not kernels._takes_small_diagonal(big, params, None)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("covariance_type", DIAGONAL)
+def test_small_route_keeps_torchs_zero_weights_and_zero_weight_rows(covariance_type,
+                                                                     monkeypatch):
+    """A component of weight 0 (log 0 = -inf in every row) and rows of weight 0: NumPy's
+    E-step warns of nothing and gives torch's statistics."""
+    x, params = _start(covariance_type, n=120)
+    weights = params.weights.clone()
+    weights[1] = 0.0
+    params = gmm.GMMParams(weights / weights.sum(), params.means, params.covariances,
+                           covariance_type)
+    row_weights = torch.ones(120, dtype=torch.float64)
+    row_weights[::7] = 0.0
+    fast = em_gmm.e_step(x, params, row_weights)
+    assert float(fast.resp_sum[1]) == 0.0
+    monkeypatch.setattr(kernels, "_SMALL_DIAGONAL_WORK", -1)
+    _assert_same(fast, em_gmm.e_step(x, params, row_weights), 1e-12)
