@@ -334,16 +334,7 @@ def component_log_prob(x: Tensor, params: GMMParams, factors: Tensor | None = No
     n_components, n_features = params.means.shape
     log_2pi = n_features * math.log(2 * math.pi)
     if params.covariance_type in DIAGONAL_TYPES:
-        center = params.means.mean(0)  # shift-invariance: less cancellation far from the origin
-        xc, mc = x - center, params.means - center
-        precisions = diagonal_variances(params).reciprocal()  # (K, D)
-        mahalanobis = (
-            (xc * xc) @ precisions.T
-            - 2.0 * xc @ (mc * precisions).T
-            + (mc * mc * precisions).sum(-1)
-        ).clamp_min(0.0)
-        log_det = precisions.log().sum(-1)  # log |Sigma_k^-1|
-        return 0.5 * (log_det - log_2pi - mahalanobis)
+        return _diagonal_log_prob(x, params, log_2pi)
     plan = whitening_plan(params, factors)
     xc = x - plan.center
     if plan.stacked is None:
@@ -352,6 +343,41 @@ def component_log_prob(x: Tensor, params: GMMParams, factors: Tensor | None = No
     for rows in _row_chunks(x.shape[0], n_components, n_features):
         distances.append(torch.linalg.vector_norm(plan.chunk(xc[rows]), dim=-1))
     return 0.5 * (plan.log_det - log_2pi - torch.cat(distances).square())
+
+
+def _diagonal_log_prob(x: Tensor, params: GMMParams, log_2pi: float) -> Tensor:
+    """:func:`component_log_prob` of a diagonal-family mixture: one (N, F) @ (F, K) product.
+
+    With ``xc = x - c`` (``c`` the mean of the component means: less cancellation far from
+    the origin) and the features ``f = [xc^2, xc]`` (spherical: ``[|xc|^2, xc]``), the log
+    density is ``f @ [-P / 2, P (mu - c)]^T + 0.5 (log|P| - D log 2 pi - (mu - c)^T P (mu - c))``,
+    capped at its value for a zero distance (the Mahalanobis distance clamped at zero
+    against rounding; the cap is outside autograd). The centre is taken out of autograd too:
+    the densities do not depend on it, so every derivative (of any order) at fixed ``c`` is
+    the exact one, and the (N, D) features need no gradient unless ``x`` does (SVI of the
+    GMM: one product's backward instead of about twenty (N, K) operations).
+    """
+    spherical = params.covariance_type == "spherical"
+    means = params.means
+    center = means.detach().mean(0)
+    xc, mc = x - center, means - center
+    if spherical:  # one precision per component, (K, 1)
+        precisions = params.covariances.reciprocal()[:, None]
+        log_det = means.shape[-1] * precisions[:, 0].log()
+        squares = (xc * xc).sum(-1, keepdim=True)
+    else:
+        precisions = diagonal_variances(params).reciprocal()  # (K, D)
+        log_det = precisions.log().sum(-1)  # log |Sigma_k^-1|
+        squares = xc * xc
+    scaled = mc * precisions  # (K, D)
+    top = 0.5 * (log_det - log_2pi)  # the log density at a zero distance, (K,)
+    bias = top - 0.5 * (mc * scaled).sum(-1)
+    coefficients = torch.cat([(-0.5 * precisions).expand(-1, squares.shape[-1]), scaled], -1)
+    joint = torch.addmm(bias, torch.cat([squares, xc], -1), coefficients.T)  # (N, K)
+    # min(joint, top): the cap only takes off rounding (a distance that came out below zero),
+    # so it is applied outside autograd and every derivative is the smooth density's own (a
+    # row on a mean keeps its curvature; no backward pass over the (N, K) cap)
+    return joint - (joint - top).clamp_min(0.0).detach()
 
 
 #: Above this many numbers in the K whitening maps (8 MB in float64), they are applied one

@@ -47,6 +47,44 @@ def test_component_log_prob_matches_scipy(covariance_type, data):
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("covariance_type", gmm.DIAGONAL_TYPES)
+def test_diagonal_densities_differentiate_as_torch_distributions(covariance_type):
+    """The diagonal densities (one product, the centre out of autograd, the clamp as a ReLU)
+    against torch.distributions.Normal far from the origin: values, gradients in the means,
+    variances and rows (the GMVAE differentiates its latent rows), and the Hessian in the
+    means (Laplace's), all to float64 rounding; a row on a mean keeps its gradients."""
+    params = random_params(covariance_type)
+    means = (params.means.double() + 40.0).requires_grad_()
+    variances = params.covariances.double().requires_grad_()
+    x = (torch.randn(N, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+         * 2.0 + 40.0)
+    x = torch.cat([x, means[:1].detach()]).requires_grad_()  # one row exactly on a mean
+
+    def ours(m, v, rows):
+        return gmm.component_log_prob(rows, gmm.GMMParams(params.weights.double(), m, v,
+                                                          covariance_type))
+
+    def reference(m, v, rows):
+        scale = gmm.diagonal_variances(gmm.GMMParams(params.weights.double(), m, v,
+                                                     covariance_type)).sqrt()
+        return dist.Normal(m, scale).log_prob(rows[:, None, :]).sum(-1)
+
+    value, expected = ours(means, variances, x), reference(means, variances, x)
+    torch.testing.assert_close(value, expected, rtol=0, atol=1e-11)
+    weights = torch.rand(value.shape, generator=torch.Generator().manual_seed(4),
+                         dtype=torch.float64)
+    grads = torch.autograd.grad((value * weights).sum(), (means, variances, x))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (means, variances, x))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10 * float(want.abs().max()))
+    rows = x.detach()
+    hessian = torch.autograd.functional.hessian(lambda m: ours(m, variances.detach(), rows).sum(),
+                                                means.detach())
+    expected_hessian = torch.autograd.functional.hessian(
+        lambda m: reference(m, variances.detach(), rows).sum(), means.detach())
+    torch.testing.assert_close(hessian, expected_hessian, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
 def test_float32_far_from_origin_keeps_precision(covariance_type, data):
     params = random_params(covariance_type)
