@@ -298,7 +298,9 @@ class WhiteningPlan:
 def whitening_plan(params: GMMParams, factors: Tensor | None = None) -> WhiteningPlan:
     """The :class:`WhiteningPlan` of a tied or full mixture (``factors``: see :func:`whitening`)."""
     n_components, n_features = params.means.shape
-    center = params.means.mean(0)
+    # the rows' y = L^-1 (x - c) - L^-1 (mu - c) do not depend on the centre c, so it is
+    # outside autograd: every derivative is exact and the rows' (N, D) gradient is not taken
+    center = params.means.detach().mean(0)
     mc = params.means - center
     inverse_factors, log_det = whitening(params, factors)
     if params.covariance_type == "tied":
@@ -338,11 +340,11 @@ def component_log_prob(x: Tensor, params: GMMParams, factors: Tensor | None = No
     plan = whitening_plan(params, factors)
     xc = x - plan.center
     if plan.stacked is None:
-        return 0.5 * (plan.log_det - log_2pi - _per_component_distances(xc, plan).square())
+        return 0.5 * (plan.log_det - log_2pi - _per_component_distances(xc, plan))
     distances = []  # autograd-friendly: no out= or in-place ops, so SVI can use it too
     for rows in _row_chunks(x.shape[0], n_components, n_features):
-        distances.append(torch.linalg.vector_norm(plan.chunk(xc[rows]), dim=-1))
-    return 0.5 * (plan.log_det - log_2pi - torch.cat(distances).square())
+        distances.append(_squared_norm(plan.chunk(xc[rows])))
+    return 0.5 * (plan.log_det - log_2pi - torch.cat(distances))
 
 
 def _diagonal_log_prob(x: Tensor, params: GMMParams, log_2pi: float) -> Tensor:
@@ -388,14 +390,21 @@ def _diagonal_log_prob(x: Tensor, params: GMMParams, log_2pi: float) -> Tensor:
 _STACKED_WHITENING_MAX = 1 << 20
 
 
+def _squared_norm(y: Tensor) -> Tensor:
+    """``|y|^2`` over the last dimension, smooth at zero: the norm's derivatives are not (its
+    second derivative at a row on a mean is NaN), those of the sum of squares are."""
+    return (y * y).sum(-1)
+
+
 def _per_component_distances(xc: Tensor, plan: WhiteningPlan) -> Tensor:
-    """Mahalanobis distances ``|L_k^-1 (x_n - mu_k)|`` one component at a time, (N, K).
+    """Squared Mahalanobis distances ``|L_k^-1 (x_n - mu_k)|^2`` one component at a time,
+    (N, K).
 
     Each (D, D) map is applied to chunks of about 2^18 numbers of rows while it is in cache.
     """
     columns = []
     for index in range(plan.whitened_means.shape[0]):
-        parts = [torch.linalg.vector_norm(plan.component(xc[rows], index), dim=-1)
+        parts = [_squared_norm(plan.component(xc[rows], index))
                  for rows in _row_chunks(xc.shape[0], 1, xc.shape[1])]
         columns.append(torch.cat(parts))
     return torch.stack(columns, dim=-1)
