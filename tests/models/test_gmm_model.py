@@ -47,42 +47,51 @@ def test_component_log_prob_matches_scipy(covariance_type, data):
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("covariance_type", gmm.DIAGONAL_TYPES)
-def test_diagonal_densities_differentiate_as_torch_distributions(covariance_type):
-    """The diagonal densities (one product, the centre out of autograd, the clamp as a ReLU)
-    against torch.distributions.Normal far from the origin: values, gradients in the means,
-    variances and rows (the GMVAE differentiates its latent rows), and the Hessian in the
-    means (Laplace's), all to float64 rounding; a row on a mean keeps its gradients."""
-    params = random_params(covariance_type)
+def _far_rows_and_means(params):
+    """Means and rows moved 40 away from the origin, one row exactly on the first mean;
+    both need gradients."""
     means = (params.means.double() + 40.0).requires_grad_()
-    variances = params.covariances.double().requires_grad_()
     x = (torch.randn(N, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
          * 2.0 + 40.0)
-    x = torch.cat([x, means[:1].detach()]).requires_grad_()  # one row exactly on a mean
+    return means, torch.cat([x, means[:1].detach()]).requires_grad_()
 
-    def ours(m, v, rows):
-        return gmm.component_log_prob(rows, gmm.GMMParams(params.weights.double(), m, v,
-                                                          covariance_type))
 
-    def reference(m, v, rows):
-        scale = gmm.diagonal_variances(gmm.GMMParams(params.weights.double(), m, v,
-                                                     covariance_type)).sqrt()
-        return dist.Normal(m, scale).log_prob(rows[:, None, :]).sum(-1)
-
-    value, expected = ours(means, variances, x), reference(means, variances, x)
-    torch.testing.assert_close(value, expected, rtol=0, atol=1e-11)
+def _assert_differentiates_as(ours, reference, means, spread, x, atol):
+    """``ours(means, spread, x)`` equals ``reference`` in value (to ``atol``), in its
+    gradients in the three (to 1e-10 of the largest) and in its Hessian in the means."""
+    value, expected = ours(means, spread, x), reference(means, spread, x)
+    torch.testing.assert_close(value, expected, rtol=0, atol=atol)
     weights = torch.rand(value.shape, generator=torch.Generator().manual_seed(4),
                          dtype=torch.float64)
-    grads = torch.autograd.grad((value * weights).sum(), (means, variances, x))
-    expected_grads = torch.autograd.grad((expected * weights).sum(), (means, variances, x))
+    grads = torch.autograd.grad((value * weights).sum(), (means, spread, x))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (means, spread, x))
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10 * float(want.abs().max()))
-    rows = x.detach()
-    hessian = torch.autograd.functional.hessian(lambda m: ours(m, variances.detach(), rows).sum(),
-                                                means.detach())
-    expected_hessian = torch.autograd.functional.hessian(
-        lambda m: reference(m, variances.detach(), rows).sum(), means.detach())
-    torch.testing.assert_close(hessian, expected_hessian, rtol=0, atol=1e-9)
+    rows, fixed = x.detach(), spread.detach()
+    hessians = [torch.autograd.functional.hessian(lambda m, f=f: f(m, fixed, rows).sum(),
+                                                  means.detach()) for f in (ours, reference)]
+    torch.testing.assert_close(hessians[0], hessians[1], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("covariance_type", gmm.DIAGONAL_TYPES)
+def test_diagonal_densities_differentiate_as_torch_distributions(covariance_type):
+    """The diagonal densities (one product, the centre and the rounding cap out of autograd)
+    against torch.distributions.Normal far from the origin: values, gradients in the means,
+    variances and rows (the GMVAE differentiates its latent rows), and the Hessian in the
+    means (Laplace's), all to float64 rounding; a row on a mean keeps its curvature."""
+    params = random_params(covariance_type)
+    means, x = _far_rows_and_means(params)
+    weights = params.weights.double()
+
+    def ours(m, v, rows):
+        return gmm.component_log_prob(rows, gmm.GMMParams(weights, m, v, covariance_type))
+
+    def reference(m, v, rows):
+        scale = gmm.diagonal_variances(gmm.GMMParams(weights, m, v, covariance_type)).sqrt()
+        return dist.Normal(m, scale).log_prob(rows[:, None, :]).sum(-1)
+
+    _assert_differentiates_as(ours, reference, means,
+                              params.covariances.double().requires_grad_(), x, 1e-11)
 
 
 @pytest.mark.parametrize("covariance_type", ["tied", "full"])
@@ -96,34 +105,19 @@ def test_whitened_densities_differentiate_as_torch_distributions(covariance_type
     if not stacked:
         monkeypatch.setattr(gmm, "_STACKED_WHITENING_MAX", 0)
     params = random_params(covariance_type)
-    means = (params.means.double() + 40.0).requires_grad_()
-    factors = torch.linalg.cholesky(params.covariances.double()).requires_grad_()
-    x = (torch.randn(N, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-         * 2.0 + 40.0)
-    x = torch.cat([x, means[:1].detach()]).requires_grad_()
+    means, x = _far_rows_and_means(params)
+    weights = params.weights.double()
 
     def ours(m, f, rows):
         cov = f @ f.transpose(-1, -2)
-        return gmm.component_log_prob(
-            rows, gmm.GMMParams(params.weights.double(), m, cov, covariance_type), factors=f)
+        return gmm.component_log_prob(rows, gmm.GMMParams(weights, m, cov, covariance_type),
+                                      factors=f)
 
     def reference(m, f, rows):
         return dist.MultivariateNormal(m, scale_tril=f).log_prob(rows[:, None, :])
 
-    value, expected = ours(means, factors, x), reference(means, factors, x)
-    torch.testing.assert_close(value, expected, rtol=0, atol=1e-10)
-    weights = torch.rand(value.shape, generator=torch.Generator().manual_seed(4),
-                         dtype=torch.float64)
-    grads = torch.autograd.grad((value * weights).sum(), (means, factors, x))
-    expected_grads = torch.autograd.grad((expected * weights).sum(), (means, factors, x))
-    for got, want in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-10 * float(want.abs().max()))
-    rows, fixed = x.detach(), factors.detach()
-    hessian = torch.autograd.functional.hessian(lambda m: ours(m, fixed, rows).sum(),
-                                                means.detach())
-    expected_hessian = torch.autograd.functional.hessian(
-        lambda m: reference(m, fixed, rows).sum(), means.detach())
-    torch.testing.assert_close(hessian, expected_hessian, rtol=0, atol=1e-9)
+    factors = torch.linalg.cholesky(params.covariances.double()).requires_grad_()
+    _assert_differentiates_as(ours, reference, means, factors, x, 1e-10)
 
 
 @pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
