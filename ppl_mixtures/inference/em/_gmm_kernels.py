@@ -5,7 +5,8 @@ computing densities and sufficient statistics together, per covariance family.
 kernels, the statistics they return (:class:`GMMStats`) and the float64 Cholesky factors the
 M-step leaves for the next E-step (:func:`factors_of`).
 
-* diagonal types: :func:`_diagonal_e_step`, two matrix products per block;
+* diagonal types: :func:`_diagonal_e_step`, two matrix products per block; small CPU data
+  in one NumPy block (:func:`_small_diagonal_e_step`);
 * tied: :func:`_tied_e_step`, one whitening for every component and a Gram matrix;
 * full: :func:`_quadratic_e_step` (float64, small K D^2: the rows' quadratic features), or
   :func:`_whitened_e_step` (side by side, or one component at a time by triangular solves);
