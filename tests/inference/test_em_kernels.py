@@ -16,12 +16,15 @@ from ppl_mixtures.models import gmm
 
 TYPES = ("spherical", "diag", "tied_diag", "tied", "full")
 DIAGONAL = ("spherical", "diag", "tied_diag")
+#: The types whose small E-steps NumPy takes (see kernels._takes_numpy).
+SMALL_ROUTE = (*DIAGONAL, "tied")
 
 
 @pytest.fixture
 def torch_route(monkeypatch):
-    """Small diagonal E-steps by torch's blocks, not the NumPy route of small data."""
-    monkeypatch.setattr(kernels, "_SMALL_DIAGONAL_WORK", -1)
+    """Small diagonal and tied E-steps by torch's blocks, not the NumPy route of small
+    data."""
+    monkeypatch.setattr(kernels, "_SMALL_WORK", -1)
 
 
 def _start(covariance_type, n=400, d=5, k=4, offset=0.0):
@@ -53,11 +56,11 @@ def _assert_same(stats, reference, rtol):
 def test_fused_e_step_matches_the_two_step_one(covariance_type, weighted, route, monkeypatch):
     """Densities and statistics in one pass (matmul-shaped for the diagonal types, whitened
     for tied and full): the same sums to float64 rounding, with and without weights; the
-    diagonal types of this small data by NumPy (default) and by torch's blocks."""
+    diagonal and tied types of this small data by NumPy (default) and by torch's blocks."""
     if route == "torch":
-        if covariance_type not in DIAGONAL:
+        if covariance_type not in SMALL_ROUTE:
             pytest.skip("one route only")
-        monkeypatch.setattr(kernels, "_SMALL_DIAGONAL_WORK", -1)
+        monkeypatch.setattr(kernels, "_SMALL_WORK", -1)
     x, params = _start(covariance_type, offset=50.0)  # far from the origin: cancellation
     weights = (torch.rand(x.shape[0], generator=torch.Generator().manual_seed(2),
                           dtype=torch.float64) * 3 if weighted else None)
@@ -171,12 +174,17 @@ def test_row_ranges_in_threads_add_up_to_the_serial_pass(weighted, monkeypatch):
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-def test_tied_moments_pooled_in_the_whitened_frame_keep_a_thin_direction(weighted, monkeypatch):
+@pytest.mark.parametrize("route", ["default", "torch"])
+def test_tied_moments_pooled_in_the_whitened_frame_keep_a_thin_direction(weighted, route,
+                                                                        monkeypatch):
     """Float64 tied: one whitening for the densities, the moments pooled over components
     from the whitened rows' Gram matrix and mapped back once. With a shared covariance whose
     least eigenvalue is 1e-10, 50 standard deviations from the origin, the M-step's
     covariance equals the per-component reference's in the whitened frame (where rounding
-    is relative to the identity) to 1e-9, and chunks of 7 rows over 3 threads add up."""
+    is relative to the identity) to 1e-9, and chunks of 7 rows over 3 threads add up; by
+    NumPy in one block (small data, the default) and by torch's chunks."""
+    if route == "torch":
+        monkeypatch.setattr(kernels, "_SMALL_WORK", -1)
     x, params = _start("tied", offset=50.0)
     thin = torch.diag(torch.tensor([1e-10, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
     params = gmm.GMMParams(params.weights, params.means, thin, "tied")
@@ -673,11 +681,10 @@ def test_per_component_fit_from_a_broad_start_equals_scikit_learn(monkeypatch):
     assert ours.score(X) == pytest.approx(theirs.score(X), rel=1e-8)
 
 
-@pytest.mark.parametrize("covariance_type", DIAGONAL)
+@pytest.mark.parametrize("covariance_type", SMALL_ROUTE)
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("offset", [0.0, 1e3])
-def test_small_diagonal_e_step_by_numpy_equals_torchs(covariance_type, weighted, offset,
-                                                      monkeypatch):
+def test_small_e_step_by_numpy_equals_torchs(covariance_type, weighted, offset, monkeypatch):
     """Small CPU data takes the NumPy E-step; its statistics equal torch's blocks' to float64
     rounding (far from the origin too), with and without weights, and the statistics keep
     their types: float64 sums, the likelihood in the data's dtype."""
@@ -685,13 +692,14 @@ def test_small_diagonal_e_step_by_numpy_equals_torchs(covariance_type, weighted,
     weights = (torch.rand(300, generator=torch.Generator().manual_seed(2),
                           dtype=torch.float64) * 3 if weighted else None)
     taken = []
-    small = kernels._small_diagonal_e_step
-    monkeypatch.setattr(kernels, "_small_diagonal_e_step",
-                        lambda *args: taken.append(1) or small(*args))
+    for name in ("_small_diagonal_e_step", "_small_tied_e_step"):
+        small = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name,
+                            lambda *args, small=small: taken.append(1) or small(*args))
     monkeypatch.setattr(em_gmm, "_small_diagonal_e_step", kernels._small_diagonal_e_step)
     fast = em_gmm.e_step(x, params, weights)
     assert taken == [1]
-    monkeypatch.setattr(kernels, "_SMALL_DIAGONAL_WORK", -1)
+    monkeypatch.setattr(kernels, "_SMALL_WORK", -1)
     blocks = em_gmm.e_step(x, params, weights)
     assert taken == [1]
     _assert_same(fast, blocks, 1e-12)
@@ -702,7 +710,7 @@ def test_small_diagonal_e_step_by_numpy_equals_torchs(covariance_type, weighted,
         assert value.dtype == torch.float64 and value.shape == getattr(blocks, name).shape
 
 
-@pytest.mark.parametrize("covariance_type", DIAGONAL)
+@pytest.mark.parametrize("covariance_type", SMALL_ROUTE)
 def test_small_float32_data_by_numpy_is_summed_in_float64(covariance_type):
     """Float32 data on the NumPy route: its rows taken in float64, so the statistics equal
     the float64 E-step of the same (rounded) numbers; the likelihood comes back in float32."""
@@ -721,22 +729,22 @@ def test_only_small_cpu_data_without_gradients_takes_numpy():
     """The NumPy route: small CPU float data whose parameters share its dtype; not large data,
     mixed dtypes, half precision or tensors that need gradients."""
     x, params = _start("diag", n=200)
-    assert kernels._takes_small_diagonal(x, params, None)
-    assert kernels._takes_small_diagonal(x.float(), params.to(torch.float32), None)
-    assert not kernels._takes_small_diagonal(x.float(), params, None)
-    assert not kernels._takes_small_diagonal(x, params, torch.ones(200, dtype=torch.float32))
-    assert not kernels._takes_small_diagonal(x.half(), params.to(torch.float16), None)
+    assert kernels._takes_numpy(x, params, None)
+    assert kernels._takes_numpy(x.float(), params.to(torch.float32), None)
+    assert not kernels._takes_numpy(x.float(), params, None)
+    assert not kernels._takes_numpy(x, params, torch.ones(200, dtype=torch.float32))
+    assert not kernels._takes_numpy(x.half(), params.to(torch.float16), None)
     grad = gmm.GMMParams(params.weights, params.means.clone().requires_grad_(),
                          params.covariances, "diag")
-    assert not kernels._takes_small_diagonal(x, grad, None)
-    rows = kernels._SMALL_DIAGONAL_WORK // (4 + 5)
+    assert not kernels._takes_numpy(x, grad, None)
+    rows = kernels._SMALL_WORK // (4 + 5)
     big = x[:1].expand(rows + 1, -1)
-    assert kernels._takes_small_diagonal(big[:rows], params, None)
-    assert not kernels._takes_small_diagonal(big, params, None)
+    assert kernels._takes_numpy(big[:rows], params, None)
+    assert not kernels._takes_numpy(big, params, None)
 
 
 @pytest.mark.filterwarnings("error")
-@pytest.mark.parametrize("covariance_type", DIAGONAL)
+@pytest.mark.parametrize("covariance_type", SMALL_ROUTE)
 def test_small_route_keeps_torchs_zero_weights_and_zero_weight_rows(covariance_type,
                                                                      monkeypatch):
     """A component of weight 0 (log 0 = -inf in every row) and rows of weight 0: NumPy's
@@ -750,5 +758,5 @@ def test_small_route_keeps_torchs_zero_weights_and_zero_weight_rows(covariance_t
     row_weights[::7] = 0.0
     fast = em_gmm.e_step(x, params, row_weights)
     assert float(fast.resp_sum[1]) == 0.0
-    monkeypatch.setattr(kernels, "_SMALL_DIAGONAL_WORK", -1)
+    monkeypatch.setattr(kernels, "_SMALL_WORK", -1)
     _assert_same(fast, em_gmm.e_step(x, params, row_weights), 1e-12)

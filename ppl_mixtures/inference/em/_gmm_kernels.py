@@ -59,14 +59,15 @@ _ONE_THREAD_EACH = True
 #: which its blocks run over row ranges (:func:`_diagonal_e_step`); lighter ones run in the
 #: caller's thread.
 _THREADED_DIAGONAL_WORK = 4096
-#: Largest ``n_samples * (n_components + n_features)`` of a CPU diagonal E-step taken by
-#: NumPy (:func:`_small_diagonal_e_step`) instead of torch's blocks: there a torch
-#: operation's fixed cost (~4-6 us each, some 50 per E-step) outweighs the arithmetic.
-#: Measured on two idle cores (one E-step, NumPy against torch): at 2^12 NumPy took 121-163 us
-#: against 256-423 (1.8-3.2x faster) whatever D (2, 10, 30) and dtype; at 2^14 1.1-2.2x
-#: faster; at 2^15 from 0.78x (D = 2, diag, 6553 rows) to 1.7x; at 2^16 mostly slower
-#: (0.45-1.2x): torch's elementwise passes are quicker per row.
-_SMALL_DIAGONAL_WORK = 1 << 14
+#: Largest ``n_samples * (n_components + n_features)`` of a CPU E-step of a diagonal or tied
+#: mixture taken by NumPy in one block (:func:`_small_diagonal_e_step`,
+#: :func:`_small_tied_e_step`) instead of torch's blocks: there a torch operation's fixed
+#: cost (~4-6 us each, some 50 per E-step) outweighs the arithmetic.
+#: Measured on two idle cores (one diagonal E-step, NumPy against torch): at 2^12 NumPy took
+#: 121-163 us against 256-423 (1.8-3.2x faster) whatever D (2, 10, 30) and dtype; at 2^14
+#: 1.1-2.2x faster; at 2^15 from 0.78x (D = 2, diag, 6553 rows) to 1.7x; at 2^16 mostly
+#: slower (0.45-1.2x): torch's elementwise passes are quicker per row.
+_SMALL_WORK = 1 << 14
 #: Per thread: whether it is a row-range worker of :func:`_over_row_ranges`.
 _WORKER = threading.local()
 #: Entries of one (rows, D (D + 1) / 2 + D) table of quadratic features.
@@ -247,10 +248,11 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
                     resp_sum, first, second, means)
 
 
-def _takes_small_diagonal(x: Tensor, params: GMMParams, weights: Tensor | None) -> bool:
-    """Whether :func:`_small_diagonal_e_step` takes this E-step: small CPU float data and
-    parameters of its dtype, nothing under autograd."""
-    if x.shape[0] * (params.n_components + x.shape[1]) > _SMALL_DIAGONAL_WORK:
+def _takes_numpy(x: Tensor, params: GMMParams, weights: Tensor | None) -> bool:
+    """Whether this E-step is taken in NumPy (:func:`_small_diagonal_e_step`,
+    :func:`_small_tied_e_step`): small CPU float data and parameters of its dtype, nothing
+    under autograd."""
+    if x.shape[0] * (params.n_components + x.shape[1]) > _SMALL_WORK:
         return False
     dtype = x.dtype
     if not (x.is_cpu and dtype in _NUMPY_FLOATS):
@@ -264,13 +266,84 @@ def _takes_small_diagonal(x: Tensor, params: GMMParams, weights: Tensor | None) 
 _NUMPY_FLOATS = (torch.float32, torch.float64)
 
 
+def _numpy_responsibilities(joint, top, weights: Tensor | None):
+    """NumPy's :func:`_softmax_columns` of a (K, N) table of log joints capped at ``top``
+    (K,) (the model's clamp at a zero distance), in place: the (weighted) responsibilities
+    and the (weighted) log-likelihood of the rows. Call it under ``np.errstate``."""
+    np.minimum(joint, top[:, None], out=joint)
+    peak = joint.max(0)
+    if not np.isfinite(peak).all():  # as _softmax_columns: a row of -inf keeps 0
+        peak = np.nan_to_num(peak, nan=0.0, posinf=0.0, neginf=0.0)
+    joint -= peak
+    resp = np.exp(joint, out=joint)
+    total = resp.sum(0)
+    resp /= total
+    norm = np.log(total)
+    norm += peak
+    if weights is not None:
+        part = weights.numpy().astype(np.float64, copy=False)
+        resp *= part
+        norm *= part
+    return resp, norm.sum()
+
+
+def _numpy_stats(x: Tensor, params: GMMParams, weights: Tensor | None, log_likelihood,
+                 resp_sum, first, second) -> GMMStats:
+    """:class:`GMMStats` of NumPy float64 sums; the likelihood in the data's dtype."""
+    likelihood = np.asarray(log_likelihood, dtype=np.float32 if x.dtype == torch.float32
+                            else np.float64)
+    return GMMStats(_total_weight(x.shape[0], weights), torch.from_numpy(likelihood),
+                    torch.from_numpy(resp_sum), torch.from_numpy(first),
+                    torch.from_numpy(second), params.means)
+
+
+def _small_tied_e_step(x: Tensor, params: GMMParams, factor: Tensor,
+                       weights: Tensor | None = None) -> GMMStats:
+    """:func:`_tied_e_step` of small data on the CPU (see :func:`_takes_numpy`), in NumPy
+    float64 in one block: the same whitening by ``W = L^-1``, expansion of the distances and
+    pooled moments from the Gram matrix, without torch's fixed cost per operation."""
+    wide = np.float64
+    data = x.numpy().astype(wide, copy=False)
+    means = params.means.numpy().astype(wide, copy=False)
+    factor = factor.to(torch.float64)
+    lower = factor.numpy()
+    n_components, n_features = means.shape
+    center = means.sum(0) / n_components
+    # W^T (y = xc @ W^T) by torch's solve: scipy's would wake its BLAS threads beside torch's
+    # (3.6 ms a call at D = 2 on two cores, against ~10 us)
+    eye = torch.eye(n_features, dtype=torch.float64)
+    whiten = torch.linalg.solve_triangular(factor, eye, upper=False).numpy().T
+    whitened_means = (means - center) @ whiten  # (K, D): v_k
+    with np.errstate(all="ignore"):  # as torch: log(0) = -inf, silently
+        log_det = -2.0 * np.log(np.diagonal(lower)).sum()
+        top = (0.5 * (log_det - n_features * math.log(2 * math.pi))
+               + np.log(params.weights.numpy().astype(wide, copy=False)))
+        bias = top - 0.5 * (whitened_means * whitened_means).sum(1)
+        whitened = (data - center) @ whiten  # (N, D)
+        joint = whitened_means @ whitened.T  # (K, N)
+        joint += bias[:, None]
+        joint -= 0.5 * (whitened * whitened).sum(1)
+        resp, log_likelihood = _numpy_responsibilities(joint, top, weights)
+    scaled = whitened if weights is None else whitened * weights.numpy()[:, None]
+    gram = scaled.T @ whitened
+    resp_sum = resp.sum(1)
+    linear = resp @ whitened  # (K, D)
+    first = linear - resp_sum[:, None] * whitened_means
+    cross = whitened_means.T @ linear
+    second = gram - (cross + cross.T) + (whitened_means.T * resp_sum) @ whitened_means
+    first = first @ lower.T  # back from the whitened frame
+    second = lower @ second @ lower.T
+    second = 0.5 * (second + second.T)
+    return _numpy_stats(x, params, weights, log_likelihood, resp_sum, first, second)
+
+
 def _small_diagonal_e_step(x: Tensor, params: GMMParams,
                            weights: Tensor | None = None) -> GMMStats:
     """:func:`_diagonal_e_step` of small data on the CPU, in NumPy float64 in one block.
 
     The same arithmetic (features ``[xc, q]`` about the mean of the component means, one
     (K, F) @ (F, N) product with the model's clamp at a zero distance, then ``r^T f``), for
-    data of at most ``_SMALL_DIAGONAL_WORK`` numbers in its (N, K + D) tables: there each of
+    data of at most ``_SMALL_WORK`` numbers in its (N, K + D) tables: there each of
     the torch route's ~50 operations costs its fixed ~4-6 us, NumPy's ~1-3 us. Float32 data
     is taken in float64 (its likelihood rounded back to float32, as the torch route's): at
     this size the copy is negligible.
@@ -279,8 +352,7 @@ def _small_diagonal_e_step(x: Tensor, params: GMMParams,
     data = x.numpy().astype(wide, copy=False)
     means = params.means.numpy().astype(wide, copy=False)
     variances = params.covariances.numpy().astype(wide, copy=False)
-    log_weights_source = params.weights.numpy().astype(wide, copy=False)
-    (n_samples, n_features), n_components = data.shape, means.shape[0]
+    n_components, n_features = means.shape
     covariance_type = params.covariance_type
     center = means.sum(0) / n_components
     mc = means - center
@@ -295,7 +367,8 @@ def _small_diagonal_e_step(x: Tensor, params: GMMParams,
             log_det = log_precisions.sum(-1)
             squares = np.broadcast_to(precisions, mc.shape)
             scaled = mc * precisions
-        top = 0.5 * (log_det - n_features * math.log(2 * math.pi)) + np.log(log_weights_source)
+        top = (0.5 * (log_det - n_features * math.log(2 * math.pi))
+               + np.log(params.weights.numpy().astype(wide, copy=False)))
         bias = top - 0.5 * (mc * scaled).sum(1)
         coefficients = np.concatenate([scaled, -0.5 * squares], 1)  # (K, F)
         xc = data - center
@@ -305,21 +378,7 @@ def _small_diagonal_e_step(x: Tensor, params: GMMParams,
         features = np.concatenate([xc, squared], 1)  # (N, F)
         joint = coefficients @ features.T  # (K, N)
         joint += bias[:, None]
-        np.minimum(joint, top[:, None], out=joint)  # the model's clamp at a zero distance
-        peak = joint.max(0)
-        if not np.isfinite(peak).all():  # as _softmax_columns: a row of -inf keeps 0
-            peak = np.nan_to_num(peak, nan=0.0, posinf=0.0, neginf=0.0)
-        joint -= peak
-        resp = np.exp(joint, out=joint)
-        total = resp.sum(0)
-        resp /= total
-        norm = np.log(total)
-        norm += peak
-        if weights is not None:
-            part = weights.numpy().astype(wide, copy=False)
-            resp *= part
-            norm *= part
-        log_likelihood = norm.sum()
+        resp, log_likelihood = _numpy_responsibilities(joint, top, weights)
     sums = resp @ features  # (K, F)
     resp_sum = resp.sum(1)
     linear, quadratic = sums[:, :n_features], sums[:, n_features:]
@@ -329,18 +388,15 @@ def _small_diagonal_e_step(x: Tensor, params: GMMParams,
         second = np.repeat((total_square / n_features)[:, None], n_features, 1)
     else:
         second = quadratic - mc * (linear + first)
-    likelihood = np.asarray(log_likelihood, dtype=np.float32 if x.dtype == torch.float32
-                            else wide)
-    return GMMStats(_total_weight(n_samples, weights), torch.from_numpy(likelihood),
-                    torch.from_numpy(resp_sum), torch.from_numpy(first),
-                    torch.from_numpy(second), params.means)
+    return _numpy_stats(x, params, weights, log_likelihood, resp_sum, first, second)
 
 
 def _dense_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None) -> GMMStats:
     """The E-step of a tied or full mixture: the covariances' float64 Cholesky factors (the
     M-step's, :func:`factors_of`) and the pass that suits the case.
 
-    * tied: :func:`_tied_e_step`;
+    * tied: :func:`_tied_e_step`; small CPU data in one NumPy block
+      (:func:`_small_tied_e_step`);
     * full, float64, at least :data:`_OUTER_MIN_COMPONENTS` components and the K whitening
       maps small enough to sit side by side: :func:`_quadratic_e_step` (about half the
       arithmetic), unless its rounding bound is exceeded;
@@ -349,6 +405,8 @@ def _dense_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None) -
     n_components, n_features = params.means.shape
     factors = factors_of(params.covariances)
     if params.covariance_type == "tied":
+        if _takes_numpy(x, params, weights):  # NumPy: torch's fixed cost per op dominates
+            return _small_tied_e_step(x, params, factors, weights)
         return _tied_e_step(x, params, factors, weights)
     # float64 only: float32 data keeps the whitened frame, whose float32 products are
     # faster than float64 features (0.74-0.82 s against 0.96-1.06 s per E- and M-step at

@@ -34,7 +34,7 @@ from ppl_mixtures.inference.em._gmm_kernels import (  # noqa: F401  (GMMStats, f
     _diagonal_e_step,
     _remember_factors,
     _small_diagonal_e_step,
-    _takes_small_diagonal,
+    _takes_numpy,
     _total_weight,
     factors_of,
     pooled,
@@ -255,7 +255,7 @@ def e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None) -> GMMSt
     if params.covariance_type not in DIAGONAL_TYPES:
         # chunked inside, its memory bounded by one chunk; one factorisation per E-step
         return _dense_e_step(x, params, weights)
-    if _takes_small_diagonal(x, params, weights):  # NumPy: torch's fixed cost per op dominates
+    if _takes_numpy(x, params, weights):  # NumPy: torch's fixed cost per op dominates
         return _small_diagonal_e_step(x, params, weights)
     # blocks of rows, contiguous ranges of them over torch's threads
     return _diagonal_e_step(x, params, weights,
