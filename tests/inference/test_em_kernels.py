@@ -17,14 +17,25 @@ from ppl_mixtures.models import gmm
 TYPES = ("spherical", "diag", "tied_diag", "tied", "full")
 DIAGONAL = ("spherical", "diag", "tied_diag")
 #: The types whose small E-steps NumPy takes (see kernels._takes_numpy).
-SMALL_ROUTE = (*DIAGONAL, "tied")
+SMALL_ROUTE = (*DIAGONAL, "tied", "full")
+
+
+_NUMPY_ROUTE = {"_SMALL_WORK": kernels._SMALL_WORK, "_SMALL_FULL_WORK": kernels._SMALL_FULL_WORK}
+
+
+@pytest.fixture(autouse=True)
+def _torch_kernels(monkeypatch):
+    """This module tests torch's E-step kernels on small data: the NumPy route that small
+    CPU data takes by default is off unless a test asks for it (``numpy_route``)."""
+    for name in _NUMPY_ROUTE:
+        monkeypatch.setattr(kernels, name, -1)
 
 
 @pytest.fixture
-def torch_route(monkeypatch):
-    """Small diagonal and tied E-steps by torch's blocks, not the NumPy route of small
-    data."""
-    monkeypatch.setattr(kernels, "_SMALL_WORK", -1)
+def numpy_route(monkeypatch):
+    """Small CPU data takes the NumPy E-steps, as by default."""
+    for name, value in _NUMPY_ROUTE.items():
+        monkeypatch.setattr(kernels, name, value)
 
 
 def _start(covariance_type, n=400, d=5, k=4, offset=0.0):
@@ -52,15 +63,13 @@ def _assert_same(stats, reference, rtol):
 
 @pytest.mark.parametrize("covariance_type", TYPES)
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("route", ["default", "torch"])
-def test_fused_e_step_matches_the_two_step_one(covariance_type, weighted, route, monkeypatch):
+@pytest.mark.parametrize("route", ["torch", "numpy"])
+def test_fused_e_step_matches_the_two_step_one(covariance_type, weighted, route, request):
     """Densities and statistics in one pass (matmul-shaped for the diagonal types, whitened
     for tied and full): the same sums to float64 rounding, with and without weights; the
-    diagonal and tied types of this small data by NumPy (default) and by torch's blocks."""
-    if route == "torch":
-        if covariance_type not in SMALL_ROUTE:
-            pytest.skip("one route only")
-        monkeypatch.setattr(kernels, "_SMALL_WORK", -1)
+    small data by torch's kernels and by the NumPy route (the default of such data)."""
+    if route == "numpy":
+        request.getfixturevalue("numpy_route")
     x, params = _start(covariance_type, offset=50.0)  # far from the origin: cancellation
     weights = (torch.rand(x.shape[0], generator=torch.Generator().manual_seed(2),
                           dtype=torch.float64) * 3 if weighted else None)
@@ -84,7 +93,7 @@ def test_whitened_float64_moments_from_features_match_the_reference(offset, weig
 
 
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
-def test_blocks_by_rows_add_up(covariance_type, monkeypatch, torch_route):
+def test_blocks_by_rows_add_up(covariance_type, monkeypatch):
     x, params = _start(covariance_type)
     whole = em_gmm.e_step(x, params)
     monkeypatch.setattr(em_gmm, "_E_STEP_BLOCK_ELEMENTS", 4 * 37)  # blocks of 37 rows
@@ -136,7 +145,7 @@ def test_gram_without_syrk_is_the_same(monkeypatch):
     torch.testing.assert_close(kernels._symmetric(plain), values.T @ values)
 
 
-def test_float32_diagonal_e_step_matches_float64(torch_route):
+def test_float32_diagonal_e_step_matches_float64():
     x, params = _start("diag")
     single = em_gmm.e_step(x.float(), params.to(torch.float32))
     double = em_gmm.e_step(x, params.to(torch.float32).to(torch.float64))
@@ -174,17 +183,17 @@ def test_row_ranges_in_threads_add_up_to_the_serial_pass(weighted, monkeypatch):
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("route", ["default", "torch"])
+@pytest.mark.parametrize("route", ["torch", "numpy"])
 def test_tied_moments_pooled_in_the_whitened_frame_keep_a_thin_direction(weighted, route,
-                                                                        monkeypatch):
+                                                                        monkeypatch, request):
     """Float64 tied: one whitening for the densities, the moments pooled over components
     from the whitened rows' Gram matrix and mapped back once. With a shared covariance whose
     least eigenvalue is 1e-10, 50 standard deviations from the origin, the M-step's
     covariance equals the per-component reference's in the whitened frame (where rounding
     is relative to the identity) to 1e-9, and chunks of 7 rows over 3 threads add up; by
     NumPy in one block (small data, the default) and by torch's chunks."""
-    if route == "torch":
-        monkeypatch.setattr(kernels, "_SMALL_WORK", -1)
+    if route == "numpy":
+        request.getfixturevalue("numpy_route")
     x, params = _start("tied", offset=50.0)
     thin = torch.diag(torch.tensor([1e-10, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
     params = gmm.GMMParams(params.weights, params.means, thin, "tied")
@@ -207,7 +216,7 @@ def test_tied_moments_pooled_in_the_whitened_frame_keep_a_thin_direction(weighte
 
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
 def test_diagonal_blocks_add_up_in_this_thread_and_over_row_ranges(covariance_type,
-                                                                   monkeypatch, torch_route):
+                                                                   monkeypatch):
     """The diagonal E-step's blocks (45 of 9 rows, the feature tables reused from block to
     block) add up to the two-step reference, with and without weights, in the caller's
     thread (light blocks) and split over three row-range threads (heavy blocks: the
@@ -684,7 +693,8 @@ def test_per_component_fit_from_a_broad_start_equals_scikit_learn(monkeypatch):
 @pytest.mark.parametrize("covariance_type", SMALL_ROUTE)
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("offset", [0.0, 1e3])
-def test_small_e_step_by_numpy_equals_torchs(covariance_type, weighted, offset, monkeypatch):
+def test_small_e_step_by_numpy_equals_torchs(covariance_type, weighted, offset, monkeypatch,
+                                             numpy_route):
     """Small CPU data takes the NumPy E-step; its statistics equal torch's blocks' to float64
     rounding (far from the origin too), with and without weights, and the statistics keep
     their types: float64 sums, the likelihood in the data's dtype."""
@@ -692,7 +702,7 @@ def test_small_e_step_by_numpy_equals_torchs(covariance_type, weighted, offset, 
     weights = (torch.rand(300, generator=torch.Generator().manual_seed(2),
                           dtype=torch.float64) * 3 if weighted else None)
     taken = []
-    for name in ("_small_diagonal_e_step", "_small_tied_e_step"):
+    for name in ("_small_diagonal_e_step", "_small_tied_e_step", "_small_full_e_step"):
         small = getattr(kernels, name)
         monkeypatch.setattr(kernels, name,
                             lambda *args, small=small: taken.append(1) or small(*args))
@@ -711,7 +721,7 @@ def test_small_e_step_by_numpy_equals_torchs(covariance_type, weighted, offset, 
 
 
 @pytest.mark.parametrize("covariance_type", SMALL_ROUTE)
-def test_small_float32_data_by_numpy_is_summed_in_float64(covariance_type):
+def test_small_float32_data_by_numpy_is_summed_in_float64(covariance_type, numpy_route):
     """Float32 data on the NumPy route: its rows taken in float64, so the statistics equal
     the float64 E-step of the same (rounded) numbers; the likelihood comes back in float32."""
     x, params = _start(covariance_type)
@@ -725,7 +735,7 @@ def test_small_float32_data_by_numpy_is_summed_in_float64(covariance_type):
                                    atol=1e-12 * float(expected.abs().max()), msg=name)
 
 
-def test_only_small_cpu_data_without_gradients_takes_numpy():
+def test_only_small_cpu_data_without_gradients_takes_numpy(numpy_route):
     """The NumPy route: small CPU float data whose parameters share its dtype; not large data,
     mixed dtypes, half precision or tensors that need gradients."""
     x, params = _start("diag", n=200)
@@ -746,7 +756,7 @@ def test_only_small_cpu_data_without_gradients_takes_numpy():
 @pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize("covariance_type", SMALL_ROUTE)
 def test_small_route_keeps_torchs_zero_weights_and_zero_weight_rows(covariance_type,
-                                                                     monkeypatch):
+                                                                     monkeypatch, numpy_route):
     """A component of weight 0 (log 0 = -inf in every row) and rows of weight 0: NumPy's
     E-step warns of nothing and gives torch's statistics."""
     x, params = _start(covariance_type, n=120)

@@ -68,6 +68,10 @@ _THREADED_DIAGONAL_WORK = 4096
 #: 1.1-2.2x faster; at 2^15 from 0.78x (D = 2, diag, 6553 rows) to 1.7x; at 2^16 mostly
 #: slower (0.45-1.2x): torch's elementwise passes are quicker per row.
 _SMALL_WORK = 1 << 14
+#: Largest ``n_samples * n_components * n_features^2`` of a full E-step taken by NumPy
+#: (:func:`_small_full_e_step`, which holds (K, N, D) offsets and whitens each): 2^16, e.g.
+#: N = 500, D = 2, K = 3 (6000) or N = 400, D = 4, K = 10.
+_SMALL_FULL_WORK = 1 << 16
 #: Per thread: whether it is a row-range worker of :func:`_over_row_ranges`.
 _WORKER = threading.local()
 #: Entries of one (rows, D (D + 1) / 2 + D) table of quadratic features.
@@ -250,8 +254,8 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
 
 def _takes_numpy(x: Tensor, params: GMMParams, weights: Tensor | None) -> bool:
     """Whether this E-step is taken in NumPy (:func:`_small_diagonal_e_step`,
-    :func:`_small_tied_e_step`): small CPU float data and parameters of its dtype, nothing
-    under autograd."""
+    :func:`_small_tied_e_step`, :func:`_small_full_e_step`): small CPU float data and
+    parameters of its dtype, nothing under autograd."""
     if x.shape[0] * (params.n_components + x.shape[1]) > _SMALL_WORK:
         return False
     dtype = x.dtype
@@ -337,6 +341,35 @@ def _small_tied_e_step(x: Tensor, params: GMMParams, factor: Tensor,
     return _numpy_stats(x, params, weights, log_likelihood, resp_sum, first, second)
 
 
+def _small_full_e_step(x: Tensor, params: GMMParams, factors: Tensor,
+                       weights: Tensor | None = None) -> GMMStats:
+    """The full E-step of small data on the CPU (see :func:`_takes_numpy`), in NumPy float64
+    in one block: each row's offset from each mean whitened by ``L_k^-1`` for the densities,
+    the moments about the means summed directly (no expansion, so no cancellation to guard
+    against). Taken only while the (K, N, D) offsets are small (``_SMALL_FULL_WORK``)."""
+    wide = np.float64
+    data = x.numpy().astype(wide, copy=False)
+    means = params.means.numpy().astype(wide, copy=False)
+    factors = factors.to(torch.float64)
+    n_components, n_features = means.shape
+    # L_k^-T by torch's solve (scipy's would wake its BLAS threads beside torch's)
+    eye = torch.eye(n_features, dtype=torch.float64).expand(n_components, -1, -1)
+    whiten = torch.linalg.solve_triangular(factors, eye, upper=False).numpy().transpose(0, 2, 1)
+    offsets = data[None, :, :] - means[:, None, :]  # (K, N, D): x_n - mu_k
+    whitened = offsets @ whiten  # (K, N, D)
+    with np.errstate(all="ignore"):  # as torch: log(0) = -inf, silently
+        log_det = -2.0 * np.log(np.diagonal(factors.numpy(), axis1=1, axis2=2)).sum(1)
+        top = (0.5 * (log_det - n_features * math.log(2 * math.pi))
+               + np.log(params.weights.numpy().astype(wide, copy=False)))
+        joint = top[:, None] - 0.5 * (whitened * whitened).sum(2)  # (K, N)
+        resp, log_likelihood = _numpy_responsibilities(joint, top, weights)
+    resp_sum = resp.sum(1)
+    first = (resp[:, None, :] @ offsets)[:, 0, :]  # (K, D)
+    second = (offsets * resp[:, :, None]).transpose(0, 2, 1) @ offsets  # (K, D, D)
+    second = 0.5 * (second + second.transpose(0, 2, 1))
+    return _numpy_stats(x, params, weights, log_likelihood, resp_sum, first, second)
+
+
 def _small_diagonal_e_step(x: Tensor, params: GMMParams,
                            weights: Tensor | None = None) -> GMMStats:
     """:func:`_diagonal_e_step` of small data on the CPU, in NumPy float64 in one block.
@@ -397,6 +430,7 @@ def _dense_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None) -
 
     * tied: :func:`_tied_e_step`; small CPU data in one NumPy block
       (:func:`_small_tied_e_step`);
+    * full, small CPU data: one NumPy block (:func:`_small_full_e_step`);
     * full, float64, at least :data:`_OUTER_MIN_COMPONENTS` components and the K whitening
       maps small enough to sit side by side: :func:`_quadratic_e_step` (about half the
       arithmetic), unless its rounding bound is exceeded;
@@ -408,6 +442,9 @@ def _dense_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None) -
         if _takes_numpy(x, params, weights):  # NumPy: torch's fixed cost per op dominates
             return _small_tied_e_step(x, params, factors, weights)
         return _tied_e_step(x, params, factors, weights)
+    if (n_components * n_features**2 * x.shape[0] <= _SMALL_FULL_WORK
+            and _takes_numpy(x, params, weights)):
+        return _small_full_e_step(x, params, factors, weights)
     # float64 only: float32 data keeps the whitened frame, whose float32 products are
     # faster than float64 features (0.74-0.82 s against 0.96-1.06 s per E- and M-step at
     # N = 1e5, D = 32, K = 16, full) and lose nothing that matters
