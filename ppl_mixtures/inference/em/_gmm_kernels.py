@@ -5,12 +5,14 @@ computing densities and sufficient statistics together, per covariance family.
 kernels, the statistics they return (:class:`GMMStats`) and the float64 Cholesky factors the
 M-step leaves for the next E-step (:func:`factors_of`).
 
-* diagonal types: :func:`_diagonal_e_step`, two matrix products per block; small CPU data
-  in one NumPy block (:func:`_small_diagonal_e_step`);
+* diagonal types: :func:`_diagonal_e_step`, two matrix products per block;
 * tied: :func:`_tied_e_step`, one whitening for every component and a Gram matrix;
 * full: :func:`_quadratic_e_step` (float64, small K D^2: the rows' quadratic features), or
   :func:`_whitened_e_step` (side by side, or one component at a time by triangular solves);
-  :func:`_dense_e_step` chooses among tied and full's passes.
+  :func:`_dense_e_step` chooses among tied and full's passes;
+* small CPU data, every type: the same arithmetic in one NumPy block
+  (:func:`_small_diagonal_e_step`, :func:`_small_tied_e_step`, :func:`_small_full_e_step`;
+  :func:`_takes_numpy` decides), where torch's fixed cost per operation would dominate.
 
 Chunks of rows keep every table in cache and memory bounded by one chunk; the tied and full
 passes, and the diagonal one at large K D, run contiguous ranges of chunks on torch's threads
@@ -59,9 +61,8 @@ _ONE_THREAD_EACH = True
 #: which its blocks run over row ranges (:func:`_diagonal_e_step`); lighter ones run in the
 #: caller's thread.
 _THREADED_DIAGONAL_WORK = 4096
-#: Largest ``n_samples * (n_components + n_features)`` of a CPU E-step of a diagonal or tied
-#: mixture taken by NumPy in one block (:func:`_small_diagonal_e_step`,
-#: :func:`_small_tied_e_step`) instead of torch's blocks: there a torch operation's fixed
+#: Largest ``n_samples * (n_components + n_features)`` of a CPU E-step taken by NumPy in one
+#: block (:func:`_takes_numpy`) instead of torch's kernels: there a torch operation's fixed
 #: cost (~4-6 us each, some 50 per E-step) outweighs the arithmetic.
 #: Measured on two idle cores (one diagonal E-step, NumPy against torch): at 2^12 NumPy took
 #: 121-163 us against 256-423 (1.8-3.2x faster) whatever D (2, 10, 30) and dtype; at 2^14
@@ -259,7 +260,7 @@ def _takes_numpy(x: Tensor, params: GMMParams, weights: Tensor | None) -> bool:
     if x.shape[0] * (params.n_components + x.shape[1]) > _SMALL_WORK:
         return False
     dtype = x.dtype
-    if not (x.is_cpu and dtype in _NUMPY_FLOATS):
+    if not (x.is_cpu and dtype in _NUMPY_FLOATS and x.layout == torch.strided):
         return False
     for t in (x, params.weights, params.means, params.covariances, weights):
         if t is not None and (t.requires_grad or t.dtype != dtype or not t.is_cpu):
