@@ -374,7 +374,7 @@ def _diagonal_log_prob(x: Tensor, params: GMMParams, log_2pi: float) -> Tensor:
     scaled = mc * precisions  # (K, D)
     top = 0.5 * (log_det - log_2pi)  # the log density at a zero distance, (K,)
     bias = top - 0.5 * (mc * scaled).sum(-1)
-    coefficients = torch.cat([(-0.5 * precisions).expand(-1, squares.shape[-1]), scaled], -1)
+    coefficients = torch.cat([-0.5 * precisions, scaled], -1)  # (K, D + 1) or (K, 2D)
     joint = torch.addmm(bias, torch.cat([squares, xc], -1), coefficients.T)  # (N, K)
     # min(joint, top): the cap only takes off rounding (a distance that came out below zero),
     # so it is applied outside autograd and every derivative is the smooth density's own (a

@@ -292,6 +292,13 @@ def _numpy_responsibilities(joint, top, weights: Tensor | None):
     return resp, norm.sum()
 
 
+def _numpy_top(log_det, params: GMMParams, n_features: int):
+    """``0.5 (log|P_k| - D log 2 pi) + log pi_k``, (K,): each component's log joint at a zero
+    distance (the cap of :func:`_numpy_responsibilities`). Call it under ``np.errstate``."""
+    return (0.5 * (log_det - n_features * math.log(2 * math.pi))
+            + np.log(params.weights.numpy().astype(np.float64, copy=False)))
+
+
 def _numpy_stats(x: Tensor, params: GMMParams, weights: Tensor | None, log_likelihood,
                  resp_sum, first, second) -> GMMStats:
     """:class:`GMMStats` of NumPy float64 sums; the likelihood in the data's dtype."""
@@ -321,8 +328,7 @@ def _small_tied_e_step(x: Tensor, params: GMMParams, factor: Tensor,
     whitened_means = (means - center) @ whiten  # (K, D): v_k
     with np.errstate(all="ignore"):  # as torch: log(0) = -inf, silently
         log_det = -2.0 * np.log(np.diagonal(lower)).sum()
-        top = (0.5 * (log_det - n_features * math.log(2 * math.pi))
-               + np.log(params.weights.numpy().astype(wide, copy=False)))
+        top = _numpy_top(log_det, params, n_features)
         bias = top - 0.5 * (whitened_means * whitened_means).sum(1)
         whitened = (data - center) @ whiten  # (N, D)
         joint = whitened_means @ whitened.T  # (K, N)
@@ -360,8 +366,7 @@ def _small_full_e_step(x: Tensor, params: GMMParams, factors: Tensor,
     whitened = offsets @ whiten  # (K, N, D)
     with np.errstate(all="ignore"):  # as torch: log(0) = -inf, silently
         log_det = -2.0 * np.log(np.diagonal(factors.numpy(), axis1=1, axis2=2)).sum(1)
-        top = (0.5 * (log_det - n_features * math.log(2 * math.pi))
-               + np.log(params.weights.numpy().astype(wide, copy=False)))
+        top = _numpy_top(log_det, params, n_features)
         joint = top[:, None] - 0.5 * (whitened * whitened).sum(2)  # (K, N)
         resp, log_likelihood = _numpy_responsibilities(joint, top, weights)
     resp_sum = resp.sum(1)
@@ -401,8 +406,7 @@ def _small_diagonal_e_step(x: Tensor, params: GMMParams,
             log_det = log_precisions.sum(-1)
             squares = np.broadcast_to(precisions, mc.shape)
             scaled = mc * precisions
-        top = (0.5 * (log_det - n_features * math.log(2 * math.pi))
-               + np.log(params.weights.numpy().astype(wide, copy=False)))
+        top = _numpy_top(log_det, params, n_features)
         bias = top - 0.5 * (mc * scaled).sum(1)
         coefficients = np.concatenate([scaled, -0.5 * squares], 1)  # (K, F)
         xc = data - center
