@@ -27,6 +27,7 @@ from ppl_mixtures.models.gmm import (
     component_log_prob,
     covariance_matrices,
     diagonal_variances,
+    expansion_center,
 )
 from ppl_mixtures.models.mfa import MFAParams
 
@@ -65,10 +66,10 @@ def _rows_per_block(n_components: int, width: int) -> int:
 def _diagonal_log_prob(x: Tensor, observed: Tensor, params: GMMParams) -> Tensor:
     """``log N(x_o | mu_k,o, diag(v_k,o))`` of rows of a diagonal-family mixture, (n, K)."""
     mask = observed.to(params.means.dtype)
-    center = params.means.mean(0)  # shift-invariance, as component_log_prob
+    precisions = diagonal_variances(params).reciprocal()  # (K, D)
+    center = expansion_center(params.means, precisions)  # as component_log_prob
     xc = torch.where(observed, x - center, 0.0)
     mc = params.means - center
-    precisions = diagonal_variances(params).reciprocal()  # (K, D)
     mahalanobis = (
         (xc * xc) @ precisions.T - 2.0 * xc @ (mc * precisions).T
         + mask @ (mc * mc * precisions).T

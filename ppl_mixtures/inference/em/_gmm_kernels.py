@@ -145,9 +145,9 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     """The E-step of a diagonal-family mixture: log densities and statistics by matrix
     products, over blocks of ``rows`` rows (all of ``x`` at once by default).
 
-    With ``xc = x - c`` (``c`` the mean of the component means, for less cancellation far
-    from the origin), the features ``f = [xc, q]`` (``q = xc^2``; spherical: ``|xc|^2``)
-    and the coefficients ``[(mu_k - c) / s_k, -1 / (2 s_k)]`` give every Mahalanobis
+    With ``xc = x - c`` (``c`` the precision-weighted mean of the component means,
+    :func:`~ppl_mixtures.models.gmm.expansion_center`, for less cancellation), the features
+    ``f = [xc, q]`` (``q = xc^2``; spherical: ``|xc|^2``) and the coefficients ``[(mu_k - c) / s_k, -1 / (2 s_k)]`` give every Mahalanobis
     distance, with the affine parts of the log density as the product's bias, in one (K, F)
     @ (F, rows) product (the arithmetic of
     :func:`~ppl_mixtures.models.gmm.component_log_prob`, whose clamp at zero it keeps), and
@@ -165,10 +165,10 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     n_components = params.n_components
     wide = torch.float64
     means = params.means
-    center = means.mean(0)
-    mc = means - center
     spherical = params.covariance_type == "spherical"
     precisions = gmm.diagonal_variances(params).reciprocal()  # (K, D)
+    center = gmm.expansion_center(means, precisions)
+    mc = means - center
     scaled = mc * precisions
     log_2pi = n_features * math.log(2 * math.pi)
     # joint = 0.5 (log|P| - D log 2 pi - mahalanobis) + log pi, the affine parts as the
@@ -380,7 +380,7 @@ def _small_diagonal_e_step(x: Tensor, params: GMMParams,
                            weights: Tensor | None = None) -> GMMStats:
     """:func:`_diagonal_e_step` of small data on the CPU, in NumPy float64 in one block.
 
-    The same arithmetic (features ``[xc, q]`` about the mean of the component means, one
+    The same arithmetic (features ``[xc, q]`` about the precision-weighted mean of the means, one
     (K, F) @ (F, N) product with the model's clamp at a zero distance, then ``r^T f``), for
     data of at most ``_SMALL_WORK`` numbers in its (N, K + D) tables: there each of
     the torch route's ~50 operations costs its fixed ~4-6 us, NumPy's ~1-3 us. Float32 data
@@ -393,19 +393,20 @@ def _small_diagonal_e_step(x: Tensor, params: GMMParams,
     variances = params.covariances.numpy().astype(wide, copy=False)
     n_components, n_features = means.shape
     covariance_type = params.covariance_type
-    center = means.sum(0) / n_components
-    mc = means - center
     with np.errstate(all="ignore"):  # as torch: log(0) = -inf, 0/0 = nan, silently
         precisions = 1.0 / variances  # spherical (K,), diag (K, D), tied_diag (D,)
         log_precisions = np.log(precisions)
         if covariance_type == "spherical":
             log_det = n_features * log_precisions
             squares = precisions[:, None]  # the coefficient of |xc|^2
-            scaled = mc * squares
         else:
             log_det = log_precisions.sum(-1)
-            squares = np.broadcast_to(precisions, mc.shape)
-            scaled = mc * precisions
+            squares = np.broadcast_to(precisions, means.shape)
+        # gmm.expansion_center: per feature, the precision-weighted mean of the means
+        center = (squares * means).sum(0) / squares.sum(0)
+        center = np.where(np.isfinite(center), center, means.sum(0) / n_components)
+        mc = means - center
+        scaled = mc * squares
         top = _numpy_top(log_det, params, n_features)
         bias = top - 0.5 * (mc * scaled).sum(1)
         coefficients = np.concatenate([scaled, -0.5 * squares], 1)  # (K, F)
