@@ -170,6 +170,7 @@ class MixtureEstimator(DeferredGuideMixin, PersistenceMixin, QueriesMixin, Densi
         """
         from ppl_mixtures.estimators._sources import as_array
         from ppl_mixtures.inference.em.gmm import warn_small_scale
+        from ppl_mixtures.models.priors import column_moments
 
         allow_nan = self._marginalize if allow_nan is None else allow_nan
         X = as_array(X)
@@ -181,19 +182,22 @@ class MixtureEstimator(DeferredGuideMixin, PersistenceMixin, QueriesMixin, Densi
         if reset:
             self._dtype = resolve_dtype(self.dtype, X.dtype)
             self._device = resolve_device(self.device)
-            reg_covar = getattr(self, "reg_covar", None)  # SGD does not use it
-            if reg_covar and X.shape[0] > 1 and getattr(self, "inference", None) != "sgd":
-                # finite X (checked above): the plain reductions, which skip NaN's copies
-                mean_of, var_of = ((np.nanmean, np.nanvar) if allow_nan and checked is None
-                                   else (np.mean, np.var))
-                mean = mean_of(X, 0, dtype=np.float64)
-                warn_small_scale(reg_covar, float(np.mean(var_of(X, 0, dtype=np.float64))),
-                                 float(np.square(mean).mean()), self._dtype)
         # torch shares the memory of a writable array with non-negative strides; it cannot
         # take a read-only one or a reversed view (X[::-1]): those are copied
         if not X.flags.writeable or any(stride < 0 for stride in X.strides):
             X = np.array(X, order="C")
-        return torch.as_tensor(X, dtype=self._dtype).to(self._device)
+        x = torch.as_tensor(X, dtype=self._dtype).to(self._device)
+        reg_covar = getattr(self, "reg_covar", None)  # SGD does not use it
+        if (reset and reg_covar and X.shape[0] > 1
+                and getattr(self, "inference", None) != "sgd"):
+            if allow_nan and checked is None:  # NaN entries are left out
+                mean = np.nanmean(X, 0, dtype=np.float64)
+                variance = np.nanvar(X, 0, dtype=np.float64)
+            else:  # finite (checked above): one blocked float64 pass, 2-3x np.var's speed
+                mean, variance = (t.cpu().numpy() for t in column_moments(x))
+            warn_small_scale(reg_covar, float(np.mean(variance)), float(np.square(mean).mean()),
+                             self._dtype)
+        return x
 
     def _checked_array(self, X: Any, reset: bool) -> np.ndarray | None:
         """``X`` itself when it is what ``validate_data`` would hand back unchanged, else None.

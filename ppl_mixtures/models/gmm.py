@@ -209,11 +209,14 @@ def float64_factors(covariances: Tensor) -> Tensor:
             "not help; increase reg_covar, reduce n_components, or standardise the data"
         )
     if bool((jitter > 0).any()):
+        # float64 is already the widest: then only reg_covar (or fewer components) helps
+        remedy = ("Increase reg_covar, or fit with dtype='float64', to avoid this"
+                  if covariances.dtype != torch.float64 else
+                  "Increase reg_covar, or use fewer components, to avoid this")
         warnings.warn(
             f"the {dtype} covariance of {_component_names(jitter > 0)} is not positive definite "
             f"as stored (rounding, or a component with fewer points than features); "
-            f"{float(jitter.max()):.3g} was added to its diagonal to factorise it. Increase "
-            "reg_covar, or fit with dtype='float64', to avoid this",
+            f"{float(jitter.max()):.3g} was added to its diagonal to factorise it. {remedy}",
             CovarianceJitterWarning, stacklevel=3,
         )
     return factors

@@ -22,6 +22,38 @@ from torch import Tensor
 GMM_GLOBAL_SITES = ("weights", "means", "variances", "corr_cholesky")
 
 
+#: Entries of one block of rows whose centred squares :func:`column_moments` sums (2^17, 1 MB
+#: in float64). Measured on two idle cores against ``x.var(0)``: N = 1e5, D = 32: 6-7 ms
+#: against 13-17 (float32 5-6 against 10-13); N = 2e5, D = 64: 24-34 against 52-73;
+#: D = 784, N = 1e4: 18-23 against 26-29; blocks of 2^14 entries were slower (10-49 ms).
+_MOMENT_BLOCK = 1 << 17
+
+
+def column_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and variance (about the mean, divided by N) of the rows of ``x``
+    (N >= 1, D), both in float64.
+
+    Two passes: the column sums (one matrix-vector product in float64), then the squared
+    deviations from the mean, summed block by block of rows (no (N, D) temporary; torch's
+    ``var(0)`` runs a slower per-column reduction). NaN entries make their column's
+    moments NaN.
+    """
+    wide = torch.float64
+    n_samples, n_features = x.shape
+    rows = max(1, _MOMENT_BLOCK // max(1, n_features))
+    if x.dtype == wide:
+        total = x.new_ones(n_samples) @ x
+    else:
+        total = sum(x[start:start + rows].to(wide).sum(0)
+                    for start in range(0, n_samples, rows))
+    mean = total / n_samples
+    squares = torch.zeros_like(mean)
+    for start in range(0, n_samples, rows):
+        deviations = x[start:start + rows].to(wide) - mean
+        squares += (deviations * deviations).sum(0)
+    return mean, squares / n_samples
+
+
 def data_moments(x: Tensor, moments: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Per-feature mean and variance of ``x`` (or ``moments``, moved to ``x``'s dtype and device).
 
@@ -31,15 +63,26 @@ def data_moments(x: Tensor, moments: tuple[Tensor, Tensor] | None = None) -> tup
     """
     if moments is not None and not any(bool(torch.isnan(m).any()) for m in moments):
         data_mean, data_var = (m.to(dtype=x.dtype, device=x.device) for m in moments)
-    elif bool(torch.isnan(x).any()):
+    else:
+        data_mean, data_var = _observed_moments(x)
+    return data_mean, data_var.clamp_min(torch.finfo(x.dtype).tiny ** 0.5)
+
+
+def _observed_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and variance (over N - 1; one for a single value) of the observed
+    (not NaN) entries of ``x``, in its dtype."""
+    n_samples = x.shape[0]
+    if n_samples > 1:
+        mean, variance = column_moments(x)
+        if not bool(torch.isnan(mean).any()):  # no missing entry
+            return mean.to(x.dtype), (variance * (n_samples / (n_samples - 1))).to(x.dtype)
+    if bool(torch.isnan(x).any()):
         data_mean = torch.nanmean(x, 0).nan_to_num(0.0)
         counts = (~torch.isnan(x)).sum(0)
         squares = torch.nansum((x - data_mean).square(), 0)
-        data_var = torch.where(counts > 1, squares / (counts - 1).clamp_min(1), 1.0)
-    else:
-        data_mean = x.mean(0)
-        data_var = x.var(0) if x.shape[0] > 1 else torch.ones_like(data_mean)
-    return data_mean, data_var.clamp_min(torch.finfo(x.dtype).tiny ** 0.5)
+        return data_mean, torch.where(counts > 1, squares / (counts - 1).clamp_min(1), 1.0)
+    data_mean = x.mean(0)
+    return data_mean, torch.ones_like(data_mean)
 
 
 def prior_like(prior: dist.Distribution, like: Tensor) -> dist.Distribution:

@@ -438,7 +438,11 @@ def test_fit_gmvae_writes_figures_and_resumes(tmp_path, capsys):
                       estimator_class("gmvae"))
 
 
-@pytest.mark.parametrize("model, inference", [("gmm", "em"), ("gmm", "svi"), ("mfa", "em")])
+@pytest.mark.parametrize("model, inference", [
+    ("gmm", "em"), ("gmm", "svi"),
+    # the same EM path as the GMM's through the CLI (tests/distributed checks the MFA's
+    # shards against one process): in the slow suite, for the default one's time
+    pytest.param("mfa", "em", marks=pytest.mark.slow)])
 def test_fit_distributed_under_torchrun(tmp_path, model, inference):
     from _launch import torchrun
 

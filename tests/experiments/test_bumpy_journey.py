@@ -104,6 +104,7 @@ def test_config_errors(overrides, match):
         run_experiment(ExperimentConfig.quick(**overrides))
 
 
+@pytest.mark.slow  # the quick experiment of the module's fixture again (20 s), through the CLI
 def test_compare_dgmm_cli(tmp_path, capsys):
     code = main(["compare-dgmm", "--quick", "--runs", "2", "--svi-runs", "0", "--bic-runs", "1",
                  "--out", str(tmp_path), "--no-progress"])
@@ -118,6 +119,8 @@ def test_compare_dgmm_cli_smallest_run(tmp_path, capsys):
     code = main(["compare-dgmm", "--quick", "--runs", "1", "--svi-runs", "0", "--bic-runs", "0",
                  "--out", str(tmp_path / "out"), "--no-progress"])
     assert code == 0
+    printed = capsys.readouterr().out
+    assert "oracle" in printed and "em_annealed" in printed and "report:" in printed
     out = tmp_path / "out"
     written = {path.name for path in out.iterdir()}
     assert written == set(FILES) - {"table1_bic.csv", "fig2_layer1_ari.png",

@@ -206,6 +206,17 @@ def test_cholesky_factors_jitter_a_rounded_matrix_with_a_warning():
     assert factors.dtype == torch.float32 and torch.isfinite(factors).all()
 
 
+def test_a_float64_covariance_that_needs_jitter_is_not_sent_to_float64():
+    """The warning's remedy for a float64 matrix is reg_covar or fewer components (it
+    advised dtype='float64' to fits already in float64, e.g. the DGMM's start)."""
+    covariance = torch.tensor([[1.0, 1.0], [1.0, 1.0 - 1e-9]], dtype=torch.float64)
+    params = gmm.GMMParams(torch.ones(1, dtype=torch.float64),
+                           torch.zeros(1, 2, dtype=torch.float64), covariance[None], "full")
+    with pytest.warns(gmm.CovarianceJitterWarning, match="reg_covar, or use fewer") as caught:
+        gmm.cholesky_factors(params)
+    assert "dtype=" not in str(caught[0].message)
+
+
 def test_a_covariance_that_cannot_factorise_is_named():
     covariance = torch.eye(3)
     covariance[1, 1] = float("nan")

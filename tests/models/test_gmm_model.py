@@ -275,3 +275,31 @@ def test_data_of_the_wrong_shape_is_named_before_any_product_fails():
         with pytest.raises(ValueError, match=r"x has shape \(6, 3\)"):
             model(torch.randn(6, 3, dtype=torch.float64))
         assert model(x).shape == (30, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("block", [1 << 17, 50])  # one block, and many (partial last one)
+def test_column_moments_match_numpy(dtype, block, monkeypatch):
+    """The blocked float64 mean and variance of the priors and the small-scale check equal
+    NumPy's on the same numbers, far from the origin too; a NaN makes only its column NaN;
+    ``data_moments`` leaves missing entries out and gives one row a unit variance."""
+    from ppl_mixtures.models import priors
+
+    monkeypatch.setattr(priors, "_MOMENT_BLOCK", block)
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(1e4, 3.0, size=(1003, 7)), dtype=dtype)
+    mean, variance = priors.column_moments(x)
+    exact = x.double().numpy()
+    assert mean.dtype == variance.dtype == torch.float64
+    np.testing.assert_allclose(mean.numpy(), exact.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(variance.numpy(), exact.var(0), rtol=1e-10)
+    data_mean, data_var = priors.data_moments(x)
+    assert data_var.dtype == dtype
+    np.testing.assert_allclose(data_var.double().numpy(), exact.var(0, ddof=1),
+                               rtol=1e-12 if dtype == torch.float64 else 1e-6)
+    x[5, 2] = float("nan")
+    mean, variance = priors.column_moments(x)
+    assert torch.isnan(mean[2]) and not torch.isnan(mean[[0, 1, 3]]).any()
+    np.testing.assert_allclose(priors.data_moments(x)[1][2].double().numpy(),
+                               np.nanvar(x.double().numpy()[:, 2], ddof=1), rtol=1e-6)
+    assert torch.equal(priors.data_moments(x[:1, [0, 1]])[1], torch.ones(2, dtype=dtype))
