@@ -44,6 +44,7 @@ from torch import Tensor
 from ppl_mixtures.models import _sites
 from ppl_mixtures.models._observation import TableObservation
 from ppl_mixtures.models._sites import ComponentParams, DataPlateModel, LocalGaussianGuide
+from ppl_mixtures.models.gmm import expansion_center
 from ppl_mixtures.models.priors import data_moments, default_gmm_priors
 
 #: The two forms of :class:`MixtureOfFactorAnalyzersModel`.
@@ -150,9 +151,11 @@ def component_terms(
     """
     n_components, n_features = params.means.shape
     n_factors = params.n_factors
-    center = params.means.mean(0)
-    xc, mc = x - center, params.means - center
     precisions = params.noise_variances.reciprocal()  # (K, D)
+    # the precision-weighted centre (gmm.expansion_center): noise variances at the floor
+    # (constant pixels) cancel whole nats away in float32 about the plain mean of the means
+    center = expansion_center(params.means, precisions)
+    xc, mc = x - center, params.means - center
     diagonal_distances = (
         (xc * xc) @ precisions.T - 2.0 * xc @ (mc * precisions).T + (mc * mc * precisions).sum(-1)
     )  # (N, K): (x - eta)^T psi^-1 (x - eta)
