@@ -103,7 +103,9 @@ def test_float32_em_is_monotone_on_ill_conditioned_data(case, n_iter, bound):
         single = true_history(x, start, e_step, m_step, log_likelihood, n_iter, torch.float32)
         double = true_history(x, start, e_step, m_step, log_likelihood, n_iter, torch.float64)
     assert worst_decrease(single) <= bound
-    assert worst_decrease(double) <= 1e-8
+    # float64's own rounding at condition 1e8, about eps * cond = 2e-8 per sample: tied, from
+    # the k-means starts of seeds 0-3, 0.9e-8 to 2.9e-8 (full: 0)
+    assert worst_decrease(double) <= 1e-7
     assert abs(single[-1] - double[-1]) <= 0.005  # per sample, after the same iterations
 
 
@@ -400,3 +402,23 @@ def test_float32_diagonal_fit_of_the_digits_matches_float64():
     assert abs(fits["float32"].lower_bound_ - fits["float64"].lower_bound_) < 1e-3
     np.testing.assert_allclose(np.asarray(fits["float32"].means_, dtype=float),
                                np.asarray(fits["float64"].means_), atol=1e-3)
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+def test_float32_and_float64_fits_from_one_seed_agree(covariance_type):
+    """The default (k-means) start draws its uniforms in float64 whatever the data's dtype,
+    so float32 data takes float64's seeds, as scikit-learn's does. Measured on the digits,
+    random_state=0: the same partition and lower bounds 3e-4 (diag) and 1.1e-4 (full) apart;
+    before, the starts agreed to an ARI of 0.77-0.86 and the fits ended 6.2 (diag) and 0.75
+    (full) nats per sample apart."""
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data
+    fits = {}
+    for dtype in ("float64", "float32"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fits[dtype] = GaussianMixture(10, covariance_type=covariance_type, dtype=dtype,
+                                          **QUIET).fit(x.astype(dtype))
+    assert adjusted_rand_score(fits["float64"].predict(x), fits["float32"].predict(x)) > 0.99
+    assert abs(fits["float32"].lower_bound_ - fits["float64"].lower_bound_) < 0.01
