@@ -372,9 +372,10 @@ def _diagonal_log_prob(x: Tensor, params: GMMParams, log_2pi: float) -> Tensor:
     """:func:`component_log_prob` of a diagonal-family mixture: one (N, F) @ (F, K) product.
 
     With ``xc = x - c`` (``c`` the precision-weighted mean of the component means,
-    :func:`expansion_center`: less cancellation) and the features ``f = [xc^2, xc]`` (spherical: ``[|xc|^2, xc]``), the log
-    density is ``f @ [-P / 2, P (mu - c)]^T + 0.5 (log|P| - D log 2 pi - (mu - c)^T P (mu - c))``,
-    capped at its value for a zero distance (the Mahalanobis distance clamped at zero
+    :func:`expansion_center`: less cancellation) and the features ``f = [xc^2, xc]``
+    (spherical: ``[|xc|^2, xc]``), the log density is
+    ``f @ [-P / 2, P (mu - c)]^T + 0.5 (log|P| - D log 2 pi - (mu - c)^T P (mu - c))``, capped
+    at its value for a zero distance (the Mahalanobis distance clamped at zero
     against rounding; the cap is outside autograd). The centre is taken out of autograd too:
     the densities do not depend on it, so every derivative (of any order) at fixed ``c`` is
     the exact one, and the (N, D) features need no gradient unless ``x`` does (SVI of the

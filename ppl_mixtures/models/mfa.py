@@ -130,8 +130,9 @@ def component_terms(
     ``(x - eta)^T psi^-1 (x - eta) - |C_g^-1 b_ng|^2``, and the posterior of the factors is
     ``z | x_n, g ~ N(M_g^-1 b_ng, M_g^-1)``. Everything is vectorised over samples and
     components: one (N, D) @ (D, K r) product and K batched r x r triangular solves.
-    Distances are taken about the mean of the component means, so float32 data far from the
-    origin keeps its digits.
+    Distances are taken about the precision-weighted mean of the component means
+    (:func:`~ppl_mixtures.models.gmm.expansion_center`), so float32 data far from the origin,
+    or with noise variances at the floor, keeps its digits.
 
     Parameters
     ----------

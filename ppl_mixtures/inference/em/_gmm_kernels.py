@@ -147,10 +147,11 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
 
     With ``xc = x - c`` (``c`` the precision-weighted mean of the component means,
     :func:`~ppl_mixtures.models.gmm.expansion_center`, for less cancellation), the features
-    ``f = [xc, q]`` (``q = xc^2``; spherical: ``|xc|^2``) and the coefficients ``[(mu_k - c) / s_k, -1 / (2 s_k)]`` give every Mahalanobis
-    distance, with the affine parts of the log density as the product's bias, in one (K, F)
-    @ (F, rows) product (the arithmetic of
-    :func:`~ppl_mixtures.models.gmm.component_log_prob`, whose clamp at zero it keeps), and
+    ``f = [xc, q]`` (``q = xc^2``; spherical: ``|xc|^2``) and the coefficients
+    ``[(mu_k - c) / s_k, -1 / (2 s_k)]`` give every Mahalanobis distance, with the affine
+    parts of the log density as the product's bias, in one (K, F) @ (F, rows) product (the
+    arithmetic of :func:`~ppl_mixtures.models.gmm.component_log_prob`, whose clamp at zero
+    it keeps), and
     ``r^T @ f`` gives the responsibility-weighted sums of the rows and of their squares: two
     products per block, no (rows, K, D) tensor. The coefficients are prepared once per
     E-step and the feature table is written in place, block after block. Spherical
@@ -380,8 +381,9 @@ def _small_diagonal_e_step(x: Tensor, params: GMMParams,
                            weights: Tensor | None = None) -> GMMStats:
     """:func:`_diagonal_e_step` of small data on the CPU, in NumPy float64 in one block.
 
-    The same arithmetic (features ``[xc, q]`` about the precision-weighted mean of the means, one
-    (K, F) @ (F, N) product with the model's clamp at a zero distance, then ``r^T f``), for
+    The same arithmetic (features ``[xc, q]`` about the precision-weighted mean of the
+    means, one (K, F) @ (F, N) product with the model's clamp at a zero distance, then
+    ``r^T f``), for
     data of at most ``_SMALL_WORK`` numbers in its (N, K + D) tables: there each of
     the torch route's ~50 operations costs its fixed ~4-6 us, NumPy's ~1-3 us. Float32 data
     is taken in float64 (its likelihood rounded back to float32, as the torch route's): at
