@@ -151,9 +151,8 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     ``[(mu_k - c) / s_k, -1 / (2 s_k)]`` give every Mahalanobis distance, with the affine
     parts of the log density as the product's bias, in one (K, F) @ (F, rows) product (the
     arithmetic of :func:`~ppl_mixtures.models.gmm.component_log_prob`, whose clamp at zero
-    it keeps), and
-    ``r^T @ f`` gives the responsibility-weighted sums of the rows and of their squares: two
-    products per block, no (rows, K, D) tensor. The coefficients are prepared once per
+    it keeps), and ``r^T @ f`` gives the responsibility-weighted sums of the rows and of
+    their squares: two products per block, no (rows, K, D) tensor. The coefficients are prepared once per
     E-step and the feature table is written in place, block after block. Spherical
     variances need only ``|xc|^2`` for the densities, and the moments only its sum (see
     :class:`GMMStats`). The sums about ``c`` are turned into moments about the means (the
@@ -310,6 +309,15 @@ def _numpy_stats(x: Tensor, params: GMMParams, weights: Tensor | None, log_likel
                     torch.from_numpy(second), params.means)
 
 
+def _numpy_inverse_factors(factors: Tensor) -> np.ndarray:
+    """``L^-1`` of float64 Cholesky factors (D, D) or (K, D, D), as NumPy float64, by torch's
+    triangular solve: scipy's would wake its BLAS threads beside torch's (3.6 ms a call at
+    D = 2 on two cores, against ~10 us)."""
+    factors = factors.to(torch.float64)
+    eye = torch.eye(factors.shape[-1], dtype=torch.float64).expand_as(factors)
+    return torch.linalg.solve_triangular(factors, eye, upper=False).numpy()
+
+
 def _small_tied_e_step(x: Tensor, params: GMMParams, factor: Tensor,
                        weights: Tensor | None = None) -> GMMStats:
     """:func:`_tied_e_step` of small data on the CPU (see :func:`_takes_numpy`), in NumPy
@@ -318,14 +326,10 @@ def _small_tied_e_step(x: Tensor, params: GMMParams, factor: Tensor,
     wide = np.float64
     data = x.numpy().astype(wide, copy=False)
     means = params.means.numpy().astype(wide, copy=False)
-    factor = factor.to(torch.float64)
-    lower = factor.numpy()
+    lower = factor.to(torch.float64).numpy()
     n_components, n_features = means.shape
     center = means.sum(0) / n_components
-    # W^T (y = xc @ W^T) by torch's solve: scipy's would wake its BLAS threads beside torch's
-    # (3.6 ms a call at D = 2 on two cores, against ~10 us)
-    eye = torch.eye(n_features, dtype=torch.float64)
-    whiten = torch.linalg.solve_triangular(factor, eye, upper=False).numpy().T
+    whiten = _numpy_inverse_factors(factor).T  # W^T: y = xc @ W^T
     whitened_means = (means - center) @ whiten  # (K, D): v_k
     with np.errstate(all="ignore"):  # as torch: log(0) = -inf, silently
         log_det = -2.0 * np.log(np.diagonal(lower)).sum()
@@ -358,15 +362,13 @@ def _small_full_e_step(x: Tensor, params: GMMParams, factors: Tensor,
     wide = np.float64
     data = x.numpy().astype(wide, copy=False)
     means = params.means.numpy().astype(wide, copy=False)
-    factors = factors.to(torch.float64)
     n_components, n_features = means.shape
-    # L_k^-T by torch's solve (scipy's would wake its BLAS threads beside torch's)
-    eye = torch.eye(n_features, dtype=torch.float64).expand(n_components, -1, -1)
-    whiten = torch.linalg.solve_triangular(factors, eye, upper=False).numpy().transpose(0, 2, 1)
+    whiten = _numpy_inverse_factors(factors).transpose(0, 2, 1)  # L_k^-T
     offsets = data[None, :, :] - means[:, None, :]  # (K, N, D): x_n - mu_k
     whitened = offsets @ whiten  # (K, N, D)
     with np.errstate(all="ignore"):  # as torch: log(0) = -inf, silently
-        log_det = -2.0 * np.log(np.diagonal(factors.numpy(), axis1=1, axis2=2)).sum(1)
+        lower = factors.to(torch.float64).numpy()
+        log_det = -2.0 * np.log(np.diagonal(lower, axis1=1, axis2=2)).sum(1)
         top = _numpy_top(log_det, params, n_features)
         joint = top[:, None] - 0.5 * (whitened * whitened).sum(2)  # (K, N)
         resp, log_likelihood = _numpy_responsibilities(joint, top, weights)
@@ -383,9 +385,8 @@ def _small_diagonal_e_step(x: Tensor, params: GMMParams,
 
     The same arithmetic (features ``[xc, q]`` about the precision-weighted mean of the
     means, one (K, F) @ (F, N) product with the model's clamp at a zero distance, then
-    ``r^T f``), for
-    data of at most ``_SMALL_WORK`` numbers in its (N, K + D) tables: there each of
-    the torch route's ~50 operations costs its fixed ~4-6 us, NumPy's ~1-3 us. Float32 data
+    ``r^T f``), for data of at most ``_SMALL_WORK`` numbers in its (N, K + D) tables: there
+    each of the torch route's ~50 operations costs its fixed ~4-6 us, NumPy's ~1-3 us. Float32 data
     is taken in float64 (its likelihood rounded back to float32, as the torch route's): at
     this size the copy is negligible.
     """
