@@ -527,6 +527,9 @@ def test_distributed_fit_leaves_the_callers_group(tmp_path, one_rank_group):
     dist.barrier()  # the group still works
 
 
+# slow (12 s): tests/distributed/test_svi_distributed.py checks the distributed GMVAE against
+# one process; the CLI's torchrun path is run by the default GMM cases above
+@pytest.mark.slow
 def test_fit_gmvae_distributed_under_torchrun(tmp_path):
     from _launch import torchrun
 
