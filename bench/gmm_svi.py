@@ -4,9 +4,10 @@ Both optimise the marginal likelihood of a Gaussian mixture with Adam on the sam
 - Pyro, two ways: ``GaussianMixtureModel`` + MAP guide (``AutoDelta``), the assignment summed
   out by enumeration, (a) "pyro_trainer": run by :class:`~ppl_mixtures.inference.svi.SVITrainer`
   as ``GaussianMixture(inference="svi")`` runs it (its default loss, ``DenseTraceEnum_ELBO``;
-  a fit of ``--n-steps`` steps, its setup included), (b) "pyro_svi": Pyro's own ``SVI`` with
-  ``TraceEnum_ELBO``, the loop measured before the dense loss; the loss also holds the log
-  prior of the globals.
+  a step's cost is the trainer's own timing of its loop of ``--n-steps`` steps after a 5-step
+  fit, and "trainer_setup" what a fit spends outside its steps), (b) "pyro_svi": Pyro's own
+  ``SVI`` with ``TraceEnum_ELBO``, the loop measured before the dense loss; the loss also holds
+  the log prior of the globals.
 - torch (two loops): ``logsumexp_k [log pi_k + log N(x | mu_k, L_k L_k^T)]`` written by hand,
   parameters unconstrained (logits, means, Cholesky factors), with the component densities
   from ``torch.distributions.MultivariateNormal`` ("torch_mvn") and from the project's own
@@ -71,16 +72,36 @@ def pyro_step(x, init, covariance_type, lr):
 
 
 def trainer_seconds(model, guide, x, lr, n_steps, device):
-    """Seconds per step of a ``SVITrainer`` fit of ``n_steps`` steps (after a 3-step fit)."""
-    SVITrainer(model, guide, lr=lr, max_steps=3, tol=0, progress=False, seed=0).fit(x)
+    """Seconds per step of a ``SVITrainer`` fit: a fit of ``WARM`` steps (not timed), then the
+    loop of a fit of ``n_steps`` more, as the trainer times it (``SVIResult.seconds``: its
+    steps, not its set-up), over ``n_steps`` — the cost of a step, as the torch loops' steps
+    after their warm-up. The set-up a fit pays once is :func:`trainer_setup_seconds`."""
+    _trainer_fit(model, guide, x, lr, WARM, device)
+    return _trainer_fit(model, guide, x, lr, n_steps, device)[1] / n_steps
+
+
+def trainer_setup_seconds(model, guide, x, lr, device):
+    """Seconds a ``SVITrainer`` fit of ``WARM`` steps spends outside its loop of steps (its
+    checks, the optimiser, the trainer's state), from a fresh model and guide."""
+    wall, loop = _trainer_fit(model, guide, x, lr, WARM, device)
+    return wall - loop
+
+
+#: Steps of the fit that :func:`trainer_seconds` runs before the timed one (the torch loops'
+#: warm-up).
+WARM = 5
+
+
+def _trainer_fit(model, guide, x, lr, n_steps, device):
+    """(wall seconds, seconds of the loop of steps) of one ``SVITrainer`` fit."""
     trainer = SVITrainer(model, guide, lr=lr, max_steps=n_steps, tol=0, progress=False, seed=0)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    trainer.fit(x)
+    result = trainer.fit(x)
     if device == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / n_steps
+    return time.perf_counter() - start, result.seconds
 
 
 def torch_step(x, init, lr, same_math=False):
@@ -147,6 +168,8 @@ def gmm_rounds(args, devices):
                         "pyro_trainer": trainer_seconds(
                             *gmm_model_guide(x, init, covariance_type), x, 0.01, args.n_steps,
                             device),
+                        "trainer_setup": trainer_setup_seconds(
+                            *gmm_model_guide(x, init, covariance_type), x, 0.01, device),
                     }
                     rows.append(row)
                     print(json.dumps({"device": device, "dtype": str(dtype)[6:],
@@ -194,6 +217,7 @@ def dgmm_rounds(args, device):
             "torch": time_steps(bench.torch_step(x, start, 0.01), args.n_steps, device),
             "pyro_svi": time_steps(bench.pyro_step(x, start, 0.01), args.n_steps, device),
             "pyro_trainer": trainer_seconds(*model_guide(), x, 0.01, args.n_steps, device),
+            "trainer_setup": trainer_setup_seconds(*model_guide(), x, 0.01, device),
         }
         rows.append(row)
         print(json.dumps({"device": device, "model": "dgmm", "n_samples": args.n_samples,

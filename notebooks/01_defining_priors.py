@@ -59,8 +59,8 @@ from ppl_mixtures.models.priors import GMM_GLOBAL_SITES, default_gmm_priors
 
 N_SAMPLES = 100 if SMOKE else 400
 K = 5 if SMOKE else 8            # deliberately more components than the 3 true ones
-SVI_STEPS = 300 if SMOKE else 1500
-NUTS_WARMUP, NUTS_DRAWS = (15, 15) if SMOKE else (100, 100)
+SVI_STEPS = 150 if SMOKE else 1500
+NUTS_WARMUP, NUTS_DRAWS = (10, 10) if SMOKE else (100, 100)
 N_NUTS, K_NUTS = (50, 4) if SMOKE else (100, 4)   # NUTS: fewer rows and components
 print(f"SMOKE={SMOKE}: N={N_SAMPLES}, K={K}, SVI steps={SVI_STEPS}, NUTS {NUTS_WARMUP}+{NUTS_DRAWS}")
 

@@ -214,7 +214,7 @@ plt.show()
 
 # %%
 # bic_runs=0: the BIC table (Table 1 of the paper) is not shown here
-config = ExperimentConfig.quick(progress=False, bic_runs=0)
+config = ExperimentConfig.quick(progress=False, runs=1, bic_runs=0)
 if not SMOKE:
     config = ExperimentConfig.quick(progress=False, runs=3, svi_runs=2, em_max_iter=100,
                                     svi_max_iter=300, n_samples=1000, bic_runs=0)
