@@ -156,7 +156,8 @@ class MixtureEstimator(DeferredGuideMixin, PersistenceMixin, QueriesMixin, Densi
         """Whether NaN entries are missing values to integrate out (``missing="marginalize"``)."""
         return getattr(self, "missing", "error") == "marginalize"
 
-    def _validate_x(self, X: Any, reset: bool, allow_nan: bool | None = None) -> torch.Tensor:
+    def _validate_x(self, X: Any, reset: bool, allow_nan: bool | None = None,
+                    moments: list | None = None) -> torch.Tensor:
         """``X`` as a 2-D tensor in the fit's dtype, on its device.
 
         Takes what scikit-learn's ``validate_data`` takes (lists, arrays of any order and
@@ -167,6 +168,9 @@ class MixtureEstimator(DeferredGuideMixin, PersistenceMixin, QueriesMixin, Densi
         that ``reg_covar`` is scaled down with it
         (:func:`~ppl_mixtures.inference.em.gmm.variance_floor`). ``allow_nan``: whether NaN
         entries (missing values) pass; by default only with ``missing="marginalize"``.
+        ``moments``: a list to which the per-feature mean and variance (over N, float64
+        tensors) that the scale check took of finite data are appended, for the priors to
+        reuse (:attr:`~ppl_mixtures.estimators._sources.DataSource.column_moments`).
         """
         from ppl_mixtures.estimators._sources import as_array
         from ppl_mixtures.inference.em.gmm import warn_small_scale
@@ -194,7 +198,10 @@ class MixtureEstimator(DeferredGuideMixin, PersistenceMixin, QueriesMixin, Densi
                 mean = np.nanmean(X, 0, dtype=np.float64)
                 variance = np.nanvar(X, 0, dtype=np.float64)
             else:  # finite (checked above): one blocked float64 pass, 2-3x np.var's speed
-                mean, variance = (t.cpu().numpy() for t in column_moments(x))
+                taken = column_moments(x)
+                if moments is not None:
+                    moments.append(taken)
+                mean, variance = (t.cpu().numpy() for t in taken)
             warn_small_scale(reg_covar, float(np.mean(variance)), float(np.square(mean).mean()),
                              self._dtype)
         return x
@@ -266,8 +273,10 @@ class MixtureEstimator(DeferredGuideMixin, PersistenceMixin, QueriesMixin, Densi
             source: DataSource = StreamSource(X, self._validate_x, distributed,
                                               weighted=sample_weight is not None)
         else:
-            x = self._validate_x(X, reset=True)
+            taken: list = []
+            x = self._validate_x(X, reset=True, moments=taken)
             source = DataSource(x, distributed, check_sample_weight(sample_weight, x.shape[0], x))
+            source.column_moments = taken[0] if taken else None
             if not distributed and source.sample.shape[0] < self._n_clusters():
                 raise ValueError(
                     f"n_samples={source.sample.shape[0]} should be >= "

@@ -52,9 +52,15 @@ class DataSource:
         The sample weights of a matrix (checked by :func:`check_sample_weight`); None without
         weights and for streams, whose weights come with their batches
         (:meth:`weighted_batches`, ``weighted_stream``).
+    column_moments : (Tensor, Tensor) or None
+        Per-feature mean and variance (over n, float64, shapes (n_features,)) of a matrix,
+        unweighted, when the data check took them (its ``reg_covar`` scale check); None
+        otherwise. :meth:`prior_moments` hands them to the default priors, so the fit does
+        not take them a second time.
     """
 
     streamed = False
+    column_moments: tuple[torch.Tensor, torch.Tensor] | None = None
     one_pass = False
     #: Whether the batches of a stream carry their weights (``sample_weight="batches"``).
     weighted_stream = False
@@ -68,6 +74,16 @@ class DataSource:
     @property
     def data(self) -> Any:
         return self.sample
+
+    def prior_moments(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The per-feature mean and variance (over n - 1) of :attr:`sample` that the default
+        priors take (:func:`~ppl_mixtures.models.priors.data_moments`), from
+        :attr:`column_moments`; None when they were not taken (the priors take them)."""
+        if self.column_moments is None or self.weights is not None or self.sample.shape[0] < 2:
+            return None
+        n_samples = self.sample.shape[0]
+        mean, variance = self.column_moments
+        return mean, variance * (n_samples / (n_samples - 1))
 
     @property
     def weighted(self) -> bool:

@@ -292,7 +292,8 @@ class MixtureOfFactorAnalyzers(TransformerMixin, MixtureEstimator):
         x = source.sample  # a stream (EM only): its first batch
         weights = source.sample_weights  # the weights of the rows of x (None: unweighted)
         self._check_n_factors(x.shape[1])
-        moments = source.moments()[:2] if source.weights is not None else None
+        # weighted: the moments of the weighted rows; else those the data check took, if it did
+        moments = source.moments()[:2] if source.weights is not None else source.prior_moments()
         priors = mfa.default_mfa_priors(x, self.n_components, self.n_factors, moments=moments)
         priors.update(self.priors or {})
         self.model_ = self._build_model(priors)

@@ -316,7 +316,7 @@ class GaussianMixture(GMMChecks, GMMModel, GMMPersistence, MixtureEstimator):
                                                                               sample.shape[1])
         if self._warm_start_from is not None:
             given = _gmm_fit.warm_given(self._warm_start_from[0])
-        moments = None
+        moments = source.prior_moments()  # those the data check took, if it did
         if (self.inference == "svi" and not source.whole_data_in_memory) or (
                 source.weights is not None):
             # priors from all the data (and its rows), weighted with sample weights

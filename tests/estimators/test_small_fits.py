@@ -129,6 +129,38 @@ def test_em_priors_built_on_read_equal_an_eager_build(covariance_type, weighted)
                 assert torch.equal(getattr(base, field), getattr(ref, field))
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", ["em", "svi", "mfa"])
+def test_the_data_moments_are_taken_once_and_give_the_same_priors(kind, dtype, monkeypatch):
+    """The ``reg_covar`` scale check's pass over the data (``column_moments``) serves the
+    default priors too: one pass per fit, priors equal bit for bit to those built from the
+    data alone."""
+    from ppl_mixtures import MixtureOfFactorAnalyzers
+    from ppl_mixtures.io import _distribution_arguments
+    from ppl_mixtures.models import mfa, priors
+
+    X = blobs() * [1.0, 10.0, 0.1] + 5.0
+    calls = []
+    taken = priors.column_moments
+    monkeypatch.setattr(priors, "column_moments", lambda x: calls.append(x.shape) or taken(x))
+    if kind == "mfa":
+        est = MixtureOfFactorAnalyzers(2, 1, max_iter=3, dtype=dtype, progress=False,
+                                       random_state=0).fit(X)
+    else:
+        est = small(inference=kind, max_iter=3, dtype=dtype).fit(X)
+    fitted = est.model_.priors
+    assert calls == [X.shape]
+    x = torch.as_tensor(X, dtype=getattr(torch, dtype))
+    expected = (mfa.default_mfa_priors(x, 2, 1) if kind == "mfa"
+                else priors.default_gmm_priors(x, 3, "full"))
+    assert sorted(fitted) == sorted(expected)
+    for name, prior in expected.items():
+        arguments = _distribution_arguments(fitted[name])
+        for field, value in _distribution_arguments(prior).items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(arguments[field], value), (name, field)
+
+
 def test_argument_checks_accept_and_refuse_as_declared():
     assert Integer(1).accepts(3) and Integer(1).accepts(np.int64(3))
     assert not Integer(1).accepts(0) and not Integer(1).accepts(True)
