@@ -240,6 +240,35 @@ def test_diagonal_blocks_add_up_in_this_thread_and_over_row_ranges(covariance_ty
     assert ranges == [(401, 9), (401, 9)]
 
 
+@pytest.mark.parametrize("covariance_type,n_features", [("diag", 13), ("spherical", 30),
+                                                         ("tied_diag", 13)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_padded_feature_table_gives_the_same_sums(covariance_type, n_features, dtype,
+                                                  monkeypatch):
+    """The diagonal E-step's feature table is widened with zero columns to a multiple of
+    ``_WIDTH_MULTIPLE`` (26 -> 36 for diag at D = 13, 31 -> 36 for spherical at D = 30):
+    the same sums as the table of its own width, and as the two-step reference."""
+    x, params = _start(covariance_type, n=401, d=n_features, offset=50.0)
+    n_f = n_features + (1 if covariance_type == "spherical" else n_features)
+    assert kernels._table_width(n_f, x) == 36
+    assert kernels._table_width(n_f, x.to("meta")) == n_f  # CPU only
+    x = x.to(dtype)
+    params = gmm.GMMParams(params.weights.to(dtype), params.means.to(dtype),
+                           params.covariances.to(dtype), covariance_type)
+    padded = em_gmm.e_step(x, params)
+    monkeypatch.setattr(kernels, "_WIDTH_MULTIPLE", 1)
+    plain = em_gmm.e_step(x, params)
+    _assert_same(padded, plain, 1e-12 if dtype == torch.float64 else 1e-6)
+    if dtype == torch.float64:
+        _assert_same(padded, _reference(x, params), 1e-10)
+
+
+def test_narrow_feature_tables_are_not_padded():
+    x = torch.zeros(3, 5, dtype=torch.float64)
+    assert [kernels._table_width(n, x) for n in (6, 10, 23, 24, 25, 33, 128)] == [
+        6, 10, 23, 24, 36, 36, 132]
+
+
 def test_row_range_threads_leave_the_thread_count_as_it_was(monkeypatch):
     """The row-range workers run their own operations in one thread each; the caller's
     count, and the count a thread started afterwards gets, are unchanged, and the
