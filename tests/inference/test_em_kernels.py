@@ -152,6 +152,28 @@ def test_float32_diagonal_e_step_matches_float64():
     _assert_same(single, double, 1e-5)
 
 
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_light_float32_diagonal_e_step_runs_in_float64(covariance_type, monkeypatch):
+    """Float32 data in light blocks on CPU: the whole pass in float64, so its sums equal the
+    float64 E-step of the same (float32) numbers to float64 rounding; its likelihood comes
+    back in float32 and its shift is the float32 means. Heavy blocks (the threshold lowered
+    to 0) keep float32 densities: equal to float32 rounding only."""
+    x, params = _start(covariance_type, offset=50.0)
+    single = params.to(torch.float32)
+    light = em_gmm.e_step(x.float(), single)
+    double = em_gmm.e_step(x.float().double(), single.to(torch.float64))
+    for name in ("resp_sum", "first_moment", "second_moment"):
+        value, expected = getattr(light, name), getattr(double, name)
+        torch.testing.assert_close(value, expected, rtol=0,
+                                   atol=1e-12 * float(expected.abs().max()), msg=name)
+    assert light.log_likelihood.dtype == torch.float32 and light.shift is single.means
+    assert float(light.log_likelihood) == float(double.log_likelihood.float())
+    monkeypatch.setattr(kernels, "_THREADED_DIAGONAL_WORK", 0)
+    heavy = em_gmm.e_step(x.float(), single)
+    _assert_same(heavy, double, 1e-5)
+    assert float((heavy.first_moment - double.first_moment).abs().max()) > 0
+
+
 @pytest.mark.parametrize("covariance_type", ["full"])
 def test_quadratic_features_match_the_whitened_e_step(covariance_type, monkeypatch):
     """Float64, K D^2 small: densities and moments from the rows' quadratic features, about

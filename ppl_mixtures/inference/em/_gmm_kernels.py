@@ -157,29 +157,39 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     variances need only ``|xc|^2`` for the densities, and the moments only its sum (see
     :class:`GMMStats`). The sums about ``c`` are turned into moments about the means (the
     ``shift``) in float64: ``sum r (xc - m)^2 = sum r xc^2 - 2 m sum r xc + N_k m^2``.
-    Float32 data keeps its density products in float32 and takes these sums in float64 (the
-    cancellation above would otherwise swamp the variance of a component that is tight far
-    from ``c``).
+    These sums are taken in float64 whatever the data's dtype (in float32 the cancellation
+    above would swamp the variance of a component that is tight far from ``c``). Float32
+    data keeps its density products in float32 on a GPU and in heavy blocks (K F from
+    :data:`_THREADED_DIAGONAL_WORK` up, where the float32 product is the cheaper); in light
+    blocks on CPU the whole pass runs in float64, from one table filled from the float32
+    rows (two tables, one per dtype, cost more than the float64 products save). On CPU the
+    table is widened with zero columns (:func:`_table_width`).
     """
     n_samples, n_features = x.shape
     n_components = params.n_components
     wide = torch.float64
-    means = params.means
     spherical = params.covariance_type == "spherical"
-    precisions = gmm.diagonal_variances(params).reciprocal()  # (K, D)
+    n_q = 1 if spherical else n_features
+    n_f = n_features + n_q
+    # light blocks (K F below _THREADED_DIAGONAL_WORK) run in this thread; heavy ones over
+    # row ranges. Float32 data on CPU in light blocks is taken in float64 throughout: one
+    # table, filled from the float32 rows, instead of a float32 table for the densities and
+    # a float64 one for the sums (measured in bench/RESULTS.md, tenth round)
+    heavy = n_components * n_f >= _THREADED_DIAGONAL_WORK
+    compute = wide if (x.dtype != wide and x.is_cpu and not heavy) else x.dtype
+    means = params.means.to(compute)
+    precisions = gmm.diagonal_variances(params).to(compute).reciprocal()  # (K, D)
     center = gmm.expansion_center(means, precisions)
     mc = means - center
     scaled = mc * precisions
     log_2pi = n_features * math.log(2 * math.pi)
     # joint = 0.5 (log|P| - D log 2 pi - mahalanobis) + log pi, the affine parts as the
     # product's bias; capping it at its value for a zero distance is the model's clamp at zero
-    top = (precisions.log().sum(-1) - log_2pi).mul_(0.5).add_(params.weights.log())
+    top = (precisions.log().sum(-1) - log_2pi).mul_(0.5).add_(params.weights.to(compute).log())
     bias = top - 0.5 * (mc * scaled).sum(-1)
     squares = -0.5 * (precisions[:, :1] if spherical else precisions)
     # (K, F) coefficients and (K, rows) tables: the (K, F) @ (F, rows) product is about 2x
     # faster than its transpose with K columns (measured at 5461 rows, D = 32, K = 16)
-    n_q = 1 if spherical else n_features
-    n_f = n_features + n_q
     width = _table_width(n_f, x)
     # the table's columns past n_f stay zero, as do their coefficients
     coefficients = torch.cat([scaled, squares, scaled.new_zeros(n_components, width - n_f)], 1)
@@ -202,8 +212,8 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
         """Sums of the blocks of rows [begin, end): (r^T f in float64, log-likelihood,
         N_k)."""
         size = min(rows, end - begin)
-        table = features_table(x.dtype, size)
-        wide_table = features_table(wide, size) if x.dtype != wide else None
+        table = features_table(compute, size)
+        wide_table = features_table(wide, size) if compute != wide else None
         sums = log_likelihood = resp_sum = None
         for start in range(begin, end, rows):
             block = x[start:min(start + rows, end)]
@@ -238,7 +248,7 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     # 18.1 ms over two row-range threads (one thread: 17.1 ms). Heavy blocks over row ranges:
     # at N = 2e5, D = 64, K = 128 whole fits ran 3.1-4.0x scikit-learn's speed over row
     # ranges against 2.2-2.6x in this thread
-    if n_components * n_f >= _THREADED_DIAGONAL_WORK:
+    if heavy:
         sums, log_likelihood, resp_sum = _over_row_ranges(rows_pass, n_samples, rows)
     else:
         sums, log_likelihood, resp_sum = rows_pass(0, n_samples)
@@ -254,7 +264,7 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
         second = quadratic - mc * (linear + first)
     # the likelihood in the data's dtype: the EM loop's rounding slack follows its dtype
     return GMMStats(_total_weight(n_samples, weights), log_likelihood.to(x.dtype),
-                    resp_sum, first, second, means)
+                    resp_sum, first, second, params.means)
 
 
 #: Widths of the diagonal E-step's feature table are rounded up to a multiple of this many
