@@ -476,7 +476,7 @@ def test_sklearn_compatible_estimator(estimator, check):
 @pytest.fixture(scope="module")
 def nuts_mfa():
     X, y, _ = planted(80, 2, 3, 1, seed=4, separation=4.0)
-    est = MixtureOfFactorAnalyzers(2, 1, inference="nuts", max_iter=25, num_warmup=25,
+    est = MixtureOfFactorAnalyzers(2, 1, inference="nuts", max_iter=15, num_warmup=15,
                                    num_chains=2, random_state=0, progress=False,
                                    dtype="float64").fit(X)
     return est, X, y
@@ -485,18 +485,18 @@ def nuts_mfa():
 def test_nuts_recovers_clusters_and_reports_its_chains(nuts_mfa):
     est, X, y = nuts_mfa
     assert adjusted_rand_score(y, est.predict(X)) == 1.0
-    assert est.posterior_samples_["loadings"].shape == (50, 2, 3, 1)
+    assert est.posterior_samples_["loadings"].shape == (30, 2, 3, 1)
     assert set(est.r_hat_) == {*mfa.MFA_GLOBAL_SITES, "covariances"}
     assert est.r_hat_["covariances"].shape == (2, 3, 3)
-    assert est.sampler_stats_["diverging"].shape == (2, 25)
-    assert len(est.history_) == 50 and est.n_iter_ == 25
+    assert est.sampler_stats_["diverging"].shape == (2, 15)
+    assert len(est.history_) == 30 and est.n_iter_ == 15
 
 
 def test_nuts_point_estimate_is_the_densest_draw(nuts_mfa):
     est, X, _ = nuts_mfa
     x = torch.as_tensor(X)
     draws = [mfa.sites_to_params({k: torch.as_tensor(v[i]) for k, v in
-                                  est.posterior_samples_.items()}) for i in range(50)]
+                                  est.posterior_samples_.items()}) for i in range(30)]
     density = [float(mfa.log_likelihood(x, d).sum() + est.model_.log_prior(d)) for d in draws]
     best = draws[int(np.argmax(density))]
     torch.testing.assert_close(est.params_.loadings, best.loadings)
@@ -510,14 +510,14 @@ def test_nuts_inference_data_for_arviz(nuts_mfa):
 
     est, X, _ = nuts_mfa
     idata = diagnostics.to_inference_data(est, X, random_state=0)
-    assert idata.posterior.covariances.shape == (2, 25, 2, 3, 3)
-    draw = mfa.sites_to_params({k: torch.as_tensor(v[25 + 7]) for k, v in
+    assert idata.posterior.covariances.shape == (2, 15, 2, 3, 3)
+    draw = mfa.sites_to_params({k: torch.as_tensor(v[15 + 7]) for k, v in
                                 est.posterior_samples_.items()})  # chain 1, draw 7
     by_hand = torch.logsumexp(mfa.log_joint(torch.as_tensor(X), draw), -1).numpy()
     np.testing.assert_allclose(idata.log_likelihood.obs.values[1, 7], by_hand, rtol=1e-10)
     np.testing.assert_allclose(idata.posterior.covariances.values[1, 7],
                                mfa.covariance_matrices(draw).numpy(), rtol=1e-10)
-    assert idata.sample_stats.diverging.shape == (2, 25)
+    assert idata.sample_stats.diverging.shape == (2, 15)
     assert np.isfinite(az.summary(idata, var_names=["means", "covariances"])["r_hat"]).all()
     assert np.isfinite(az.loo(idata).elpd_loo) and np.isfinite(az.waic(idata).elpd_waic)
 
