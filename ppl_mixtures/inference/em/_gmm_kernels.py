@@ -61,6 +61,10 @@ _ONE_THREAD_EACH = True
 #: which its blocks run over row ranges (:func:`_diagonal_e_step`); lighter ones run in the
 #: caller's thread.
 _THREADED_DIAGONAL_WORK = 4096
+#: Widths of the diagonal E-step's feature table are rounded up to a multiple of this many
+#: columns (zeros) on CPU from ``_PADDED_MIN_WIDTH`` columns up (see :func:`_table_width`).
+_WIDTH_MULTIPLE = 12
+_PADDED_MIN_WIDTH = 24
 #: Largest ``n_samples * (n_components + n_features)`` of a CPU E-step taken by NumPy in one
 #: block (:func:`_takes_numpy`) instead of torch's kernels: there a torch operation's fixed
 #: cost (~4-6 us each, some 50 per E-step) outweighs the arithmetic.
@@ -265,12 +269,6 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     # the likelihood in the data's dtype: the EM loop's rounding slack follows its dtype
     return GMMStats(_total_weight(n_samples, weights), log_likelihood.to(x.dtype),
                     resp_sum, first, second, params.means)
-
-
-#: Widths of the diagonal E-step's feature table are rounded up to a multiple of this many
-#: columns (zeros) on CPU from ``_PADDED_MIN_WIDTH`` columns up (see :func:`_table_width`).
-_WIDTH_MULTIPLE = 12
-_PADDED_MIN_WIDTH = 24
 
 
 def _table_width(n_f: int, x: Tensor) -> int:
