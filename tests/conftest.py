@@ -9,6 +9,11 @@ import torch
 os.environ.setdefault("PPL_MIXTURES_SMOKE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under ``pytest -n N`` every worker is one process on one core: torch's intra-op
+    # threads would otherwise oversubscribe the cores (N workers x all threads each).
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _pyro_setup():
