@@ -237,7 +237,7 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
                 # float32 ``sum r xc^2 - N_k m^2`` would cancel away a tight component's
                 # variance
                 features = wide_table[:n]
-                fill(features, block.to(wide))
+                fill(features, block)  # torch.sub promotes the rows to float64
                 resp = resp.to(wide)
             part_sum = resp.sum(1, dtype=wide)
             resp_sum = part_sum if resp_sum is None else resp_sum.add_(part_sum)
