@@ -821,3 +821,22 @@ def test_small_route_keeps_torchs_zero_weights_and_zero_weight_rows(covariance_t
     assert float(fast.resp_sum[1]) == 0.0
     monkeypatch.setattr(kernels, "_SMALL_WORK", -1)
     _assert_same(fast, em_gmm.e_step(x, params, row_weights), 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reach_of_the_rows_matches_the_direct_computation(monkeypatch, dtype):
+    """``_reach`` (the quadratic E-step's rounding check), chunk by chunk in one buffer: the
+    farthest squared distance and the per-feature spans equal a direct float64 computation,
+    across chunk boundaries and from float32 rows; a NaN row shows in the spans."""
+    monkeypatch.setattr(kernels, "_REACH_ROWS", 7)  # 50 rows: 7 full chunks and one of 1
+    generator = torch.Generator().manual_seed(3)
+    x = (torch.randn(50, 4, generator=generator, dtype=torch.float64) * 3 + 1).to(dtype)
+    center = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
+    deviations = (x.double() - center).abs()
+    farthest, spans = kernels._reach(x, center)
+    assert farthest == pytest.approx(float((deviations ** 2).sum(1).max()), rel=1e-15)
+    assert torch.equal(spans, deviations.amax(0))
+    assert x.dtype == dtype  # the rows are read, not changed
+    x_nan = x.clone()
+    x_nan[23, 2] = float("nan")
+    assert torch.isnan(kernels._reach(x_nan, center)[1][2])

