@@ -442,6 +442,16 @@ class MixtureEstimator(DeferredGuideMixin, PersistenceMixin, QueriesMixin, Densi
         with torch.no_grad():
             return torch.softmax(self._log_joint(x), -1).cpu().numpy()
 
+    @keeps_global_rng
     def predict(self, X: Any) -> np.ndarray:
-        """Most probable cluster of every sample, shape (n_samples,)."""
-        return self.predict_proba(X).argmax(axis=1)
+        """Most probable cluster of every sample, shape (n_samples,).
+
+        The largest log joint ``log pi_k + log p(x_n | k)`` of each row, as scikit-learn
+        takes it: the largest of :meth:`predict_proba` without its normalisation (a model
+        whose :meth:`predict_proba` is its own takes the largest of that).
+        """
+        if type(self).predict_proba is not MixtureEstimator.predict_proba:
+            return self.predict_proba(X).argmax(axis=1)
+        x = self._fitted_x(X)
+        with torch.no_grad():
+            return self._log_joint(x).argmax(-1).cpu().numpy()

@@ -840,3 +840,55 @@ def test_reach_of_the_rows_matches_the_direct_computation(monkeypatch, dtype):
     x_nan = x.clone()
     x_nan[23, 2] = float("nan")
     assert torch.isnan(kernels._reach(x_nan, center)[1][2])
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_diagonal_scoring_log_joint_equals_the_models(covariance_type, dtype):
+    """Diagonal families score block by block with the E-step's product: equal to the
+    model's log_joint across block boundaries (rows 300 + 300 + 100), in the data's dtype,
+    far from the origin, with a component of weight 0 (-inf everywhere) and a row on a
+    mean (the clamp at a zero distance); with autograd the model's own function runs."""
+    x, params = _start(covariance_type, n=700, d=6, offset=40.0)
+    weights = params.weights.clone()
+    weights[2] = 0.0
+    params = gmm.GMMParams(weights / weights.sum(), params.means, params.covariances,
+                           covariance_type)
+    x = x.clone()
+    x[5] = params.means[1]
+    x, params = x.to(dtype), params.to(dtype)
+    fast = kernels._diagonal_scoring_log_joint(x, params, rows=300)
+    expected = gmm.log_joint(x.double(), params.to(torch.float64))
+    assert fast.dtype == dtype and fast.shape == (700, 4)
+    assert torch.isneginf(fast[:, 2]).all() and torch.isneginf(expected[:, 2]).all()
+    finite = [0, 1, 3]
+    torch.testing.assert_close(fast[:, finite].double(), expected[:, finite], rtol=0,
+                               atol=1e-9 if dtype == torch.float64 else 2e-3)
+    torch.testing.assert_close(em_gmm.scoring_log_joint(x, params), fast, rtol=0, atol=0)
+    means = params.means.clone().requires_grad_(True)
+    graded = em_gmm.scoring_log_joint(x, gmm.GMMParams(params.weights, means,
+                                                       params.covariances, covariance_type))
+    assert graded.requires_grad
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_predict_is_the_largest_log_joint_and_the_largest_probability():
+    """predict takes the largest log joint (scikit-learn's rule) without normalising it:
+    the same labels as predict_proba's largest entry and as scikit-learn's predict from the
+    same parameters."""
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    from ppl_mixtures import GaussianMixture
+
+    X, _ = make_gmm(3000, 5, 4, separation=1.0, random_state=2)  # overlapping clusters
+    ours = GaussianMixture(5, covariance_type="diag", max_iter=5, random_state=0,
+                           progress=False).fit(X)
+    labels = ours.predict(X)
+    assert labels.dtype == np.int64 and labels.shape == (3000,)
+    np.testing.assert_array_equal(labels, ours.predict_proba(X).argmax(axis=1))
+    theirs = SkGaussianMixture(5, covariance_type="diag", weights_init=ours.weights_,
+                               means_init=ours.means_, precisions_init=ours.precisions_,
+                               max_iter=1, init_params="random_from_data").fit(X)
+    theirs.weights_, theirs.means_ = ours.weights_, ours.means_
+    theirs.precisions_cholesky_ = np.sqrt(ours.precisions_)
+    np.testing.assert_array_equal(labels, theirs.predict(X))

@@ -181,36 +181,17 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     # a float64 one for the sums (measured in bench/RESULTS.md, tenth round)
     heavy = n_components * n_f >= _THREADED_DIAGONAL_WORK
     compute = wide if (x.dtype != wide and x.is_cpu and not heavy) else x.dtype
-    means = params.means.to(compute)
-    precisions = gmm.diagonal_variances(params).to(compute).reciprocal()  # (K, D)
-    center = gmm.expansion_center(means, precisions)
-    mc = means - center
-    scaled = mc * precisions
-    log_2pi = n_features * math.log(2 * math.pi)
-    # joint = 0.5 (log|P| - D log 2 pi - mahalanobis) + log pi, the affine parts as the
-    # product's bias; capping it at its value for a zero distance is the model's clamp at zero
-    top = (precisions.log().sum(-1) - log_2pi).mul_(0.5).add_(params.weights.to(compute).log())
-    bias = top - 0.5 * (mc * scaled).sum(-1)
-    squares = -0.5 * (precisions[:, :1] if spherical else precisions)
-    # (K, F) coefficients and (K, rows) tables: the (K, F) @ (F, rows) product is about 2x
-    # faster than its transpose with K columns (measured at 5461 rows, D = 32, K = 16)
-    width = _table_width(n_f, x)
-    # the table's columns past n_f stay zero, as do their coefficients
-    coefficients = torch.cat([scaled, squares, scaled.new_zeros(n_components, width - n_f)], 1)
-    top, bias = top[:, None], bias[:, None]
+    plan = _diagonal_plan(params, compute, x)
+    center, mc, coefficients, top, bias = (plan.center, plan.mc, plan.coefficients, plan.top,
+                                           plan.bias)
+    width = coefficients.shape[1]
     rows = n_samples if rows is None else max(1, rows)
 
     def features_table(dtype: torch.dtype, size: int) -> Tensor:
-        if width == n_f:
-            return x.new_empty(size, width, dtype=dtype)
-        return x.new_zeros(size, width, dtype=dtype)
+        return _diagonal_table(x, size, width, n_f, dtype)
 
     def fill(table: Tensor, block: Tensor) -> None:
-        xc = torch.sub(block, center.to(table.dtype), out=table[:, :n_features])
-        if spherical:
-            torch.sum(xc * xc, 1, out=table[:, n_features])
-        else:
-            torch.mul(xc, xc, out=table[:, n_features:n_f])
+        _fill_diagonal(table, block, center.to(table.dtype), spherical)
 
     def rows_pass(begin: int, end: int) -> tuple[Tensor, Tensor, Tensor]:
         """Sums of the blocks of rows [begin, end): (r^T f in float64, log-likelihood,
@@ -269,6 +250,90 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     # the likelihood in the data's dtype: the EM loop's rounding slack follows its dtype
     return GMMStats(_total_weight(n_samples, weights), log_likelihood.to(x.dtype),
                     resp_sum, first, second, params.means)
+
+
+@dataclass
+class _DiagonalPlan:
+    """The per-parameters part of a diagonal-family density by one product (see
+    :func:`_diagonal_e_step`): with ``xc = x - center`` and the features ``f = [xc, q]``
+    (``q = xc^2``, spherical ``|xc|^2``, then zero columns to the table's width),
+    ``min(coefficients @ f^T + bias, top)`` is ``log pi_k + log N(x | mu_k, Sigma_k)``,
+    (K, rows)."""
+
+    center: Tensor  # (D,)
+    mc: Tensor  # (K, D): the means less the centre
+    coefficients: Tensor  # (K, width): [(mu_k - c) / s_k, -1 / (2 s_k), 0...]
+    top: Tensor  # (K, 1): the log joint at a zero distance (the model's clamp at zero)
+    bias: Tensor  # (K, 1): the affine parts of the log joint
+
+
+def _diagonal_plan(params: GMMParams, dtype: torch.dtype, x: Tensor) -> _DiagonalPlan:
+    """:class:`_DiagonalPlan` of ``params`` in ``dtype``, for the rows ``x`` (its device
+    sets the table's width, :func:`_table_width`)."""
+    n_components, n_features = params.means.shape
+    spherical = params.covariance_type == "spherical"
+    n_f = n_features + (1 if spherical else n_features)
+    means = params.means.to(dtype)
+    precisions = gmm.diagonal_variances(params).to(dtype).reciprocal()  # (K, D)
+    center = gmm.expansion_center(means, precisions)
+    mc = means - center
+    scaled = mc * precisions
+    log_2pi = n_features * math.log(2 * math.pi)
+    # joint = 0.5 (log|P| - D log 2 pi - mahalanobis) + log pi, the affine parts as the
+    # product's bias; capping it at its value for a zero distance is the model's clamp at zero
+    top = (precisions.log().sum(-1) - log_2pi).mul_(0.5).add_(params.weights.to(dtype).log())
+    bias = top - 0.5 * (mc * scaled).sum(-1)
+    squares = -0.5 * (precisions[:, :1] if spherical else precisions)
+    # (K, F) coefficients and (K, rows) tables: the (K, F) @ (F, rows) product is about 2x
+    # faster than its transpose with K columns (measured at 5461 rows, D = 32, K = 16); the
+    # table's columns past n_f stay zero, as do their coefficients
+    width = _table_width(n_f, x)
+    coefficients = torch.cat([scaled, squares, scaled.new_zeros(n_components, width - n_f)], 1)
+    return _DiagonalPlan(center, mc, coefficients, top[:, None], bias[:, None])
+
+
+def _diagonal_table(x: Tensor, size: int, width: int, n_f: int, dtype: torch.dtype) -> Tensor:
+    """A (size, width) feature table on ``x``'s device; the padding columns past ``n_f`` zero."""
+    if width == n_f:
+        return x.new_empty(size, width, dtype=dtype)
+    return x.new_zeros(size, width, dtype=dtype)
+
+
+def _fill_diagonal(table: Tensor, block: Tensor, center: Tensor, spherical: bool) -> None:
+    """Write the features ``[xc, xc^2]`` (spherical ``[xc, |xc|^2]``) of ``block`` (rows, D)
+    about ``center`` into the first columns of ``table`` (its dtype; ``torch.sub`` promotes
+    float32 rows)."""
+    n_features = block.shape[1]
+    xc = torch.sub(block, center, out=table[:, :n_features])
+    if spherical:
+        torch.sum(xc * xc, 1, out=table[:, n_features])
+    else:
+        torch.mul(xc, xc, out=table[:, n_features:2 * n_features])
+
+
+def _diagonal_scoring_log_joint(x: Tensor, params: GMMParams, rows: int) -> Tensor:
+    """:func:`scoring_log_joint` of a diagonal-family mixture, over blocks of ``rows`` rows:
+    the E-step's features and coefficients (:func:`_diagonal_plan`) in the data's dtype, each
+    block's (K, rows) product capped and written into the (N, K) result.
+
+    The model's function (:func:`~ppl_mixtures.models.gmm.component_log_prob`, which SVI
+    differentiates) builds the (N, 2D) features and several (N, K) tables at once; at
+    N = 1e5, D = 32, K = 16 ``predict`` took 2.5x scikit-learn's time by it (see
+    ``bench/RESULTS.md``).
+    """
+    n_samples, n_features = x.shape
+    spherical = params.covariance_type == "spherical"
+    n_f = n_features + (1 if spherical else n_features)
+    plan = _diagonal_plan(params, x.dtype, x)
+    out = x.new_empty(n_samples, params.n_components)
+    table = _diagonal_table(x, min(rows, n_samples), plan.coefficients.shape[1], n_f, x.dtype)
+    for start in range(0, n_samples, rows):
+        block = x[start:start + rows]
+        features = table[:block.shape[0]]
+        _fill_diagonal(features, block, plan.center, spherical)
+        joint = torch.addmm(plan.bias, plan.coefficients, features.T)  # (K, n)
+        out[start:start + block.shape[0]] = torch.minimum(joint, plan.top, out=joint).T
+    return out
 
 
 def _table_width(n_f: int, x: Tensor) -> int:
@@ -893,16 +958,22 @@ def scoring_log_joint(x: Tensor, params: GMMParams) -> Tensor:
     Full covariances whose K whitening maps are applied one component at a time (large
     K D^2) take the E-step's route on CPU: triangular solves with the M-step's Cholesky
     factors (:func:`factors_of`, no inverse), torch's operations in one thread beside the
-    BLAS (measured at D = 784, K = 16, N = 1e4 on 2 cores: see ``bench/RESULTS.md``). Every
-    other case, and any input that requires grad, is the model's own function.
+    BLAS (measured at D = 784, K = 16, N = 1e4 on 2 cores: see ``bench/RESULTS.md``).
+    Diagonal families take the E-step's product block by block
+    (:func:`_diagonal_scoring_log_joint`). Every other case, and any input that requires
+    grad, is the model's own function.
     """
     n_components, n_features = params.means.shape
+    graded = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (x, params.weights, params.means, params.covariances))
+    if params.covariance_type in gmm.DIAGONAL_TYPES and not graded and x.shape[0] > 0:
+        from ppl_mixtures.inference.em.gmm import e_step_block_rows
+
+        return _diagonal_scoring_log_joint(x, params,
+                                           e_step_block_rows(n_components, n_features))
     if (params.covariance_type != "full" or x.device.type != "cpu" or not _TRSM
             or x.dtype not in _TRSM
-            or n_components * n_features**2 <= gmm._STACKED_WHITENING_MAX
-            or (torch.is_grad_enabled() and any(
-                t.requires_grad for t in (x, params.weights, params.means,
-                                          params.covariances)))):
+            or n_components * n_features**2 <= gmm._STACKED_WHITENING_MAX or graded):
         return gmm.log_joint(x, params)
     upper, log_det = _solve_factors(factors_of(params.covariances), x.dtype)
     center = params.means.mean(0)
