@@ -892,3 +892,14 @@ def test_predict_is_the_largest_log_joint_and_the_largest_probability():
     theirs.weights_, theirs.means_ = ours.weights_, ours.means_
     theirs.precisions_cholesky_ = np.sqrt(ours.precisions_)
     np.testing.assert_array_equal(labels, theirs.predict(X))
+
+
+def test_reach_takes_rows_and_centre_that_require_grad():
+    """The reach is a bound for the rounding check: rows or a centre under autograd (an
+    E-step at parameters that require grad) give the same numbers, without a gradient."""
+    x = torch.randn(30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    center = torch.zeros(3, dtype=torch.float64)
+    expected = kernels._reach(x, center)
+    farthest, spans = kernels._reach(x.clone().requires_grad_(), center.requires_grad_())
+    assert farthest == expected[0] and torch.equal(spans, expected[1])
+    assert not spans.requires_grad
