@@ -903,3 +903,28 @@ def test_reach_takes_rows_and_centre_that_require_grad():
     farthest, spans = kernels._reach(x.clone().requires_grad_(), center.requires_grad_())
     assert farthest == expected[0] and torch.equal(spans, expected[1])
     assert not spans.requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_tied_scoring_log_joint_equals_the_models(dtype, monkeypatch):
+    """Tied covariances score with the E-step's one whitening product per chunk (chunks of
+    about 100 rows here): equal to the model's log_joint, far from the origin, with a
+    component of weight 0; in the data's dtype; with autograd the model's function runs."""
+    monkeypatch.setattr(kernels, "_OUTER_ELEMENTS", 100 * (4 + 2 * 6))
+    x, params = _start("tied", n=700, d=6, offset=40.0)
+    weights = params.weights.clone()
+    weights[3] = 0.0
+    params = gmm.GMMParams(weights / weights.sum(), params.means, params.covariances, "tied")
+    x, params = x.to(dtype), params.to(dtype)
+    fast = em_gmm.scoring_log_joint(x, params)
+    expected = gmm.log_joint(x.double(), params.to(torch.float64))
+    assert fast.dtype == dtype and fast.shape == (700, 4)
+    assert torch.isneginf(fast[:, 3]).all() and torch.isneginf(expected[:, 3]).all()
+    torch.testing.assert_close(fast[:, :3].double(), expected[:, :3], rtol=0,
+                               atol=1e-9 if dtype == torch.float64 else 2e-3)
+    route = kernels._tied_scoring_log_joint(x, params, kernels.factors_of(params.covariances))
+    torch.testing.assert_close(fast, route, rtol=0, atol=0)
+    means = params.means.clone().requires_grad_(True)
+    graded = em_gmm.scoring_log_joint(x, gmm.GMMParams(params.weights, means,
+                                                       params.covariances, "tied"))
+    assert graded.requires_grad

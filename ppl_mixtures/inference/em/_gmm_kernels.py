@@ -891,16 +891,10 @@ def _tied_e_step(x: Tensor, params: GMMParams, factor: Tensor,
     n_components = params.n_components
     wide = torch.float64
     factor = factor.to(wide)
-    means = params.means.to(wide)
-    center = means.mean(0)
-    eye = torch.eye(n_features, dtype=wide, device=x.device)
-    whiten = torch.linalg.solve_triangular(factor, eye, upper=False).T  # W^T: y = xc @ W^T
-    whitened_means = (means - center) @ whiten  # (K, D): v_k
-    log_det = -2.0 * factor.diagonal().log().sum()
-    top = 0.5 * (log_det - n_features * math.log(2 * math.pi)) + params.weights.log()
-    bias = (top - 0.5 * whitened_means.square().sum(-1))[:, None]
-    top = top[:, None]
-    rows = max(1, _OUTER_ELEMENTS // (n_components + 2 * n_features))
+    plan = _tied_plan(params, factor)
+    center, whiten, whitened_means, top, bias = (plan.center, plan.whiten,
+                                                 plan.whitened_means, plan.top, plan.bias)
+    rows = _tied_rows(n_components, n_features)
 
     def rows_pass(begin: int, end: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Sums of the chunks of rows [begin, end): (r^T y, upper(G), log-likelihood, N_k)."""
@@ -938,6 +932,57 @@ def _tied_e_step(x: Tensor, params: GMMParams, factor: Tensor,
                     first, second, params.means)
 
 
+@dataclass
+class _TiedPlan:
+    """The per-parameters part of a tied mixture's densities (:func:`_tied_e_step`), float64:
+    with ``y = (x - center) @ whiten``, ``min(whitened_means @ y^T + bias - |y|^2 / 2, top)``
+    is ``log pi_k + log N(x | mu_k, Sigma)``, (K, rows)."""
+
+    center: Tensor  # (D,): the mean of the means
+    whiten: Tensor  # (D, D): W^T, W = L^-1
+    whitened_means: Tensor  # (K, D): v_k = W (mu_k - c)
+    top: Tensor  # (K, 1): the log joint at a zero distance
+    bias: Tensor  # (K, 1): top - |v_k|^2 / 2
+
+
+def _tied_plan(params: GMMParams, factor: Tensor) -> _TiedPlan:
+    """:class:`_TiedPlan` of ``params`` from the shared float64 Cholesky factor ``factor``."""
+    wide = torch.float64
+    n_features = params.means.shape[1]
+    means = params.means.to(wide)
+    center = means.mean(0)
+    eye = torch.eye(n_features, dtype=wide, device=means.device)
+    whiten = torch.linalg.solve_triangular(factor, eye, upper=False).T  # W^T: y = xc @ W^T
+    whitened_means = (means - center) @ whiten  # (K, D): v_k
+    log_det = -2.0 * factor.diagonal().log().sum()
+    top = 0.5 * (log_det - n_features * math.log(2 * math.pi)) + params.weights.log()
+    bias = (top - 0.5 * whitened_means.square().sum(-1))[:, None]
+    return _TiedPlan(center, whiten, whitened_means, top[:, None], bias)
+
+
+def _tied_rows(n_components: int, n_features: int) -> int:
+    """Rows of a tied chunk: its (rows, D) whitened rows and (K, rows) joints stay small."""
+    return max(1, _OUTER_ELEMENTS // (n_components + 2 * n_features))
+
+
+def _tied_scoring_log_joint(x: Tensor, params: GMMParams, factor: Tensor) -> Tensor:
+    """:func:`scoring_log_joint` of a tied mixture: the E-step's one whitening product per
+    chunk of rows (:func:`_tied_plan`, float64), each chunk's (K, rows) joints capped and
+    written into the (N, K) result in the data's dtype. The model's function applies the
+    shared whitening map once per component (K D^2 per row against D^2 + K D here)."""
+    wide = torch.float64
+    n_samples, n_features = x.shape
+    plan = _tied_plan(params, factor.to(wide))
+    rows = _tied_rows(params.n_components, n_features)
+    out = x.new_empty(n_samples, params.n_components)
+    for start in range(0, n_samples, rows):
+        whitened = (x[start:start + rows].to(wide) - plan.center) @ plan.whiten  # (rows, D)
+        joint = torch.addmm(plan.bias, plan.whitened_means, whitened.T)  # (K, rows)
+        joint -= 0.5 * whitened.square().sum(1)
+        out[start:start + whitened.shape[0]] = torch.minimum(joint, plan.top, out=joint).T
+    return out
+
+
 def _distances_by_solves(block: Tensor, upper: Tensor, offsets: Tensor, out: Tensor,
                          work: Tensor) -> None:
     """Write ``|L_k^-1 (x_n - mu_k)|`` of centred rows ``block`` (n, D) into ``out`` (n, K).
@@ -960,8 +1005,8 @@ def scoring_log_joint(x: Tensor, params: GMMParams) -> Tensor:
     K D^2) take the E-step's route on CPU: triangular solves with the M-step's Cholesky
     factors (:func:`factors_of`, no inverse), torch's operations in one thread beside the
     BLAS (measured at D = 784, K = 16, N = 1e4 on 2 cores: see ``bench/RESULTS.md``).
-    Diagonal families take the E-step's product block by block
-    (:func:`_diagonal_scoring_log_joint`). Every other case, and any input that requires
+    Diagonal families and tied covariances take their E-step's products chunk by chunk
+    (:func:`_diagonal_scoring_log_joint`, :func:`_tied_scoring_log_joint`). Every other case, and any input that requires
     grad, is the model's own function.
     """
     n_components, n_features = params.means.shape
@@ -972,6 +1017,8 @@ def scoring_log_joint(x: Tensor, params: GMMParams) -> Tensor:
 
         return _diagonal_scoring_log_joint(x, params,
                                            e_step_block_rows(n_components, n_features))
+    if params.covariance_type == "tied" and not graded and x.shape[0] > 0:
+        return _tied_scoring_log_joint(x, params, factors_of(params.covariances))
     if (params.covariance_type != "full" or x.device.type != "cpu" or not _TRSM
             or x.dtype not in _TRSM
             or n_components * n_features**2 <= gmm._STACKED_WHITENING_MAX or graded):
