@@ -424,12 +424,16 @@ class MixtureEstimator(DeferredGuideMixin, PersistenceMixin, QueriesMixin, Densi
             msg=f"This {type(self).__name__} is not fitted yet; call fit(X) first.",
         )
 
+    def _fitted_log_joint(self, X: Any) -> torch.Tensor:
+        """``_log_joint`` of ``X`` checked against the fit, without gradients, (N, K)."""
+        x = self._fitted_x(X)
+        with torch.no_grad():
+            return self._log_joint(x)
+
     @keeps_global_rng
     def score_samples(self, X: Any) -> np.ndarray:
         """Log-likelihood ``log p(x_n)`` of every sample, shape (n_samples,)."""
-        x = self._fitted_x(X)
-        with torch.no_grad():
-            return torch.logsumexp(self._log_joint(x), -1).cpu().numpy()
+        return torch.logsumexp(self._fitted_log_joint(X), -1).cpu().numpy()
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per sample (scikit-learn's meaning)."""
@@ -438,20 +442,12 @@ class MixtureEstimator(DeferredGuideMixin, PersistenceMixin, QueriesMixin, Densi
     @keeps_global_rng
     def predict_proba(self, X: Any) -> np.ndarray:
         """Posterior cluster probabilities, shape (n_samples, n_clusters)."""
-        x = self._fitted_x(X)
-        with torch.no_grad():
-            return torch.softmax(self._log_joint(x), -1).cpu().numpy()
+        return torch.softmax(self._fitted_log_joint(X), -1).cpu().numpy()
 
     @keeps_global_rng
     def predict(self, X: Any) -> np.ndarray:
-        """Most probable cluster of every sample, shape (n_samples,).
-
-        The largest log joint ``log pi_k + log p(x_n | k)`` of each row, as scikit-learn
-        takes it: the largest of :meth:`predict_proba` without its normalisation (a model
-        whose :meth:`predict_proba` is its own takes the largest of that).
-        """
+        """Most probable cluster of every sample, shape (n_samples,): the largest log joint
+        (scikit-learn's rule; a model with its own :meth:`predict_proba` takes its largest)."""
         if type(self).predict_proba is not MixtureEstimator.predict_proba:
             return self.predict_proba(X).argmax(axis=1)
-        x = self._fitted_x(X)
-        with torch.no_grad():
-            return self._log_joint(x).argmax(-1).cpu().numpy()
+        return self._fitted_log_joint(X).argmax(-1).cpu().numpy()
