@@ -173,8 +173,7 @@ def _diagonal_e_step(x: Tensor, params: GMMParams, weights: Tensor | None = None
     n_components = params.n_components
     wide = torch.float64
     spherical = params.covariance_type == "spherical"
-    n_q = 1 if spherical else n_features
-    n_f = n_features + n_q
+    n_f = _diagonal_features(params.covariance_type, n_features)
     # light blocks (K F below _THREADED_DIAGONAL_WORK) run in this thread; heavy ones over
     # row ranges. Float32 data on CPU in light blocks is taken in float64 throughout: one
     # table, filled from the float32 rows, instead of a float32 table for the densities and
@@ -267,12 +266,18 @@ class _DiagonalPlan:
     bias: Tensor  # (K, 1): the affine parts of the log joint
 
 
+def _diagonal_features(covariance_type: str, n_features: int) -> int:
+    """Columns of the diagonal features ``[xc, q]`` before padding: ``2 D``, spherical
+    ``D + 1`` (``q = |xc|^2``)."""
+    return n_features + (1 if covariance_type == "spherical" else n_features)
+
+
 def _diagonal_plan(params: GMMParams, dtype: torch.dtype, x: Tensor) -> _DiagonalPlan:
     """:class:`_DiagonalPlan` of ``params`` in ``dtype``, for the rows ``x`` (its device
     sets the table's width, :func:`_table_width`)."""
     n_components, n_features = params.means.shape
     spherical = params.covariance_type == "spherical"
-    n_f = n_features + (1 if spherical else n_features)
+    n_f = _diagonal_features(params.covariance_type, n_features)
     means = params.means.to(dtype)
     precisions = gmm.diagonal_variances(params).to(dtype).reciprocal()  # (K, D)
     center = gmm.expansion_center(means, precisions)
@@ -323,7 +328,7 @@ def _diagonal_scoring_log_joint(x: Tensor, params: GMMParams, rows: int) -> Tens
     """
     n_samples, n_features = x.shape
     spherical = params.covariance_type == "spherical"
-    n_f = n_features + (1 if spherical else n_features)
+    n_f = _diagonal_features(params.covariance_type, n_features)
     plan = _diagonal_plan(params, x.dtype, x)
     out = x.new_empty(n_samples, params.n_components)
     table = _diagonal_table(x, min(rows, n_samples), plan.coefficients.shape[1], n_f, x.dtype)
@@ -892,8 +897,7 @@ def _tied_e_step(x: Tensor, params: GMMParams, factor: Tensor,
     wide = torch.float64
     factor = factor.to(wide)
     plan = _tied_plan(params, factor)
-    center, whiten, whitened_means, top, bias = (plan.center, plan.whiten,
-                                                 plan.whitened_means, plan.top, plan.bias)
+    whitened_means = plan.whitened_means  # (K, D): v_k
     rows = _tied_rows(n_components, n_features)
 
     def rows_pass(begin: int, end: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -904,10 +908,8 @@ def _tied_e_step(x: Tensor, params: GMMParams, factor: Tensor,
         resp_sum = x.new_zeros(n_components, dtype=wide)
         for start in range(begin, end, rows):
             stop = min(start + rows, end)
-            whitened = (x[start:stop].to(wide) - center) @ whiten  # (rows, D)
-            joint = torch.addmm(bias, whitened_means, whitened.T)  # (K, rows)
-            joint -= 0.5 * whitened.square().sum(1)
-            resp, norm = _softmax_columns(torch.minimum(joint, top, out=joint))
+            whitened, joint = _tied_joint(plan, x[start:stop])
+            resp, norm = _softmax_columns(joint)
             if weights is None:
                 _gram(gram, whitened)
             else:
@@ -976,11 +978,18 @@ def _tied_scoring_log_joint(x: Tensor, params: GMMParams, factor: Tensor) -> Ten
     rows = _tied_rows(params.n_components, n_features)
     out = x.new_empty(n_samples, params.n_components)
     for start in range(0, n_samples, rows):
-        whitened = (x[start:start + rows].to(wide) - plan.center) @ plan.whiten  # (rows, D)
-        joint = torch.addmm(plan.bias, plan.whitened_means, whitened.T)  # (K, rows)
-        joint -= 0.5 * whitened.square().sum(1)
-        out[start:start + whitened.shape[0]] = torch.minimum(joint, plan.top, out=joint).T
+        joint = _tied_joint(plan, x[start:start + rows])[1]
+        out[start:start + joint.shape[1]] = joint.T
     return out
+
+
+def _tied_joint(plan: _TiedPlan, block: Tensor) -> tuple[Tensor, Tensor]:
+    """The whitened rows ``y`` (rows, D) of ``block`` and their log joints, capped at
+    ``plan.top`` (K, rows), in float64."""
+    whitened = (block.to(torch.float64) - plan.center) @ plan.whiten
+    joint = torch.addmm(plan.bias, plan.whitened_means, whitened.T)
+    joint -= 0.5 * whitened.square().sum(1)
+    return whitened, torch.minimum(joint, plan.top, out=joint)
 
 
 def _distances_by_solves(block: Tensor, upper: Tensor, offsets: Tensor, out: Tensor,
